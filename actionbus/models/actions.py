@@ -1,0 +1,183 @@
+"""The wire messages: ``DomainAction``, ``DomainActionResponse`` and ``ErrorDetail``.
+
+Their JSON is the wire format (stream field ``data``; response lists hold the response
+JSON). Unknown fields are kept, so newer senders can talk to older workers.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "ACTION_TYPE_PATTERN",
+    "SERVICE_NAME_PATTERN",
+    "DomainAction",
+    "DomainActionResponse",
+    "ErrorDetail",
+    "utc_now",
+]
+
+SERVICE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+"""A service name: letters, digits, ``_`` and ``-``; it is one segment of a Redis key."""
+ACTION_TYPE_PATTERN = rf"{SERVICE_NAME_PATTERN}(\.[A-Za-z0-9_-]{{1,64}}){{1,8}}"
+"""``service.entity.verb``: two to nine dot-separated segments, the first a service name."""
+
+_SERVICE_RE = re.compile(rf"^{SERVICE_NAME_PATTERN}$")
+_ACTION_TYPE_RE = re.compile(rf"^{ACTION_TYPE_PATTERN}$")
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def _as_text(value: Any) -> Any:
+    """Accept UUIDs and integers where the wire carries identifiers as strings."""
+    if isinstance(value, uuid.UUID | int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def check_service_name(value: str, what: str = "service name") -> str:
+    """Return ``value`` if it is a valid service name, else raise ``ValueError`` saying why."""
+    if not _SERVICE_RE.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not valid: use 1-64 letters, digits, '_' or '-', starting "
+            "with a letter or digit (no ':', '.', '*', braces or whitespace)"
+        )
+    return value
+
+
+def check_action_type(value: str, what: str = "action_type") -> str:
+    """Return ``value`` if it has the ``service.entity.verb`` shape, else raise ``ValueError``."""
+    if not _ACTION_TYPE_RE.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not valid: expected 'service.entity.verb' (2-9 dot-separated "
+            "segments of letters, digits, '_' or '-'; the first names the target service)"
+        )
+    return value
+
+
+class ErrorDetail(BaseModel):
+    """Why an action failed: a type, an optional code, a message and free-form details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error_type: str
+    error_code: str | None = None
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class DomainAction(BaseModel):
+    """A typed message from one service to another."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    action_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    action_type: str
+    timestamp: datetime = Field(default_factory=utc_now)
+
+    tenant_id: str | None = None
+    session_id: str | None = None
+    task_id: str | None = None
+    user_id: str | None = None
+
+    origin_service: str | None = None
+    target_service: str | None = None
+    correlation_id: str | None = None
+    trace_id: str | None = None
+
+    callback_queue_name: str | None = None
+    callback_action_type: str | None = None
+    expires_at: datetime | None = Field(
+        None, description="Set on pseudo-sync requests: after this instant nobody waits."
+    )
+
+    data: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    _ids = field_validator(
+        "tenant_id", "session_id", "task_id", "user_id", "correlation_id", "trace_id",
+        mode="before",
+    )(_as_text)
+
+    @field_validator("action_type")
+    @classmethod
+    def _check_action_type(cls, value: str) -> str:
+        return check_action_type(value)
+
+    @field_validator("callback_action_type")
+    @classmethod
+    def _check_callback_type(cls, value: str | None) -> str | None:
+        return None if value is None else check_action_type(value, "callback_action_type")
+
+    @field_validator("origin_service", "target_service")
+    @classmethod
+    def _check_services(cls, value: str | None, info: Any) -> str | None:
+        return None if value is None else check_service_name(value, info.field_name)
+
+    @field_validator("timestamp", "expires_at")
+    @classmethod
+    def _to_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    @property
+    def target(self) -> str:
+        """The service this action is for: ``target_service``, else ``action_type``'s first part."""
+        return self.target_service or self.action_type.split(".", 1)[0]
+
+    @property
+    def reply_correlation_id(self) -> str:
+        """The id a reply or callback carries: ``correlation_id``, else the action id."""
+        return self.correlation_id or str(self.action_id)
+
+
+class DomainActionResponse(BaseModel):
+    """The answer to a pseudo-sync ``DomainAction``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    action_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    correlation_id: str | None = None
+    trace_id: str | None = None
+    action_type_response_to: str
+    success: bool
+    timestamp: datetime = Field(default_factory=utc_now)
+    data: dict[str, Any] = Field(default_factory=dict)
+    error: ErrorDetail | None = None
+
+    _ids = field_validator("correlation_id", "trace_id", mode="before")(_as_text)
+
+    @model_validator(mode="after")
+    def _success_matches_error(self) -> DomainActionResponse:
+        if self.success and self.error is not None:
+            raise ValueError("a response with success=True must not carry an error")
+        if not self.success and self.error is None:
+            raise ValueError("a response with success=False needs an error (ErrorDetail)")
+        return self
+
+    @classmethod
+    def for_action(
+        cls,
+        action: DomainAction,
+        *,
+        data: dict[str, Any] | None = None,
+        error: ErrorDetail | None = None,
+    ) -> DomainActionResponse:
+        """Build the response to ``action``: success unless ``error`` is given."""
+        return cls(
+            correlation_id=action.reply_correlation_id,
+            trace_id=action.trace_id,
+            action_type_response_to=action.action_type,
+            success=error is None,
+            data=data or {},
+            error=error,
+        )

@@ -1,0 +1,136 @@
+"""Batched writes of a worker: replies, callbacks, dead letters, markers, then acks.
+
+Handlers finish one by one; their writes are queued here and sent in one pipeline per
+round, outputs first and acknowledgements after, so an action is never acknowledged
+before what it produced is in Redis. On Redis Cluster the two go in two rounds, because
+a cluster pipeline may run its node batches in any order. Failed rounds are retried with
+backoff; nothing queued is dropped while the worker runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import RedisCluster
+from redis.exceptions import RedisError
+
+from actionbus.backoff import Backoff, OutageLog
+from actionbus.connection import AnyRedis
+
+__all__ = ["OutputBatcher"]
+
+logger = logging.getLogger("actionbus.worker")
+
+Command = Callable[[Any], None]
+"""Adds one or more commands to a pipeline."""
+
+
+class OutputBatcher:
+    """Queues writes and acknowledgements and flushes them in pipelined rounds."""
+
+    def __init__(
+        self, redis: AnyRedis, stream: str, group: str, outage: OutageLog
+    ) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self._outage = outage
+        self._two_phase = isinstance(redis, RedisCluster)
+        self._commands: list[Command] = []
+        self._acks: list[str] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        """Start the flushing task."""
+        self._closing = False
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"actionbus-output:{self.stream}")
+
+    @property
+    def queued(self) -> int:
+        """Writes and acknowledgements not yet sent."""
+        return len(self._commands) + len(self._acks)
+
+    def reply(self, queue: str, payload: str, ttl: int) -> None:
+        """Push a response onto a caller's list, with a TTL so nothing outlives the caller."""
+
+        def add(pipe: Any) -> None:
+            pipe.lpush(queue, payload)
+            pipe.expire(queue, ttl)
+
+        self._push(add)
+
+    def xadd(self, stream: str, fields: dict[str, Any]) -> None:
+        """Append an entry (a callback or a dead letter) to a stream."""
+        self._push(lambda pipe: pipe.xadd(stream, fields))
+
+    def set(self, key: str, value: str, ttl: int) -> None:
+        """Set a key with a TTL (idempotency markers)."""
+        self._push(lambda pipe: pipe.set(key, value, ex=ttl))
+
+    def ack(self, entry_id: str) -> None:
+        """Acknowledge an entry once everything queued before it is written."""
+        self._acks.append(entry_id)
+        self._wakeup.set()
+
+    def _push(self, command: Command) -> None:
+        self._commands.append(command)
+        self._wakeup.set()
+
+    async def _flush_once(self) -> None:
+        commands, acks = self._commands, self._acks
+        if not commands and not acks:
+            return
+        self._commands, self._acks = [], []
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for command in commands:
+                command(pipe)
+            if self._two_phase and commands and acks:
+                await pipe.execute()
+                commands = []
+                pipe = self.redis.pipeline(transaction=False)
+            if acks:
+                pipe.xack(self.stream, self.group, *acks)
+            await pipe.execute()
+        except BaseException:
+            # Put back what was not confirmed, ahead of anything queued meanwhile.
+            self._commands[:0] = commands
+            self._acks[:0] = acks
+            raise
+
+    async def _run(self) -> None:
+        backoff = Backoff()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                await self._flush_once()
+                self._outage.success()
+                backoff.reset()
+            except (RedisError, OSError) as exc:
+                self._outage.failure(exc)
+                self._wakeup.set()
+                await asyncio.sleep(backoff.next_delay())
+            if self._closing and not self.queued:
+                return
+
+    async def close(self, timeout: float) -> None:
+        """Flush what is queued (for at most ``timeout`` seconds), then stop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._closing = True
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(task, timeout)
+        except TimeoutError:
+            logger.warning(
+                "stopped with %d writes/acks unsent (Redis unavailable); their actions stay "
+                "pending and will be delivered again", self.queued,
+            )

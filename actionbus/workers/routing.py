@@ -1,0 +1,106 @@
+"""Handler registration and the conversion of handler results into response data."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from actionbus.exceptions import ActionRejected, HandlerError
+from actionbus.models.actions import DomainAction, DomainActionResponse, check_action_type
+
+__all__ = ["Handler", "HandlerRegistry", "Route", "result_data"]
+
+Handler = Callable[[DomainAction, Any], Awaitable[Any]]
+"""``async def handler(action, data)``: ``data`` is the validated model, or the raw dict."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How one action type is handled."""
+
+    action_type: str
+    handler: Handler
+    data_model: type[BaseModel] | None = None
+    idempotent: bool = False
+
+    def parse_data(self, action: DomainAction) -> Any:
+        """Validate ``action.data`` against the route's model; ``ActionRejected`` if it fails."""
+        if self.data_model is None:
+            return action.data
+        try:
+            return self.data_model.model_validate(action.data)
+        except ValidationError as exc:
+            raise ActionRejected(
+                f"data of {action.action_type} {action.action_id} does not match "
+                f"{self.data_model.__name__}: {exc}",
+                error_code="invalid_data",
+            ) from exc
+
+
+class HandlerRegistry:
+    """Maps action types to routes."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+
+    def add(
+        self,
+        action_type: str,
+        handler: Handler,
+        *,
+        data_model: type[BaseModel] | None = None,
+        idempotent: bool = False,
+    ) -> Route:
+        """Register ``handler`` for ``action_type``; ``HandlerError`` on a bad declaration."""
+        try:
+            check_action_type(action_type)
+        except ValueError as exc:
+            raise HandlerError(str(exc)) from None
+        if action_type in self._routes:
+            raise HandlerError(f"a handler for {action_type!r} is already registered")
+        if not inspect.iscoroutinefunction(handler):
+            raise HandlerError(
+                f"the handler for {action_type!r} must be an `async def` taking (action, data)"
+            )
+        if data_model is not None and not (
+            isinstance(data_model, type) and issubclass(data_model, BaseModel)
+        ):
+            raise HandlerError(f"data_model for {action_type!r} must be a Pydantic model class")
+        route = Route(action_type, handler, data_model, idempotent)
+        self._routes[action_type] = route
+        return route
+
+    def get(self, action_type: str) -> Route | None:
+        """The route for ``action_type``, if any."""
+        return self._routes.get(action_type)
+
+    def __contains__(self, action_type: object) -> bool:
+        return action_type in self._routes
+
+    @property
+    def action_types(self) -> list[str]:
+        """Every registered action type, sorted."""
+        return sorted(self._routes)
+
+
+def result_data(result: Any) -> dict[str, Any]:
+    """Response data for a handler's return value: dict, Pydantic model or ``None``."""
+    if result is None:
+        return {}
+    if isinstance(result, dict):
+        return result
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    raise HandlerError(
+        f"a handler returned {type(result).__name__}; return a dict, a Pydantic model, "
+        "a DomainActionResponse or None"
+    )
+
+
+def is_response(result: Any) -> bool:
+    """True if the handler built its own ``DomainActionResponse``."""
+    return isinstance(result, DomainActionResponse)
