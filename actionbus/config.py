@@ -66,6 +66,9 @@ class CommonAppSettings(BaseSettings):
         10.0, gt=0, description="Wait this long for a free pooled connection before failing."
     )
     redis_health_check_interval: int = Field(30, ge=0)
+    redis_retries: int = Field(
+        3, ge=0, description="Retries (jittered backoff) of a command after a connection error."
+    )
     redis_socket_keepalive: bool = True
     redis_socket_keepalive_options: dict[int, int] = Field(
         default_factory=dict, description="TCP keepalive options, socket constant -> value."

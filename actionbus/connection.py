@@ -10,7 +10,11 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actionbus.config import CommonAppSettings, mask_url
 from actionbus.exceptions import RedisConnectionError
@@ -29,6 +33,12 @@ def connection_options(settings: CommonAppSettings) -> dict[str, Any]:
         "socket_timeout": settings.redis_socket_timeout,
         "health_check_interval": settings.redis_health_check_interval,
         "socket_keepalive": settings.redis_socket_keepalive,
+        # A pooled connection broken by a server restart is replaced transparently.
+        "retry": Retry(
+            EqualJitterBackoff(cap=1.0, base=0.05),
+            settings.redis_retries,
+            (RedisConnError, RedisTimeoutError),
+        ),
     }
     if settings.redis_socket_keepalive_options:
         options["socket_keepalive_options"] = dict(settings.redis_socket_keepalive_options)

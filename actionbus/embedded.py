@@ -23,6 +23,8 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from actionbus.exceptions import EmbeddedRedisError
 
@@ -149,10 +151,10 @@ class RedisServer:
         return self._data_dir
 
     def client(self) -> redis.Redis:
-        """A new sync client for this server; close it after use."""
+        """A new sync client for this server that fails fast (no retries); close it after use."""
         return redis.Redis(
             host=self.host, port=self.port, password=self._password,
-            socket_timeout=2.0, socket_connect_timeout=1.0,
+            socket_timeout=2.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0),
         )  # fmt: skip
 
     def _command(self, executable: str, data_dir: Path) -> list[str]:

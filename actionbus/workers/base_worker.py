@@ -267,7 +267,7 @@ class BaseWorker:
 
     async def _read_loop(self) -> None:
         redis = self.redis_client
-        backoff = Backoff(cap=5.0)
+        backoff = Backoff(cap=2.0)
         streams = {self.stream: ">"}
         next_reclaim = 0.0
         while not self._stopping.is_set():
@@ -342,6 +342,8 @@ class BaseWorker:
                 if time.monotonic() >= next_maintenance:
                     next_maintenance = time.monotonic() + self.settings.maintenance_interval_s
                     await self.maintain()
+            except ResponseError as exc:  # e.g. the stream is gone after a restart
+                logger.debug("upkeep of %s skipped: %s", self.stream, exc)
             except (RedisError, OSError) as exc:
                 self._outage.failure(exc)
 

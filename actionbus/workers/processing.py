@@ -181,8 +181,18 @@ class ActionProcessor:
             raise
         except Exception as exc:  # a handler's failure is data, not a crash
             return self._failed(entry_id, raw, action, deliveries, exc, waiting)
-        self._succeeded(entry_id, action, response, waiting, marker)
+        if marker is not None:
+            # Written before anything else, so a crash from here on cannot repeat the handler.
+            await self.redis.set(marker, self._marker_value(action, response, waiting),
+                                 ex=self.settings.idempotency_ttl_s)
+        self._succeeded(entry_id, action, response, waiting)
         return True
+
+    @staticmethod
+    def _marker_value(
+        action: DomainAction, response: DomainActionResponse, waiting: bool
+    ) -> str:
+        return response.model_dump_json(exclude_none=True) if waiting else "1"
 
     async def _already_done(
         self, entry_id: str, action: DomainAction, marker: str, waiting: bool
@@ -209,10 +219,8 @@ class ActionProcessor:
         action: DomainAction,
         response: DomainActionResponse,
         waiting: bool,
-        marker: str | None,
     ) -> None:
         self.stats.handled += 1
-        payload = ""
         if waiting and action.callback_queue_name:
             if action.expires_at is not None and utc_now() > action.expires_at:
                 self.stats.expired_skipped += 1
@@ -223,8 +231,6 @@ class ActionProcessor:
                 self.output.reply(action.callback_queue_name, payload, self._reply_ttl(action))
         elif action.callback_action_type is not None:
             self._send_callback(action, response)
-        if marker is not None:
-            self.output.set(marker, payload or "1", self.settings.idempotency_ttl_s)
         self.output.ack(entry_id)
 
     def _send_callback(self, action: DomainAction, response: DomainActionResponse) -> None:

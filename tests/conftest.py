@@ -1,0 +1,101 @@
+"""Shared helpers: settings on the test Redis, a connected client, quick workers, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from actionbus import BaseRedisClient, BaseWorker, CommonAppSettings, RedisManager, WorkerSettings
+
+
+@pytest.fixture
+def make_settings(redis_url: str) -> Callable[..., CommonAppSettings]:
+    """Build CommonAppSettings on the test server, ignoring any ``.env`` file."""
+
+    def make(**overrides: Any) -> CommonAppSettings:
+        values: dict[str, Any] = {"redis_url": redis_url, "service_name": "tests"}
+        values.update(overrides)
+        return CommonAppSettings(_env_file=None, **values)
+
+    return make
+
+
+@pytest_asyncio.fixture
+async def conn(make_settings: Callable[..., CommonAppSettings]) -> AsyncIterator[Any]:
+    """A client from an initialized RedisManager on the emptied test server."""
+    async with RedisManager(make_settings()) as manager:
+        yield manager.get_client()
+
+
+def fast_worker_settings(**overrides: Any) -> WorkerSettings:
+    """WorkerSettings that keep tests fast: short blocks and retries."""
+    values: dict[str, Any] = {
+        "block_ms": 100,
+        "retry_backoff_base_s": 0.01,
+        "retry_backoff_max_s": 0.05,
+        "shutdown_grace_s": 1.0,
+    }
+    values.update(overrides)
+    return WorkerSettings(**values)
+
+
+@pytest_asyncio.fixture
+async def bus(
+    conn: Any, make_settings: Callable[..., CommonAppSettings]
+) -> AsyncIterator[Callable[..., Any]]:
+    """Factory of clients and workers on ``conn``; everything is closed after the test."""
+    clients: list[BaseRedisClient] = []
+    workers: list[BaseWorker] = []
+
+    class Bus:
+        redis = conn
+
+        @staticmethod
+        def client(service: str = "caller", **settings: Any) -> BaseRedisClient:
+            client = BaseRedisClient(service, conn, make_settings(service_name=service, **settings))
+            clients.append(client)
+            return client
+
+        @staticmethod
+        def worker(
+            service: str, cls: type[BaseWorker] = BaseWorker, **worker_settings: Any
+        ) -> BaseWorker:
+            worker = cls(
+                make_settings(service_name=service),
+                conn,
+                worker_settings=fast_worker_settings(**worker_settings),
+            )
+            workers.append(worker)
+            return worker
+
+    yield Bus
+    for worker in workers:
+        await worker.stop(grace=0.5)
+    for client in clients:
+        await client.close()
+
+
+async def _eventually(
+    check: Callable[[], Awaitable[Any] | Any], timeout: float = 5.0, interval: float = 0.02
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def eventually() -> Callable[..., Awaitable[Any]]:
+    """Poll a (sync or async) predicate until truthy; fail after ``timeout`` seconds."""
+    return _eventually

@@ -1,0 +1,117 @@
+"""Helpers of the fault suite: worker processes, senders, and bounded waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from actionbus import BaseRedisClient, CommonAppSettings, DomainAction
+from actionbus.connection import create_redis_client
+
+WORKER = Path(__file__).with_name("worker_proc.py")
+SERVICE = "faults"
+STREAM = f"actionbus:dev:{SERVICE}:streams:main"
+DEAD = f"actionbus:dev:{SERVICE}:streams:dead"
+
+
+class Workers:
+    """Starts worker processes and makes sure none outlives the test."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, url: str, **config: Any) -> subprocess.Popen[str]:
+        config = {"url": url, "service": SERVICE, **config}
+        stderr = self.logs / f"worker-{len(self.procs)}.stderr"
+        with stderr.open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(WORKER), json.dumps(config)],
+                stdout=subprocess.PIPE, stderr=err, text=True,
+            )
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() != "READY":
+            proc.kill()
+            proc.communicate(timeout=5)
+            raise AssertionError(f"worker did not start: {line!r} {stderr.read_text()[-2000:]}")
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    """Worker processes of this test, killed and reaped at the end."""
+    pool = Workers(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def settings_for(url: str, service: str = "faults-client") -> CommonAppSettings:
+    """Client settings on ``url``."""
+    return CommonAppSettings(service_name=service, redis_url=url)
+
+
+def monitor(url: str) -> Redis:
+    """A client for the test's own checks, retrying across server restarts like the library."""
+    client = create_redis_client(settings_for(url))
+    assert isinstance(client, Redis)
+    return client
+
+
+def job(i: int) -> DomainAction:
+    """The test action number ``i``."""
+    return DomainAction(action_type="faults.job.run", data={"i": i})
+
+
+async def send_jobs(url: str, numbers: range) -> None:
+    """Send ``faults.job.run`` actions numbered ``numbers`` through a real client."""
+    redis = Redis.from_url(url)
+    client = BaseRedisClient("faults-client", redis, settings_for(url))
+    try:
+        actions = [job(i) for i in numbers]
+        for start in range(0, len(actions), 200):
+            await client.send_actions_async(actions[start:start + 200])
+    finally:
+        await client.close()
+        await redis.aclose()
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout: float, what: str, step: float = 0.05
+) -> float:
+    """Poll ``check`` until true; return the seconds it took; fail after ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if await check():
+            return time.monotonic() - start
+        await asyncio.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def handled_count(redis: Redis) -> int:
+    """How many distinct actions were handled at least once."""
+    return int(await redis.hlen("faults:handled"))
+
+
+async def pending_count(redis: Redis) -> int:
+    """How many entries the group has delivered but not acknowledged."""
+    summary = await redis.xpending(STREAM, SERVICE)
+    return int(summary["pending"])

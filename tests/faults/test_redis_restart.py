@@ -1,0 +1,85 @@
+"""Fault scenarios 3 and 7: Redis killed and restarted under a running worker and client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from actionbus import BaseRedisClient
+from actionbus.embedded import RedisServer
+from tests.faults.conftest import Workers, handled_count, job, monitor, settings_for, wait_until
+
+QUICK = {"claim_idle_ms": 1000, "reclaim_interval_s": 0.5, "block_ms": 500}
+
+
+async def _restart_while_busy(server: RedisServer, workers: Workers, keep_data: bool) -> None:
+    url = server.url
+    workers.start(url, worker=QUICK)
+    client_redis = Redis.from_url(url)
+    client = BaseRedisClient("faults-client", client_redis, settings_for(url))
+    await client.send_action_async(job(0))
+    check = monitor(url)
+    await wait_until(lambda: _has(check, 1), 10, "the first action handled")
+    await asyncio.sleep(0.7)  # the worker is now blocked in XREADGROUP
+    server.kill()
+    await asyncio.sleep(0.5)
+    server.restart(keep_data=keep_data)
+    # The client keeps sending through the same objects; its first attempts may fail.
+    sent = 0
+    deadline = time.monotonic() + 15
+    while sent < 50 and time.monotonic() < deadline:
+        try:
+            await client.send_action_async(job(100 + sent))
+            sent += 1
+        except Exception:
+            await asyncio.sleep(0.1)
+    assert sent == 50, "the client could not send after the restart"
+    await wait_until(lambda: _has_all(check, range(100, 150)), 20,
+                     "every action sent after the restart handled")
+    await client.close()
+    for conn in (client_redis, check):
+        await conn.aclose()
+
+
+@pytest.mark.parametrize("keep_data", [True, False], ids=["aof", "empty"])
+async def test_worker_and_client_resume_after_redis_restart(
+    fresh_redis_server_aof: RedisServer, workers: Workers, keep_data: bool
+) -> None:
+    """Scenario 3: after Redis restarts (with its AOF, or empty), sends and handling resume."""
+    await _restart_while_busy(fresh_redis_server_aof, workers, keep_data)
+
+
+async def test_ten_seconds_without_redis_logs_little_and_recovers_fast(
+    fresh_redis_server: RedisServer, workers: Workers, tmp_path: Path
+) -> None:
+    """Scenario 7: 10 s of Redis down gives a bounded log; the worker resumes within seconds."""
+    url = fresh_redis_server.url
+    log = tmp_path / "worker.log"
+    workers.start(url, log_file=str(log), worker={**QUICK, "outage_log_every_s": 30})
+    fresh_redis_server.kill()
+    await asyncio.sleep(10)
+    fresh_redis_server.restart(keep_data=False)
+    up = time.monotonic()
+    redis = Redis.from_url(url)
+    client = BaseRedisClient("faults-client", redis, settings_for(url))
+    await client.send_action_async(job(7))
+    await wait_until(lambda: _has(redis, 1), 10, "the worker to handle an action after recovery")
+    resumed = time.monotonic() - up
+    await client.close()
+    await redis.aclose()
+    lines = [line for line in log.read_text().splitlines() if "WARNING" in line or "ERROR" in line]
+    assert len(lines) <= 8, "\n".join(lines)
+    assert resumed < 5, f"resumed {resumed:.1f}s after Redis came back"
+
+
+async def _has(redis: Redis, n: int) -> bool:
+    return await handled_count(redis) >= n
+
+
+async def _has_all(redis: Redis, numbers: range) -> bool:
+    values = await redis.hmget("faults:handled", [str(i) for i in numbers])
+    return all(v is not None for v in values)

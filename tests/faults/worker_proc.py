@@ -1,0 +1,74 @@
+"""A worker in its own OS process, for fault tests: ``python worker_proc.py '<json config>'``.
+
+Config keys: ``url``, ``service``, ``sleep`` (seconds per action), ``fail`` (always raise),
+``crash_before_ack`` (exit at the first acknowledgement, after the side effect),
+``idempotent``, ``log_file``, ``worker`` (WorkerSettings fields). Every handled action
+does ``HINCRBY faults:handled <i> 1``; with ``trace`` it also logs start/end to a list.
+Prints ``READY`` once consuming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from redis.asyncio import Redis
+
+from actionbus import BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
+from actionbus.workers.output import OutputBatcher
+
+
+async def main(config: dict[str, Any]) -> None:
+    settings = CommonAppSettings(service_name=config.get("service", "faults"),
+                                 redis_url=config["url"], redis_socket_timeout=5)
+    worker = BaseWorker(settings, worker_settings=WorkerSettings(**config.get("worker", {})))
+    side = Redis.from_url(config["url"])
+    sleep = float(config.get("sleep", 0))
+    pid = os.getpid()
+
+    async def run(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        i = str(data["i"])
+        if config.get("trace"):
+            await side.rpush("faults:trace", f"start:{i}:{pid}")
+        if sleep:
+            await asyncio.sleep(sleep)
+        if config.get("fail"):
+            raise RuntimeError(f"handler for {i} always fails")
+        await side.hincrby("faults:handled", i, 1)
+        if config.get("trace"):
+            await side.rpush("faults:trace", f"end:{i}:{pid}")
+        return {"i": data["i"]}
+
+    worker.register("faults.job.run", run, idempotent=bool(config.get("idempotent")))
+
+    if config.get("crash_before_ack"):
+        def crash(self: OutputBatcher, entry_id: str) -> None:
+            os._exit(17)  # the side effect happened; the ack never will
+
+        OutputBatcher.ack = crash  # type: ignore[method-assign]
+
+    await worker.start()
+    print("READY", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await worker.stop()
+    await side.aclose()
+
+
+if __name__ == "__main__":
+    cfg = json.loads(sys.argv[1])
+    log_file = cfg.get("log_file")
+    logging.basicConfig(
+        filename=log_file, level=logging.INFO if log_file else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    asyncio.run(main(cfg))
