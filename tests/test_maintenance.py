@@ -1,0 +1,154 @@
+"""Upkeep of a worker: safe trimming, gone consumers, eviction warnings, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from redis.asyncio import Redis
+
+from actionbus import BaseRedisClient, BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
+from actionbus.embedded import RedisServer
+from actionbus.workers.maintenance import (
+    check_eviction_policy,
+    remove_gone_consumers,
+    safe_trim,
+    safe_trim_id,
+)
+
+STREAM = "actionbus:dev:upkeep:streams:main"
+
+
+def _settings(url: str, service: str = "upkeep") -> CommonAppSettings:
+    return CommonAppSettings(service_name=service, redis_url=url)
+
+
+async def _fill(redis: Redis, n: int) -> list[str]:
+    return [
+        (await redis.xadd(STREAM, {"data": DomainAction(action_type="upkeep.x.y").model_dump_json()}))
+        .decode()
+        for _ in range(n)
+    ]
+
+
+async def test_trim_keeps_pending_and_undelivered_entries(redis_client: Redis) -> None:
+    """safe_trim removes only entries every group has received and acknowledged."""
+    ids = await _fill(redis_client, 10)
+    await redis_client.xgroup_create(STREAM, "g", id="0")
+    await redis_client.xreadgroup("g", "c", {STREAM: ">"}, count=6)  # 6 delivered, 4 not
+    await redis_client.xack(STREAM, "g", *ids[:2], *ids[3:6])  # ids[2] stays pending
+    removed = await safe_trim(redis_client, STREAM, retention=1)
+    left = [e[0].decode() for e in await redis_client.xrange(STREAM)]
+    assert removed == 2
+    assert left == ids[2:]
+
+
+async def test_trim_respects_the_slowest_group(redis_client: Redis) -> None:
+    """With two groups, nothing the slower group has not received is trimmed."""
+    ids = await _fill(redis_client, 5)
+    await redis_client.xgroup_create(STREAM, "fast", id="0")
+    await redis_client.xgroup_create(STREAM, "slow", id=ids[1])
+    await redis_client.xreadgroup("fast", "c", {STREAM: ">"})
+    await redis_client.xack(STREAM, "fast", *ids)
+    assert await safe_trim_id(redis_client, STREAM) == ids[1].split("-")[0] + "-" + str(
+        int(ids[1].split("-")[1]) + 1
+    )
+    await safe_trim(redis_client, STREAM, retention=1)
+    assert [e[0].decode() for e in await redis_client.xrange(STREAM)] == ids[2:]
+
+
+async def test_trim_does_nothing_below_retention(redis_client: Redis) -> None:
+    """A stream at or under its retention is left alone."""
+    ids = await _fill(redis_client, 3)
+    await redis_client.xgroup_create(STREAM, "g", id="0")
+    await redis_client.xreadgroup("g", "c", {STREAM: ">"})
+    await redis_client.xack(STREAM, "g", *ids)
+    assert await safe_trim(redis_client, STREAM, retention=3) == 0
+    assert await redis_client.xlen(STREAM) == 3
+
+
+async def test_worker_keeps_its_stream_within_retention(redis_url: str) -> None:
+    """A worker with stream_retention trims processed entries during maintenance."""
+    worker = BaseWorker(_settings(redis_url), worker_settings=WorkerSettings(
+        block_ms=100, stream_retention=50, maintenance_interval_s=0.1))
+
+    @worker.handler("upkeep.x.y")
+    async def noop(action: DomainAction, data: dict[str, object]) -> None:
+        return None
+
+    redis = worker_redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("sender", worker_redis, _settings(redis_url, "sender"))
+    await client.send_actions_async([DomainAction(action_type="upkeep.x.y") for _ in range(300)])
+    async with worker:
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if worker.stats.handled == 300 and await redis.xlen(STREAM) <= 50:
+                break
+    assert worker.stats.handled == 300
+    assert await redis.xlen(STREAM) <= 50
+    await redis.aclose()
+
+
+async def test_gone_consumers_are_removed_only_without_pending(redis_client: Redis) -> None:
+    """Idle consumers with pending entries are kept; idle ones with none are removed."""
+    await _fill(redis_client, 2)
+    await redis_client.xgroup_create(STREAM, "g", id="0")
+    await redis_client.xreadgroup("g", "holder", {STREAM: ">"}, count=1)
+    await redis_client.xgroup_createconsumer(STREAM, "g", "empty")
+    await asyncio.sleep(0.05)
+    removed = await remove_gone_consumers(redis_client, STREAM, "g", "me", idle_ms=10)
+    names = {c["name"].decode() for c in await redis_client.xinfo_consumers(STREAM, "g")}
+    assert removed == ["empty"]
+    assert names == {"holder"}
+
+
+async def test_eviction_policy_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A server whose maxmemory-policy can evict streams gets a clear warning at start."""
+    with RedisServer(extra_args=["--maxmemory-policy", "allkeys-lru"]) as server:
+        redis = Redis.from_url(server.url)
+        with caplog.at_level(logging.WARNING, logger="actionbus.worker"):
+            assert await check_eviction_policy(redis) == "allkeys-lru"
+        await redis.aclose()
+    assert "may evict action streams" in caplog.text
+
+
+async def test_no_eviction_warning_for_noeviction(
+    redis_client: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default noeviction policy produces no warning."""
+    with caplog.at_level(logging.WARNING, logger="actionbus.worker"):
+        assert await check_eviction_policy(redis_client) == "noeviction"
+    assert caplog.text == ""
+
+
+async def test_heartbeat_stops_others_stealing_a_slow_action(redis_url: str) -> None:
+    """An action running longer than claim_idle_ms is not reclaimed by another worker."""
+    fast = {"block_ms": 100, "claim_idle_ms": 300, "reclaim_interval_s": 0.05}
+    runs: list[str] = []
+
+    def make(name: str) -> BaseWorker:
+        worker = BaseWorker(_settings(redis_url), worker_settings=WorkerSettings(
+            consumer_name=name, **fast))
+
+        @worker.handler("upkeep.x.y")
+        async def slow(action: DomainAction, data: dict[str, object]) -> None:
+            runs.append(name)
+            await asyncio.sleep(1.2)
+
+        return worker
+
+    first, second = make("first"), make("second")
+    redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("sender", redis, _settings(redis_url, "sender"))
+    async with first:
+        await client.send_action_async(DomainAction(action_type="upkeep.x.y"))
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            if runs:
+                break
+        async with second:
+            await asyncio.sleep(1.5)
+    assert runs == ["first"]
+    assert first.stats.handled == 1
+    await redis.aclose()
