@@ -16,6 +16,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -44,6 +45,7 @@ T = TypeVar("T")
 
 def _settings(ctx: click.Context) -> CommonAppSettings:
     overrides: dict[str, Any] = {k: v for k, v in ctx.obj.items() if v is not None}
+    overrides.setdefault("service_name", os.environ.get("SERVICE_NAME", "actionbus-cli"))
     try:
         return CommonAppSettings(**overrides)
     except ValidationError as exc:

@@ -40,7 +40,7 @@ class CommonAppSettings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
     )
 
-    service_name: str = Field("actionbus-service", description="This service's name.")
+    service_name: str = Field(description="This service's name (required; SERVICE_NAME).")
     environment: str = Field("dev", description="Deployment environment; part of every key.")
     log_level: str = Field("INFO", description="Logging level name.")
     key_prefix: str = Field("actionbus", description="First part of every Redis key.")

@@ -25,11 +25,8 @@ def _settings(url: str, service: str = "upkeep") -> CommonAppSettings:
 
 
 async def _fill(redis: Redis, n: int) -> list[str]:
-    return [
-        (await redis.xadd(STREAM, {"data": DomainAction(action_type="upkeep.x.y").model_dump_json()}))
-        .decode()
-        for _ in range(n)
-    ]
+    payload = DomainAction(action_type="upkeep.x.y").model_dump_json()
+    return [(await redis.xadd(STREAM, {"data": payload})).decode() for _ in range(n)]
 
 
 async def test_trim_keeps_pending_and_undelivered_entries(redis_client: Redis) -> None:
