@@ -7,6 +7,7 @@ command waits up to ``redis_pool_timeout`` for one instead of failing at once.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -68,8 +69,9 @@ def describe(settings: CommonAppSettings) -> str:
 async def ping_or_raise(client: AnyRedis, settings: CommonAppSettings) -> None:
     """PING the server; raise ``RedisConnectionError`` naming the masked URL on failure."""
     try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
+        async with asyncio.timeout(settings.redis_socket_connect_timeout):
+            await client.ping()
+    except (RedisError, OSError, TimeoutError) as exc:
         raise RedisConnectionError(
             f"cannot reach Redis at {describe(settings)} within "
             f"{settings.redis_socket_connect_timeout}s: {type(exc).__name__}: "
