@@ -149,3 +149,4 @@ async def test_heartbeat_stops_others_stealing_a_slow_action(redis_url: str) -> 
     assert runs == ["first"]
     assert first.stats.handled == 1
     await redis.aclose()
+

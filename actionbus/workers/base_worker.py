@@ -170,6 +170,8 @@ class BaseWorker:
         """Connect if needed, join the consumer group and start consuming in the background."""
         if self._loops:
             return
+        self._stopping.clear()  # before any await: a stop requested while starting must hold
+        self._stopped.clear()
         if self._redis is None:
             self._manager = RedisManager(self.app_settings)
             self._redis = await self._manager.initialize()
@@ -179,8 +181,6 @@ class BaseWorker:
         self._output = OutputBatcher(redis, self.stream, self.group, self._outage)
         self._output.start()
         self._processor = ActionProcessor(self, redis, self._output)
-        self._stopping.clear()
-        self._stopped.clear()
         self._loops = [
             asyncio.create_task(self._read_loop(), name=f"actionbus-read:{self.stream}"),
             asyncio.create_task(self._upkeep_loop(), name=f"actionbus-upkeep:{self.stream}"),

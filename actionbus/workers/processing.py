@@ -282,8 +282,9 @@ class ActionProcessor:
         if waiting and action.callback_queue_name:
             # The caller is waiting: it gets the error now instead of a timeout.
             self.stats.error_replies += 1
-            logger.warning("%s (%s) failed: %s: %s; replied with the error",
-                           action.action_id, action.action_type, type(exc).__name__, exc)
+            logger.log(logging.INFO if isinstance(exc, ActionRejected) else logging.WARNING,
+                       "%s (%s) failed: %s: %s; replied with the error",
+                       action.action_id, action.action_type, type(exc).__name__, exc)
             if action.expires_at is None or utc_now() <= action.expires_at:
                 error = DomainActionResponse.for_action(action, error=_error_detail(exc))
                 self.output.reply(action.callback_queue_name,
