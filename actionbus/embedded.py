@@ -266,7 +266,11 @@ class RedisServer:
             self._data_dir = None
 
     def __enter__(self) -> Self:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
 
     def __exit__(self, *exc_info: object) -> None:
         self.cleanup()
@@ -381,3 +385,5 @@ class RedisCluster:
 def _kill_all() -> None:
     for server in list(_LIVE):
         server.kill()
+        if server._owns_dir and server._data_dir is not None:
+            shutil.rmtree(server._data_dir, ignore_errors=True)

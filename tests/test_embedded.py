@@ -7,12 +7,15 @@ import shutil
 import socket
 import stat
 import sys
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from actionbus.embedded import RedisCluster, RedisServer, find_redis_server, free_port
 from actionbus.exceptions import EmbeddedRedisError
@@ -28,6 +31,17 @@ def server() -> Iterator[RedisServer]:
 def _connect_refused(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _wait_aof_written(client: redis.Redis) -> None:
+    """Wait until the AOF buffer is written: appendfsync everysec may hold writes back ~1 s."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        info = client.info("persistence")
+        if info["aof_buffer_length"] == 0 and info["aof_pending_bio_fsync"] == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"AOF still not written: {info}")
 
 
 def test_start_ping_stop() -> None:
@@ -74,11 +88,12 @@ def test_context_manager_removes_temp_dir() -> None:
 
 
 def test_kill_then_restart_with_aof_keeps_data() -> None:
-    """With appendonly=True, data written before a SIGKILL survives restart(keep_data=True)."""
+    """With appendonly=True, writes the AOF holds at a SIGKILL survive restart(keep_data=True)."""
     with RedisServer(appendonly=True) as srv:
         with srv.client() as client:
             client.set("survivor", "yes")
             client.rpush("list", "a", "b")
+            _wait_aof_written(client)
         old_pid, old_port = srv.pid, srv.port
         srv.kill()
         assert not srv.running
@@ -148,17 +163,20 @@ def test_password_in_url_but_not_in_repr() -> None:
         assert str(srv.port) in repr(srv)
         with redis.Redis.from_url(srv.url) as client:
             assert client.ping() is True
-        with redis.Redis(port=srv.port) as anonymous, pytest.raises(redis.AuthenticationError):
+        anonymous = redis.Redis(port=srv.port, retry=Retry(NoBackoff(), 0))
+        with anonymous, pytest.raises(redis.AuthenticationError):
             anonymous.ping()
 
 
 def test_failed_start_reports_the_server_log() -> None:
-    """A server that cannot start raises EmbeddedRedisError quoting the server's own complaint."""
+    """A server that cannot start raises EmbeddedRedisError quoting why (log or exec error)."""
     srv = RedisServer(extra_args=["--no-such-directive", "1"])
     with pytest.raises(EmbeddedRedisError, match="no-such-directive"):
         srv.start(timeout=5)
     assert not srv.running
     srv.cleanup()
+    with pytest.raises(EmbeddedRedisError, match="cannot run"):
+        RedisServer(executable="/nonexistent/redis-server").start()
 
 
 def test_find_redis_server_prefers_path() -> None:
@@ -223,7 +241,9 @@ def test_cluster_covers_all_slots_and_round_trips_keys() -> None:
             assert [client.get(k) for k in ("alpha", "beta", "gamma", "delta")] == [
                 b"ALPHA", b"BETA", b"GAMMA", b"DELTA",
             ]  # fmt: skip
-        finally:
+        finally:  # redis-py 8.1: RedisCluster.close() leaves the node pools' sockets open
+            for cluster_node in client.get_nodes():  # type: ignore[no-untyped-call]
+                cluster_node.redis_connection.connection_pool.disconnect()
             client.close()
         for node in cluster.nodes:  # the four keys landed on all three masters
             with node.client() as direct:
