@@ -22,7 +22,7 @@ from actionbus.exceptions import (
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
 from actionbus.redis_pool import RedisPool, close_redis_pool, get_redis_client, redis_pool
 from actionbus.services import BaseService
-from actionbus.workers import BaseWorker, WorkerSettings, WorkerStats
+from actionbus.workers import BaseWorker, Handler, WorkerSettings, WorkerStats
 
 __version__ = "0.1.0"
 
@@ -43,6 +43,7 @@ __all__ = [
     "DomainActionResponse",
     "EmbeddedRedisError",
     "ErrorDetail",
+    "Handler",
     "HandlerError",
     "InvalidNameError",
     "PayloadTooLargeError",

@@ -6,6 +6,7 @@ streams are never trimmed by actionbus.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,8 @@ from actionbus.models.actions import utc_now
 from actionbus.streams import text
 
 __all__ = ["DeadLetter", "DeadLetterQueue", "dead_letter_fields"]
+
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 class DeadLetter(BaseModel):
@@ -97,8 +100,18 @@ class DeadLetterQueue:
         entries: Any = await self.redis.xrange(self.stream, min=start, max="+", count=count)
         return [_parse(entry_id, fields) for entry_id, fields in entries]
 
+    @staticmethod
+    def _check_id(entry_id: str) -> str:
+        if not isinstance(entry_id, str) or not _ENTRY_ID.fullmatch(entry_id):
+            raise DeadLetterError(
+                f"{entry_id!r} is not a stream entry id (expected '<milliseconds>-<sequence>', "
+                "as shown by list())"
+            )
+        return entry_id
+
     async def get(self, entry_id: str) -> DeadLetter:
         """One dead letter by id; ``DeadLetterError`` if there is none."""
+        self._check_id(entry_id)
         entries: Any = await self.redis.xrange(self.stream, min=entry_id, max=entry_id, count=1)
         if not entries:
             raise DeadLetterError(f"no dead letter {entry_id!r} in {self.stream}")
@@ -126,4 +139,5 @@ class DeadLetterQueue:
 
     async def delete(self, entry_id: str) -> bool:
         """Delete one dead letter for good; ``True`` if it existed."""
+        self._check_id(entry_id)
         return bool(await self.redis.xdel(self.stream, entry_id))

@@ -14,7 +14,12 @@ from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.replies import ReplyListener
 from actionbus.config import CommonAppSettings
 from actionbus.connection import AnyRedis
-from actionbus.exceptions import ConfigurationError, PayloadTooLargeError, SendError
+from actionbus.exceptions import (
+    ConfigurationError,
+    InvalidNameError,
+    PayloadTooLargeError,
+    SendError,
+)
 from actionbus.models.actions import (
     DomainAction,
     DomainActionResponse,
@@ -69,13 +74,22 @@ class BaseRedisClient:
         """The list this client's pseudo-sync replies arrive on."""
         return self._replies.queue
 
-    def _encode(self, action: DomainAction) -> tuple[str, str]:
-        """Stream name and JSON of ``action``, after stamping the origin and checking size."""
+    @staticmethod
+    def _check(action: DomainAction) -> None:
         if not isinstance(action, DomainAction):
             raise TypeError(
                 f"expected a DomainAction, got {type(action).__name__}; build one with "
                 "DomainAction(action_type='service.entity.verb', data={...})"
             )
+
+    def _encode(self, action: DomainAction) -> tuple[str, str]:
+        """Stream name and JSON of ``action``, after stamping the origin and checking size."""
+        self._check(action)
+        # Fields may have been reassigned after validation; the key parts are re-checked.
+        try:
+            check_action_type(action.action_type)
+        except ValueError as exc:
+            raise InvalidNameError(f"nothing was sent: {exc}") from None
         if action.origin_service is None:
             action.origin_service = self.service_name
         stream = self.queue_manager.get_service_action_stream(action.target)
@@ -136,6 +150,7 @@ class BaseRedisClient:
         """
         if not timeout or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self._check(action)
         action.callback_queue_name = self._replies.queue
         if action.correlation_id is None:
             action.correlation_id = str(action.action_id)
@@ -167,6 +182,7 @@ class BaseRedisClient:
         so it is handled by this service's workers even if they were down when it was sent.
         ``callback_context`` is carried in ``metadata["callback_context"]``.
         """
+        self._check(action)
         check_action_type(callback_event_name, "callback_event_name")
         action.callback_action_type = callback_event_name
         action.callback_queue_name = self.queue_manager.get_callback_queue(

@@ -17,10 +17,10 @@ from actionbus.models.actions import SERVICE_NAME_PATTERN
 
 __all__ = ["KeyParts", "QueueManager"]
 
-_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_SERVICE_RE = re.compile(rf"^{SERVICE_NAME_PATTERN}$")
-_CONTEXT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_STATE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,511}$")
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_SERVICE_RE = re.compile(SERVICE_NAME_PATTERN)
+_CONTEXT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_STATE_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,511}")
 
 STREAMS, RESPONSES, CALLBACKS, IDEMPOTENCY, STATE = (
     "streams", "responses", "callbacks", "idempotency", "state",
@@ -38,7 +38,7 @@ class KeyParts:
 
 
 def _check(value: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise InvalidNameError(f"{what} {value!r} is not allowed: {rule}")
     return value
 

@@ -27,8 +27,8 @@ SERVICE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 ACTION_TYPE_PATTERN = rf"{SERVICE_NAME_PATTERN}(\.[A-Za-z0-9_-]{{1,64}}){{1,8}}"
 """``service.entity.verb``: two to nine dot-separated segments, the first a service name."""
 
-_SERVICE_RE = re.compile(rf"^{SERVICE_NAME_PATTERN}$")
-_ACTION_TYPE_RE = re.compile(rf"^{ACTION_TYPE_PATTERN}$")
+_SERVICE_RE = re.compile(SERVICE_NAME_PATTERN)
+_ACTION_TYPE_RE = re.compile(ACTION_TYPE_PATTERN)
 
 
 def utc_now() -> datetime:
@@ -45,7 +45,7 @@ def _as_text(value: Any) -> Any:
 
 def check_service_name(value: str, what: str = "service name") -> str:
     """Return ``value`` if it is a valid service name, else raise ``ValueError`` saying why."""
-    if not _SERVICE_RE.match(value):
+    if not isinstance(value, str) or not _SERVICE_RE.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} is not valid: use 1-64 letters, digits, '_' or '-', starting "
             "with a letter or digit (no ':', '.', '*', braces or whitespace)"
@@ -55,7 +55,7 @@ def check_service_name(value: str, what: str = "service name") -> str:
 
 def check_action_type(value: str, what: str = "action_type") -> str:
     """Return ``value`` if it has the ``service.entity.verb`` shape, else raise ``ValueError``."""
-    if not _ACTION_TYPE_RE.match(value):
+    if not isinstance(value, str) or not _ACTION_TYPE_RE.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} is not valid: expected 'service.entity.verb' (2-9 dot-separated "
             "segments of letters, digits, '_' or '-'; the first names the target service)"

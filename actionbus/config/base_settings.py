@@ -10,34 +10,45 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["CommonAppSettings", "mask_url"]
+__all__ = ["CommonAppSettings"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _LOG_LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET"}
 
 
 def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
+    """Return ``url`` with any password (in the userinfo or a ``password=`` query) as ``***``."""
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if parts.password is None and not any(k == "password" for k, _ in query):
+            return url
+        netloc = parts.netloc
+        if parts.password is not None:
+            host = parts.hostname or ""
+            if parts.port is not None:
+                host = f"{host}:{parts.port}"
+            netloc = f"{parts.username or ''}:***@{host}"
+        masked = urlencode([(k, "***" if k == "password" else v) for k, v in query], safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, masked, ""))
+    except ValueError:
+        return "<unparsable URL>"
 
 
 class CommonAppSettings(BaseSettings):
     """Settings shared by every service: identity, logging, Redis connection, key layout."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+        hide_input_in_errors=True,  # a rejected URL must not echo its password
     )
 
     service_name: str = Field(description="This service's name (required; SERVICE_NAME).")
@@ -84,7 +95,7 @@ class CommonAppSettings(BaseSettings):
     @field_validator("service_name", "environment", "key_prefix")
     @classmethod
     def _check_name(cls, value: str, info: Any) -> str:
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise ValueError(
                 f"{info.field_name}={value!r} is not allowed: use 1-100 letters, digits, "
                 "'_', '-' or '.', starting with a letter or digit (no ':', '*', braces or spaces)"
