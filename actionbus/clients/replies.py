@@ -71,16 +71,20 @@ class ReplyListener:
     async def _listen(self) -> None:
         backoff = Backoff()
         try:
-            while self._waiting:
+            while True:
                 try:
                     popped: Any = await self.redis.brpop([self.queue], timeout=_BLOCK_SECONDS)
-                    if popped is not None:
-                        self._deliver(popped[1])
+                    self._outage.success()
+                    backoff.reset()
+                    if popped is None:
+                        if not self._waiting:
+                            return  # idle for a whole block: stop until the next call
+                        continue
+                    self._deliver(popped[1])
+                    if self._waiting:  # others wait: take what else arrived in one go
                         more: Any = await self.redis.rpop(self.queue, _DRAIN_COUNT)
                         for raw in more or ():
                             self._deliver(raw)
-                    self._outage.success()
-                    backoff.reset()
                 except (RedisError, OSError) as exc:
                     self._outage.failure(exc)
                     await asyncio.sleep(backoff.next_delay())

@@ -39,7 +39,7 @@ from actionbus.workers.maintenance import (
 )
 from actionbus.workers.output import OutputBatcher
 from actionbus.workers.processing import ActionProcessor, WorkerStats
-from actionbus.workers.reclaim import claim_abandoned, heartbeat
+from actionbus.workers.reclaim import claim_abandoned, claim_own_pending, heartbeat
 from actionbus.workers.routing import Handler, HandlerRegistry
 from actionbus.workers.settings import WorkerSettings
 
@@ -255,6 +255,7 @@ class BaseWorker:
 
     def _spawn(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
         assert self._processor is not None
+        self._processor.claim(entry_id)
         task = asyncio.create_task(self._processor.process(entry_id, fields, deliveries))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -270,6 +271,7 @@ class BaseWorker:
         backoff = Backoff(cap=2.0)
         streams = {self.stream: ">"}
         next_reclaim = 0.0
+        recover_own = True  # at start, and after any failed read (its entries may be ours)
         while not self._stopping.is_set():
             free = self.settings.concurrency - len(self._tasks)
             if free <= 0:
@@ -277,9 +279,14 @@ class BaseWorker:
                 await self._slot_free.wait()
                 continue
             try:
+                if recover_own:
+                    await self._recover_own(free)
+                    recover_own = False
+                    continue
                 if time.monotonic() >= next_reclaim:
                     next_reclaim = time.monotonic() + self.settings.reclaim_interval_s
-                    await self._reclaim(free)
+                    await self._recover_own(free)
+                    await self._reclaim(self.settings.concurrency - len(self._tasks))
                     free = self.settings.concurrency - len(self._tasks)
                     if free <= 0:
                         continue
@@ -298,6 +305,7 @@ class BaseWorker:
                 continue
             except (RedisError, OSError) as exc:
                 self._outage.failure(exc)
+                recover_own = True
                 await asyncio.sleep(backoff.next_delay())
                 continue
             for _stream, entries in reply or ():
@@ -312,8 +320,23 @@ class BaseWorker:
                     "was deleted); recreated it", self.group, self.stream,
                 )
 
+    async def _recover_own(self, free: int) -> None:
+        assert self._processor is not None
+        assert self._output is not None
+        if free <= 0:
+            return
+        claimed = await claim_own_pending(
+            self.redis_client, self.stream, self.group, self.consumer, count=free,
+            skip=self._processor.owned | self._output.unacknowledged(),
+        )
+        for entry in claimed:
+            logger.info("resuming %s, delivered to this consumer by a lost read", entry.entry_id)
+            self._spawn(entry.entry_id, entry.fields, entry.deliveries)
+
     async def _reclaim(self, free: int) -> None:
         assert self._processor is not None
+        if free <= 0:
+            return
         claimed = await claim_abandoned(
             self.redis_client, self.stream, self.group, self.consumer,
             min_idle_ms=self.settings.claim_idle_ms, count=free,

@@ -41,6 +41,7 @@ class OutputBatcher:
         self._two_phase = isinstance(redis, RedisCluster)
         self._commands: list[Command] = []
         self._acks: list[str] = []
+        self._sending_acks: list[str] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -50,6 +51,10 @@ class OutputBatcher:
         self._closing = False
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"actionbus-output:{self.stream}")
+
+    def unacknowledged(self) -> set[str]:
+        """Entries whose acknowledgement is queued or being sent."""
+        return {*self._acks, *self._sending_acks}
 
     @property
     def queued(self) -> int:
@@ -87,6 +92,7 @@ class OutputBatcher:
         if not commands and not acks:
             return
         self._commands, self._acks = [], []
+        self._sending_acks = acks
         try:
             pipe = self.redis.pipeline(transaction=False)
             for command in commands:
@@ -103,6 +109,8 @@ class OutputBatcher:
             self._commands[:0] = commands
             self._acks[:0] = acks
             raise
+        finally:
+            self._sending_acks = []
 
     async def _run(self) -> None:
         backoff = Backoff()

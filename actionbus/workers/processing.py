@@ -86,9 +86,13 @@ class ActionProcessor:
         limit = time.monotonic() - seconds
         return [entry_id for entry_id, since in self._started.items() if since < limit]
 
-    async def process(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
-        """Handle one entry, retrying in place with backoff until done or dead-lettered."""
+    def claim(self, entry_id: str) -> None:
+        """Mark an entry as ours from the moment its task is created."""
         self._started[entry_id] = time.monotonic()
+
+    async def process(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
+        """Handle one entry (``claim()``-ed first), retrying with backoff until done or buried."""
+        self._started.setdefault(entry_id, time.monotonic())
         try:
             raw = next((fields[k] for k in _DATA_KEYS if k in fields), None)
             try:
@@ -173,26 +177,24 @@ class ActionProcessor:
                 result = await self.worker.handle_action(action)
             else:
                 result = await route.handler(action, route.parse_data(action))
-            response = (
-                result if is_response(result)
-                else DomainActionResponse.for_action(action, data=result_data(result))
-            )
+            data = result_data(result) if not is_response(result) else None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a handler's failure is data, not a crash
             return self._failed(entry_id, raw, action, deliveries, exc, waiting)
+        # A response is built only for someone who reads it: a waiting caller or a callback.
+        response = None
+        if waiting or action.callback_action_type is not None:
+            response = (
+                result if data is None
+                else DomainActionResponse.for_action(action, data=data)
+            )
         if marker is not None:
             # Written before anything else, so a crash from here on cannot repeat the handler.
-            await self.redis.set(marker, self._marker_value(action, response, waiting),
-                                 ex=self.settings.idempotency_ttl_s)
+            value = response.model_dump_json(exclude_none=True) if waiting and response else "1"
+            await self.redis.set(marker, value, ex=self.settings.idempotency_ttl_s)
         self._succeeded(entry_id, action, response, waiting)
         return True
-
-    @staticmethod
-    def _marker_value(
-        action: DomainAction, response: DomainActionResponse, waiting: bool
-    ) -> str:
-        return response.model_dump_json(exclude_none=True) if waiting else "1"
 
     async def _already_done(
         self, entry_id: str, action: DomainAction, marker: str, waiting: bool
@@ -217,11 +219,13 @@ class ActionProcessor:
         self,
         entry_id: str,
         action: DomainAction,
-        response: DomainActionResponse,
+        response: DomainActionResponse | None,
         waiting: bool,
     ) -> None:
         self.stats.handled += 1
-        if waiting and action.callback_queue_name:
+        if response is None:
+            pass
+        elif waiting and action.callback_queue_name:
             if action.expires_at is not None and utc_now() > action.expires_at:
                 self.stats.expired_skipped += 1
                 logger.info("dropped the reply to %s: its caller stopped waiting",

@@ -14,7 +14,7 @@ from typing import Any
 from actionbus.connection import AnyRedis
 from actionbus.streams import text
 
-__all__ = ["Claimed", "claim_abandoned", "heartbeat", "reclaim_for_retry"]
+__all__ = ["Claimed", "claim_abandoned", "claim_own_pending", "heartbeat", "reclaim_for_retry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,41 @@ async def claim_abandoned(
         delivered, previous = candidates.get(key, (0, ""))
         claimed.append(Claimed(key, fields, delivered + 1, previous))
     return claimed
+
+
+async def claim_own_pending(
+    redis: AnyRedis,
+    stream: str,
+    group: str,
+    consumer: str,
+    *,
+    count: int,
+    skip: Collection[str],
+) -> list[Claimed]:
+    """Re-take entries delivered to this consumer whose reads never reached us.
+
+    A read whose reply is lost (a connection dropped or hung mid-command) still delivered
+    its entries on the server: they are pending on this consumer, and ``>`` reads will
+    never return them again. Entries in ``skip`` (in progress, or done and awaiting their
+    acknowledgement) are left alone.
+    """
+    pending: Any = await redis.xpending_range(
+        stream, group, min="-", max="+", count=count + len(skip), consumername=consumer
+    )
+    candidates = {
+        text(p["message_id"]): int(p["times_delivered"])
+        for p in pending
+        if text(p["message_id"]) not in skip
+    }
+    if not candidates:
+        return []
+    ids = list(candidates)[:count]
+    entries: Any = await redis.xclaim(stream, group, consumer, 0, list[Any](ids))
+    return [
+        Claimed(text(entry_id), fields, candidates[text(entry_id)] + 1, consumer)
+        for entry_id, fields in entries
+        if fields is not None
+    ]
 
 
 async def heartbeat(

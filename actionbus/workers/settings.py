@@ -15,7 +15,7 @@ class WorkerSettings(BaseSettings):
 
     group_name: str | None = Field(None, description="Consumer group; defaults to the service.")
     consumer_name: str | None = Field(None, description="Defaults to host-pid-random.")
-    concurrency: int = Field(64, ge=1, description="Actions handled at the same time.")
+    concurrency: int = Field(128, ge=1, description="Actions handled at the same time.")
     batch_size: int = Field(100, ge=1, description="Entries read per XREADGROUP.")
     block_ms: int = Field(2000, ge=10, description="How long one read blocks waiting.")
 
@@ -44,8 +44,6 @@ class WorkerSettings(BaseSettings):
     def _consistent(self) -> WorkerSettings:
         if self.retry_backoff_max_s < self.retry_backoff_base_s:
             raise ValueError("retry_backoff_max_s must be >= retry_backoff_base_s")
-        if self.batch_size > self.concurrency:
-            self.batch_size = self.concurrency
         return self
 
     def retry_delay(self, deliveries: int) -> float:

@@ -1,0 +1,169 @@
+"""actionbus benchmark: actionbus vs raw redis-py vs FastStream, on a Redis of its own.
+
+How to run (from the repository root)::
+
+    make bench                              # = .venv/bin/python bench/run.py
+    .venv/bin/python bench/run.py --quick   # smaller N, one repetition: a smoke run
+    .venv/bin/python bench/run.py --scenario 3 [--scenario 4]
+    make bench-long                         # adds scenario 5 (1,000,000 actions)
+
+It starts its own ``redis-server`` on a free loopback port (never the shared 6379), runs
+every scenario against it, stops it, prints one table and writes the same figures to
+``bench/results/latest.json``. Every process (this one and the consumer/responder
+processes it starts) runs uvloop; library and broker logging are at WARNING.
+
+Scenarios:
+
+1. Send: ``send_action_async`` one by one and ``send_actions_async`` in batches of 100
+   vs raw XADD of the same JSON (built with ``json.dumps`` per message) one by one and
+   in pipelines of 100, vs FastStream ``broker.publish(..., stream=...)`` one by one.
+2. Drain: N entries pre-loaded, then timed until the consumer group has read and
+   acknowledged all of them; no-op handlers; 1 and 2 consumer processes. Raw: a loop of
+   XREADGROUP COUNT 100 + ``json.loads`` + one XACK per batch. FastStream: a
+   consumer-group stream subscriber (``max_records=100``, logging off, group created
+   before publishing). FastStream drains fewer entries (it is ~20x slower).
+3. Request/reply against a responder process: sequential calls (p50, p99) and 50
+   concurrent callers (throughput, p50, p99). Raw: XADD + BRPOP on a unique list; the
+   responder pipelines LPUSH replies and one XACK per batch. FastStream:
+   ``broker.request(...)`` (pool of 256 connections) to a subscriber that answers.
+4. 1,000 concurrent ``send_action_pseudo_sync`` calls from one client with
+   ``redis_max_connections=20``: timeouts, errors, total time.
+5. ``--long`` only: worker RSS and stream length at 100k and 1M actions (200k with
+   ``--quick``) with ``stream_retention=100_000``; the targets need RSS growth < 10%
+   and, after the worker's next maintenance round, a stream within its retention.
+
+Reading the table: each cell is the median of the repetitions (3 by default, 1 with
+``--quick``; scenario 5 runs once) with (min-max); ``ab/raw`` and ``ab/FS`` divide
+actionbus's median by the other side's. Higher is better for msg/s and req/s, lower for
+ms. Within each repetition the sides run one after another, in reversed order on every
+other repetition, so ratios hold up on a noisy machine while absolute figures drift
+between runs. The targets below the table are judged on those ratios (scenario 4 and 5
+targets on actionbus's worst repetition).
+
+``bench/profiling.py`` (not run by ``make bench``) profiles the drain and request/reply
+consumers with pyinstrument or py-spy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from importlib.metadata import version
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS_DIR, Config, quiet_logging, run
+from procs import cpu_count
+from redis.asyncio import Redis
+from report import Results, table, write_json
+from scenarios_drain import run_drain
+from scenarios_long import run_long
+from scenarios_rpc import run_burst, run_rpc
+from scenarios_send import run_send
+
+from actionbus.embedded import RedisServer
+
+Scenario = Callable[[Config, Results], Awaitable[None]]
+
+SCENARIOS: dict[int, tuple[str, Scenario]] = {
+    1: ("send", run_send),
+    2: ("worker drain", run_drain),
+    3: ("pseudo-sync round trip", run_rpc),
+    4: ("1,000 concurrent pseudo-sync calls", run_burst),
+    5: ("1M actions: worker RSS and stream length", run_long),
+}
+DEFAULT_SCENARIOS = (1, 2, 3, 4)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark actionbus against raw redis-py and FastStream.",
+        epilog="See the module docstring of bench/run.py for what each scenario measures.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small N, one repetition")
+    parser.add_argument("--long", action="store_true", help="also run scenario 5 (1M actions)")
+    parser.add_argument("--scenario", type=int, action="append", choices=sorted(SCENARIOS),
+                        help="run only this scenario (repeatable)")
+    parser.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "latest.json",
+                        help="where to write the results (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.reps is not None and args.reps < 1:
+        parser.error("--reps must be at least 1")
+    return args
+
+
+async def server_version(url: str) -> str:
+    async with Redis.from_url(url) as redis:
+        info: dict[str, Any] = await redis.info("server")
+        return str(info.get("redis_version"))
+
+
+async def run_all(config: Config, chosen: list[int], results: Results) -> dict[str, float]:
+    """Run ``chosen`` scenarios in order; return the seconds each took."""
+    durations: dict[str, float] = {}
+    for number in chosen:
+        name, scenario = SCENARIOS[number]
+        print(f"scenario {number}: {name} ...", flush=True)
+        start = time.perf_counter()
+        await scenario(config, results)
+        durations[str(number)] = round(time.perf_counter() - start, 1)
+        print(f"scenario {number}: done in {durations[str(number)]:.1f}s", flush=True)
+    return durations
+
+
+def meta(url: str, config: Config, chosen: list[int], redis_version: str) -> dict[str, Any]:
+    return {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "scenarios": chosen,
+        "reps": config.reps,
+        "quick": config.quick,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": cpu_count(),
+        "redis_server": redis_version,
+        "redis_py": version("redis"),
+        "hiredis": version("hiredis"),
+        "faststream": version("faststream"),
+        "uvloop": version("uvloop"),
+        "pydantic": version("pydantic"),
+        "actionbus": version("actionbus"),
+        "redis_url": url,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if find_spec("faststream") is None:
+        sys.exit("FastStream is missing: .venv/bin/pip install -e '.[bench]' (or: make bench)")
+    quiet_logging()
+    chosen = sorted(set(args.scenario or (*DEFAULT_SCENARIOS, *((5,) if args.long else ()))))
+    wall_start = time.perf_counter()
+    server = RedisServer().start()
+    try:
+        config = Config.make(server.url, quick=args.quick, reps=args.reps)
+        redis_version = run(server_version(server.url))
+        print(f"redis-server {redis_version} on {server.url}; scenarios {chosen}; "
+              f"{config.reps} repetition(s){' (scenario 5: one)' if 5 in chosen else ''}"
+              f"{'; quick' if config.quick else ''}", flush=True)
+        results = Results()
+        durations = run(run_all(config, chosen, results))
+        results.note("scenario_seconds", durations)
+        info = meta(server.url, config, chosen, redis_version)
+    finally:
+        server.cleanup()
+    wall = time.perf_counter() - wall_start
+    print()
+    print(table(results))
+    print(f"\nwall time {wall:.1f}s; JSON written to {args.json}")
+    write_json(results.to_json(round(wall, 1), info), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Scenario 2: drain a pre-loaded stream through a consumer group with a no-op handler.
+
+Each measurement: create the group at id 0, start the consumer process(es) (they connect
+and wait for a go token), pre-load N entries, release the consumers, and time until the
+group has read everything and has nothing pending (XINFO GROUPS: lag 0, pending 0).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from common import (
+    DATA,
+    ORIGIN,
+    Config,
+    alternate,
+    faststream_broker,
+    field,
+    raw_message,
+    to_int,
+    wait_until,
+)
+from procs import Children
+from redis.asyncio import Redis
+from report import Results
+
+from actionbus import DomainAction, QueueManager
+
+if TYPE_CHECKING:
+    from faststream.redis import RedisBroker
+
+TARGET = "benchdrain"
+PRELOAD_BATCH = 1_000
+POLL_S = 0.005
+AB_STREAM = QueueManager().get_service_action_stream(TARGET)
+RAW_STREAM = "bench:drain:raw"
+FS_STREAM = "bench:drain:faststream"
+GROUP = TARGET
+
+Preload = Callable[[Redis, str, int], Awaitable[None]]
+
+
+def action_payloads(n: int) -> list[str]:
+    """``n`` distinct actions as actionbus sends them (also what the raw loop reads)."""
+    return [
+        DomainAction(
+            action_type=f"{TARGET}.item.process", origin_service=ORIGIN, data=DATA
+        ).model_dump_json(exclude_none=True)
+        for _ in range(n)
+    ]
+
+
+def json_preloader(payloads: Sequence[str]) -> Preload:
+    """XADD the pre-built ``payloads`` (field ``data``) in pipelines."""
+
+    async def preload(redis: Redis, stream: str, n: int) -> None:
+        for start in range(0, n, PRELOAD_BATCH):
+            pipe = redis.pipeline(transaction=False)
+            for payload in payloads[start:start + PRELOAD_BATCH]:
+                pipe.xadd(stream, {"data": payload})
+            await pipe.execute()
+
+    return preload
+
+
+def faststream_preloader(broker: RedisBroker) -> Preload:
+    """Publish through FastStream (its own envelope), pipelined."""
+
+    async def preload(redis: Redis, stream: str, n: int) -> None:
+        for start in range(0, n, PRELOAD_BATCH):
+            pipe = redis.pipeline(transaction=False)
+            for _ in range(min(PRELOAD_BATCH, n - start)):
+                await broker.publish(raw_message(TARGET), stream=stream, pipeline=pipe)
+            await pipe.execute()
+
+    return preload
+
+
+async def drained(redis: Redis, stream: str, n: int) -> bool:
+    """True once ``GROUP`` has read all ``n`` entries of ``stream`` and acknowledged them."""
+    for info in await redis.xinfo_groups(stream):
+        name = field(info, "name")
+        if name in (GROUP, GROUP.encode()):
+            read = to_int(field(info, "entries-read"))
+            return read >= n and to_int(field(info, "pending")) == 0
+    return False
+
+
+async def drain_once(
+    cfg: Config, admin: Redis, role: str, processes: int, stream: str, preload: Preload,
+    n: int,
+) -> float:
+    """One timed drain of ``n`` entries by ``processes`` children; returns entries/s."""
+    await admin.delete(stream)
+    await admin.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    options = (
+        ("--service", TARGET) if role == "ab-worker" else ("--stream", stream, "--group", GROUP)
+    )
+    with Children(role, cfg.url, processes, *options, gated=True) as children:
+        await preload(admin, stream, n)  # meanwhile the children import and connect
+        if (length := await admin.xlen(stream)) != n:
+            raise RuntimeError(f"pre-loaded {length} entries into {stream}, expected {n}")
+        children.wait_ready()
+        start = time.perf_counter()
+        await children.go(admin)
+        await wait_until(
+            lambda: drained(admin, stream, n), timeout=max(60.0, n / 200), interval=POLL_S,
+            what=f"draining {n} entries with {processes} {role}",
+        )
+        elapsed = time.perf_counter() - start
+    await admin.delete(stream)
+    return n / elapsed
+
+
+async def run_drain(cfg: Config, results: Results) -> None:
+    """Raw loop, actionbus worker (1 and 2 processes) and FastStream, interleaved."""
+    admin = Redis.from_url(cfg.url)
+    broker = faststream_broker(cfg.url)
+    await broker.connect()
+    jsons = json_preloader(action_payloads(cfg.drain_n))
+    fs = faststream_preloader(broker)
+    one, two = "drain, 1 process (no-op)", "drain, 2 processes (no-op)"
+    plan: list[tuple[str, str, str, str, int, str, Preload, int]] = [
+        ("drain.1", one, "raw", "raw-drain", 1, RAW_STREAM, jsons, cfg.drain_n),
+        ("drain.1", one, "actionbus", "ab-worker", 1, AB_STREAM, jsons, cfg.drain_n),
+        ("drain.1", one, "faststream", "fs-drain", 1, FS_STREAM, fs, cfg.drain_n_faststream),
+        ("drain.2", two, "raw", "raw-drain", 2, RAW_STREAM, jsons, cfg.drain_n),
+        ("drain.2", two, "actionbus", "ab-worker", 2, AB_STREAM, jsons, cfg.drain_n),
+    ]
+    try:
+        for rep in range(cfg.reps):
+            for key, label, side, role, processes, stream, preload, n in alternate(plan, rep):
+                rate = await drain_once(cfg, admin, role, processes, stream, preload, n)
+                results.add(2, key, label, "msg/s", side, rate)
+        dead = await admin.xlen(QueueManager().get_dead_letter_stream(TARGET))
+        results.note("drain_n", {"raw_actionbus": cfg.drain_n,
+                                 "faststream": cfg.drain_n_faststream})
+        results.note("drain_dead_letters_actionbus", dead)
+    finally:
+        await broker.stop()
+        await admin.aclose()
