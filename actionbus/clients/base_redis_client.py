@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
@@ -148,8 +149,10 @@ class BaseRedisClient:
         handler failed) or ``None`` when the timeout passes. The action carries its
         ``expires_at`` so a worker that picks it up later skips it.
         """
-        if not timeout or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
+            raise ValueError(
+                f"timeout must be a positive number of seconds (finite), got {timeout!r}"
+            )
         self._check(action)
         action.callback_queue_name = self._replies.queue
         if action.correlation_id is None:

@@ -103,7 +103,8 @@ class QueueManager:
 
         Callbacks are ordinary ``DomainAction``s, so they are as durable as any action and
         reach the same handlers. ``context`` does not change the destination; the client
-        carries it in the action's ``metadata["callback_context"]``.
+        carries it in the action's ``metadata["callback_context"]``. It is validated like
+        any key part, so it stays safe wherever a service uses it.
         """
         if context is not None:
             check_context(context)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from types import TracebackType
 
@@ -26,6 +27,7 @@ class RedisManager:
     def __init__(self, settings: CommonAppSettings) -> None:
         self.settings = settings
         self._client: AnyRedis | None = None
+        self._lock: asyncio.Lock | None = None
 
     @property
     def is_initialized(self) -> bool:
@@ -36,15 +38,19 @@ class RedisManager:
         """Connect and ping; return the client. Calling it again returns the same client."""
         if self._client is not None:
             return self._client
-        client = create_redis_client(self.settings)
-        try:
-            await ping_or_raise(client, self.settings)
-        except BaseException:
-            await client.aclose()
-            raise
-        self._client = client
-        logger.info("connected to Redis at %s", describe(self.settings))
-        return client
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:  # concurrent callers share one client
+            if self._client is None:
+                client = create_redis_client(self.settings)
+                try:
+                    await ping_or_raise(client, self.settings)
+                except BaseException:
+                    await client.aclose()
+                    raise
+                self._client = client
+                logger.info("connected to Redis at %s", describe(self.settings))
+        return self._client
 
     def get_client(self) -> AnyRedis:
         """The connected client; raises ``ClientNotInitializedError`` before ``initialize()``."""

@@ -95,6 +95,7 @@ class BaseWorker:
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._start_lock: asyncio.Lock | None = None
         self._outage = OutageLog(
             logger, f"worker {self.service_name}/{self.consumer}", self.settings.outage_log_every_s
         )
@@ -172,6 +173,13 @@ class BaseWorker:
             return
         self._stopping.clear()  # before any await: a stop requested while starting must hold
         self._stopped.clear()
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:  # a second concurrent start() waits, then returns
+            if not self._loops:
+                await self._start()
+
+    async def _start(self) -> None:
         if self._redis is None:
             self._manager = RedisManager(self.app_settings)
             self._redis = await self._manager.initialize()
@@ -311,6 +319,8 @@ class BaseWorker:
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
                     self._spawn(text(entry_id), fields, 1)
+                # Let the new tasks run (and send their replies) before the next read.
+                await asyncio.sleep(0)
 
     async def _recreate_group(self) -> None:
         with contextlib.suppress(RedisError, OSError):

@@ -3,13 +3,19 @@
 Handlers finish one by one; their writes are queued here and sent in one pipeline per
 round, outputs first and acknowledgements after, so an action is never acknowledged
 before what it produced is in Redis. On Redis Cluster the two go in two rounds, because
-a cluster pipeline may run its node batches in any order. Failed rounds are retried with
-backoff; nothing queued is dropped while the worker runs.
+a cluster pipeline may run its node batches in any order.
+
+The task that queues writes calls ``flush()``: if no round is under way it sends one at
+once (no hop through another task, so a reply leaves as soon as it is ready), and keeps
+sending while more was queued meanwhile; otherwise the running round picks its writes
+up. A background task retries failed rounds with backoff and sweeps up leftovers;
+nothing queued is dropped while the worker runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +29,8 @@ from actionbus.connection import AnyRedis
 __all__ = ["OutputBatcher"]
 
 logger = logging.getLogger("actionbus.worker")
+
+_SWEEP_SECONDS = 1.0
 
 Command = Callable[[Any], None]
 """Adds one or more commands to a pipeline."""
@@ -45,6 +53,7 @@ class OutputBatcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._flushing = False
 
     def start(self) -> None:
         """Start the flushing task."""
@@ -81,11 +90,23 @@ class OutputBatcher:
     def ack(self, entry_id: str) -> None:
         """Acknowledge an entry once everything queued before it is written."""
         self._acks.append(entry_id)
-        self._wakeup.set()
 
     def _push(self, command: Command) -> None:
         self._commands.append(command)
-        self._wakeup.set()
+
+    async def flush(self) -> None:
+        """Send what is queued now, unless a round is already under way (it will)."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while self._commands or self._acks:
+                await self._flush_once()
+        except (RedisError, OSError) as exc:
+            self._outage.failure(exc)
+            self._wakeup.set()  # the background task retries with backoff
+        finally:
+            self._flushing = False
 
     async def _flush_once(self) -> None:
         commands, acks = self._commands, self._acks
@@ -115,16 +136,26 @@ class OutputBatcher:
     async def _run(self) -> None:
         backoff = Backoff()
         while True:
-            await self._wakeup.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), _SWEEP_SECONDS)
             self._wakeup.clear()
+            if self._flushing:
+                continue
+            self._flushing = True
             try:
-                await self._flush_once()
-                self._outage.success()
-                backoff.reset()
+                sent = False
+                while self._commands or self._acks:
+                    await self._flush_once()
+                    sent = True
+                if sent:  # only a real round trip says Redis is back
+                    self._outage.success()
+                    backoff.reset()
             except (RedisError, OSError) as exc:
                 self._outage.failure(exc)
                 self._wakeup.set()
                 await asyncio.sleep(backoff.next_delay())
+            finally:
+                self._flushing = False
             if self._closing and not self.queued:
                 return
 

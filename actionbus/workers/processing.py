@@ -92,6 +92,10 @@ class ActionProcessor:
 
     async def process(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
         """Handle one entry (``claim()``-ed first), retrying with backoff until done or buried."""
+        await self._process(entry_id, fields, deliveries)
+        await self.output.flush()
+
+    async def _process(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
         self._started.setdefault(entry_id, time.monotonic())
         try:
             raw = next((fields[k] for k in _DATA_KEYS if k in fields), None)
@@ -177,24 +181,40 @@ class ActionProcessor:
                 result = await self.worker.handle_action(action)
             else:
                 result = await route.handler(action, route.parse_data(action))
-            data = result_data(result) if not is_response(result) else None
+            reply, callback = self._prepare(action, result, waiting)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a handler's failure is data, not a crash
             return self._failed(entry_id, raw, action, deliveries, exc, waiting)
-        # A response is built only for someone who reads it: a waiting caller or a callback.
-        response = None
-        if waiting or action.callback_action_type is not None:
-            response = (
-                result if data is None
-                else DomainActionResponse.for_action(action, data=data)
-            )
         if marker is not None:
             # Written before anything else, so a crash from here on cannot repeat the handler.
-            value = response.model_dump_json(exclude_none=True) if waiting and response else "1"
-            await self.redis.set(marker, value, ex=self.settings.idempotency_ttl_s)
-        self._succeeded(entry_id, action, response, waiting)
+            await self.redis.set(marker, reply or "1", ex=self.settings.idempotency_ttl_s)
+        self._succeeded(entry_id, action, reply, callback)
         return True
+
+    def _prepare(
+        self, action: DomainAction, result: Any, waiting: bool
+    ) -> tuple[str | None, tuple[str, str] | None]:
+        """The reply JSON and/or callback (stream, JSON) for a handler's result.
+
+        Built only for someone who reads it; a result that cannot be serialized is
+        rejected here, inside the handler's error handling.
+        """
+        data = None if is_response(result) else result_data(result)
+        if not waiting and action.callback_action_type is None:
+            return None, None
+        try:
+            response = result if data is None else DomainActionResponse.for_action(
+                action, data=data)
+            if waiting:
+                return response.model_dump_json(exclude_none=True), None
+            return None, self._callback(action, response)
+        except Exception as exc:
+            raise ActionRejected(
+                f"the result of the {action.action_type} handler cannot be sent: "
+                f"{type(exc).__name__}: {exc}",
+                error_code="unserializable_result",
+            ) from exc
 
     async def _already_done(
         self, entry_id: str, action: DomainAction, marker: str, waiting: bool
@@ -219,25 +239,25 @@ class ActionProcessor:
         self,
         entry_id: str,
         action: DomainAction,
-        response: DomainActionResponse | None,
-        waiting: bool,
+        reply: str | None,
+        callback: tuple[str, str] | None,
     ) -> None:
         self.stats.handled += 1
-        if response is None:
-            pass
-        elif waiting and action.callback_queue_name:
+        if reply is not None and action.callback_queue_name:
             if action.expires_at is not None and utc_now() > action.expires_at:
                 self.stats.expired_skipped += 1
                 logger.info("dropped the reply to %s: its caller stopped waiting",
                             action.action_id)
             else:
-                payload = response.model_dump_json(exclude_none=True)
-                self.output.reply(action.callback_queue_name, payload, self._reply_ttl(action))
-        elif action.callback_action_type is not None:
-            self._send_callback(action, response)
+                self.output.reply(action.callback_queue_name, reply, self._reply_ttl(action))
+        if callback is not None:
+            self.output.xadd(callback[0], {"data": callback[1]})
         self.output.ack(entry_id)
 
-    def _send_callback(self, action: DomainAction, response: DomainActionResponse) -> None:
+    def _callback(
+        self, action: DomainAction, response: DomainActionResponse
+    ) -> tuple[str, str] | None:
+        """The stream and JSON of the callback action answering ``action``."""
         assert action.callback_action_type is not None
         origin = action.origin_service
         stream = action.callback_queue_name or (
@@ -248,7 +268,7 @@ class ActionProcessor:
                 "cannot send callback %s for %s: neither callback_queue_name nor origin_service",
                 action.callback_action_type, action.action_id,
             )
-            return
+            return None
         metadata: dict[str, Any] = {
             "response_to": action.action_type,
             "response_to_action_id": str(action.action_id),
@@ -271,7 +291,7 @@ class ActionProcessor:
             data=response.data,
             metadata=metadata,
         )
-        self.output.xadd(stream, {"data": callback.model_dump_json(exclude_none=True)})
+        return stream, callback.model_dump_json(exclude_none=True)
 
     def _failed(
         self,
@@ -302,7 +322,9 @@ class ActionProcessor:
             self._bury(entry_id, raw, _Rejected(reason, type(exc).__name__, str(exc)), deliveries)
             if action.callback_action_type is not None:
                 failure = DomainActionResponse.for_action(action, error=_error_detail(exc))
-                self._send_callback(action, failure)
+                callback = self._callback(action, failure)
+                if callback is not None:
+                    self.output.xadd(callback[0], {"data": callback[1]})
             return True
         logger.warning(
             "%s (%s) failed on delivery %d/%d: %s: %s; retrying in %.2fs",

@@ -1,0 +1,385 @@
+"""BaseRedisClient: the three send patterns, batching, size limit and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from actionbus import (
+    BaseRedisClient,
+    CommonAppSettings,
+    ConfigurationError,
+    DomainAction,
+    DomainActionResponse,
+    InvalidNameError,
+    PayloadTooLargeError,
+    QueueManager,
+    RedisManager,
+    SendError,
+)
+
+Settings = Callable[..., CommonAppSettings]
+STREAM = "actionbus:dev:{}:streams:main"
+
+
+async def _entries(redis: Any, service: str) -> list[dict[str, Any]]:
+    """The decoded ``data`` of every entry on a service's stream, after checking the layout."""
+    result = []
+    for _entry_id, fields in await redis.xrange(STREAM.format(service)):
+        assert set(fields) == {b"data"}
+        result.append(json.loads(fields[b"data"]))
+    return result
+
+
+async def _keys(redis: Any, pattern: str = "*") -> list[bytes]:
+    return [key async for key in redis.scan_iter(match=pattern)]
+
+
+def test_constructor_seed_signature(conn: Any, make_settings: Settings) -> None:
+    """BaseRedisClient(service_name=, redis_client=, settings=) as in seed 000."""
+    settings = make_settings(environment="staging", key_prefix="nooble")
+    client = BaseRedisClient(service_name="orders", redis_client=conn, settings=settings)
+    assert client.service_name == "orders"
+    assert client.redis is conn
+    assert client.queue_manager.get_service_action_stream("x") == "nooble:staging:x:streams:main"
+    assert client.response_queue.startswith("nooble:staging:orders:responses:")
+
+
+@pytest.mark.parametrize("name", ["", "a:b", "a.b", "with space", "x" * 65])
+def test_constructor_rejects_bad_service_name(
+    conn: Any, make_settings: Settings, name: str
+) -> None:
+    """An invalid service_name is a ConfigurationError naming the value."""
+    with pytest.raises(ConfigurationError, match="service name"):
+        BaseRedisClient(name, conn, make_settings())
+
+
+def test_constructor_rejects_missing_redis_client(make_settings: Settings) -> None:
+    """redis_client=None is a ConfigurationError telling where to get one."""
+    with pytest.raises(ConfigurationError, match=r"RedisManager\.get_client\(\)"):
+        BaseRedisClient("orders", None, make_settings())  # type: ignore[arg-type]
+
+
+def test_constructor_accepts_queue_manager(conn: Any, make_settings: Settings) -> None:
+    """An explicit queue_manager decides the key names."""
+    qm = QueueManager("qa", "custom")
+    client = BaseRedisClient("orders", conn, make_settings(), queue_manager=qm)
+    assert client.queue_manager is qm
+    assert client.response_queue.startswith("custom:qa:orders:responses:")
+
+
+async def test_send_action_async_writes_data_field(bus: Any) -> None:
+    """send_action_async XADDs the action's JSON under field ``data`` to the target's stream."""
+    client = bus.client("orders")
+    action = DomainAction(action_type="inventory.item.reserve", data={"sku": "A1", "qty": 2})
+    entry_id = await client.send_action_async(action)
+    assert isinstance(entry_id, str)
+    assert "-" in entry_id
+    [sent] = await _entries(bus.redis, "inventory")
+    assert sent == json.loads(action.model_dump_json(exclude_none=True))
+    assert sent["origin_service"] == "orders"
+    assert DomainAction.model_validate(sent) == action
+
+
+async def test_send_action_async_honours_target_service(bus: Any) -> None:
+    """target_service sends to that service's stream instead of action_type's first segment."""
+    client = bus.client("orders")
+    await client.send_action_async(
+        DomainAction(action_type="inventory.item.reserve", target_service="inventory-v2")
+    )
+    assert await bus.redis.xlen(STREAM.format("inventory")) == 0
+    assert len(await _entries(bus.redis, "inventory-v2")) == 1
+
+
+async def test_send_action_async_keeps_given_origin(bus: Any) -> None:
+    """An origin_service already set on the action is not overwritten."""
+    client = bus.client("orders")
+    await client.send_action_async(DomainAction(action_type="inv.x.y", origin_service="gateway"))
+    [sent] = await _entries(bus.redis, "inv")
+    assert sent["origin_service"] == "gateway"
+
+
+async def test_send_actions_async_batch(bus: Any) -> None:
+    """send_actions_async sends all actions, in order, returning their entry ids."""
+    client = bus.client("orders")
+    actions = [DomainAction(action_type=f"{svc}.item.n", data={"i": i})
+               for i, svc in enumerate(["inv", "bill", "inv"])]
+    ids = await client.send_actions_async(actions)
+    assert len(ids) == 3
+    assert all(isinstance(i, str) for i in ids)
+    assert [e["data"]["i"] for e in await _entries(bus.redis, "inv")] == [0, 2]
+    assert [e["data"]["i"] for e in await _entries(bus.redis, "bill")] == [1]
+    assert await client.send_actions_async([]) == []
+
+
+async def test_send_actions_async_validates_all_before_sending(
+    bus: Any, make_settings: Settings
+) -> None:
+    """If one action of a batch is bad, nothing of the batch is sent."""
+    client = bus.client("orders", max_payload_bytes=1024)
+    good = DomainAction(action_type="inv.item.a")
+    too_big = DomainAction(action_type="inv.item.b", data={"blob": "x" * 2000})
+    with pytest.raises(PayloadTooLargeError):
+        await client.send_actions_async([good, too_big])
+    with pytest.raises(TypeError, match="expected a DomainAction"):
+        await client.send_actions_async([good, {"action_type": "inv.item.c"}])  # type: ignore[list-item]
+    assert await bus.redis.xlen(STREAM.format("inv")) == 0
+
+
+async def test_payload_too_large_sends_nothing(bus: Any) -> None:
+    """An action above max_payload_bytes raises PayloadTooLargeError and nothing is written."""
+    client = bus.client("orders", max_payload_bytes=1024)
+    action = DomainAction(action_type="inv.item.put", data={"blob": "x" * 2000})
+    with pytest.raises(PayloadTooLargeError, match=r"max_payload_bytes=1024; nothing was sent"):
+        await client.send_action_async(action)
+    assert issubclass(PayloadTooLargeError, SendError)
+    assert await _keys(bus.redis) == []
+
+
+async def test_payload_limit_counts_utf8_bytes(bus: Any) -> None:
+    """The size limit counts encoded bytes, so multi-byte text cannot slip through."""
+    client = bus.client("orders", max_payload_bytes=1024)
+    with pytest.raises(PayloadTooLargeError):
+        await client.send_action_async(DomainAction(action_type="inv.a", data={"t": "é" * 450}))
+    await client.send_action_async(DomainAction(action_type="inv.a", data={"t": "e" * 450}))
+    assert await bus.redis.xlen(STREAM.format("inv")) == 1
+
+
+@pytest.mark.parametrize("bad", [{"action_type": "inv.item.x"}, None, "inv.item.x"])
+async def test_send_action_async_rejects_non_actions(bus: Any, bad: Any) -> None:
+    """send_action_async with something other than a DomainAction is a clear TypeError."""
+    client = bus.client("orders")
+    with pytest.raises(TypeError, match="expected a DomainAction"):
+        await client.send_action_async(bad)
+
+
+async def test_send_action_pseudo_sync_rejects_non_actions(bus: Any) -> None:
+    """send_action_pseudo_sync with a dict is a clear TypeError."""
+    client = bus.client("orders")
+    with pytest.raises(TypeError, match="expected a DomainAction"):
+        await client.send_action_pseudo_sync({"action_type": "inv.item.x"}, timeout=1)  # type: ignore[arg-type]
+
+
+async def test_send_with_callback_rejects_non_actions(bus: Any) -> None:
+    """send_action_async_with_callback with a dict is a clear TypeError."""
+    client = bus.client("orders")
+    with pytest.raises(TypeError, match="expected a DomainAction"):
+        await client.send_action_async_with_callback(
+            {"action_type": "inv.item.x"}, "orders.item.done"  # type: ignore[arg-type]
+        )
+
+
+async def test_unvalidated_action_type_refused_before_redis(bus: Any) -> None:
+    """An action built without validation whose target is not a service name is refused."""
+    client = bus.client("orders")
+    forged = DomainAction.model_construct(action_type="victim:key.x.y")
+    with pytest.raises(InvalidNameError):
+        await client.send_action_async(forged)
+    assert await _keys(bus.redis) == []
+
+
+async def test_action_type_changed_to_malformed_refused_before_redis(bus: Any) -> None:
+    """Assigning a malformed action_type after construction is refused before anything is sent."""
+    client = bus.client("orders")
+    action = DomainAction(action_type="inv.item.x")
+    # Either fix is fine: refuse the assignment, or refuse the send.
+    with pytest.raises(ValueError, match="action_type"):  # noqa: PT012
+        action.action_type = "inv.bad type!"
+        await client.send_action_async(action)
+    assert await _keys(bus.redis) == []
+
+
+async def test_send_error_when_redis_is_down(fresh_redis_server: Any) -> None:
+    """A send while Redis is unreachable raises SendError naming the action and stream."""
+    settings = CommonAppSettings(
+        _env_file=None, service_name="tests", redis_url=fresh_redis_server.url,
+        redis_socket_connect_timeout=0.5,
+    )
+    async with RedisManager(settings) as manager:
+        client = BaseRedisClient("orders", manager.get_client(), settings)
+        fresh_redis_server.kill()
+        action = DomainAction(action_type="inv.item.x")
+        with pytest.raises(SendError, match=f"{action.action_id}.*inv:streams:main"):
+            await client.send_action_async(action)
+        with pytest.raises(SendError, match="batch of 1"):
+            await client.send_actions_async([DomainAction(action_type="inv.item.x")])
+
+
+async def test_pseudo_sync_returns_worker_response(bus: Any) -> None:
+    """send_action_pseudo_sync returns the DomainActionResponse the target's worker sent."""
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.stock.get")
+    async def stock(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        return {"sku": data["sku"], "qty": 7}
+
+    await worker.start()
+    client = bus.client("orders")
+    action = DomainAction(action_type="inventory.stock.get", data={"sku": "A1"}, trace_id="t1")
+    response = await client.send_action_pseudo_sync(action, timeout=5)
+    assert isinstance(response, DomainActionResponse)
+    assert response.success
+    assert response.error is None
+    assert response.data == {"sku": "A1", "qty": 7}
+    assert response.correlation_id == str(action.action_id)
+    assert response.trace_id == "t1"
+    assert response.action_type_response_to == "inventory.stock.get"
+    assert action.callback_queue_name == client.response_queue
+    assert action.expires_at is not None
+
+
+async def test_pseudo_sync_concurrent_calls_get_their_own_answers(bus: Any) -> None:
+    """Many concurrent pseudo-sync calls on one client each get the reply to their action."""
+    worker = bus.worker("calc")
+
+    @worker.handler("calc.num.double")
+    async def double(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(0.01 * (data["n"] % 3))
+        return {"n": data["n"] * 2}
+
+    await worker.start()
+    client = bus.client("orders")
+    responses = await asyncio.gather(*(
+        client.send_action_pseudo_sync(
+            DomainAction(action_type="calc.num.double", data={"n": n}), timeout=5
+        )
+        for n in range(20)
+    ))
+    assert [r.data["n"] for r in responses if r is not None] == [n * 2 for n in range(20)]
+
+
+async def test_pseudo_sync_timeout_returns_none_and_leaves_no_key(bus: Any) -> None:
+    """Without an answer the call returns None after the timeout; close() leaves no key behind."""
+    client = bus.client("orders")
+    started = time.monotonic()
+    assert await client.send_action_pseudo_sync(
+        DomainAction(action_type="nobody.is.home"), timeout=0.3
+    ) is None
+    assert 0.25 <= time.monotonic() - started < 2
+    worker = bus.worker("nobody")
+    handled: list[DomainAction] = []
+
+    @worker.handler("nobody.is.home")
+    async def late(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(action)
+
+    await worker.start()
+    await asyncio.sleep(0.3)
+    await client.close()
+    assert handled == []
+    assert await _keys(bus.redis, "*:responses:*") == []
+
+
+async def test_pseudo_sync_late_reply_expires(bus: Any, eventually: Any) -> None:
+    """A reply pushed after the caller gave up is dropped and its list carries a TTL."""
+    worker = bus.worker("slow")
+
+    @worker.handler("slow.op.run")
+    async def slow(action: DomainAction, data: dict[str, Any]) -> None:
+        await asyncio.sleep(0.5)
+
+    await worker.start()
+    client = bus.client("orders")
+    assert await client.send_action_pseudo_sync(
+        DomainAction(action_type="slow.op.run"), timeout=0.2
+    ) is None
+    await eventually(lambda: worker.stats.handled == 1)
+    for key in await _keys(bus.redis, "*:responses:*"):
+        assert await bus.redis.ttl(key) > 0
+    await client.close()
+    assert await _keys(bus.redis, "*:responses:*") == []
+
+
+@pytest.mark.parametrize("timeout", [0, -1, None])
+async def test_pseudo_sync_rejects_non_positive_timeout(bus: Any, timeout: Any) -> None:
+    """timeout must be positive; nothing is sent otherwise."""
+    client = bus.client("orders")
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        await client.send_action_pseudo_sync(DomainAction(action_type="inv.a.b"), timeout=timeout)
+    assert await _keys(bus.redis) == []
+
+
+async def test_callback_routed_to_origin_handler(bus: Any, eventually: Any) -> None:
+    """The callback is a DomainAction on the origin's stream, handled with callback_context."""
+    billing = bus.worker("billing")
+
+    @billing.handler("billing.invoice.create")
+    async def create(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        return {"invoice": "INV-1", "amount": data["amount"]}
+
+    orders = bus.worker("orders")
+    received: list[DomainAction] = []
+
+    @orders.handler("orders.invoice.created")
+    async def on_invoice(action: DomainAction, data: dict[str, Any]) -> None:
+        received.append(action)
+
+    await billing.start()
+    await orders.start()
+    client = bus.client("orders")
+    action = DomainAction(action_type="billing.invoice.create", data={"amount": 10},
+                          tenant_id="t1", trace_id="tr")
+    await client.send_action_async_with_callback(action, "orders.invoice.created", "order-77")
+    assert action.callback_action_type == "orders.invoice.created"
+    assert action.callback_queue_name == STREAM.format("orders")
+    await eventually(lambda: received)
+    [callback] = received
+    assert callback.action_type == "orders.invoice.created"
+    assert callback.data == {"invoice": "INV-1", "amount": 10}
+    assert callback.metadata["callback_context"] == "order-77"
+    assert callback.metadata["success"] is True
+    assert callback.correlation_id == str(action.action_id)
+    assert (callback.origin_service, callback.tenant_id, callback.trace_id) == (
+        "billing", "t1", "tr",
+    )
+
+
+async def test_callback_is_durable_while_origin_is_down(bus: Any, eventually: Any) -> None:
+    """A callback sent while the origin has no worker is handled when its worker starts."""
+    billing = bus.worker("billing")
+
+    @billing.handler("billing.invoice.create")
+    async def create(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": 1}
+
+    await billing.start()
+    client = bus.client("orders")
+    await client.send_action_async_with_callback(
+        DomainAction(action_type="billing.invoice.create"), "orders.invoice.created"
+    )
+    await eventually(lambda: bus.redis.xlen(STREAM.format("orders")))
+    orders = bus.worker("orders")
+    received: list[DomainAction] = []
+
+    @orders.handler("orders.invoice.created")
+    async def on_invoice(action: DomainAction, data: dict[str, Any]) -> None:
+        received.append(action)
+
+    await orders.start()
+    await eventually(lambda: received)
+    assert received[0].data == {"ok": 1}
+    assert "callback_context" not in received[0].metadata
+
+
+async def test_callback_rejects_bad_event_name(bus: Any) -> None:
+    """A callback_event_name that is not an action type is refused before sending."""
+    client = bus.client("orders")
+    with pytest.raises(ValueError, match="callback_event_name"):
+        await client.send_action_async_with_callback(
+            DomainAction(action_type="billing.x.y"), "not an action type"
+        )
+    assert await _keys(bus.redis) == []
+
+
+async def test_close_is_idempotent_and_drops_response_list(bus: Any) -> None:
+    """close() deletes the client's response list and may be called twice."""
+    client = bus.client("orders")
+    await bus.redis.lpush(client.response_queue, "x")
+    await client.close()
+    await client.close()
+    assert await bus.redis.exists(client.response_queue) == 0

@@ -1,0 +1,156 @@
+"""DeadLetterQueue: list, get, count, replay, replay_all and delete a service's dead letters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from actionbus import (
+    ActionRejected,
+    DeadLetter,
+    DeadLetterError,
+    DeadLetterQueue,
+    DomainAction,
+    InvalidNameError,
+    QueueManager,
+)
+from actionbus.dead_letters import dead_letter_fields
+
+QM = QueueManager("dev")
+DEAD = QM.get_dead_letter_stream("inventory")
+MAIN = QM.get_service_action_stream("inventory")
+
+
+@pytest.fixture
+def dlq(conn: Any) -> DeadLetterQueue:
+    """The dead-letter queue of service 'inventory'."""
+    return DeadLetterQueue(conn, QM, "inventory")
+
+
+async def _bury(conn: Any, n: int) -> list[str]:
+    """Write ``n`` dead letters the way a worker does; return their entry ids."""
+    ids = []
+    for i in range(n):
+        action = DomainAction(action_type="inventory.item.reserve", data={"i": i})
+        entry_id = await conn.xadd(DEAD, dead_letter_fields(
+            data=action.model_dump_json(), reason="max_deliveries", error_type="RuntimeError",
+            error_message=f"boom {i}", deliveries=5, original_id=f"1-{i}", stream=MAIN,
+            consumer="c1",
+        ))
+        ids.append(entry_id.decode())
+    return ids
+
+
+def test_constructor_names_streams(conn: Any) -> None:
+    """The queue reads the service's dead stream and replays to its action stream."""
+    dlq = DeadLetterQueue(conn, QM, "inventory")
+    assert dlq.stream == DEAD
+    assert dlq.action_stream == MAIN
+    with pytest.raises(InvalidNameError):
+        DeadLetterQueue(conn, QM, "in:ventory")
+
+
+async def test_empty_queue(dlq: DeadLetterQueue) -> None:
+    """With no dead letters, count is 0 and list is empty."""
+    assert await dlq.count() == 0
+    assert await dlq.list() == []
+
+
+async def test_list_and_count(conn: Any, dlq: DeadLetterQueue) -> None:
+    """list returns dead letters oldest first, limited by count and starting at start."""
+    ids = await _bury(conn, 3)
+    assert await dlq.count() == 3
+    letters = await dlq.list()
+    assert [letter.entry_id for letter in letters] == ids
+    first = letters[0]
+    assert isinstance(first, DeadLetter)
+    assert (first.reason, first.error_type, first.error_message) == (
+        "max_deliveries", "RuntimeError", "boom 0",
+    )
+    assert (first.deliveries, first.original_id, first.stream, first.consumer) == (
+        5, "1-0", MAIN, "c1",
+    )
+    assert first.failed_at.tzinfo is not None
+    assert DomainAction.model_validate_json(first.data).data == {"i": 0}
+    assert [x.entry_id for x in await dlq.list(count=2)] == ids[:2]
+    assert [x.entry_id for x in await dlq.list(start=ids[1])] == ids[1:]
+
+
+@pytest.mark.parametrize("count", [0, -1])
+async def test_list_rejects_non_positive_count(dlq: DeadLetterQueue, count: int) -> None:
+    """list(count<=0) raises ValueError."""
+    with pytest.raises(ValueError, match="count must be positive"):
+        await dlq.list(count=count)
+
+
+async def test_get_by_id(conn: Any, dlq: DeadLetterQueue) -> None:
+    """get returns one dead letter; an unknown id is a DeadLetterError naming it."""
+    ids = await _bury(conn, 2)
+    assert (await dlq.get(ids[1])).error_message == "boom 1"
+    with pytest.raises(DeadLetterError, match="no dead letter '1-1'"):
+        await dlq.get("1-1")
+
+
+async def test_malformed_entry_id_is_clear_error(dlq: DeadLetterQueue) -> None:
+    """A malformed entry id is a DeadLetterError, not a raw Redis error."""
+    with pytest.raises(DeadLetterError):
+        await dlq.get("not-an-id")
+
+
+async def test_replay_moves_letter_back(conn: Any, dlq: DeadLetterQueue) -> None:
+    """replay appends the original data to the action stream and removes the dead letter."""
+    ids = await _bury(conn, 2)
+    original = (await dlq.get(ids[0])).data
+    new_id = await dlq.replay(ids[0])
+    [(entry_id, fields)] = await conn.xrange(MAIN)
+    assert entry_id.decode() == new_id
+    assert fields == {b"data": original.encode()}
+    assert await dlq.count() == 1
+    with pytest.raises(DeadLetterError):
+        await dlq.replay(ids[0])
+
+
+async def test_replay_all(conn: Any, dlq: DeadLetterQueue) -> None:
+    """replay_all replays every dead letter in order and returns how many."""
+    await _bury(conn, 5)
+    assert await dlq.replay_all(batch=2) == 5
+    assert await dlq.count() == 0
+    entries = await conn.xrange(MAIN)
+    assert [DomainAction.model_validate_json(f[b"data"]).data["i"] for _, f in entries] == [
+        0, 1, 2, 3, 4,
+    ]
+    assert await dlq.replay_all() == 0
+
+
+async def test_delete(conn: Any, dlq: DeadLetterQueue) -> None:
+    """delete removes one dead letter and says whether it existed."""
+    ids = await _bury(conn, 2)
+    assert await dlq.delete(ids[0]) is True
+    assert await dlq.delete(ids[0]) is False
+    assert [x.entry_id for x in await dlq.list()] == ids[1:]
+
+
+async def test_worker_dead_letter_replayed_and_handled(bus: Any, eventually: Any) -> None:
+    """A letter dead-lettered by a worker is handled after replay once the cause is fixed."""
+    worker = bus.worker("inventory")
+    broken = True
+    handled: list[dict[str, Any]] = []
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> None:
+        if broken:
+            raise ActionRejected("sku table not loaded")
+        handled.append(data)
+
+    await worker.start()
+    await bus.client("orders").send_action_async(
+        DomainAction(action_type="inventory.item.reserve", data={"sku": "A"})
+    )
+    [letter] = await eventually(lambda: worker.dead_letters.list())
+    assert letter.reason == "rejected"
+    broken = False
+    await worker.dead_letters.replay(letter.entry_id)
+    await eventually(lambda: handled)
+    assert handled == [{"sku": "A"}]
+    assert await worker.dead_letters.count() == 0

@@ -1,0 +1,174 @@
+"""QueueManager: the key layout, and refusal of every input that could forge a key."""
+
+from __future__ import annotations
+
+import pytest
+
+from actionbus import InvalidNameError, QueueManager
+from actionbus.clients.queue_manager import KeyParts
+
+FORGED = ["", "a:b", "a*", "a{b", "a}b", "{tag}", "has space", "tab\tx", "nl\nx", "-x"]
+
+
+@pytest.fixture
+def qm() -> QueueManager:
+    """A QueueManager for environment 'dev' with the default prefix."""
+    return QueueManager("dev")
+
+
+def test_default_layout(qm: QueueManager) -> None:
+    """Keys follow ``{prefix}:{environment}:{service}:{kind}:{context}``."""
+    assert qm.get_service_action_stream("inventory") == "actionbus:dev:inventory:streams:main"
+    assert qm.get_dead_letter_stream("inventory") == "actionbus:dev:inventory:streams:dead"
+    assert qm.get_response_queue("orders", "abc") == "actionbus:dev:orders:responses:abc"
+    assert qm.get_idempotency_key("orders", "id-1") == "actionbus:dev:orders:idempotency:id-1"
+    assert qm.get_state_key("orders", "user_session:42") == (
+        "actionbus:dev:orders:state:user_session:42"
+    )
+
+
+def test_custom_prefix_and_environment() -> None:
+    """The prefix and environment given to the constructor start every key."""
+    qm = QueueManager("prod", prefix="nooble")
+    assert qm.get_service_action_stream("billing") == "nooble:prod:billing:streams:main"
+    assert qm.environment == "prod"
+    assert qm.prefix == "nooble"
+    assert repr(qm) == "QueueManager(environment='prod', prefix='nooble')"
+
+
+def test_response_queue_without_context_is_unique(qm: QueueManager) -> None:
+    """get_response_queue(service) generates a new response list name each call."""
+    first, second = qm.get_response_queue("orders"), qm.get_response_queue("orders")
+    assert first != second
+    assert first.startswith("actionbus:dev:orders:responses:")
+
+
+def test_callback_queue_is_the_services_action_stream(qm: QueueManager) -> None:
+    """Callbacks are delivered to the origin's own action stream, whatever the context."""
+    stream = qm.get_service_action_stream("orders")
+    assert qm.get_callback_queue("orders") == stream
+    assert qm.get_callback_queue("orders", "ctx-1") == stream
+
+
+@pytest.mark.parametrize("bad", FORGED)
+def test_constructor_refuses_forged_environment_and_prefix(bad: str) -> None:
+    """environment and prefix that contain separators, globs, braces or whitespace are refused."""
+    with pytest.raises(InvalidNameError, match="environment"):
+        QueueManager(bad)
+    with pytest.raises(InvalidNameError, match="key prefix"):
+        QueueManager("dev", prefix=bad)
+
+
+def test_constructor_refuses_too_long_names() -> None:
+    """An environment over 100 characters is refused."""
+    with pytest.raises(InvalidNameError):
+        QueueManager("e" * 101)
+
+
+@pytest.mark.parametrize("bad", [*FORGED, "a.b", "s" * 65])
+def test_service_names_that_could_forge_keys_refused(qm: QueueManager, bad: str) -> None:
+    """Every key builder refuses a service name that is empty, too long or has key syntax."""
+    for build in (
+        qm.get_service_action_stream,
+        qm.get_dead_letter_stream,
+        qm.get_response_queue,
+        qm.get_callback_queue,
+    ):
+        with pytest.raises(InvalidNameError, match="service name"):
+            build(bad)
+    with pytest.raises(InvalidNameError):
+        qm.get_state_key(bad, "k")
+    with pytest.raises(InvalidNameError):
+        qm.get_idempotency_key(bad, "k")
+
+
+def test_trailing_newline_refused(qm: QueueManager) -> None:
+    """A service name, context or state key ending in a newline is refused."""
+    with pytest.raises(InvalidNameError):
+        qm.get_service_action_stream("inventory\n")
+    with pytest.raises(InvalidNameError):
+        qm.get_response_queue("orders", "ctx\n")
+    with pytest.raises(InvalidNameError):
+        qm.get_state_key("orders", "user:1\n")
+    with pytest.raises(InvalidNameError):
+        QueueManager("dev\n")
+
+
+@pytest.mark.parametrize("bad", [*[b for b in FORGED if b], "c" * 129])
+def test_contexts_that_could_forge_keys_refused(qm: QueueManager, bad: str) -> None:
+    """A response or callback context with key syntax, whitespace or over 128 chars is refused."""
+    with pytest.raises(InvalidNameError, match="context"):
+        qm.get_response_queue("orders", bad)
+    with pytest.raises(InvalidNameError, match="context"):
+        qm.get_callback_queue("orders", bad)
+
+
+@pytest.mark.parametrize("bad", ["", "a*", "{x}", "has space", "x" * 513, ":lead"])
+def test_state_keys_refused(qm: QueueManager, bad: str) -> None:
+    """State keys may contain ':' but no globs, braces, whitespace or excess length."""
+    with pytest.raises(InvalidNameError, match="state key"):
+        qm.get_state_key("orders", bad)
+
+
+def test_non_string_names_refused(qm: QueueManager) -> None:
+    """A name that is not a string is refused with InvalidNameError, not a TypeError."""
+    with pytest.raises(InvalidNameError):
+        qm.get_service_action_stream(None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidNameError):
+        QueueManager(3)  # type: ignore[arg-type]
+
+
+def test_invalid_name_error_is_a_value_error() -> None:
+    """InvalidNameError can be caught as ValueError."""
+    assert issubclass(InvalidNameError, ValueError)
+
+
+def test_parse_splits_keys_of_the_namespace(qm: QueueManager) -> None:
+    """parse() returns service, kind and context of a key of this namespace."""
+    assert qm.parse("actionbus:dev:orders:responses:abc") == KeyParts("orders", "responses", "abc")
+    assert qm.parse(qm.get_service_action_stream("inv")) == KeyParts("inv", "streams", "main")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "victim:key",
+        "actionbus:prod:orders:responses:abc",
+        "other:dev:orders:responses:abc",
+        "actionbus:dev:orders:responses",
+        "actionbus:dev:orders:responses:a:b",
+        "actionbus:dev:or*ders:responses:abc",
+        "actionbus:dev:orders:responses:{x}",
+        "",
+    ],
+)
+def test_parse_refuses_foreign_or_malformed_keys(qm: QueueManager, key: str) -> None:
+    """parse() refuses keys of other namespaces or with the wrong number of parts."""
+    with pytest.raises(InvalidNameError):
+        qm.parse(key)
+
+
+def test_parse_refuses_non_string(qm: QueueManager) -> None:
+    """parse() refuses a non-string key with InvalidNameError."""
+    with pytest.raises(InvalidNameError):
+        qm.parse(None)  # type: ignore[arg-type]
+
+
+def test_check_response_queue(qm: QueueManager) -> None:
+    """check_response_queue accepts only response lists of this namespace."""
+    queue = qm.get_response_queue("orders")
+    assert qm.check_response_queue(queue).kind == "responses"
+    with pytest.raises(InvalidNameError, match="not a response list"):
+        qm.check_response_queue(qm.get_service_action_stream("orders"))
+    with pytest.raises(InvalidNameError, match="not in the namespace"):
+        qm.check_response_queue("victim:key")
+
+
+def test_check_action_stream(qm: QueueManager) -> None:
+    """check_action_stream accepts only ``…:streams:main`` keys of this namespace."""
+    assert qm.check_action_stream(qm.get_service_action_stream("orders")).service == "orders"
+    for bad in (qm.get_dead_letter_stream("orders"), qm.get_response_queue("orders")):
+        with pytest.raises(InvalidNameError, match="not an action stream"):
+            qm.check_action_stream(bad)
+    with pytest.raises(InvalidNameError):
+        qm.check_action_stream("actionbus:prod:orders:streams:main")
