@@ -1,8 +1,9 @@
 """Build and check ``redis.asyncio`` clients from ``CommonAppSettings``.
 
 One place decides every connection option, so ``RedisManager`` and ``RedisPool`` agree.
-The pool is a ``BlockingConnectionPool``: when all ``redis_max_connections`` are busy a
-command waits up to ``redis_pool_timeout`` for one instead of failing at once.
+The pool is a ``WaitingConnectionPool``: when all ``redis_max_connections`` are busy a
+command waits up to ``redis_pool_timeout`` for one instead of failing at once, and when
+one is free it is taken without the waiting machinery.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, TypeAlias
 
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnError
@@ -19,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actionbus.config import CommonAppSettings, mask_url
 from actionbus.exceptions import RedisConnectionError
+from actionbus.pool import WaitingConnectionPool
 
 __all__ = ["AnyRedis", "connection_options", "create_redis_client", "ping_or_raise"]
 
@@ -52,7 +54,7 @@ def create_redis_client(settings: CommonAppSettings) -> AnyRedis:
     options = connection_options(settings)
     if settings.redis_cluster:
         return RedisCluster.from_url(url, max_connections=settings.redis_max_connections, **options)
-    pool = BlockingConnectionPool.from_url(
+    pool = WaitingConnectionPool.from_url(
         url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout,

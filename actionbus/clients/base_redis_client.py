@@ -36,6 +36,12 @@ logger = logging.getLogger("actionbus.client")
 DATA_FIELD = "data"
 
 
+def _expire(future: asyncio.Future[DomainActionResponse]) -> None:
+    """End a pseudo-sync wait whose timeout passed."""
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class BaseRedisClient:
     """Sends actions: fire-and-forget, pseudo-synchronous request/reply, or with a callback.
 
@@ -161,9 +167,10 @@ class BaseRedisClient:
         stream, payload = self._encode(action)
         correlation_id = action.correlation_id
         future = self._replies.expect(correlation_id)
+        expiry = asyncio.get_running_loop().call_later(timeout, _expire, future)
         try:
             await self._xadd(stream, payload, action)
-            return await asyncio.wait_for(future, timeout)
+            return await future
         except TimeoutError:
             logger.info(
                 "no response to %s (%s) from %s within %ss",
@@ -171,6 +178,7 @@ class BaseRedisClient:
             )
             return None
         finally:
+            expiry.cancel()
             self._replies.forget(correlation_id)
 
     async def send_action_async_with_callback(

@@ -85,6 +85,9 @@ class ReplyListener:
                         more: Any = await self.redis.rpop(self.queue, _DRAIN_COUNT)
                         for raw in more or ():
                             self._deliver(raw)
+                    else:
+                        # A lone caller was answered: let it run before the next read.
+                        await asyncio.sleep(0)
                 except (RedisError, OSError) as exc:
                     self._outage.failure(exc)
                     await asyncio.sleep(backoff.next_delay())

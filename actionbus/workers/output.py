@@ -48,6 +48,8 @@ class OutputBatcher:
         self._outage = outage
         self._two_phase = isinstance(redis, RedisCluster)
         self._commands: list[Command] = []
+        self._replies: dict[str, list[str]] = {}
+        self._reply_ttls: dict[str, int] = {}
         self._acks: list[str] = []
         self._sending_acks: list[str] = []
         self._wakeup = asyncio.Event()
@@ -61,6 +63,9 @@ class OutputBatcher:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"actionbus-output:{self.stream}")
 
+    def _pending_writes(self) -> bool:
+        return bool(self._commands or self._replies or self._acks)
+
     def unacknowledged(self) -> set[str]:
         """Entries whose acknowledgement is queued or being sent."""
         return {*self._acks, *self._sending_acks}
@@ -68,16 +73,15 @@ class OutputBatcher:
     @property
     def queued(self) -> int:
         """Writes and acknowledgements not yet sent."""
-        return len(self._commands) + len(self._acks)
+        return len(self._commands) + sum(map(len, self._replies.values())) + len(self._acks)
 
     def reply(self, queue: str, payload: str, ttl: int) -> None:
-        """Push a response onto a caller's list, with a TTL so nothing outlives the caller."""
+        """Push a response onto a caller's list, with a TTL so nothing outlives the caller.
 
-        def add(pipe: Any) -> None:
-            pipe.lpush(queue, payload)
-            pipe.expire(queue, ttl)
-
-        self._push(add)
+        Replies to one list queued in the same round go in one ``LPUSH`` and one ``EXPIRE``.
+        """
+        self._replies.setdefault(queue, []).append(payload)
+        self._reply_ttls[queue] = max(ttl, self._reply_ttls.get(queue, 0))
 
     def xadd(self, stream: str, fields: dict[str, Any]) -> None:
         """Append an entry (a callback or a dead letter) to a stream."""
@@ -100,7 +104,7 @@ class OutputBatcher:
             return
         self._flushing = True
         try:
-            while self._commands or self._acks:
+            while self._pending_writes():
                 await self._flush_once()
         except (RedisError, OSError) as exc:
             self._outage.failure(exc)
@@ -109,18 +113,21 @@ class OutputBatcher:
             self._flushing = False
 
     async def _flush_once(self) -> None:
-        commands, acks = self._commands, self._acks
-        if not commands and not acks:
+        commands, replies, ttls, acks = self._commands, self._replies, self._reply_ttls, self._acks
+        if not (commands or replies or acks):
             return
-        self._commands, self._acks = [], []
+        self._commands, self._replies, self._reply_ttls, self._acks = [], {}, {}, []
         self._sending_acks = acks
         try:
             pipe = self.redis.pipeline(transaction=False)
+            for queue, payloads in replies.items():
+                pipe.lpush(queue, *payloads)
+                pipe.expire(queue, ttls[queue])
             for command in commands:
                 command(pipe)
-            if self._two_phase and commands and acks:
+            if self._two_phase and (commands or replies) and acks:
                 await pipe.execute()
-                commands = []
+                commands, replies = [], {}
                 pipe = self.redis.pipeline(transaction=False)
             if acks:
                 pipe.xack(self.stream, self.group, *acks)
@@ -128,6 +135,9 @@ class OutputBatcher:
         except BaseException:
             # Put back what was not confirmed, ahead of anything queued meanwhile.
             self._commands[:0] = commands
+            for queue, payloads in replies.items():
+                self._replies.setdefault(queue, [])[:0] = payloads
+                self._reply_ttls[queue] = max(ttls[queue], self._reply_ttls.get(queue, 0))
             self._acks[:0] = acks
             raise
         finally:
@@ -144,7 +154,7 @@ class OutputBatcher:
             self._flushing = True
             try:
                 sent = False
-                while self._commands or self._acks:
+                while self._pending_writes():
                     await self._flush_once()
                     sent = True
                 if sent:  # only a real round trip says Redis is back
