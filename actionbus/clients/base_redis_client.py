@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.replies import ReplyListener
+from actionbus.clients.sender import StreamWriter
 from actionbus.config import CommonAppSettings
 from actionbus.connection import AnyRedis
 from actionbus.exceptions import (
@@ -71,6 +72,7 @@ class BaseRedisClient:
         self.queue_manager = queue_manager or QueueManager(
             settings.environment, settings.key_prefix
         )
+        self._writer = StreamWriter(redis_client)
         self._replies = ReplyListener(
             redis_client,
             self.queue_manager.get_response_queue(self.service_name, uuid.uuid4().hex),
@@ -112,13 +114,12 @@ class BaseRedisClient:
 
     async def _xadd(self, stream: str, payload: str, action: DomainAction) -> str:
         try:
-            entry_id = await self.redis.xadd(stream, {DATA_FIELD: payload})
+            return await self._writer.xadd(stream, payload)
         except (RedisError, OSError) as exc:
             raise SendError(
                 f"could not send action {action.action_id} ({action.action_type}) to "
                 f"{stream}: {type(exc).__name__}: {exc}"
             ) from exc
-        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
     async def send_action_async(self, action: DomainAction) -> str:
         """Fire and forget: append ``action`` to its target's stream; return the entry id."""

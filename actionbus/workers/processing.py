@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+from pydantic_core import to_json
 from redis.exceptions import RedisError
 
 from actionbus.dead_letters import dead_letter_fields
@@ -56,6 +58,22 @@ class _Rejected(Exception):
     def __init__(self, reason: str, error_type: str, message: str) -> None:
         super().__init__(message)
         self.reason, self.error_type, self.message = reason, error_type, message
+
+
+def _success_reply_json(action: DomainAction, data: dict[str, Any]) -> str:
+    """The JSON of a successful ``DomainActionResponse``, built without re-validating
+    values that are already valid (the hot path of request/reply)."""
+    reply: dict[str, Any] = {
+        "action_id": uuid.uuid4(),
+        "correlation_id": action.reply_correlation_id,
+        "action_type_response_to": action.action_type,
+        "success": True,
+        "timestamp": utc_now(),
+        "data": data,
+    }
+    if action.trace_id is not None:
+        reply["trace_id"] = action.trace_id
+    return to_json(reply).decode()
 
 
 def _error_detail(exc: BaseException) -> ErrorDetail:
@@ -204,6 +222,8 @@ class ActionProcessor:
         if not waiting and action.callback_action_type is None:
             return None, None
         try:
+            if waiting and data is not None:
+                return _success_reply_json(action, data), None
             response = result if data is None else DomainActionResponse.for_action(
                 action, data=data)
             if waiting:
