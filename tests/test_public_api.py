@@ -18,6 +18,8 @@ INTERNAL = {
     "actionbus.backoff": {"Backoff", "OutageLog"},  # reconnection helpers
     "actionbus.clients.queue_manager": {"KeyParts"},  # result type of QueueManager.parse
     "actionbus.clients.replies": {"ReplyListener"},  # BaseRedisClient's reply reader
+    "actionbus.clients.sender": {"StreamWriter"},  # BaseRedisClient's XADD coalescer
+    "actionbus.pool": {"WaitingConnectionPool"},  # built by create_redis_client
     "actionbus.connection": {"connection_options", "create_redis_client", "ping_or_raise"},
     "actionbus.dead_letters": {"dead_letter_fields"},  # the worker's writer
     "actionbus.models.actions": {"utc_now"},
