@@ -31,11 +31,16 @@ class _DeadlineWrites:
         if not timeout:
             await super().send_packed_command(command, check_health)  # type: ignore[misc]
             return
+        writer = getattr(self, "_writer", None)
         self.socket_timeout = None  # redis-py's untimed path: no wait_for, no task
         try:
             async with asyncio.timeout(timeout):
                 await super().send_packed_command(command, check_health)  # type: ignore[misc]
         except TimeoutError:
+            # A plain close would wait to flush the unsent buffer to a peer that does not
+            # read; drop the connection at once instead.
+            if writer is not None:
+                writer.transport.abort()
             raise RedisTimeoutError("Timeout writing to socket") from None
         finally:
             self.socket_timeout = timeout

@@ -1,0 +1,61 @@
+"""StreamWriter: concurrent XADDs are coalesced, each caller gets its own result."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from actionbus.clients.sender import StreamWriter
+
+
+async def test_a_lone_send_returns_its_entry_id(redis_client: Redis) -> None:
+    """One send appends one entry with field `data` and returns its id."""
+    writer = StreamWriter(redis_client)
+    entry_id = await writer.xadd("s", "payload")
+    assert await redis_client.xrange("s") == [(entry_id.encode(), {b"data": b"payload"})]
+
+
+async def test_concurrent_sends_are_batched_and_all_written(redis_client: Redis) -> None:
+    """300 concurrent sends all land, with distinct ids, in far fewer than 300 round trips."""
+    writer = StreamWriter(redis_client)
+    before = await _xadd_calls(redis_client)
+    ids = await asyncio.gather(*(writer.xadd("s", str(i)) for i in range(300)))
+    assert len(set(ids)) == 300
+    assert await redis_client.xlen("s") == 300
+    assert await _xadd_calls(redis_client) - before == 300
+    entries = {v[b"data"].decode() for _, v in await redis_client.xrange("s")}
+    assert entries == {str(i) for i in range(300)}
+
+
+async def test_an_error_reaches_only_the_caller_it_belongs_to(redis_client: Redis) -> None:
+    """A send to a key of the wrong type fails alone; the others in its batch succeed."""
+    await redis_client.set("not-a-stream", "x")
+    writer = StreamWriter(redis_client)
+    results = await asyncio.gather(
+        *(writer.xadd("not-a-stream" if i == 5 else "s", str(i)) for i in range(20)),
+        return_exceptions=True,
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(failures) == 1
+    assert isinstance(failures[0], ResponseError)
+    assert await redis_client.xlen("s") == 19
+
+
+async def test_a_cancelled_caller_does_not_strand_the_others(redis_client: Redis) -> None:
+    """Cancelling one queued sender leaves the rest of the batch to complete."""
+    writer = StreamWriter(redis_client)
+    tasks = [asyncio.create_task(writer.xadd("s", str(i))) for i in range(50)]
+    await asyncio.sleep(0)
+    tasks[10].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(isinstance(d, str) for d in done) >= 49
+    with pytest.raises(asyncio.CancelledError):
+        tasks[10].result()
+
+
+async def _xadd_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_xadd", {}).get("calls", 0))
