@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -46,6 +47,8 @@ from actionbus.workers.settings import WorkerSettings
 __all__ = ["BaseWorker"]
 
 logger = logging.getLogger("actionbus.worker")
+
+_EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 def _default_consumer_name() -> str:
@@ -264,7 +267,13 @@ class BaseWorker:
     def _spawn(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
         assert self._processor is not None
         self._processor.claim(entry_id)
-        task = asyncio.create_task(self._processor.process(entry_id, fields, deliveries))
+        coro = self._processor.process(entry_id, fields, deliveries)
+        if _EAGER_TASKS:  # Python 3.12+: run until the first real wait, without a hop
+            task: asyncio.Task[None] = asyncio.Task(  # type: ignore[call-arg,unused-ignore]
+                coro, loop=asyncio.get_running_loop(), eager_start=True
+            )
+        else:
+            task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
