@@ -289,6 +289,7 @@ class BaseWorker:
         streams = {self.stream: ">"}
         next_reclaim = 0.0
         recover_own = True  # at start, and after any failed read (its entries may be ours)
+        slow_read = self.settings.block_ms / 1000 + 1.0
         while not self._stopping.is_set():
             free = self.settings.concurrency - len(self._tasks)
             if free <= 0:
@@ -307,10 +308,15 @@ class BaseWorker:
                     free = self.settings.concurrency - len(self._tasks)
                     if free <= 0:
                         continue
+                started = time.monotonic()
                 reply: Any = await redis.xreadgroup(
                     self.group, self.consumer, streams,  # type: ignore[arg-type]
                     count=min(free, self.settings.batch_size), block=self.settings.block_ms,
                 )
+                if time.monotonic() - started > slow_read:
+                    # Far longer than a block: the connection hung and redis-py retried the
+                    # read on a new one. The lost read may have delivered entries to us.
+                    recover_own = True
                 self._outage.success()
                 backoff.reset()
             except ResponseError as exc:

@@ -61,6 +61,8 @@ async def test_poison_goes_to_dead_letters_and_good_actions_flow(redis_url: str)
     assert "never work" in letters["ValueError"].error_message
     assert letters["InvalidJSON"].data == "{not json"
     assert worker.stats.dead_lettered == 3
+    print("[scenario 4] 500/500 good actions handled; dead letters: InvalidJSON (1 delivery), "
+          "InvalidAction (1), ValueError after 3 deliveries (max_deliveries=3)")
     await redis.aclose()
 
 
@@ -91,6 +93,8 @@ async def test_two_workers_racing_to_reclaim_never_share_an_action(
     assert all(events[0][0] == "start" and events[-1][0] == "end" and len(events) == 2
                for events in by_action.values())
     assert len(pids) == 2, "both workers should have claimed some entries"
+    print(f"[scenario 5] 300 abandoned entries, 2 racing workers: each handled exactly once, "
+          f"split {sorted(sum(1 for e in by_action.values() if e[0][1] == p) for p in pids)}")
     await redis.aclose()
 
 
@@ -115,13 +119,17 @@ async def test_callers_that_time_out_get_none_and_leave_no_keys(redis_url: str) 
 
         results = await asyncio.gather(*(call(i) for i in range(200)))
         assert all(result is None for result, _ in results)
-        assert max(took for _, took in results) < 0.6, "a call overran its timeout"
+        slowest = max(took for _, took in results)
+        assert slowest < 0.6, "a call overran its timeout"
         await wait_until(lambda: _settled(worker), 10, "the worker to finish or skip all 200")
         await client.close()
         await asyncio.sleep(0.1)
         keys = [k async for k in redis.scan_iter(match="*:responses:*")]
         assert keys == []
     assert worker.stats.expired_skipped >= 150  # most were skipped unread, the rest unanswered
+    print(f"[scenario 6] 200 calls, timeout 0.2 s, handler 0.5 s: all None, slowest returned "
+          f"after {slowest:.3f} s; {worker.stats.expired_skipped} skipped/unanswered by the "
+          "worker; 0 response keys left")
     await redis.aclose()
 
 
