@@ -33,7 +33,7 @@ Scenarios:
    and, after the worker's next maintenance round, a stream within its retention.
 
 Reading the table: each cell is the median of the repetitions (3 by default, 1 with
-``--quick``; scenario 5 runs once) with (min-max); ``ab/raw`` and ``ab/FS`` divide
+``--quick``) with (min-max); ``ab/raw`` and ``ab/FS`` divide
 actionbus's median by the other side's. Higher is better for msg/s and req/s, lower for
 ms. Within each repetition the sides run one after another, in reversed order on every
 other repetition, so ratios hold up on a noisy machine while absolute figures drift
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         config = Config.make(server.url, quick=args.quick, reps=args.reps)
         redis_version = run(server_version(server.url))
         print(f"redis-server {redis_version} on {server.url}; scenarios {chosen}; "
-              f"{config.reps} repetition(s){' (scenario 5: one)' if 5 in chosen else ''}"
+              f"{config.reps} repetition(s)"
               f"{'; quick' if config.quick else ''}", flush=True)
         results = Results()
         durations = run(run_all(config, chosen, results))

@@ -36,6 +36,13 @@ async def progress(redis: Redis) -> tuple[int, int]:
 
 
 async def run_long(cfg: Config, results: Results) -> None:
+    """Scenario 5, repeated ``cfg.reps`` times (each with a fresh worker process)."""
+    for rep in range(cfg.reps):
+        print(f"  long: repetition {rep + 1}/{cfg.reps}", flush=True)
+        await _run_long_once(cfg, results)
+
+
+async def _run_long_once(cfg: Config, results: Results) -> None:
     """Send ``cfg.long_total`` actions; record RSS and stream length at each 100,000."""
     admin = Redis.from_url(cfg.url)
     await admin.delete(STREAM)
