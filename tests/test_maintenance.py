@@ -150,3 +150,29 @@ async def test_heartbeat_stops_others_stealing_a_slow_action(redis_url: str) -> 
     assert first.stats.handled == 1
     await redis.aclose()
 
+
+
+async def test_busy_stream_is_trimmed_by_volume_not_only_by_time(redis_url: str) -> None:
+    """With a long maintenance interval, trimming still follows the acknowledgements."""
+    worker = BaseWorker(_settings(redis_url), worker_settings=WorkerSettings(
+        block_ms=100, stream_retention=200, maintenance_interval_s=3600))
+
+    @worker.handler("upkeep.x.y")
+    async def noop(action: DomainAction, data: dict[str, object]) -> None:
+        return None
+
+    redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("sender", redis, _settings(redis_url, "sender"))
+    longest = 0
+    async with worker:
+        for _ in range(10):
+            await client.send_actions_async(
+                [DomainAction(action_type="upkeep.x.y") for _ in range(200)])
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if worker.stats.handled % 200 == 0 and worker.in_flight == 0:
+                    break
+            longest = max(longest, await redis.xlen(STREAM))
+    assert worker.stats.handled == 2000
+    assert longest <= 400  # retention plus one unprocessed batch, never the whole 2,000
+    await redis.aclose()

@@ -99,6 +99,11 @@ class BaseWorker:
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
+        self._trim_task: asyncio.Task[None] | None = None
+        self._acked_at_trim = 0
+        retention = self.settings.stream_retention
+        # Trim by volume as well as by time, so a fast stream stays near its retention.
+        self._trim_every = max(100, retention // 10) if retention else 0
         self._outage = OutageLog(
             logger, f"worker {self.service_name}/{self.consumer}", self.settings.outage_log_every_s
         )
@@ -208,6 +213,8 @@ class BaseWorker:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         self._stopping.set()
         loops, self._loops = self._loops, []
+        if self._trim_task is not None:
+            loops.append(self._trim_task)
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
@@ -336,6 +343,29 @@ class BaseWorker:
                     self._spawn(text(entry_id), fields, 1)
                 # Let the new tasks run (and send their replies) before the next read.
                 await asyncio.sleep(0)
+            self._maybe_trim()
+
+    def _maybe_trim(self) -> None:
+        """Start a trim in the background after every ``retention / 10`` acknowledgements."""
+        assert self._output is not None
+        acked = self._output.acknowledged
+        if (
+            not self._trim_every
+            or self._trim_task is not None
+            or acked - self._acked_at_trim < self._trim_every
+        ):
+            return
+        self._acked_at_trim = acked
+        self._trim_task = asyncio.create_task(self._trim(), name=f"actionbus-trim:{self.stream}")
+
+    async def _trim(self) -> None:
+        assert self.settings.stream_retention is not None
+        try:
+            await safe_trim(self.redis_client, self.stream, self.settings.stream_retention)
+        except (RedisError, OSError) as exc:
+            logger.debug("trimming %s skipped: %s", self.stream, exc)
+        finally:
+            self._trim_task = None
 
     async def _recreate_group(self) -> None:
         with contextlib.suppress(RedisError, OSError):

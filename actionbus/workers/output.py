@@ -56,6 +56,8 @@ class OutputBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._flushing = False
+        self.acknowledged = 0
+        """How many entries this batcher has acknowledged so far."""
 
     def start(self) -> None:
         """Start the flushing task."""
@@ -132,6 +134,7 @@ class OutputBatcher:
             if acks:
                 pipe.xack(self.stream, self.group, *acks)
             await pipe.execute()
+            self.acknowledged += len(acks)
         except BaseException:
             # Put back what was not confirmed, ahead of anything queued meanwhile.
             self._commands[:0] = commands

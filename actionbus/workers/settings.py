@@ -31,7 +31,8 @@ class WorkerSettings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, description="In-flight handlers get this long.")
 
     stream_retention: int | None = Field(
-        100_000, ge=1, description="Above this many entries, fully processed ones are trimmed."
+        100_000, ge=1, description="Above this many entries, fully processed ones are trimmed "
+        "(checked every maintenance interval and every retention/10 acknowledgements)."
     )
     maintenance_interval_s: float = Field(10.0, gt=0, description="Trim and consumer cleanup.")
     consumer_gone_after_s: float = Field(
