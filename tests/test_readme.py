@@ -124,6 +124,21 @@ def test_every_setting_is_documented(model: type[BaseModel]) -> None:
     assert missing == []
 
 
+@pytest.mark.parametrize("model", [CommonAppSettings, WorkerSettings])
+def test_documented_defaults_match_the_settings(model: type[BaseModel]) -> None:
+    """Each single-value default in the configuration tables is the field's real default."""
+    wrong = []
+    for name, field in model.model_fields.items():
+        row = re.search(rf"^\| `{name}` \| `([^`]*)` \|", README, re.M)
+        if row is None or field.default_factory is not None:
+            continue  # combined rows and computed defaults are checked by reading
+        shown, actual = row.group(1), field.default
+        expected = str(actual).lower() if isinstance(actual, bool) else str(actual)
+        if shown not in {expected, expected.removesuffix(".0")}:
+            wrong.append(f"{name}: README says {shown}, default is {actual!r}")
+    assert wrong == []
+
+
 def test_readme_shows_the_two_commands() -> None:
     """The README names `make demo` and `make test`."""
     assert "make demo" in README
