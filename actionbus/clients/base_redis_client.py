@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.replies import ReplyListener
-from actionbus.clients.sender import StreamWriter
+from actionbus.clients.sender import DATA_FIELD, StreamWriter
 from actionbus.config import CommonAppSettings
 from actionbus.connection import AnyRedis
 from actionbus.exceptions import (
@@ -33,8 +33,6 @@ from actionbus.models.actions import (
 __all__ = ["BaseRedisClient"]
 
 logger = logging.getLogger("actionbus.client")
-
-DATA_FIELD = "data"
 
 
 def _expire(future: asyncio.Future[DomainActionResponse]) -> None:

@@ -97,7 +97,6 @@ class BaseWorker:
         self._loops: list[asyncio.Task[None]] = []
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._stopped = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
         self._trim_task: asyncio.Task[None] | None = None
         self._acked_at_trim = 0
@@ -180,7 +179,6 @@ class BaseWorker:
         if self._loops:
             return
         self._stopping.clear()  # before any await: a stop requested while starting must hold
-        self._stopped.clear()
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:  # a second concurrent start() waits, then returns
@@ -233,7 +231,6 @@ class BaseWorker:
         if self._manager is not None:
             await self._manager.close()
             self._manager, self._redis = None, None
-        self._stopped.set()
         logger.info("worker %s/%s stopped (%s)", self.service_name, self.consumer, self.stats)
 
     async def run(self) -> None:

@@ -89,10 +89,6 @@ class OutputBatcher:
         """Append an entry (a callback or a dead letter) to a stream."""
         self._push(lambda pipe: pipe.xadd(stream, fields))
 
-    def set(self, key: str, value: str, ttl: int) -> None:
-        """Set a key with a TTL (idempotency markers)."""
-        self._push(lambda pipe: pipe.set(key, value, ex=ttl))
-
     def ack(self, entry_id: str) -> None:
         """Acknowledge an entry once everything queued before it is written."""
         self._acks.append(entry_id)

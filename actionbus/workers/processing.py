@@ -92,6 +92,7 @@ class ActionProcessor:
         self.stats = worker.stats
         self.qm = worker.queue_manager
         self.dead_stream = self.qm.get_dead_letter_stream(worker.service_name)
+        self.reply_ttl = worker.app_settings.response_ttl_seconds
         self._started: dict[str, float] = {}
 
     @property
@@ -248,12 +249,9 @@ class ActionProcessor:
         if waiting and action.callback_queue_name:
             payload = stored.decode() if isinstance(stored, bytes) else stored
             if payload.startswith("{"):
-                self.output.reply(action.callback_queue_name, payload, self._reply_ttl(action))
+                self.output.reply(action.callback_queue_name, payload, self.reply_ttl)
         self.output.ack(entry_id)
         return True
-
-    def _reply_ttl(self, action: DomainAction) -> int:
-        return self.worker.app_settings.response_ttl_seconds
 
     def _succeeded(
         self,
@@ -269,7 +267,7 @@ class ActionProcessor:
                 logger.info("dropped the reply to %s: its caller stopped waiting",
                             action.action_id)
             else:
-                self.output.reply(action.callback_queue_name, reply, self._reply_ttl(action))
+                self.output.reply(action.callback_queue_name, reply, self.reply_ttl)
         if callback is not None:
             self.output.xadd(callback[0], {"data": callback[1]})
         self.output.ack(entry_id)
@@ -333,7 +331,7 @@ class ActionProcessor:
                 error = DomainActionResponse.for_action(action, error=_error_detail(exc))
                 self.output.reply(action.callback_queue_name,
                                   error.model_dump_json(exclude_none=True),
-                                  self._reply_ttl(action))
+                                  self.reply_ttl)
             self.output.ack(entry_id)
             return True
         permanent = isinstance(exc, ActionRejected)
