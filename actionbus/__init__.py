@@ -20,7 +20,9 @@ from actionbus.exceptions import (
     StateError,
 )
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
-from actionbus.redis_pool import RedisPool, close_redis_pool, get_redis_client, redis_pool
+# The RedisPool instance stays at actionbus.redis_pool.redis_pool: re-exporting it here
+# would hide the submodule of the same name (`import actionbus.redis_pool as m`).
+from actionbus.redis_pool import RedisPool, close_redis_pool, get_redis_client
 from actionbus.services import BaseService
 from actionbus.workers import BaseWorker, Handler, WorkerSettings, WorkerStats
 
@@ -60,5 +62,4 @@ __all__ = [
     "__version__",
     "close_redis_pool",
     "get_redis_client",
-    "redis_pool",
 ]

@@ -108,3 +108,11 @@ async def test_seed_parameters_applied(make_settings: Settings) -> None:
     assert client.connection_pool.max_connections == 3
     assert kwargs["socket_connect_timeout"] == 2.5
     assert kwargs["health_check_interval"] == 7
+
+
+def test_the_submodule_is_not_shadowed_by_the_instance() -> None:
+    """`import actionbus.redis_pool` gives the module, whose `redis_pool` is the singleton."""
+    import actionbus.redis_pool as module
+
+    assert module.__name__ == "actionbus.redis_pool"
+    assert isinstance(module.redis_pool, module.RedisPool)
