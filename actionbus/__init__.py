@@ -20,6 +20,7 @@ from actionbus.exceptions import (
     StateError,
 )
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
+
 # The RedisPool instance stays at actionbus.redis_pool.redis_pool: re-exporting it here
 # would hide the submodule of the same name (`import actionbus.redis_pool as m`).
 from actionbus.redis_pool import RedisPool, close_redis_pool, get_redis_client
