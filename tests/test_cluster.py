@@ -212,3 +212,15 @@ async def test_state_on_cluster(cluster: Any, redis_cluster_url: str) -> None:
 
     await asyncio.gather(*(state.update_state("hits", increment) for _ in range(50)))
     assert await state.load_state("hits") == Counter(value=50)
+
+
+async def test_concurrent_sends_to_many_services_all_land(cluster: Any) -> None:
+    """300 concurrent sends to 7 services (streams in different slots) are all written."""
+    client = cluster.client("orders")
+    await asyncio.gather(*(
+        client.send_action_async(DomainAction(action_type=f"svc{i % 7}.item.add"))
+        for i in range(300)
+    ))
+    lengths = [await cluster.client_.xlen(QM.get_service_action_stream(f"svc{i}"))
+               for i in range(7)]
+    assert sum(lengths) == 300
