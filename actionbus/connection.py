@@ -9,10 +9,12 @@ one is free it is taken without the waiting machinery.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any, TypeAlias
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnError
 from redis.exceptions import RedisError
@@ -22,7 +24,13 @@ from actionbus.config import CommonAppSettings, mask_url
 from actionbus.exceptions import RedisConnectionError
 from actionbus.pool import WaitingConnectionPool
 
-__all__ = ["AnyRedis", "connection_options", "create_redis_client", "ping_or_raise"]
+__all__ = [
+    "AnyRedis",
+    "close_redis_client",
+    "connection_options",
+    "create_redis_client",
+    "ping_or_raise",
+]
 
 AnyRedis: TypeAlias = Redis | RedisCluster
 """Either client actionbus accepts: standalone/Sentinel-backed ``Redis`` or ``RedisCluster``."""
@@ -48,10 +56,58 @@ def connection_options(settings: CommonAppSettings) -> dict[str, Any]:
     return options
 
 
+def _sentinel_master(settings: CommonAppSettings, options: dict[str, Any]) -> Redis:
+    """A client of the current master, found (and re-found after a failover) via sentinels."""
+    assert settings.redis_sentinel_master is not None
+    addresses = []
+    for address in settings.redis_sentinels:
+        host, _, port = address.rpartition(":")
+        addresses.append((host, int(port)))
+    sentinel_options = {
+        "socket_connect_timeout": settings.redis_socket_connect_timeout,
+        "socket_timeout": settings.redis_socket_timeout,
+    }
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        addresses, sentinel_kwargs=sentinel_options
+    )
+    client: Redis = sentinel.master_for(
+        settings.redis_sentinel_master,
+        redis_class=Redis,
+        db=settings.redis_db,
+        username=settings.redis_username,
+        password=password,
+        ssl=settings.redis_ssl,
+        max_connections=settings.redis_max_connections,
+        **options,
+    )
+    _SENTINELS[client] = sentinel
+    return client
+
+
+_SENTINELS: weakref.WeakKeyDictionary[Redis, Sentinel] = weakref.WeakKeyDictionary()
+"""The sentinel links behind each Sentinel-managed client, closed with the client."""
+
+
+async def close_redis_client(client: AnyRedis) -> None:
+    """Close a client from ``create_redis_client`` and, for Sentinel, its sentinel links."""
+    await client.aclose()
+    sentinel = _SENTINELS.pop(client, None) if isinstance(client, Redis) else None
+    if sentinel is not None:
+        for link in sentinel.sentinels:
+            await link.aclose()
+
+
 def create_redis_client(settings: CommonAppSettings) -> AnyRedis:
-    """Create (without connecting) the client the settings describe."""
+    """Create (without connecting) the client the settings describe.
+
+    Standalone by default; ``redis_cluster`` selects the cluster client; ``redis_sentinels``
+    and ``redis_sentinel_master`` find the master through Sentinel.
+    """
     url = settings.effective_redis_url
     options = connection_options(settings)
+    if settings.redis_sentinels:
+        return _sentinel_master(settings, options)
     if settings.redis_cluster:
         return RedisCluster.from_url(url, max_connections=settings.redis_max_connections, **options)
     pool = WaitingConnectionPool.from_url(
@@ -64,7 +120,10 @@ def create_redis_client(settings: CommonAppSettings) -> AnyRedis:
 
 
 def describe(settings: CommonAppSettings) -> str:
-    """Host and port (or socket path) of the configured server, for error messages."""
+    """Where the configured server is, for messages: its URL (password masked) or sentinels."""
+    if settings.redis_sentinels:
+        return (f"master {settings.redis_sentinel_master!r} via sentinels "
+                f"{', '.join(settings.redis_sentinels)}")
     return mask_url(settings.effective_redis_url)
 
 

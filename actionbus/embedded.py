@@ -28,7 +28,7 @@ from redis.retry import Retry
 
 from actionbus.exceptions import EmbeddedRedisError
 
-__all__ = ["RedisCluster", "RedisServer", "find_redis_server", "free_port"]
+__all__ = ["RedisCluster", "RedisSentinel", "RedisServer", "find_redis_server", "free_port"]
 
 _HOST = "127.0.0.1"
 _SLOTS = 16384
@@ -292,6 +292,56 @@ def _cluster_view(conn: redis.Redis) -> tuple[bool, frozenset[tuple[str, str]]]:
         n["connected"] and not bad_flags & set(n["flags"].split(",")) for n in nodes.values()
     )
     return ok, frozenset((n["node_id"], repr(n["slots"])) for n in nodes.values())
+
+
+class RedisSentinel(RedisServer):
+    """A ``redis-server --sentinel`` process monitoring one master as ``master_name``.
+
+    Quorum 1 and ``down_after_ms`` (default 1000) make failover fast enough for tests.
+    """
+
+    def __init__(
+        self,
+        master: RedisServer,
+        *,
+        master_name: str = "mymaster",
+        down_after_ms: int = 1000,
+        executable: str | None = None,
+    ) -> None:
+        super().__init__(executable=executable)
+        self.master_name = master_name
+        self._master = master
+        self._down_after_ms = down_after_ms
+
+    def _command(self, executable: str, data_dir: Path) -> list[str]:
+        config = data_dir / "sentinel.conf"
+        if not config.exists():  # sentinel rewrites it; keep its state across restarts
+            name, master = self.master_name, self._master
+            config.write_text("\n".join([
+                f"port {self.port}", f"bind {self.host}", "daemonize no",
+                f"logfile {data_dir / _LOG}", f"dir {data_dir}", "protected-mode no",
+                f"sentinel monitor {name} {master.host} {master.port} 1",
+                f"sentinel down-after-milliseconds {name} {self._down_after_ms}",
+                f"sentinel failover-timeout {name} 10000",
+                f"sentinel parallel-syncs {name} 1", "",
+            ]))  # fmt: skip
+        return [executable, str(config), "--sentinel"]
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of this sentinel, as ``redis_sentinels`` takes it."""
+        return f"{self.host}:{self.port}"
+
+    def master_address(self) -> tuple[str, int] | None:
+        """The master this sentinel currently points to."""
+        with self.client() as conn:
+            reply: Any = conn.execute_command(
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name
+            )
+        if not reply:
+            return None
+        host, port = (v.decode() if isinstance(v, bytes) else str(v) for v in reply)
+        return host, int(port)
 
 
 class RedisCluster:

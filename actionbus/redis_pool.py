@@ -12,7 +12,13 @@ import logging
 from typing import ClassVar
 
 from actionbus.config import CommonAppSettings
-from actionbus.connection import AnyRedis, create_redis_client, describe, ping_or_raise
+from actionbus.connection import (
+    AnyRedis,
+    close_redis_client,
+    create_redis_client,
+    describe,
+    ping_or_raise,
+)
 
 __all__ = ["RedisPool", "close_redis_pool", "get_redis_client", "redis_pool"]
 
@@ -49,7 +55,7 @@ class RedisPool:
                 try:
                     await ping_or_raise(client, settings)
                 except BaseException:
-                    await client.aclose()
+                    await close_redis_client(client)
                     raise
                 self._client = client
                 logger.info("Redis pool connected to %s", describe(settings))
@@ -60,7 +66,7 @@ class RedisPool:
         client, self._client = self._client, None
         self._lock = None
         if client is not None:
-            await client.aclose()
+            await close_redis_client(client)
 
 
 redis_pool = RedisPool()

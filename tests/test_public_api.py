@@ -20,7 +20,9 @@ INTERNAL = {
     "actionbus.clients.replies": {"ReplyListener"},  # BaseRedisClient's reply reader
     "actionbus.clients.sender": {"StreamWriter"},  # BaseRedisClient's XADD coalescer
     "actionbus.pool": {"WaitingConnectionPool"},  # built by create_redis_client
-    "actionbus.connection": {"connection_options", "create_redis_client", "ping_or_raise"},
+    "actionbus.connection": {
+        "close_redis_client", "connection_options", "create_redis_client", "ping_or_raise",
+    },
     "actionbus.dead_letters": {"dead_letter_fields"},  # the worker's writer
     "actionbus.models.actions": {"utc_now"},
     "actionbus.streams": {"ensure_group", "is_busygroup", "is_nogroup", "text"},
@@ -34,7 +36,9 @@ INTERNAL = {
     },
     "actionbus.workers.routing": {"HandlerRegistry", "Route", "result_data"},
     # Public, but used from their own module (tools for tests and demos).
-    "actionbus.embedded": {"RedisCluster", "RedisServer", "find_redis_server", "free_port"},
+    "actionbus.embedded": {
+        "RedisCluster", "RedisSentinel", "RedisServer", "find_redis_server", "free_port",
+    },
 }
 # Applications and plugins built on the library rather than library API.
 NOT_LIBRARY = ("actionbus.cli", "actionbus.demo", "actionbus.testing")

@@ -7,7 +7,13 @@ import logging
 from types import TracebackType
 
 from actionbus.config import CommonAppSettings
-from actionbus.connection import AnyRedis, create_redis_client, describe, ping_or_raise
+from actionbus.connection import (
+    AnyRedis,
+    close_redis_client,
+    create_redis_client,
+    describe,
+    ping_or_raise,
+)
 from actionbus.exceptions import ClientNotInitializedError
 
 __all__ = ["RedisManager"]
@@ -46,7 +52,7 @@ class RedisManager:
                 try:
                     await ping_or_raise(client, self.settings)
                 except BaseException:
-                    await client.aclose()
+                    await close_redis_client(client)
                     raise
                 self._client = client
                 logger.info("connected to Redis at %s", describe(self.settings))
@@ -65,7 +71,7 @@ class RedisManager:
         """Close the client and its pool; safe to call more than once."""
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            await close_redis_client(client)
             logger.info("closed Redis connection to %s", describe(self.settings))
 
     async def __aenter__(self) -> RedisManager:

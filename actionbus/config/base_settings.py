@@ -64,6 +64,13 @@ class CommonAppSettings(BaseSettings):
     redis_password: SecretStr | None = None
     redis_ssl: bool = False
     redis_cluster: bool = Field(False, description="Connect with the Redis Cluster client.")
+    redis_sentinels: list[str] = Field(
+        default_factory=list,
+        description="Sentinel addresses (host:port); when set, the master is found through them.",
+    )
+    redis_sentinel_master: str | None = Field(
+        None, description="The master's name as the sentinels know it (`sentinel monitor`)."
+    )
 
     redis_decode_responses: bool = Field(
         False, description="Decode replies to str (the library itself works with either)."
@@ -120,6 +127,28 @@ class CommonAppSettings(BaseSettings):
                 f"redis_url={mask_url(value)!r} must start with redis://, rediss:// or unix://"
             )
         return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"redis_sentinels entry {address!r} is not host:port (e.g. 10.0.0.5:26379)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _check_topology(self) -> CommonAppSettings:
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ValueError(
+                "redis_sentinels and redis_sentinel_master go together: give the sentinel "
+                "addresses and the monitored master's name, or neither"
+            )
+        if self.redis_sentinels and self.redis_cluster:
+            raise ValueError("choose Redis Cluster or Sentinel, not both")
+        return self
 
     @model_validator(mode="after")
     def _check_keepalive(self) -> CommonAppSettings:
