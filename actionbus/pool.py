@@ -16,6 +16,7 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["WaitingConnectionPool"]
@@ -70,7 +71,13 @@ class WaitingConnectionPool(BlockingConnectionPool):
         versions none and warn if one is given).
         """
         if not self._waiting and self.can_get_connection():
-            return await ConnectionPool.get_connection(self, *args, **kwargs)  # type: ignore[no-untyped-call]
+            try:
+                return await ConnectionPool.get_connection(self, *args, **kwargs)  # type: ignore[no-untyped-call]
+            except RedisConnError as exc:
+                # Another task took the last slot between the check and the take (redis-py 5
+                # awaits inside its pool lock): wait for a connection like everyone else.
+                if "Too many connections" not in str(exc):
+                    raise
         self._waiting += 1
         try:
             return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]

@@ -189,8 +189,8 @@ async def test_keepalive_options_used_by_live_client(redis_url: str) -> None:
 def test_redis_retries_reach_connection_kwargs() -> None:
     """redis_retries sets how often a command is retried after a connection error."""
     kwargs = connection_options(make(redis_retries=2))
-    assert kwargs["retry"].get_retries() == 2
-    assert connection_options(make(redis_retries=0))["retry"].get_retries() == 0
+    assert kwargs["retry"]._retries == 2  # get_retries() exists only from redis-py 6
+    assert connection_options(make(redis_retries=0))["retry"]._retries == 0
     with pytest.raises(ValidationError, match="redis_retries"):
         make(redis_retries=-1)
 
