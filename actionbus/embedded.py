@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -93,6 +96,21 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGKILL when the parent process dies.
+
+    ``atexit`` does not run when the test run or demo is killed; this still stops the
+    server then, so nothing is left listening.
+    """
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 class RedisServer:
@@ -184,6 +202,9 @@ class RedisServer:
                     self._proc = subprocess.Popen(
                         self._command(executable, data_dir), stdin=subprocess.DEVNULL,
                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                        # The death signal follows the spawning *thread*: main thread only.
+                        preexec_fn=_die_with_parent
+                        if threading.current_thread() is threading.main_thread() else None,
                     )  # fmt: skip
             except OSError as exc:
                 raise EmbeddedRedisError(f"cannot run {executable!r}: {exc}") from exc

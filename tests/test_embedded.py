@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
+import signal
 import socket
 import stat
+import subprocess
 import sys
 import time
 import types
@@ -249,3 +252,33 @@ def test_cluster_covers_all_slots_and_round_trips_keys() -> None:
             with node.client() as direct:
                 assert direct.dbsize() >= 1
     assert cluster.nodes == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
+def test_server_dies_with_a_killed_parent() -> None:
+    """A server started by a process that is SIGKILLed stops too (atexit never runs)."""
+    code = (
+        "from actionbus.embedded import RedisServer; import time\n"
+        "s = RedisServer().start(); print(s.pid, flush=True); time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    server_pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.communicate(timeout=10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if not _alive(server_pid):
+            return
+        time.sleep(0.05)
+    os.kill(server_pid, signal.SIGKILL)
+    raise AssertionError("redis-server outlived its killed parent")
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for an init that does not reap counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
