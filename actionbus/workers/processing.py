@@ -21,6 +21,7 @@ from actionbus.models.actions import (
     ErrorDetail,
     utc_now,
 )
+from actionbus.tracing import process_span
 from actionbus.workers.output import OutputBatcher
 from actionbus.workers.reclaim import reclaim_for_retry
 from actionbus.workers.routing import Route, is_response, result_data
@@ -196,10 +197,11 @@ class ActionProcessor:
             if await self._already_done(entry_id, action, marker, waiting):
                 return True
         try:
-            if route is None:
-                result = await self.worker.handle_action(action)
-            else:
-                result = await route.handler(action, route.parse_data(action))
+            with process_span(action, self.worker.stream):
+                if route is None:
+                    result = await self.worker.handle_action(action)
+                else:
+                    result = await route.handler(action, route.parse_data(action))
             reply, callback = self._prepare(action, result, waiting)
         except asyncio.CancelledError:
             raise

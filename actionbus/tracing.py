@@ -1,0 +1,82 @@
+"""OpenTelemetry tracing (``pip install 'actionbus[otel]'``), off until enabled.
+
+``enable_tracing()`` turns it on for the process:
+
+- when an action is sent, the current trace context is written to its
+  ``metadata["traceparent"]`` (W3C Trace Context, plus ``tracestate`` when present), and
+  ``trace_id`` is set to the trace's id unless the sender set one;
+- a worker runs each handler inside a CONSUMER span named ``"<action_type> process"``,
+  child of the sender's span, recording failures.
+
+Any service that forwards ``traceparent`` joins the same trace. Disabled, it costs one
+check per action.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from actionbus.models.actions import DomainAction
+
+__all__ = ["disable_tracing", "enable_tracing", "inject_context", "process_span"]
+
+_tracer: Any = None
+
+
+def enable_tracing(tracer_provider: Any = None) -> None:
+    """Trace sends and handling with ``tracer_provider`` (default: the global one)."""
+    global _tracer
+    from opentelemetry import trace
+
+    _tracer = trace.get_tracer("actionbus", tracer_provider=tracer_provider)
+
+
+def disable_tracing() -> None:
+    """Stop tracing."""
+    global _tracer
+    _tracer = None
+
+
+def inject_context(action: DomainAction) -> None:
+    """Carry the current trace context in the action (no-op unless tracing is enabled)."""
+    if _tracer is None:
+        return
+    from opentelemetry import propagate, trace
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    action.metadata.update(carrier)
+    span_context = trace.get_current_span().get_span_context()
+    if action.trace_id is None and span_context.is_valid:
+        action.trace_id = format(span_context.trace_id, "032x")
+
+
+_NO_SPAN: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+
+
+def process_span(action: DomainAction, stream: str) -> contextlib.AbstractContextManager[Any]:
+    """The span a handler runs in, child of the sender's (a shared no-op unless enabled)."""
+    if _tracer is None:
+        return _NO_SPAN
+    return _span(action, stream)
+
+
+@contextlib.contextmanager
+def _span(action: DomainAction, stream: str) -> Iterator[None]:
+    from opentelemetry import propagate, trace
+
+    parent = propagate.extract({k: v for k, v in action.metadata.items() if isinstance(v, str)})
+    attributes = {
+        "messaging.system": "redis",
+        "messaging.destination.name": stream,
+        "messaging.operation": "process",
+        "messaging.message.id": str(action.action_id),
+        "actionbus.action_type": action.action_type,
+    }
+    with _tracer.start_as_current_span(
+        f"{action.action_type} process", context=parent, kind=trace.SpanKind.CONSUMER,
+        attributes=attributes, record_exception=True, set_status_on_exception=True,
+    ):
+        yield
