@@ -77,7 +77,7 @@ async def test_raw_redis_cli_request_gets_a_reply_from_a_worker(redis_url: str) 
     async with worker:
         await asyncio.to_thread(redis_cli, redis_url, *xadd)
         lines = await asyncio.to_thread(redis_cli, redis_url, *brpop)
-    assert lines[0] == "actionbus:dev:shell:responses:req-1"
+    assert lines[0] == "actionbus:dev:{shell}:responses:req-1"
     reply = json.loads(lines[1])
     assert reply["correlation_id"] == "req-1"
     assert reply["success"] is True
@@ -104,7 +104,7 @@ async def test_raw_redis_cli_answer_reaches_a_pseudo_sync_caller(redis_url: str)
         queue = request["callback_queue_name"]
 
         def real(args: list[str]) -> list[str]:
-            return [a.replace("actionbus:dev:orders:responses:abc", queue)
+            return [a.replace("actionbus:dev:{orders}:responses:abc", queue)
                     .replace("1795320000000-0", entry_id) for a in args]
 
         for command in (lpush, expire, xack):
