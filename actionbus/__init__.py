@@ -3,6 +3,7 @@
 from actionbus.clients import BaseRedisClient, QueueManager, RedisManager, RedisStateManager
 from actionbus.config import CommonAppSettings
 from actionbus.dead_letters import DeadLetter, DeadLetterQueue
+from actionbus.delayed import DelayedQueue
 from actionbus.exceptions import (
     ActionBusError,
     ActionRejected,
@@ -10,6 +11,7 @@ from actionbus.exceptions import (
     ConfigurationError,
     ConsumerGroupError,
     DeadLetterError,
+    DelayedActionError,
     EmbeddedRedisError,
     HandlerError,
     InvalidNameError,
@@ -42,6 +44,8 @@ __all__ = [
     "DeadLetter",
     "DeadLetterError",
     "DeadLetterQueue",
+    "DelayedActionError",
+    "DelayedQueue",
     "DomainAction",
     "DomainActionResponse",
     "EmbeddedRedisError",

@@ -24,6 +24,10 @@ INTERNAL = {
         "close_redis_client", "connection_options", "create_redis_client", "ping_or_raise",
     },
     "actionbus.dead_letters": {"dead_letter_fields"},  # the worker's writer
+    # Result types of DelayedQueue and the helpers the worker's retry path uses.
+    "actionbus.delayed": {
+        "DelayedEntry", "MoveReport", "deliveries_of", "to_epoch_ms", "with_deliveries",
+    },
     "actionbus.models.actions": {"utc_now"},
     "actionbus.streams": {"ensure_group", "is_busygroup", "is_nogroup", "text"},
     "actionbus.workers.maintenance": {
