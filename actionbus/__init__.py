@@ -26,6 +26,7 @@ from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDe
 # The RedisPool instance stays at actionbus.redis_pool.redis_pool: re-exporting it here
 # would hide the submodule of the same name (`import actionbus.redis_pool as m`).
 from actionbus.redis_pool import RedisPool, close_redis_pool, get_redis_client
+from actionbus.schedule import Schedule
 from actionbus.services import BaseService
 from actionbus.workers import BaseWorker, Handler, WorkerSettings, WorkerStats
 
@@ -59,6 +60,7 @@ __all__ = [
     "RedisManager",
     "RedisPool",
     "RedisStateManager",
+    "Schedule",
     "SendError",
     "StateConflictError",
     "StateError",

@@ -29,6 +29,10 @@ INTERNAL = {
         "DelayedEntry", "MoveReport", "deliveries_of", "to_epoch_ms", "with_deliveries",
     },
     "actionbus.models.actions": {"utc_now"},
+    # The tick machinery the worker loop calls; users declare Schedule objects.
+    "actionbus.schedule": {
+        "TickPlan", "TickResult", "fire_tick", "latest_tick", "plan_tick", "tick", "tick_action",
+    },
     "actionbus.streams": {"ensure_group", "is_busygroup", "is_nogroup", "text"},
     "actionbus.workers.maintenance": {
         "check_eviction_policy", "remove_gone_consumers", "safe_trim", "safe_trim_id",
