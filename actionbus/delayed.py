@@ -48,6 +48,7 @@ __all__ = [
     "DelayedQueue",
     "MoveReport",
     "deliveries_of",
+    "seconds_until",
     "to_epoch_ms",
     "with_deliveries",
 ]
@@ -90,6 +91,16 @@ return redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 """
 
 
+# KEYS[1] delayed set. ARGV[1] delay in ms, ARGV[2] member. Adds the member due at the Redis
+# server's clock plus the delay (the clock the mover uses); returns the due time in ms.
+_ADD_AFTER = """
+local t = redis.call('TIME')
+local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], due, ARGV[2])
+return due
+"""
+
+
 class DelayedEntry(NamedTuple):
     """One delayed action: its due time and the action JSON (``member``) as stored."""
 
@@ -123,6 +134,13 @@ def to_epoch_ms(when: datetime | int) -> int:
             )
         return (when - _EPOCH) // timedelta(milliseconds=1)
     return int(when)
+
+
+def seconds_until(next_due_ms: int | None, now_ms: int, ceiling_s: float) -> float:
+    """How long a mover may sleep: until the next due time, at most ``ceiling_s``, never < 0."""
+    if next_due_ms is None:
+        return ceiling_s
+    return max(0.0, min(ceiling_s, (next_due_ms - now_ms) / 1000))
 
 
 def _load_object(payload: bytes | str) -> dict[str, Any]:
@@ -181,25 +199,41 @@ class DelayedQueue:
         self.stream = queue_manager.get_service_action_stream(service)
         self._move = redis.register_script(_MOVE_DUE)
         self._retry = redis.register_script(_RETRY_LATER)
+        self._add_after = redis.register_script(_ADD_AFTER)
 
     async def add(self, action: DomainAction | str | bytes, due_at: datetime | int) -> str | None:
         """Park ``action`` until ``due_at`` (aware datetime or epoch ms); return its action id.
 
         A ``DomainAction`` must be for this service. A JSON string is stored as given.
         """
+        member, action_id = self._member(action)
+        mapping: dict[Any, int] = {member: to_epoch_ms(due_at)}
+        await self.redis.zadd(self.key, mapping)
+        return action_id
+
+    async def add_after(
+        self, action: DomainAction | str | bytes, delay: timedelta | float,
+    ) -> tuple[str | None, int]:
+        """Park ``action`` for ``delay`` (seconds or timedelta) by the Redis server's clock.
+
+        Returns (its action id, its due time in epoch ms). Immune to this host's clock skew.
+        """
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if not seconds >= 0:
+            raise DelayedActionError(f"delay must be zero or positive, got {delay!r}")
+        member, action_id = self._member(action)
+        due = await self._add_after(keys=[self.key], args=[round(seconds * 1000), member])
+        return action_id, int(due)
+
+    def _member(self, action: DomainAction | str | bytes) -> tuple[bytes | str, str | None]:
         if isinstance(action, DomainAction):
             if action.target != self.service:
                 raise DelayedActionError(
                     f"action {action.action_id} ({action.action_type}) is for service "
                     f"{action.target!r}, not {self.service!r}: use that service's DelayedQueue"
                 )
-            member: bytes | str = action.model_dump_json(exclude_none=True)
-            action_id: str | None = str(action.action_id)
-        else:
-            member, action_id = action, _describe(action, 0).action_id
-        mapping: dict[Any, int] = {member: to_epoch_ms(due_at)}
-        await self.redis.zadd(self.key, mapping)
-        return action_id
+            return action.model_dump_json(exclude_none=True), str(action.action_id)
+        return action, _describe(action, 0).action_id
 
     async def count(self) -> int:
         """How many actions wait in the set (due or not)."""

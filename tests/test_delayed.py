@@ -19,7 +19,7 @@ from actionbus import (
     QueueManager,
     RedisManager,
 )
-from actionbus.delayed import deliveries_of, to_epoch_ms, with_deliveries
+from actionbus.delayed import deliveries_of, seconds_until, to_epoch_ms, with_deliveries
 
 QM = QueueManager("dev")
 T0 = 1_795_320_000_000  # a fixed "now" in epoch ms
@@ -100,6 +100,32 @@ async def test_mover_uses_the_server_clock_by_default(redis: Any) -> None:
     assert moved == 1
     assert next_due == to_epoch_ms(now + timedelta(hours=1))
     assert await queue.move_due() == (0, next_due)
+
+
+async def test_add_after_uses_the_server_clock(redis: Any) -> None:
+    """add_after() dues the action at Redis' clock plus the delay and returns that time."""
+    queue = DelayedQueue(redis, QM, "inventory")
+    seconds, micros = await redis.time()
+    before = seconds * 1000 + micros // 1000
+    sent = action(1)
+    action_id, due = await queue.add_after(sent, timedelta(minutes=10))
+    seconds, micros = await redis.time()
+    after = seconds * 1000 + micros // 1000
+    assert action_id == str(sent.action_id)
+    assert before + 600_000 <= due <= after + 600_000
+    assert [e.due_ms for e in await queue.list()] == [due]
+    assert (await queue.move_due_report(now_ms=due - 1)).moved == 0
+    assert (await queue.add_after('{"action_type":"inventory.a.b"}', 0))[0] is None
+    with pytest.raises(DelayedActionError, match="zero or positive"):
+        await queue.add_after(sent, -1)
+
+
+def test_seconds_until_the_next_due_time() -> None:
+    """The mover sleeps until the next due time, capped by its ceiling and never negative."""
+    assert seconds_until(None, T0, 0.5) == 0.5
+    assert seconds_until(T0 + 200, T0, 0.5) == 0.2
+    assert seconds_until(T0 + 2000, T0, 0.5) == 0.5
+    assert seconds_until(T0 - 10, T0, 0.5) == 0.0
 
 
 async def test_a_foreign_zadd_is_delivered_byte_for_byte(redis: Any) -> None:

@@ -26,7 +26,8 @@ INTERNAL = {
     "actionbus.dead_letters": {"dead_letter_fields"},  # the worker's writer
     # Result types of DelayedQueue and the helpers the worker's retry path uses.
     "actionbus.delayed": {
-        "DelayedEntry", "MoveReport", "deliveries_of", "to_epoch_ms", "with_deliveries",
+        "DelayedEntry", "MoveReport", "deliveries_of", "seconds_until", "to_epoch_ms",
+        "with_deliveries",
     },
     "actionbus.models.actions": {"utc_now"},
     # The tick machinery the worker loop calls; users declare Schedule objects.
