@@ -3,6 +3,7 @@
 from actionbus.clients import BaseRedisClient, QueueManager, RedisManager, RedisStateManager
 from actionbus.config import CommonAppSettings
 from actionbus.dead_letters import DeadLetter, DeadLetterQueue
+from actionbus.delayed import DelayedQueue
 from actionbus.exceptions import (
     ActionBusError,
     ActionRejected,
@@ -10,6 +11,7 @@ from actionbus.exceptions import (
     ConfigurationError,
     ConsumerGroupError,
     DeadLetterError,
+    DelayedActionError,
     EmbeddedRedisError,
     HandlerError,
     InvalidNameError,
@@ -24,6 +26,7 @@ from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDe
 # The RedisPool instance stays at actionbus.redis_pool.redis_pool: re-exporting it here
 # would hide the submodule of the same name (`import actionbus.redis_pool as m`).
 from actionbus.redis_pool import RedisPool, close_redis_pool, get_redis_client
+from actionbus.schedule import Schedule
 from actionbus.services import BaseService
 from actionbus.workers import BaseWorker, Handler, WorkerSettings, WorkerStats
 
@@ -42,6 +45,8 @@ __all__ = [
     "DeadLetter",
     "DeadLetterError",
     "DeadLetterQueue",
+    "DelayedActionError",
+    "DelayedQueue",
     "DomainAction",
     "DomainActionResponse",
     "EmbeddedRedisError",
@@ -55,6 +60,7 @@ __all__ = [
     "RedisManager",
     "RedisPool",
     "RedisStateManager",
+    "Schedule",
     "SendError",
     "StateConflictError",
     "StateError",

@@ -4,6 +4,8 @@
     actionbus send ACTION_TYPE [--data JSON] [--wait SECONDS]
     actionbus dead-letters list SERVICE [--count N]
     actionbus dead-letters replay SERVICE (ENTRY_ID... | --all)
+    actionbus delayed list SERVICE [--limit N]
+    actionbus delayed cancel SERVICE ACTION_ID
     actionbus worker MODULE:ATTRIBUTE          run a BaseWorker (or a factory returning one)
 
 Connection settings come from the environment (``REDIS_URL``, ``ENVIRONMENT``,
@@ -33,6 +35,7 @@ from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.redis_manager import RedisManager
 from actionbus.config import CommonAppSettings
 from actionbus.dead_letters import DeadLetterQueue
+from actionbus.delayed import DelayedQueue
 from actionbus.exceptions import ActionBusError
 from actionbus.models.actions import DomainAction
 from actionbus.streams import text
@@ -203,3 +206,57 @@ def worker(target: str) -> None:
         uvloop.run(instance.run())
     except ImportError:
         asyncio.run(instance.run())
+
+
+# --- delayed actions (actionbus delayed list|cancel) -----------------------------------------
+
+
+@main.group("delayed")
+def delayed() -> None:
+    """List and cancel a service's delayed actions."""
+
+
+def _delayed_queue(manager: RedisManager, service: str) -> DelayedQueue:
+    qm = QueueManager(manager.settings.environment, manager.settings.key_prefix)
+    return DelayedQueue(manager.get_client(), qm, service)
+
+
+@delayed.command("list")
+@click.argument("service")
+@click.option("--limit", default=20, show_default=True, help="How many, soonest first.")
+@click.pass_context
+def list_delayed(ctx: click.Context, service: str, limit: int) -> None:
+    """Print delayed actions as JSON lines: due time, action id and type, the action."""
+    if limit <= 0:
+        raise click.BadParameter(f"--limit must be positive, got {limit}")
+
+    async def work(manager: RedisManager) -> tuple[int, list[str]]:
+        queue = _delayed_queue(manager, service)
+        entries = await queue.list(limit)
+        lines = [json.dumps({"due_at": e.due_at.isoformat(), "action_id": e.action_id,
+                             "action_type": e.action_type, "action": e.member})
+                 for e in entries]
+        return await queue.count(), lines
+
+    total, lines = _run(ctx, work)
+    for line in lines:
+        click.echo(line)
+    click.echo(f"{total} delayed action(s) for {service}", err=True)
+
+
+@delayed.command("cancel")
+@click.argument("service")
+@click.argument("action_id")
+@click.pass_context
+def cancel_delayed(ctx: click.Context, service: str, action_id: str) -> None:
+    """Cancel a delayed action before it is due."""
+
+    async def work(manager: RedisManager) -> bool:
+        return await _delayed_queue(manager, service).cancel(action_id)
+
+    if not _run(ctx, work):
+        raise click.ClickException(
+            f"no delayed action {action_id} waits for {service} (already due and moved to its "
+            "stream, cancelled, or never added); see `actionbus delayed list`"
+        )
+    click.echo(f"cancelled delayed action {action_id} of {service}")

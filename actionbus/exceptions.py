@@ -11,6 +11,7 @@
     ├── HandlerError                a handler is missing, registered twice, or has a bad signature
     ├── ActionRejected              an action that can never succeed: dead-lettered, not retried
     ├── DeadLetterError             a dead letter could not be found or replayed
+    ├── DelayedActionError          a delayed action or schedule that cannot be used as given
     ├── StateError                  the state store could not complete an update
     │   └── StateConflictError      an optimistic update kept conflicting with other writers
     └── EmbeddedRedisError          a local redis-server could not be found, started or stopped
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigurationError",
     "ConsumerGroupError",
     "DeadLetterError",
+    "DelayedActionError",
     "EmbeddedRedisError",
     "HandlerError",
     "InvalidNameError",
@@ -86,6 +88,10 @@ class ActionRejected(ActionBusError):
 
 class DeadLetterError(ActionBusError):
     """A dead letter could not be found or replayed."""
+
+
+class DelayedActionError(ActionBusError, ValueError):
+    """A delayed action or schedule that cannot be used as given (naive time, wrong service…)."""
 
 
 class StateError(ActionBusError):

@@ -7,10 +7,11 @@ import json
 from click.testing import CliRunner
 from redis import Redis
 
+from actionbus import QueueManager
 from actionbus.cli import main
 
-STREAM = "actionbus:dev:inventory:streams:main"
-DEAD = "actionbus:dev:inventory:streams:dead"
+STREAM = QueueManager("dev").get_service_action_stream("inventory")
+DEAD = QueueManager("dev").get_dead_letter_stream("inventory")
 
 
 def _cli(redis_url: str, *args: str) -> tuple[int, str]:

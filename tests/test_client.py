@@ -24,13 +24,13 @@ from actionbus import (
 )
 
 Settings = Callable[..., CommonAppSettings]
-STREAM = "actionbus:dev:{}:streams:main"
+QM = QueueManager("dev")
 
 
 async def _entries(redis: Any, service: str) -> list[dict[str, Any]]:
     """The decoded ``data`` of every entry on a service's stream, after checking the layout."""
     result = []
-    for _entry_id, fields in await redis.xrange(STREAM.format(service)):
+    for _entry_id, fields in await redis.xrange(QM.get_service_action_stream(service)):
         assert set(fields) == {b"data"}
         result.append(json.loads(fields[b"data"]))
     return result
@@ -46,8 +46,8 @@ def test_constructor_seed_signature(conn: Any, make_settings: Settings) -> None:
     client = BaseRedisClient(service_name="orders", redis_client=conn, settings=settings)
     assert client.service_name == "orders"
     assert client.redis is conn
-    assert client.queue_manager.get_service_action_stream("x") == "nooble:staging:x:streams:main"
-    assert client.response_queue.startswith("nooble:staging:orders:responses:")
+    assert client.queue_manager.get_service_action_stream("x") == "nooble:staging:{x}:streams:main"
+    assert client.response_queue.startswith("nooble:staging:{orders}:responses:")
 
 
 @pytest.mark.parametrize("name", ["", "a:b", "a.b", "with space", "x" * 65])
@@ -70,7 +70,7 @@ def test_constructor_accepts_queue_manager(conn: Any, make_settings: Settings) -
     qm = QueueManager("qa", "custom")
     client = BaseRedisClient("orders", conn, make_settings(), queue_manager=qm)
     assert client.queue_manager is qm
-    assert client.response_queue.startswith("custom:qa:orders:responses:")
+    assert client.response_queue.startswith("custom:qa:{orders}:responses:")
 
 
 async def test_send_action_async_writes_data_field(bus: Any) -> None:
@@ -92,7 +92,7 @@ async def test_send_action_async_honours_target_service(bus: Any) -> None:
     await client.send_action_async(
         DomainAction(action_type="inventory.item.reserve", target_service="inventory-v2")
     )
-    assert await bus.redis.xlen(STREAM.format("inventory")) == 0
+    assert await bus.redis.xlen(QM.get_service_action_stream("inventory")) == 0
     assert len(await _entries(bus.redis, "inventory-v2")) == 1
 
 
@@ -128,7 +128,7 @@ async def test_send_actions_async_validates_all_before_sending(
         await client.send_actions_async([good, too_big])
     with pytest.raises(TypeError, match="expected a DomainAction"):
         await client.send_actions_async([good, {"action_type": "inv.item.c"}])  # type: ignore[list-item]
-    assert await bus.redis.xlen(STREAM.format("inv")) == 0
+    assert await bus.redis.xlen(QM.get_service_action_stream("inv")) == 0
 
 
 async def test_payload_too_large_sends_nothing(bus: Any) -> None:
@@ -147,7 +147,7 @@ async def test_payload_limit_counts_utf8_bytes(bus: Any) -> None:
     with pytest.raises(PayloadTooLargeError):
         await client.send_action_async(DomainAction(action_type="inv.a", data={"t": "é" * 450}))
     await client.send_action_async(DomainAction(action_type="inv.a", data={"t": "e" * 450}))
-    assert await bus.redis.xlen(STREAM.format("inv")) == 1
+    assert await bus.redis.xlen(QM.get_service_action_stream("inv")) == 1
 
 
 @pytest.mark.parametrize("bad", [{"action_type": "inv.item.x"}, None, "inv.item.x"])
@@ -204,7 +204,7 @@ async def test_send_error_when_redis_is_down(fresh_redis_server: Any) -> None:
         client = BaseRedisClient("orders", manager.get_client(), settings)
         fresh_redis_server.kill()
         action = DomainAction(action_type="inv.item.x")
-        with pytest.raises(SendError, match=f"{action.action_id}.*inv:streams:main"):
+        with pytest.raises(SendError, match=f"{action.action_id}.*inv}}:streams:main"):
             await client.send_action_async(action)
         with pytest.raises(SendError, match="batch of 1"):
             await client.send_actions_async([DomainAction(action_type="inv.item.x")])
@@ -326,7 +326,7 @@ async def test_callback_routed_to_origin_handler(bus: Any, eventually: Any) -> N
                           tenant_id="t1", trace_id="tr")
     await client.send_action_async_with_callback(action, "orders.invoice.created", "order-77")
     assert action.callback_action_type == "orders.invoice.created"
-    assert action.callback_queue_name == STREAM.format("orders")
+    assert action.callback_queue_name == QM.get_service_action_stream("orders")
     await eventually(lambda: received)
     [callback] = received
     assert callback.action_type == "orders.invoice.created"
@@ -352,7 +352,7 @@ async def test_callback_is_durable_while_origin_is_down(bus: Any, eventually: An
     await client.send_action_async_with_callback(
         DomainAction(action_type="billing.invoice.create"), "orders.invoice.created"
     )
-    await eventually(lambda: bus.redis.xlen(STREAM.format("orders")))
+    await eventually(lambda: bus.redis.xlen(QM.get_service_action_stream("orders")))
     orders = bus.worker("orders")
     received: list[DomainAction] = []
 

@@ -17,7 +17,7 @@ from actionbus.workers.maintenance import (
     safe_trim_id,
 )
 
-STREAM = "actionbus:dev:upkeep:streams:main"
+STREAM = "actionbus:dev:{upkeep}:streams:main"
 
 
 def _settings(url: str, service: str = "upkeep") -> CommonAppSettings:

@@ -24,7 +24,16 @@ INTERNAL = {
         "close_redis_client", "connection_options", "create_redis_client", "ping_or_raise",
     },
     "actionbus.dead_letters": {"dead_letter_fields"},  # the worker's writer
+    # Result types of DelayedQueue and the helpers the worker's retry path uses.
+    "actionbus.delayed": {
+        "DelayedEntry", "MoveReport", "deliveries_of", "seconds_until", "to_epoch_ms",
+        "with_deliveries",
+    },
     "actionbus.models.actions": {"utc_now"},
+    # The tick machinery the worker loop calls; users declare Schedule objects.
+    "actionbus.schedule": {
+        "TickPlan", "TickResult", "fire_tick", "latest_tick", "plan_tick", "tick", "tick_action",
+    },
     "actionbus.streams": {"ensure_group", "is_busygroup", "is_nogroup", "text"},
     "actionbus.workers.maintenance": {
         "check_eviction_policy", "remove_gone_consumers", "safe_trim", "safe_trim_id",

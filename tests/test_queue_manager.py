@@ -17,20 +17,45 @@ def qm() -> QueueManager:
 
 
 def test_default_layout(qm: QueueManager) -> None:
-    """Keys follow ``{prefix}:{environment}:{service}:{kind}:{context}``."""
-    assert qm.get_service_action_stream("inventory") == "actionbus:dev:inventory:streams:main"
-    assert qm.get_dead_letter_stream("inventory") == "actionbus:dev:inventory:streams:dead"
-    assert qm.get_response_queue("orders", "abc") == "actionbus:dev:orders:responses:abc"
-    assert qm.get_idempotency_key("orders", "id-1") == "actionbus:dev:orders:idempotency:id-1"
+    """Keys follow ``{prefix}:{environment}:{<service>}:{kind}:{context}``, service braced."""
+    assert qm.get_service_action_stream("inventory") == "actionbus:dev:{inventory}:streams:main"
+    assert qm.get_dead_letter_stream("inventory") == "actionbus:dev:{inventory}:streams:dead"
+    assert qm.get_response_queue("orders", "abc") == "actionbus:dev:{orders}:responses:abc"
+    assert qm.get_idempotency_key("orders", "id-1") == "actionbus:dev:{orders}:idempotency:id-1"
     assert qm.get_state_key("orders", "user_session:42") == (
-        "actionbus:dev:orders:state:user_session:42"
+        "actionbus:dev:{orders}:state:user_session:42"
     )
+    assert qm.get_delayed_set("inventory") == "actionbus:dev:{inventory}:delayed:main"
+    assert qm.get_schedules_key("inventory") == "actionbus:dev:{inventory}:schedules:main"
+    assert qm.service_tag("inventory") == "{inventory}"
+
+
+def test_keys_of_a_service_share_one_cluster_hash_slot(qm: QueueManager) -> None:
+    """Every key of one service hashes to the same Redis Cluster slot; other services differ."""
+    from redis.crc import key_slot
+
+    keys = [
+        qm.get_service_action_stream("inventory"), qm.get_dead_letter_stream("inventory"),
+        qm.get_delayed_set("inventory"), qm.get_schedules_key("inventory"),
+        qm.get_response_queue("inventory"), qm.get_idempotency_key("inventory", "x"),
+        qm.get_state_key("inventory", "a:b"),
+    ]
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    assert key_slot(qm.get_delayed_set("orders").encode()) != key_slot(keys[0].encode())
+
+
+def test_acl_style_prefix_patterns_still_match(qm: QueueManager) -> None:
+    """Only the service is braced, so a glob on ``prefix:environment:*`` matches every key."""
+    from fnmatch import fnmatchcase
+
+    for key in (qm.get_service_action_stream("inventory"), qm.get_delayed_set("inventory")):
+        assert fnmatchcase(key, "actionbus:dev:*")
 
 
 def test_custom_prefix_and_environment() -> None:
     """The prefix and environment given to the constructor start every key."""
     qm = QueueManager("prod", prefix="nooble")
-    assert qm.get_service_action_stream("billing") == "nooble:prod:billing:streams:main"
+    assert qm.get_service_action_stream("billing") == "nooble:prod:{billing}:streams:main"
     assert qm.environment == "prod"
     assert qm.prefix == "nooble"
     assert repr(qm) == "QueueManager(environment='prod', prefix='nooble')"
@@ -40,7 +65,7 @@ def test_response_queue_without_context_is_unique(qm: QueueManager) -> None:
     """get_response_queue(service) generates a new response list name each call."""
     first, second = qm.get_response_queue("orders"), qm.get_response_queue("orders")
     assert first != second
-    assert first.startswith("actionbus:dev:orders:responses:")
+    assert first.startswith("actionbus:dev:{orders}:responses:")
 
 
 def test_callback_queue_is_the_services_action_stream(qm: QueueManager) -> None:
@@ -73,6 +98,9 @@ def test_service_names_that_could_forge_keys_refused(qm: QueueManager, bad: str)
         qm.get_dead_letter_stream,
         qm.get_response_queue,
         qm.get_callback_queue,
+        qm.get_delayed_set,
+        qm.get_schedules_key,
+        qm.service_tag,
     ):
         with pytest.raises(InvalidNameError, match="service name"):
             build(bad)
@@ -125,7 +153,8 @@ def test_invalid_name_error_is_a_value_error() -> None:
 
 def test_parse_splits_keys_of_the_namespace(qm: QueueManager) -> None:
     """parse() returns service, kind and context of a key of this namespace."""
-    assert qm.parse("actionbus:dev:orders:responses:abc") == KeyParts("orders", "responses", "abc")
+    parts = KeyParts("orders", "responses", "abc")
+    assert qm.parse("actionbus:dev:{orders}:responses:abc") == parts
     assert qm.parse(qm.get_service_action_stream("inv")) == KeyParts("inv", "streams", "main")
 
 
@@ -133,17 +162,22 @@ def test_parse_splits_keys_of_the_namespace(qm: QueueManager) -> None:
     "key",
     [
         "victim:key",
-        "actionbus:prod:orders:responses:abc",
-        "other:dev:orders:responses:abc",
-        "actionbus:dev:orders:responses",
-        "actionbus:dev:orders:responses:a:b",
-        "actionbus:dev:or*ders:responses:abc",
-        "actionbus:dev:orders:responses:{x}",
+        "actionbus:prod:{orders}:responses:abc",
+        "other:dev:{orders}:responses:abc",
+        "actionbus:dev:{orders}:responses",
+        "actionbus:dev:{orders}:responses:a:b",
+        "actionbus:dev:{or*ders}:responses:abc",
+        "actionbus:dev:{orders}:responses:{x}",
+        "actionbus:dev:orders:responses:abc",
+        "actionbus:dev:{orders:responses:abc",
+        "actionbus:dev:orders}:responses:abc",
+        "actionbus:dev:{}:responses:abc",
+        "actionbus:dev:{{orders}}:responses:abc",
         "",
     ],
 )
 def test_parse_refuses_foreign_or_malformed_keys(qm: QueueManager, key: str) -> None:
-    """parse() refuses keys of other namespaces or with the wrong number of parts."""
+    """parse() refuses other namespaces, wrong part counts and unbraced (old-layout) services."""
     with pytest.raises(InvalidNameError):
         qm.parse(key)
 
@@ -171,4 +205,6 @@ def test_check_action_stream(qm: QueueManager) -> None:
         with pytest.raises(InvalidNameError, match="not an action stream"):
             qm.check_action_stream(bad)
     with pytest.raises(InvalidNameError):
-        qm.check_action_stream("actionbus:prod:orders:streams:main")
+        qm.check_action_stream("actionbus:prod:{orders}:streams:main")
+    with pytest.raises(InvalidNameError, match="form"):
+        qm.check_action_stream("actionbus:dev:orders:streams:main")

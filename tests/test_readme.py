@@ -19,7 +19,9 @@ from actionbus import (
     BaseRedisClient,
     BaseWorker,
     CommonAppSettings,
+    DelayedQueue,
     DomainAction,
+    QueueManager,
     RedisManager,
     WorkerSettings,
 )
@@ -49,7 +51,7 @@ def redis_cli(url: str, *args: str) -> list[str]:
     return out.stdout.splitlines()
 
 
-@pytest.mark.parametrize("name", ["quickstart", "connections", "state"])
+@pytest.mark.parametrize("name", ["quickstart", "connections", "state", "delayed"])
 def test_python_examples_run(redis_url: str, name: str) -> None:
     """Each Python example of the README runs to completion against a real Redis."""
     env = {**os.environ, "REDIS_URL": redis_url}
@@ -77,7 +79,7 @@ async def test_raw_redis_cli_request_gets_a_reply_from_a_worker(redis_url: str) 
     async with worker:
         await asyncio.to_thread(redis_cli, redis_url, *xadd)
         lines = await asyncio.to_thread(redis_cli, redis_url, *brpop)
-    assert lines[0] == "actionbus:dev:shell:responses:req-1"
+    assert lines[0] == "actionbus:dev:{shell}:responses:req-1"
     reply = json.loads(lines[1])
     assert reply["correlation_id"] == "req-1"
     assert reply["success"] is True
@@ -104,7 +106,7 @@ async def test_raw_redis_cli_answer_reaches_a_pseudo_sync_caller(redis_url: str)
         queue = request["callback_queue_name"]
 
         def real(args: list[str]) -> list[str]:
-            return [a.replace("actionbus:dev:orders:responses:abc", queue)
+            return [a.replace("actionbus:dev:{orders}:responses:abc", queue)
                     .replace("1795320000000-0", entry_id) for a in args]
 
         for command in (lpush, expire, xack):
@@ -115,6 +117,21 @@ async def test_raw_redis_cli_answer_reaches_a_pseudo_sync_caller(redis_url: str)
     assert response.success
     assert response.data == {"invoice": "F-1"}
     assert response.correlation_id == "c-9"
+
+
+@pytest.mark.skipif(REDIS_CLI is None, reason="redis-cli is not installed")
+async def test_raw_redis_cli_delayed_send_is_moved_into_the_stream(redis_url: str) -> None:
+    """The README's one-ZADD delayed send is moved, unchanged, into the service's stream."""
+    [zadd] = cli_lines("raw-delayed")
+    await asyncio.to_thread(redis_cli, redis_url, *zadd)
+    settings = CommonAppSettings(service_name="ops", redis_url=redis_url)
+    async with RedisManager(settings) as manager:
+        queue = DelayedQueue(manager.get_client(), QueueManager(), "inventory")
+        assert (await queue.move_due_report(now_ms=int(zadd[2]))).moved == 1
+        [(_id, fields)] = await manager.get_client().xrange(queue.stream)
+    assert fields[b"data"].decode() == zadd[3]
+    action = DomainAction.model_validate_json(fields[b"data"])
+    assert (action.action_type, action.data) == ("inventory.stock.count", {"sku": "A1"})
 
 
 @pytest.mark.parametrize("model", [CommonAppSettings, WorkerSettings])

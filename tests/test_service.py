@@ -94,4 +94,4 @@ async def test_subclass_with_settings_subclass_state_and_sending(
     service = CartService(settings, bus.client("carts"), bus.redis)
     await service.add("c1", "apple")
     assert (await service.add("c1", "pear")).items == ["apple", "pear"]
-    assert await bus.redis.xlen("actionbus:dev:analytics:streams:main") == 2
+    assert await bus.redis.xlen("actionbus:dev:{analytics}:streams:main") == 2

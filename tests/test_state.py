@@ -59,7 +59,7 @@ async def test_save_then_load_round_trip(
     loaded = await sessions.load_state("user_session:42")
     assert loaded == state
     assert isinstance(loaded, UserSessionState)
-    key = "actionbus:dev:sessions:state:user_session:42"
+    key = "actionbus:dev:{sessions}:state:user_session:42"
     assert sessions.key_for("user_session:42") == key
     assert json.loads(await conn.get(key)) == {"user_id": "42", "visits": 3}
     assert await conn.ttl(key) == -1

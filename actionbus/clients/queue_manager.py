@@ -1,8 +1,11 @@
 """``QueueManager``: every Redis key name actionbus uses, in one place.
 
-Layout: ``{prefix}:{environment}:{service}:{kind}:{context}``, e.g.
-``actionbus:dev:inventory:streams:main``. Every part is validated so that no input can
-forge or collide with another key.
+Layout: ``{prefix}:{environment}:{<service>}:{kind}:{context}``, e.g.
+``actionbus:dev:{inventory}:streams:main``. The braces around the service are a Redis
+Cluster hash tag: every key of one service lives in one hash slot, so one Lua script can
+move entries between its delayed set and its stream. Only the service segment is braced, so
+ACL patterns such as ``~actionbus:dev:*`` keep matching. Every part is validated so that no
+input can forge or collide with another key (names may not contain braces themselves).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ _SERVICE_RE = re.compile(SERVICE_NAME_PATTERN)
 _CONTEXT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _STATE_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,511}")
 
-STREAMS, RESPONSES, CALLBACKS, IDEMPOTENCY, STATE = (
-    "streams", "responses", "callbacks", "idempotency", "state",
+STREAMS, RESPONSES, CALLBACKS, IDEMPOTENCY, STATE, DELAYED, SCHEDULES = (
+    "streams", "responses", "callbacks", "idempotency", "state", "delayed", "schedules",
 )
 MAIN, DEAD = "main", "dead"
 
@@ -81,10 +84,17 @@ class QueueManager:
     def _build_key(self, service: str, kind: str, context: str) -> str:
         check_service(service)
         check_context(context)
-        return f"{self._base}{service}:{kind}:{context}"
+        return f"{self._base}{{{service}}}:{kind}:{context}"
+
+    def service_tag(self, service: str) -> str:
+        """The hash-tagged service segment shared by all of a service's keys: ``{service}``."""
+        return f"{{{check_service(service)}}}"
 
     def get_service_action_stream(self, service: str) -> str:
-        """The stream a service's workers consume: ``…:{service}:streams:main``."""
+        """The stream a service's workers consume: ``…:{service}:streams:main``.
+
+        The braces are literal: ``actionbus:dev:{inventory}:streams:main``.
+        """
         return self._key(service, STREAMS, MAIN)
 
     def get_dead_letter_stream(self, service: str) -> str:
@@ -114,6 +124,18 @@ class QueueManager:
         """The marker that records a guarded handler already ran for ``action_id``."""
         return self._key(service, IDEMPOTENCY, action_id)
 
+    def get_delayed_set(self, service: str) -> str:
+        """The sorted set of a service's delayed actions: ``…:{service}:delayed:main``.
+
+        Members are action JSON, scores the due time in epoch milliseconds; it shares its
+        stream's hash slot (see ``actionbus.delayed``).
+        """
+        return self._key(service, DELAYED, MAIN)
+
+    def get_schedules_key(self, service: str) -> str:
+        """The hash of a service's periodic actions: schedule name -> last tick (epoch ms)."""
+        return self._key(service, SCHEDULES, MAIN)
+
     def get_state_key(self, service: str, state_key: str) -> str:
         """The key holding a ``RedisStateManager`` value: ``…:{service}:state:{state_key}``.
 
@@ -126,7 +148,7 @@ class QueueManager:
             "use 1-512 letters, digits or _.:@/+=- , starting with a letter or digit "
             "(no '*', braces or whitespace)",
         )
-        return f"{self._base}{service}:{STATE}:{state_key}"
+        return f"{self._base}{{{service}}}:{STATE}:{state_key}"
 
     def parse(self, key: str) -> KeyParts:
         """Split a key of this namespace into its parts; ``InvalidNameError`` otherwise."""
@@ -136,11 +158,12 @@ class QueueManager:
                 "may only go to keys of this prefix and environment"
             )
         parts = key[len(self._base):].split(":")
-        if len(parts) != 3:
+        tagged = parts[0]
+        if len(parts) != 3 or len(tagged) < 3 or tagged[0] != "{" or tagged[-1] != "}":
             raise InvalidNameError(
-                f"key {key!r} does not have the form {self._base}<service>:<kind>:<context>"
+                f"key {key!r} does not have the form {self._base}{{<service>}}:<kind>:<context>"
             )
-        service, kind, context = parts
+        service, kind, context = tagged[1:-1], parts[1], parts[2]
         check_service(service)
         check_context(context)
         return KeyParts(service, kind, context)
@@ -151,7 +174,7 @@ class QueueManager:
         if parts.kind != RESPONSES:
             raise InvalidNameError(
                 f"callback_queue_name {key!r} is not a response list "
-                f"(expected {self._base}<service>:{RESPONSES}:<id>)"
+                f"(expected {self._base}{{<service>}}:{RESPONSES}:<id>)"
             )
         return parts
 
@@ -161,6 +184,6 @@ class QueueManager:
         if parts.kind != STREAMS or parts.context != MAIN:
             raise InvalidNameError(
                 f"callback_queue_name {key!r} is not an action stream "
-                f"(expected {self._base}<service>:{STREAMS}:{MAIN})"
+                f"(expected {self._base}{{<service>}}:{STREAMS}:{MAIN})"
             )
         return parts
