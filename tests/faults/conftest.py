@@ -15,12 +15,13 @@ import pytest
 from redis.asyncio import Redis
 
 from actionbus import BaseRedisClient, CommonAppSettings, DomainAction
+from actionbus.clients import QueueManager
 from actionbus.connection import create_redis_client
 
 WORKER = Path(__file__).with_name("worker_proc.py")
 SERVICE = "faults"
-STREAM = f"actionbus:dev:{SERVICE}:streams:main"
-DEAD = f"actionbus:dev:{SERVICE}:streams:dead"
+STREAM = QueueManager().get_service_action_stream(SERVICE)
+DEAD = QueueManager().get_dead_letter_stream(SERVICE)
 
 
 class Workers:
