@@ -26,6 +26,9 @@ from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDe
 from actionbus.redis_pool import RedisPool, close_redis_pool, get_redis_client
 from actionbus.services import BaseService
 from actionbus.workers import BaseWorker, Handler, WorkerSettings, WorkerStats
+from actionbus.workers.context import WorkerContext
+from actionbus.workers.pipeline import Layer
+from actionbus.workers.policy import FailurePolicy
 
 __version__ = "0.1.0"
 
@@ -46,9 +49,11 @@ __all__ = [
     "DomainActionResponse",
     "EmbeddedRedisError",
     "ErrorDetail",
+    "FailurePolicy",
     "Handler",
     "HandlerError",
     "InvalidNameError",
+    "Layer",
     "PayloadTooLargeError",
     "QueueManager",
     "RedisConnectionError",
@@ -58,6 +63,7 @@ __all__ = [
     "SendError",
     "StateConflictError",
     "StateError",
+    "WorkerContext",
     "WorkerSettings",
     "WorkerStats",
     "__version__",
