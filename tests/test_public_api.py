@@ -37,6 +37,7 @@ INTERNAL = {
     "actionbus.workers.policy": {"Bury", "ReplyError", "Retry", "error_detail"},  # decisions
     "actionbus.workers.reader": {"StreamReader"},
     "actionbus.workers.results": {"Prepared", "callback_for", "is_waiting", "prepare"},
+    "actionbus.workers.upkeep": {"Upkeep", "maintain"},
     "actionbus.workers.processing": {"ActionProcessor"},
     "actionbus.workers.reclaim": {
         "Claimed", "claim_abandoned", "claim_own_pending", "heartbeat", "reclaim_for_retry",

@@ -16,14 +16,12 @@ import os
 import signal
 import socket
 import sys
-import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, overload
 
 from pydantic import BaseModel
-from redis.exceptions import RedisError, ResponseError
 
 from actionbus.backoff import OutageLog
 from actionbus.clients.queue_manager import QueueManager
@@ -35,20 +33,24 @@ from actionbus.exceptions import ClientNotInitializedError, ConfigurationError, 
 from actionbus.models.actions import DomainAction, check_service_name
 from actionbus.streams import ensure_group
 from actionbus.workers.context import WorkerContext
-from actionbus.workers.maintenance import (
-    check_eviction_policy,
-    remove_gone_consumers,
-    safe_trim,
-)
+from actionbus.workers.maintenance import check_eviction_policy
 from actionbus.workers.output import OutputBatcher
 from actionbus.workers.pipeline import Layer, Pipeline
 from actionbus.workers.policy import FailurePolicy
 from actionbus.workers.processing import ActionProcessor
 from actionbus.workers.reader import StreamReader
-from actionbus.workers.reclaim import heartbeat
-from actionbus.workers.routing import Handler, HandlerRegistry, Route
+from actionbus.workers.routing import (
+    DictHandler,
+    Handler,
+    HandlerRegistry,
+    M,
+    ModelHandler,
+    R,
+    Route,
+)
 from actionbus.workers.settings import WorkerSettings
 from actionbus.workers.stats import WorkerStats
+from actionbus.workers.upkeep import Upkeep, maintain
 
 __all__ = ["BaseWorker"]
 
@@ -56,8 +58,6 @@ logger = logging.getLogger("actionbus.worker")
 
 _EAGER_TASKS = sys.version_info >= (3, 12)
 
-M = TypeVar("M", bound=BaseModel)
-R = TypeVar("R")
 
 
 def _default_consumer_name() -> str:
@@ -113,11 +113,7 @@ class BaseWorker:
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
-        self._trim_task: asyncio.Task[None] | None = None
-        self._acked_at_trim = 0
-        retention = self.settings.stream_retention
-        # Trim by volume as well as by time, so a fast stream stays near its retention.
-        self._trim_every = max(100, retention // 10) if retention else 0
+        self._upkeep: Upkeep | None = None
         self._outage = OutageLog(
             logger, f"worker {self.service_name}/{self.consumer}", self.settings.outage_log_every_s
         )
@@ -126,28 +122,20 @@ class BaseWorker:
 
     @overload
     def register(
-        self,
-        action_type: str,
-        handler: Callable[[DomainAction, M], Awaitable[Any]],
-        *,
-        data_model: type[M],
+        self, action_type: str, handler: ModelHandler[M, Any], *, data_model: type[M],
         idempotent: bool = False,
     ) -> None: ...
 
     @overload
     def register(
-        self,
-        action_type: str,
-        handler: Callable[[DomainAction, dict[str, Any]], Awaitable[Any]],
-        *,
-        data_model: None = None,
+        self, action_type: str, handler: DictHandler[Any], *, data_model: None = None,
         idempotent: bool = False,
     ) -> None: ...
 
     def register(
         self,
         action_type: str,
-        handler: Callable[[DomainAction, Any], Awaitable[Any]],
+        handler: Handler,
         *,
         data_model: type[BaseModel] | None = None,
         idempotent: bool = False,
@@ -164,17 +152,12 @@ class BaseWorker:
     @overload
     def handler(
         self, action_type: str, *, data_model: type[M], idempotent: bool = False
-    ) -> Callable[
-        [Callable[[DomainAction, M], Awaitable[R]]], Callable[[DomainAction, M], Awaitable[R]]
-    ]: ...
+    ) -> Callable[[ModelHandler[M, R]], ModelHandler[M, R]]: ...
 
     @overload
     def handler(
         self, action_type: str, *, data_model: None = None, idempotent: bool = False
-    ) -> Callable[
-        [Callable[[DomainAction, dict[str, Any]], Awaitable[R]]],
-        Callable[[DomainAction, dict[str, Any]], Awaitable[R]],
-    ]: ...
+    ) -> Callable[[DictHandler[R]], DictHandler[R]]: ...
 
     def handler(
         self,
@@ -279,15 +262,18 @@ class BaseWorker:
         processor = self._processor = ActionProcessor(
             ctx, redis, output, self._dispatch, pipeline, self.stats, self.policy
         )
-        self._reader = StreamReader(
+        upkeep = self._upkeep = Upkeep(
+            ctx, redis, in_progress=processor.older_than,
+            acknowledged=lambda: output.acknowledged, maintain=self.maintain, outage=self._outage,
+        )
+        reader = self._reader = StreamReader(
             ctx, redis, [self.stream], spawn=self._spawn, in_flight=lambda: len(self._tasks),
             owned=lambda: processor.owned, unacknowledged=output.unacknowledged,
-            stats=self.stats, outage=self._outage, after_batch=self._maybe_trim,
+            stats=self.stats, outage=self._outage, after_batch=upkeep.maybe_trim,
         )
         self._loops = [
-            asyncio.create_task(self._reader.run(self._stopping),
-                                name=f"actionbus-read:{self.stream}"),
-            asyncio.create_task(self._upkeep_loop(), name=f"actionbus-upkeep:{self.stream}"),
+            asyncio.create_task(reader.run(self._stopping), name=f"actionbus-read:{self.stream}"),
+            asyncio.create_task(upkeep.run(), name=f"actionbus-upkeep:{self.stream}"),
         ]
         logger.info(
             "worker %s consuming %s as %s/%s (handlers: %s)", self.service_name, self.stream,
@@ -301,8 +287,8 @@ class BaseWorker:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         self._stopping.set()
         loops, self._loops = self._loops, []
-        if self._trim_task is not None:
-            loops.append(self._trim_task)
+        if self._upkeep is not None and self._upkeep.trim_task is not None:
+            loops.append(self._upkeep.trim_task)
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
@@ -378,56 +364,6 @@ class BaseWorker:
         if not task.cancelled() and task.exception() is not None:
             logger.error("action task failed unexpectedly", exc_info=task.exception())
 
-    def _maybe_trim(self) -> None:
-        """Start a trim in the background after every ``retention / 10`` acknowledgements."""
-        assert self._output is not None
-        acked = self._output.acknowledged
-        if (
-            not self._trim_every
-            or self._trim_task is not None
-            or acked - self._acked_at_trim < self._trim_every
-        ):
-            return
-        self._acked_at_trim = acked
-        self._trim_task = asyncio.create_task(self._trim(), name=f"actionbus-trim:{self.stream}")
-
-    async def _trim(self) -> None:
-        assert self.settings.stream_retention is not None
-        try:
-            await safe_trim(self.redis_client, self.stream, self.settings.stream_retention)
-        except (RedisError, OSError) as exc:
-            logger.debug("trimming %s skipped: %s", self.stream, exc)
-        finally:
-            self._trim_task = None
-
-    async def _upkeep_loop(self) -> None:
-        """Heartbeats for long-running actions, then trimming and consumer cleanup."""
-        assert self._processor is not None
-        beat = self.settings.claim_idle_ms / 3000
-        next_maintenance = time.monotonic() + self.settings.maintenance_interval_s
-        while True:
-            await asyncio.sleep(min(beat, self.settings.maintenance_interval_s))
-            try:
-                await heartbeat(
-                    self.redis_client, self.stream, self.group, self.consumer,
-                    self._processor.older_than(beat),
-                )
-                if time.monotonic() >= next_maintenance:
-                    next_maintenance = time.monotonic() + self.settings.maintenance_interval_s
-                    await self.maintain()
-            except ResponseError as exc:  # e.g. the stream is gone after a restart
-                logger.debug("upkeep of %s skipped: %s", self.stream, exc)
-            except (RedisError, OSError) as exc:
-                self._outage.failure(exc)
-
     async def maintain(self) -> None:
         """Trim fully processed entries beyond the retention and remove gone consumers."""
-        redis = self.redis_client
-        if self.settings.stream_retention is not None:
-            removed = await safe_trim(redis, self.stream, self.settings.stream_retention)
-            if removed:
-                logger.debug("trimmed %d processed entries from %s", removed, self.stream)
-        await remove_gone_consumers(
-            redis, self.stream, self.group, self.consumer,
-            int(self.settings.consumer_gone_after_s * 1000),
-        )
+        await maintain(self.redis_client, self.context)
