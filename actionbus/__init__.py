@@ -19,6 +19,7 @@ from actionbus.exceptions import (
     StateConflictError,
     StateError,
 )
+from actionbus.inspect import ConsumerInfo, GroupInfo, ServiceInfo, inspect_service
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
 
 # The RedisPool instance stays at actionbus.redis_pool.redis_pool: re-exporting it here
@@ -42,6 +43,7 @@ __all__ = [
     "CommonAppSettings",
     "ConfigurationError",
     "ConsumerGroupError",
+    "ConsumerInfo",
     "DeadLetter",
     "DeadLetterError",
     "DeadLetterQueue",
@@ -50,6 +52,7 @@ __all__ = [
     "EmbeddedRedisError",
     "ErrorDetail",
     "FailurePolicy",
+    "GroupInfo",
     "Handler",
     "HandlerError",
     "InvalidNameError",
@@ -61,6 +64,7 @@ __all__ = [
     "RedisPool",
     "RedisStateManager",
     "SendError",
+    "ServiceInfo",
     "StateConflictError",
     "StateError",
     "WorkerContext",
@@ -69,4 +73,5 @@ __all__ = [
     "__version__",
     "close_redis_pool",
     "get_redis_client",
+    "inspect_service",
 ]
