@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from actionbus import (
-    ActionRejected,
-    DomainAction,
-    WorkerSettings,
-)
+from actionbus import ActionRejected, BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
+from actionbus.models.actions import utc_now
+from actionbus.workers.policy import Bury, FailurePolicy, ReplyError, Retry, error_detail
 from tests.workers.helpers import QM, dead_letters_of, drained
 
 
@@ -118,3 +117,73 @@ def test_worker_settings_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [settings.retry_delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 3]
     monkeypatch.setenv("ACTIONBUS_WORKER_MAX_DELIVERIES", "9")
     assert WorkerSettings().max_deliveries == 9
+
+
+# -- FailurePolicy decisions, without Redis -------------------------------------------
+
+POLICY = FailurePolicy(WorkerSettings(max_deliveries=3, retry_backoff_base_s=0.5,
+                                      retry_backoff_max_s=1.5))
+WAITING = DomainAction(action_type="inventory.stock.get",
+                       callback_queue_name=QM.get_response_queue("orders", "c1"))
+
+
+def test_policy_retries_a_transient_failure_with_backoff() -> None:
+    """A plain exception before the last delivery is retried after the doubling delay."""
+    action = DomainAction(action_type="inventory.stock.get")
+    assert POLICY.decide(action, RuntimeError("flaky"), 1) == Retry(0.5)
+    assert POLICY.decide(action, RuntimeError("flaky"), 2) == Retry(1.0)
+
+
+def test_policy_buries_at_max_deliveries_and_rejections_at_once() -> None:
+    """The last delivery's failure and any ActionRejected are buried with their reason."""
+    action = DomainAction(action_type="inventory.stock.get")
+    last = POLICY.decide(action, RuntimeError("still broken"), 3)
+    assert last == Bury("max_deliveries", "RuntimeError", "still broken")
+    rejected = POLICY.decide(action, ActionRejected("never"), 1)
+    assert isinstance(rejected, Bury)
+    assert rejected.reason == "rejected"
+    assert rejected.failure_callback is None
+
+
+def test_policy_sends_a_failure_callback_for_callback_requests() -> None:
+    """A buried durable-callback request carries the error its failure callback sends."""
+    action = DomainAction(action_type="inventory.stock.get",
+                          callback_action_type="orders.stock.checked", origin_service="orders")
+    decision = POLICY.decide(action, ActionRejected("no such sku", error_code="sku"), 1)
+    assert isinstance(decision, Bury)
+    assert decision.failure_callback is not None
+    assert decision.failure_callback.error_code == "sku"
+
+
+def test_policy_replies_the_error_to_a_waiting_caller() -> None:
+    """A waiting caller gets the error at once (not retried); past its deadline, no reply."""
+    decision = POLICY.decide(WAITING, RuntimeError("boom"), 1)
+    assert decision == ReplyError(error_detail(RuntimeError("boom")), send=True)
+    expired = WAITING.model_copy(update={"expires_at": utc_now() - timedelta(seconds=1)})
+    assert POLICY.decide(expired, RuntimeError("boom"), 1) == ReplyError(
+        error_detail(RuntimeError("boom")), send=False)
+
+
+def test_policy_admits_up_to_max_deliveries_and_buries_malformed() -> None:
+    """Entries over-delivered by dying workers are buried before any attempt, as are bad ones."""
+    assert POLICY.admit(3) is None
+    refused = POLICY.admit(4)
+    assert refused is not None
+    assert (refused.reason, refused.error_type) == (
+        "max_deliveries", "Abandoned")
+    assert POLICY.malformed("InvalidJSON", "x") == Bury("malformed", "InvalidJSON", "x")
+
+
+async def test_policy_retry_gives_up_on_a_vanished_entry(redis_client: Any) -> None:
+    """Retry re-claims the entry (one more delivery), or reports False if it was deleted."""
+    settings = CommonAppSettings(service_name="inventory")
+    worker = BaseWorker(settings, worker_settings=WorkerSettings(consumer_name="c1"))
+    ctx = worker.context
+    await redis_client.xgroup_create(ctx.stream, ctx.group, id="0", mkstream=True)
+    entry_id = (await redis_client.xadd(ctx.stream, {"data": "{}"})).decode()
+    await redis_client.xreadgroup(ctx.group, "c1", {ctx.stream: ">"})
+    assert await POLICY.retry(redis_client, ctx, entry_id, Retry(0)) is True
+    [pending] = await redis_client.xpending_range(ctx.stream, ctx.group, "-", "+", 1)
+    assert pending["times_delivered"] == 2
+    await redis_client.xdel(ctx.stream, entry_id)
+    assert await POLICY.retry(redis_client, ctx, entry_id, Retry(0)) is False
