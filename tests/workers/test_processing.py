@@ -7,12 +7,7 @@ from typing import Any
 
 import pytest
 
-from actionbus import (
-    BaseRedisClient,
-    BaseWorker,
-    DomainAction,
-    WorkerSettings,
-)
+from actionbus import BaseRedisClient, BaseWorker, DomainAction, WorkerSettings
 from tests.workers.helpers import QM, Reserve, Settings, dead_letters_of, drained, noop, xadd_raw
 
 

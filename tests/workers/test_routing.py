@@ -6,12 +6,7 @@ from typing import Any
 
 import pytest
 
-from actionbus import (
-    BaseWorker,
-    DomainAction,
-    DomainActionResponse,
-    HandlerError,
-)
+from actionbus import BaseWorker, DomainAction, DomainActionResponse, HandlerError
 from tests.workers.helpers import Reserve, Settings, dead_letters_of, drained, noop, xadd_raw
 
 
