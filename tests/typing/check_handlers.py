@@ -12,7 +12,7 @@ from typing import Any, assert_type
 
 from pydantic import BaseModel
 
-from actionbus import BaseWorker, CommonAppSettings, DomainAction
+from actionbus import BaseWorker, DomainAction
 
 
 class Order(BaseModel):
@@ -23,42 +23,35 @@ class Refund(BaseModel):
     amount: int
 
 
-worker = BaseWorker(CommonAppSettings(service_name="orders"))
+def check(worker: BaseWorker) -> None:
+    """Never called: only type-checked."""
 
+    @worker.handler("orders.order.create", data_model=Order)
+    async def create(action: DomainAction, data: Order) -> dict[str, str]:
+        return {"order_id": data.order_id}
 
-@worker.handler("orders.order.create", data_model=Order)
-async def create(action: DomainAction, data: Order) -> dict[str, str]:
-    return {"order_id": data.order_id}
+    assert_type(create, Callable[[DomainAction, Order], Awaitable[dict[str, str]]])
 
+    @worker.handler("orders.order.note")
+    async def note(action: DomainAction, data: dict[str, Any]) -> None:
+        return None
 
-assert_type(create, Callable[[DomainAction, Order], Awaitable[dict[str, str]]])
+    assert_type(note, Callable[[DomainAction, dict[str, Any]], Awaitable[None]])
 
+    async def refund(action: DomainAction, data: Refund) -> None:
+        return None
 
-@worker.handler("orders.order.note")
-async def note(action: DomainAction, data: dict[str, Any]) -> None:
-    return None
+    async def raw(action: DomainAction, data: dict[str, Any]) -> None:
+        return None
 
+    worker.register("orders.refund.create", refund, data_model=Refund)
+    worker.register("orders.raw.seen", raw)
 
-assert_type(note, Callable[[DomainAction, dict[str, Any]], Awaitable[None]])
+    # A handler expecting another model than the one declared is a type error...
+    worker.register("orders.order.cancel", refund, data_model=Order)  # type: ignore[arg-type]
+    # ...and so is a model-typed handler registered without a data model.
+    worker.register("orders.order.pay", refund)  # type: ignore[arg-type]
 
-
-async def refund(action: DomainAction, data: Refund) -> None:
-    return None
-
-
-async def raw(action: DomainAction, data: dict[str, Any]) -> None:
-    return None
-
-
-worker.register("orders.refund.create", refund, data_model=Refund)
-worker.register("orders.raw.seen", raw)
-
-# A handler expecting another model than the one declared is a type error...
-worker.register("orders.order.cancel", refund, data_model=Order)  # type: ignore[arg-type]
-# ...and so is a model-typed handler registered without a data model.
-worker.register("orders.order.pay", refund)  # type: ignore[arg-type]
-
-
-@worker.handler("orders.order.ship", data_model=Order)  # type: ignore[arg-type]
-async def ship(action: DomainAction, data: Refund) -> None:
-    return None
+    @worker.handler("orders.order.ship", data_model=Order)  # type: ignore[arg-type]
+    async def ship(action: DomainAction, data: Refund) -> None:
+        return None
