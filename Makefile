@@ -32,6 +32,7 @@ demo: install
 lint: dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mypy tests/typing
 
 test: dev lint
 	$(BIN)/python -m pytest

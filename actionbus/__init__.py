@@ -21,6 +21,7 @@ from actionbus.exceptions import (
     StateConflictError,
     StateError,
 )
+from actionbus.inspect import ConsumerInfo, GroupInfo, ServiceInfo, inspect_service
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
 
 # The RedisPool instance stays at actionbus.redis_pool.redis_pool: re-exporting it here
@@ -29,6 +30,9 @@ from actionbus.redis_pool import RedisPool, close_redis_pool, get_redis_client
 from actionbus.schedule import Schedule
 from actionbus.services import BaseService
 from actionbus.workers import BaseWorker, Handler, WorkerSettings, WorkerStats
+from actionbus.workers.context import WorkerContext
+from actionbus.workers.pipeline import Layer
+from actionbus.workers.policy import FailurePolicy
 
 __version__ = "0.1.0"
 
@@ -42,6 +46,7 @@ __all__ = [
     "CommonAppSettings",
     "ConfigurationError",
     "ConsumerGroupError",
+    "ConsumerInfo",
     "DeadLetter",
     "DeadLetterError",
     "DeadLetterQueue",
@@ -51,9 +56,12 @@ __all__ = [
     "DomainActionResponse",
     "EmbeddedRedisError",
     "ErrorDetail",
+    "FailurePolicy",
+    "GroupInfo",
     "Handler",
     "HandlerError",
     "InvalidNameError",
+    "Layer",
     "PayloadTooLargeError",
     "QueueManager",
     "RedisConnectionError",
@@ -62,11 +70,14 @@ __all__ = [
     "RedisStateManager",
     "Schedule",
     "SendError",
+    "ServiceInfo",
     "StateConflictError",
     "StateError",
+    "WorkerContext",
     "WorkerSettings",
     "WorkerStats",
     "__version__",
     "close_redis_pool",
     "get_redis_client",
+    "inspect_service",
 ]

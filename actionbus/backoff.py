@@ -1,4 +1,9 @@
-"""Reconnection backoff with jitter, and logging that stays quiet during an outage."""
+"""The one backoff of the package, and logging that stays quiet during an outage.
+
+Every retry loop uses ``Backoff``: the worker's read loop and output batcher, the reply
+listener, redis-py's connection ``Retry`` (``Backoff`` is a redis-py ``AbstractBackoff``)
+and, without jitter, the delay between a failed action's attempts.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,40 @@ import logging
 import random
 import time
 
-__all__ = ["Backoff", "OutageLog"]
+from redis.backoff import AbstractBackoff
+
+__all__ = ["Backoff", "OutageLog", "exponential"]
 
 
-class Backoff:
-    """Exponential backoff with full jitter: ``uniform(0, min(cap, base * 2**n))``."""
+def exponential(base: float, cap: float, attempt: int) -> float:
+    """``min(cap, base * 2**attempt)``: the ceiling of the delay after ``attempt`` failures."""
+    return float(min(cap, base * (2 ** min(max(attempt, 0), 30))))
 
-    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
+
+class Backoff(AbstractBackoff):
+    """Exponential backoff with *equal* jitter: ``uniform(c / 2, c)``, ``c = exponential(...)``.
+
+    Half the ceiling is guaranteed, so a retry never fires immediately; the other half is
+    random, so many clients do not retry in lockstep. ``jitter=False`` returns ``c`` itself.
+    Stateful use: ``next_delay()`` / ``reset()``; stateless use: ``compute(failures)``.
+    """
+
+    def __init__(self, base: float = 0.05, cap: float = 5.0, *, jitter: bool = True) -> None:
         self.base = base
         self.cap = cap
+        self.jitter = jitter
         self.attempts = 0
+
+    def compute(self, failures: int) -> float:
+        """The delay after ``failures`` failed attempts (redis-py's ``AbstractBackoff`` API)."""
+        ceiling = exponential(self.base, self.cap, failures)
+        return random.uniform(ceiling / 2, ceiling) if self.jitter else ceiling
 
     def next_delay(self) -> float:
         """The delay before the next attempt; grows with each call until ``reset()``."""
-        ceiling = min(self.cap, self.base * (2 ** min(self.attempts, 30)))
+        delay = self.compute(self.attempts)
         self.attempts += 1
-        return random.uniform(ceiling / 2, ceiling)
+        return delay
 
     def reset(self) -> None:
         """Start again from the smallest delay."""

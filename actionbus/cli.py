@@ -37,8 +37,8 @@ from actionbus.config import CommonAppSettings
 from actionbus.dead_letters import DeadLetterQueue
 from actionbus.delayed import DelayedQueue
 from actionbus.exceptions import ActionBusError
+from actionbus.inspect import inspect_service
 from actionbus.models.actions import DomainAction
-from actionbus.streams import text
 from actionbus.workers.base_worker import BaseWorker
 
 __all__ = ["main"]
@@ -53,6 +53,10 @@ def _settings(ctx: click.Context) -> CommonAppSettings:
         return CommonAppSettings(**overrides)
     except ValidationError as exc:
         raise click.UsageError(f"invalid settings: {exc}") from None
+
+
+def _queues(manager: RedisManager) -> QueueManager:
+    return QueueManager(manager.settings.environment, manager.settings.key_prefix)
 
 
 def _run(ctx: click.Context, work: Callable[[RedisManager], Awaitable[T]]) -> T:
@@ -85,28 +89,8 @@ def info(ctx: click.Context, service: str) -> None:
     """Show a service's stream, consumer groups, consumers and dead letters."""
 
     async def work(manager: RedisManager) -> dict[str, Any]:
-        redis = manager.get_client()
-        settings = manager.settings
-        qm = QueueManager(settings.environment, settings.key_prefix)
-        stream = qm.get_service_action_stream(service)
-        report: dict[str, Any] = {"stream": stream, "length": await redis.xlen(stream)}
-        groups = await redis.xinfo_groups(stream) if await redis.exists(stream) else []
-        report["groups"] = []
-        for group in groups:
-            name = text(group["name"])
-            consumers = await redis.xinfo_consumers(stream, name)
-            report["groups"].append({
-                "name": name,
-                "pending": int(group["pending"]),
-                "last_delivered_id": text(group["last-delivered-id"]),
-                "consumers": [
-                    {"name": text(c["name"]), "pending": int(c["pending"]),
-                     "idle_ms": int(c["idle"])}
-                    for c in consumers
-                ],
-            })
-        report["dead_letters"] = await DeadLetterQueue(redis, qm, service).count()
-        return report
+        info = await inspect_service(manager.get_client(), _queues(manager), service)
+        return info.model_dump(mode="json")
 
     click.echo(json.dumps(_run(ctx, work), indent=2))
 
@@ -154,8 +138,8 @@ def list_dead(ctx: click.Context, service: str, count: int) -> None:
     """Print dead letters as JSON lines."""
 
     async def work(manager: RedisManager) -> list[str]:
-        qm = QueueManager(manager.settings.environment, manager.settings.key_prefix)
-        letters = await DeadLetterQueue(manager.get_client(), qm, service).list(count=count)
+        queue = DeadLetterQueue(manager.get_client(), _queues(manager), service)
+        letters = await queue.list(count=count)
         return [letter.model_dump_json() for letter in letters]
 
     for line in _run(ctx, work):
@@ -173,8 +157,7 @@ def replay(ctx: click.Context, service: str, entry_ids: tuple[str, ...], replay_
         raise click.UsageError("name entry ids to replay, or pass --all")
 
     async def work(manager: RedisManager) -> int:
-        qm = QueueManager(manager.settings.environment, manager.settings.key_prefix)
-        queue = DeadLetterQueue(manager.get_client(), qm, service)
+        queue = DeadLetterQueue(manager.get_client(), _queues(manager), service)
         if replay_all:
             return await queue.replay_all()
         for entry_id in entry_ids:

@@ -15,11 +15,11 @@ from typing import Any, TypeAlias
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
-from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from actionbus.backoff import Backoff
 from actionbus.config import CommonAppSettings, mask_url
 from actionbus.exceptions import RedisConnectionError
 from actionbus.pool import WaitingConnectionPool
@@ -46,7 +46,7 @@ def connection_options(settings: CommonAppSettings) -> dict[str, Any]:
         "socket_keepalive": settings.redis_socket_keepalive,
         # A pooled connection broken by a server restart is replaced transparently.
         "retry": Retry(
-            EqualJitterBackoff(cap=1.0, base=0.05),
+            Backoff(base=0.05, cap=1.0),
             settings.redis_retries,
             (RedisConnError, RedisTimeoutError),
         ),

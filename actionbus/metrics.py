@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from actionbus.workers.base_worker import BaseWorker
-from actionbus.workers.processing import WorkerStats
+from actionbus.workers.stats import WorkerStats
 
 __all__ = ["WorkerMetrics"]
 

@@ -15,7 +15,7 @@ import actionbus
 # public API. A new class or function in a module's ``__all__`` must either be exported
 # from ``actionbus`` or be added here with the reason.
 INTERNAL = {
-    "actionbus.backoff": {"Backoff", "OutageLog"},  # reconnection helpers
+    "actionbus.backoff": {"Backoff", "OutageLog", "exponential"},  # retry-loop helpers
     "actionbus.clients.queue_manager": {"KeyParts"},  # result type of QueueManager.parse
     "actionbus.clients.replies": {"ReplyListener"},  # BaseRedisClient's reply reader
     "actionbus.clients.sender": {"StreamWriter"},  # BaseRedisClient's XADD coalescer
@@ -39,6 +39,14 @@ INTERNAL = {
         "check_eviction_policy", "remove_gone_consumers", "safe_trim", "safe_trim_id",
     },
     "actionbus.workers.output": {"OutputBatcher"},
+    "actionbus.workers.pipeline": {  # the built-in layers and the chain builder
+        "ExpiryLayer", "IdempotencyLayer", "MetricsLayer", "Pipeline", "ReplyLayer", "Skipped",
+        "StepFailed", "TracingLayer", "ValidationLayer", "chain",
+    },
+    "actionbus.workers.policy": {"Bury", "ReplyError", "Retry", "error_detail"},  # decisions
+    "actionbus.workers.reader": {"StreamReader"},
+    "actionbus.workers.results": {"Prepared", "callback_for", "is_waiting", "prepare"},
+    "actionbus.workers.upkeep": {"Upkeep", "maintain"},
     "actionbus.workers.processing": {"ActionProcessor"},
     "actionbus.workers.reclaim": {
         "Claimed", "claim_abandoned", "claim_own_pending", "heartbeat", "reclaim_for_retry",

@@ -1,9 +1,10 @@
 """``BaseWorker``: consumes a service's action stream through its consumer group.
 
-The pieces: ``routing`` (which handler), ``processing`` (one action from read to ack),
-``reclaim`` (abandoned and retried entries), ``output`` (batched replies and acks),
-``maintenance`` (trimming, consumer cleanup). This module runs the loops and the
-lifecycle: start, read, stop within a grace period.
+The pieces: ``routing`` (which handler), ``reader`` (the read loop), ``processing`` (one
+action from read to ack), ``pipeline`` (layers around each handler), ``policy`` (retry,
+bury or reply with the error), ``reclaim`` (abandoned and retried entries), ``output``
+(batched replies and acks), ``maintenance`` (trimming, consumer cleanup). This module
+owns the handlers, the tasks and the lifecycle: start, run, stop within a grace period.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ import os
 import signal
 import socket
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel
-from redis.exceptions import RedisError, ResponseError
 
-from actionbus.backoff import Backoff, OutageLog
+from actionbus.backoff import OutageLog
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.redis_manager import RedisManager
 from actionbus.config import CommonAppSettings
@@ -32,23 +31,33 @@ from actionbus.connection import AnyRedis
 from actionbus.dead_letters import DeadLetterQueue
 from actionbus.exceptions import ClientNotInitializedError, ConfigurationError, HandlerError
 from actionbus.models.actions import DomainAction, check_service_name
-from actionbus.streams import ensure_group, is_nogroup, text
-from actionbus.workers.maintenance import (
-    check_eviction_policy,
-    remove_gone_consumers,
-    safe_trim,
-)
+from actionbus.streams import ensure_group
+from actionbus.workers.context import WorkerContext
+from actionbus.workers.maintenance import check_eviction_policy
 from actionbus.workers.output import OutputBatcher
-from actionbus.workers.processing import ActionProcessor, WorkerStats
-from actionbus.workers.reclaim import claim_abandoned, claim_own_pending, heartbeat
-from actionbus.workers.routing import Handler, HandlerRegistry
+from actionbus.workers.pipeline import Layer, Pipeline
+from actionbus.workers.policy import FailurePolicy
+from actionbus.workers.processing import ActionProcessor
+from actionbus.workers.reader import StreamReader
+from actionbus.workers.routing import (
+    DictHandler,
+    Handler,
+    HandlerRegistry,
+    M,
+    ModelHandler,
+    R,
+    Route,
+)
 from actionbus.workers.settings import WorkerSettings
+from actionbus.workers.stats import WorkerStats
+from actionbus.workers.upkeep import Upkeep, maintain
 
 __all__ = ["BaseWorker"]
 
 logger = logging.getLogger("actionbus.worker")
 
 _EAGER_TASKS = sys.version_info >= (3, 12)
+
 
 
 def _default_consumer_name() -> str:
@@ -91,23 +100,37 @@ class BaseWorker:
         self.stats = WorkerStats()
         self._redis = redis_client
         self._manager: RedisManager | None = None
+        self.policy = FailurePolicy(self.settings)
+        """Decides what happens to failed attempts (retry, bury, reply with the error)."""
+        self.before_ack: Callable[[str], None] | None = None
+        """Fault-injection seam for tests: called with each entry id before its ack is queued."""
+        self._layers: list[Layer] = []
+        self._fallback = Route("*", self._call_hook)
         self._processor: ActionProcessor | None = None
+        self._reader: StreamReader | None = None
         self._output: OutputBatcher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
-        self._trim_task: asyncio.Task[None] | None = None
-        self._acked_at_trim = 0
-        retention = self.settings.stream_retention
-        # Trim by volume as well as by time, so a fast stream stays near its retention.
-        self._trim_every = max(100, retention // 10) if retention else 0
+        self._upkeep: Upkeep | None = None
         self._outage = OutageLog(
             logger, f"worker {self.service_name}/{self.consumer}", self.settings.outage_log_every_s
         )
 
     # -- handlers -------------------------------------------------------------------
+
+    @overload
+    def register(
+        self, action_type: str, handler: ModelHandler[M, Any], *, data_model: type[M],
+        idempotent: bool = False,
+    ) -> None: ...
+
+    @overload
+    def register(
+        self, action_type: str, handler: DictHandler[Any], *, data_model: None = None,
+        idempotent: bool = False,
+    ) -> None: ...
 
     def register(
         self,
@@ -120,10 +143,21 @@ class BaseWorker:
         """Route ``action_type`` to ``async def handler(action, data)``.
 
         ``data_model`` validates ``action.data`` first (a mismatch is dead-lettered, not
-        retried). ``idempotent=True`` records each completed ``action_id`` so a redelivered
-        action is acknowledged without running the handler again.
+        retried) and the handler gets the model (``data: Order``); without it, the dict.
+        ``idempotent=True`` records each completed ``action_id`` so a redelivered action
+        is acknowledged without running the handler again.
         """
         self.registry.add(action_type, handler, data_model=data_model, idempotent=idempotent)
+
+    @overload
+    def handler(
+        self, action_type: str, *, data_model: type[M], idempotent: bool = False
+    ) -> Callable[[ModelHandler[M, R]], ModelHandler[M, R]]: ...
+
+    @overload
+    def handler(
+        self, action_type: str, *, data_model: None = None, idempotent: bool = False
+    ) -> Callable[[DictHandler[R]], DictHandler[R]]: ...
 
     def handler(
         self,
@@ -135,10 +169,27 @@ class BaseWorker:
         """Decorator form of ``register()``."""
 
         def decorate(fn: Handler) -> Handler:
-            self.register(action_type, fn, data_model=data_model, idempotent=idempotent)
+            self.registry.add(action_type, fn, data_model=data_model, idempotent=idempotent)
             return fn
 
         return decorate
+
+    def use(self, layer: Layer) -> None:
+        """Add a pipeline layer ``async def __call__(action, data, call_next)``.
+
+        Layers run inside the built-in ones (metrics, expiry, idempotency, reply, tracing,
+        validation), around the handler, in ``use()`` order: the first is the outermost.
+        Add them before ``start()``.
+        """
+        if self._loops:
+            raise HandlerError("add pipeline layers before start(); the worker is running")
+        self._layers.append(layer)
+
+    def _dispatch(self, action_type: str) -> Route:
+        return self.registry.get(action_type) or self._fallback
+
+    async def _call_hook(self, action: DomainAction, data: Any) -> Any:
+        return await self.handle_action(action)
 
     async def handle_action(self, action: DomainAction) -> Any:
         """Subclass hook, called for actions with no registered handler.
@@ -172,6 +223,16 @@ class BaseWorker:
         """Actions being handled (or waiting for a retry) right now."""
         return len(self._tasks)
 
+    @property
+    def context(self) -> WorkerContext:
+        """The frozen facts the worker's parts share (service, stream, group, keys…)."""
+        return WorkerContext(
+            service=self.service_name, stream=self.stream, group=self.group,
+            consumer=self.consumer, settings=self.settings, queues=self.queue_manager,
+            dead_stream=self.queue_manager.get_dead_letter_stream(self.service_name),
+            reply_ttl=self.app_settings.response_ttl_seconds,
+        )
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -192,12 +253,27 @@ class BaseWorker:
         redis = self._redis
         await ensure_group(redis, self.stream, self.group)
         await check_eviction_policy(redis)
-        self._output = OutputBatcher(redis, self.stream, self.group, self._outage)
-        self._output.start()
-        self._processor = ActionProcessor(self, redis, self._output)
+        ctx = self.context
+        output = self._output = OutputBatcher(
+            redis, self.stream, self.group, self._outage, before_ack=self.before_ack
+        )
+        output.start()
+        pipeline = Pipeline(ctx, redis, self.stats, self._layers)
+        processor = self._processor = ActionProcessor(
+            ctx, redis, output, self._dispatch, pipeline, self.stats, self.policy
+        )
+        upkeep = self._upkeep = Upkeep(
+            ctx, redis, in_progress=processor.older_than,
+            acknowledged=lambda: output.acknowledged, maintain=self.maintain, outage=self._outage,
+        )
+        reader = self._reader = StreamReader(
+            ctx, redis, [self.stream], spawn=self._spawn, in_flight=lambda: len(self._tasks),
+            owned=lambda: processor.owned, unacknowledged=output.unacknowledged,
+            stats=self.stats, outage=self._outage, after_batch=upkeep.maybe_trim,
+        )
         self._loops = [
-            asyncio.create_task(self._read_loop(), name=f"actionbus-read:{self.stream}"),
-            asyncio.create_task(self._upkeep_loop(), name=f"actionbus-upkeep:{self.stream}"),
+            asyncio.create_task(reader.run(self._stopping), name=f"actionbus-read:{self.stream}"),
+            asyncio.create_task(upkeep.run(), name=f"actionbus-upkeep:{self.stream}"),
         ]
         logger.info(
             "worker %s consuming %s as %s/%s (handlers: %s)", self.service_name, self.stream,
@@ -211,8 +287,8 @@ class BaseWorker:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         self._stopping.set()
         loops, self._loops = self._loops, []
-        if self._trim_task is not None:
-            loops.append(self._trim_task)
+        if self._upkeep is not None and self._upkeep.trim_task is not None:
+            loops.append(self._upkeep.trim_task)
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
@@ -268,7 +344,7 @@ class BaseWorker:
 
     # -- loops ----------------------------------------------------------------------
 
-    def _spawn(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
+    def _spawn(self, stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
         assert self._processor is not None
         self._processor.claim(entry_id)
         coro = self._processor.process(entry_id, fields, deliveries)
@@ -283,153 +359,11 @@ class BaseWorker:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slot_free.set()
+        if self._reader is not None:
+            self._reader.slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("action task failed unexpectedly", exc_info=task.exception())
 
-    async def _read_loop(self) -> None:
-        redis = self.redis_client
-        backoff = Backoff(cap=2.0)
-        streams = {self.stream: ">"}
-        next_reclaim = 0.0
-        recover_own = True  # at start, and after any failed read (its entries may be ours)
-        slow_read = self.settings.block_ms / 1000 + 1.0
-        while not self._stopping.is_set():
-            free = self.settings.concurrency - len(self._tasks)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
-                continue
-            try:
-                if recover_own:
-                    await self._recover_own(free)
-                    recover_own = False
-                    continue
-                if time.monotonic() >= next_reclaim:
-                    next_reclaim = time.monotonic() + self.settings.reclaim_interval_s
-                    await self._recover_own(free)
-                    await self._reclaim(self.settings.concurrency - len(self._tasks))
-                    free = self.settings.concurrency - len(self._tasks)
-                    if free <= 0:
-                        continue
-                started = time.monotonic()
-                reply: Any = await redis.xreadgroup(
-                    self.group, self.consumer, streams,  # type: ignore[arg-type]
-                    count=min(free, self.settings.batch_size), block=self.settings.block_ms,
-                )
-                if time.monotonic() - started > slow_read:
-                    # Far longer than a block: the connection hung and redis-py retried the
-                    # read on a new one. The lost read may have delivered entries to us.
-                    recover_own = True
-                self._outage.success()
-                backoff.reset()
-            except ResponseError as exc:
-                if is_nogroup(exc):
-                    await self._recreate_group()
-                    continue
-                logger.error("reading %s failed: %s", self.stream, exc)
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            except (RedisError, OSError) as exc:
-                self._outage.failure(exc)
-                recover_own = True
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            for _stream, entries in reply or ():
-                for entry_id, fields in entries:
-                    self._spawn(text(entry_id), fields, 1)
-                # Let the new tasks run (and send their replies) before the next read.
-                await asyncio.sleep(0)
-            self._maybe_trim()
-
-    def _maybe_trim(self) -> None:
-        """Start a trim in the background after every ``retention / 10`` acknowledgements."""
-        assert self._output is not None
-        acked = self._output.acknowledged
-        if (
-            not self._trim_every
-            or self._trim_task is not None
-            or acked - self._acked_at_trim < self._trim_every
-        ):
-            return
-        self._acked_at_trim = acked
-        self._trim_task = asyncio.create_task(self._trim(), name=f"actionbus-trim:{self.stream}")
-
-    async def _trim(self) -> None:
-        assert self.settings.stream_retention is not None
-        try:
-            await safe_trim(self.redis_client, self.stream, self.settings.stream_retention)
-        except (RedisError, OSError) as exc:
-            logger.debug("trimming %s skipped: %s", self.stream, exc)
-        finally:
-            self._trim_task = None
-
-    async def _recreate_group(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            if await ensure_group(self.redis_client, self.stream, self.group):
-                logger.warning(
-                    "consumer group %s on %s was missing (Redis restarted empty or the stream "
-                    "was deleted); recreated it", self.group, self.stream,
-                )
-
-    async def _recover_own(self, free: int) -> None:
-        assert self._processor is not None
-        assert self._output is not None
-        if free <= 0:
-            return
-        claimed = await claim_own_pending(
-            self.redis_client, self.stream, self.group, self.consumer, count=free,
-            skip=self._processor.owned | self._output.unacknowledged(),
-        )
-        for entry in claimed:
-            logger.info("resuming %s, delivered to this consumer by a lost read", entry.entry_id)
-            self._spawn(entry.entry_id, entry.fields, entry.deliveries)
-
-    async def _reclaim(self, free: int) -> None:
-        assert self._processor is not None
-        if free <= 0:
-            return
-        claimed = await claim_abandoned(
-            self.redis_client, self.stream, self.group, self.consumer,
-            min_idle_ms=self.settings.claim_idle_ms, count=free,
-            skip=self._processor.owned,
-        )
-        for entry in claimed:
-            self.stats.reclaimed += 1
-            logger.info(
-                "reclaimed %s from %s (delivery %d)",
-                entry.entry_id, entry.previous_consumer, entry.deliveries,
-            )
-            self._spawn(entry.entry_id, entry.fields, entry.deliveries)
-
-    async def _upkeep_loop(self) -> None:
-        """Heartbeats for long-running actions, then trimming and consumer cleanup."""
-        assert self._processor is not None
-        beat = self.settings.claim_idle_ms / 3000
-        next_maintenance = time.monotonic() + self.settings.maintenance_interval_s
-        while True:
-            await asyncio.sleep(min(beat, self.settings.maintenance_interval_s))
-            try:
-                await heartbeat(
-                    self.redis_client, self.stream, self.group, self.consumer,
-                    self._processor.older_than(beat),
-                )
-                if time.monotonic() >= next_maintenance:
-                    next_maintenance = time.monotonic() + self.settings.maintenance_interval_s
-                    await self.maintain()
-            except ResponseError as exc:  # e.g. the stream is gone after a restart
-                logger.debug("upkeep of %s skipped: %s", self.stream, exc)
-            except (RedisError, OSError) as exc:
-                self._outage.failure(exc)
-
     async def maintain(self) -> None:
         """Trim fully processed entries beyond the retention and remove gone consumers."""
-        redis = self.redis_client
-        if self.settings.stream_retention is not None:
-            removed = await safe_trim(redis, self.stream, self.settings.stream_retention)
-            if removed:
-                logger.debug("trimmed %d processed entries from %s", removed, self.stream)
-        await remove_gone_consumers(
-            redis, self.stream, self.group, self.consumer,
-            int(self.settings.consumer_gone_after_s * 1000),
-        )
+        await maintain(self.redis_client, self.context)

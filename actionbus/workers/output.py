@@ -40,9 +40,17 @@ class OutputBatcher:
     """Queues writes and acknowledgements and flushes them in pipelined rounds."""
 
     def __init__(
-        self, redis: AnyRedis, stream: str, group: str, outage: OutageLog
+        self,
+        redis: AnyRedis,
+        stream: str,
+        group: str,
+        outage: OutageLog,
+        *,
+        before_ack: Callable[[str], None] | None = None,
     ) -> None:
         self.redis = redis
+        self.before_ack = before_ack
+        """Fault-injection seam: called with each entry id just before its ack is queued."""
         self.stream = stream
         self.group = group
         self._outage = outage
@@ -91,6 +99,8 @@ class OutputBatcher:
 
     def ack(self, entry_id: str) -> None:
         """Acknowledge an entry once everything queued before it is written."""
+        if self.before_ack is not None:
+            self.before_ack(entry_id)
         self._acks.append(entry_id)
 
     def _push(self, command: Command) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -16,6 +16,13 @@ __all__ = ["Handler", "HandlerRegistry", "Route", "result_data"]
 
 Handler = Callable[[DomainAction, Any], Awaitable[Any]]
 """``async def handler(action, data)``: ``data`` is the validated model, or the raw dict."""
+
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
+ModelHandler = Callable[[DomainAction, M], Awaitable[R]]
+"""A handler registered with ``data_model=M``: it receives ``data: M``."""
+DictHandler = Callable[[DomainAction, dict[str, Any]], Awaitable[R]]
+"""A handler registered without a data model: it receives ``data: dict[str, Any]``."""
 
 
 @dataclass(frozen=True, slots=True)

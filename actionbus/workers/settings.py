@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actionbus.backoff import exponential
+
 __all__ = ["WorkerSettings"]
 
 
@@ -48,6 +50,6 @@ class WorkerSettings(BaseSettings):
         return self
 
     def retry_delay(self, deliveries: int) -> float:
-        """Backoff before the attempt after ``deliveries`` failed ones."""
-        delay: float = self.retry_backoff_base_s * 2.0 ** (deliveries - 1)
-        return min(self.retry_backoff_max_s, delay)
+        """Backoff before the attempt after ``deliveries`` failed ones (what the worker's
+        ``FailurePolicy.retry_delay`` uses)."""
+        return exponential(self.retry_backoff_base_s, self.retry_backoff_max_s, deliveries - 1)

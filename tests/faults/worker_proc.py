@@ -19,7 +19,6 @@ from typing import Any
 from redis.asyncio import Redis
 
 from actionbus import BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
-from actionbus.workers.output import OutputBatcher
 
 
 async def main(config: dict[str, Any]) -> None:
@@ -46,10 +45,10 @@ async def main(config: dict[str, Any]) -> None:
     worker.register("faults.job.run", run, idempotent=bool(config.get("idempotent")))
 
     if config.get("crash_before_ack"):
-        def crash(self: OutputBatcher, entry_id: str) -> None:
+        def crash(entry_id: str) -> None:
             os._exit(17)  # the side effect happened; the ack never will
 
-        OutputBatcher.ack = crash  # type: ignore[method-assign]
+        worker.before_ack = crash  # the worker's fault-injection seam
 
     await worker.start()
     print("READY", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -16,6 +17,7 @@ from actionbus.workers.maintenance import (
     safe_trim,
     safe_trim_id,
 )
+from tests.workers.helpers import QM, drained, noop
 
 STREAM = "actionbus:dev:{upkeep}:streams:main"
 
@@ -176,3 +178,40 @@ async def test_busy_stream_is_trimmed_by_volume_not_only_by_time(redis_url: str)
     assert worker.stats.handled == 2000
     assert longest <= 400  # retention plus one unprocessed batch, never the whole 2,000
     await redis.aclose()
+
+
+async def test_maintain_trims_processed_entries_only(bus: Any, eventually: Any) -> None:
+    """maintain() trims acknowledged entries beyond stream_retention but keeps undelivered ones."""
+    worker = bus.worker("inventory", stream_retention=5)
+    worker.register("inventory.item.n", noop)
+    await worker.start()
+    client = bus.client("orders")
+    await client.send_actions_async(
+        [DomainAction(action_type="inventory.item.n") for _ in range(20)]
+    )
+    await eventually(lambda: worker.stats.handled == 20)
+    await eventually(lambda: drained(bus.redis, "inventory"))
+    await worker.maintain()
+    stream = QM.get_service_action_stream("inventory")
+    assert await bus.redis.xlen(stream) <= 5
+    await worker.stop()
+    await client.send_actions_async(
+        [DomainAction(action_type="inventory.item.n") for _ in range(8)]
+    )
+    await worker.maintain()
+    assert await bus.redis.xlen(stream) >= 8
+
+
+async def test_maintain_removes_gone_consumers(bus: Any, eventually: Any) -> None:
+    """maintain() removes consumers idle longer than consumer_gone_after_s with nothing pending."""
+    worker = bus.worker("inventory", consumer_gone_after_s=0.05, consumer_name="alive")
+    worker.register("inventory.item.n", noop)
+    await worker.start()
+    await bus.client("orders").send_action_async(DomainAction(action_type="inventory.item.n"))
+    await eventually(lambda: worker.stats.handled == 1)
+    stream = QM.get_service_action_stream("inventory")
+    await bus.redis.execute_command("XGROUP", "CREATECONSUMER", stream, "inventory", "gone")
+    await asyncio.sleep(0.15)
+    await worker.maintain()
+    names = {c["name"] for c in await bus.redis.xinfo_consumers(stream, "inventory")}
+    assert names == {b"alive"}

@@ -1,0 +1,37 @@
+"""``WorkerContext``: the frozen facts about one worker that its parts share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from actionbus.clients.queue_manager import QueueManager
+from actionbus.workers.routing import Route
+from actionbus.workers.settings import WorkerSettings
+
+__all__ = ["Dispatch", "WorkerContext"]
+
+Dispatch = Callable[[str], Route]
+"""Maps an action type to its route (a fallback route for unregistered types)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerContext:
+    """Who the worker is, what it reads and where its outputs go.
+
+    Built once at ``start()``; the processor, the reader and the pipeline's layers get
+    this instead of the worker itself.
+    """
+
+    service: str
+    stream: str
+    group: str
+    consumer: str
+    settings: WorkerSettings
+    queues: QueueManager
+    dead_stream: str
+    reply_ttl: int
+
+    def idempotency_key(self, action_id: str) -> str:
+        """The marker key recording that ``action_id`` was handled by this service."""
+        return self.queues.get_idempotency_key(self.service, action_id)

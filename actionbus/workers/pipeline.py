@@ -1,0 +1,209 @@
+"""The handler pipeline: layers around every handler call, outermost first.
+
+A layer is any ``async def __call__(action, data, call_next)`` (or plain coroutine
+function of the same shape) that calls ``await call_next(action, data)`` at most once
+and returns its result, or returns without calling it to short-circuit. Per action the
+chain is, from the outside in::
+
+    metrics -> expiry -> idempotency -> reply -> tracing -> validation
+        -> user layers (in worker.use() order: the first used is the outermost)
+        -> the handler
+
+so user layers see validated ``data`` and the handler's raw result, and run inside the
+tracing span. The failure policy sits outside the whole chain: whatever a layer or the
+handler raises is one failed attempt (``FailurePolicy.decide``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from redis.exceptions import RedisError
+
+from actionbus.connection import AnyRedis
+from actionbus.models.actions import DomainAction, utc_now
+from actionbus.tracing import process_span
+from actionbus.workers.context import WorkerContext
+from actionbus.workers.results import Prepared, is_waiting, prepare
+from actionbus.workers.routing import Route
+from actionbus.workers.stats import WorkerStats
+
+__all__ = [
+    "CallNext", "ExpiryLayer", "IdempotencyLayer", "Layer", "MetricsLayer", "Pipeline",
+    "ReplyLayer", "Skipped", "StepFailed", "TracingLayer", "ValidationLayer", "chain",
+]
+
+logger = logging.getLogger("actionbus.worker")
+
+CallNext = Callable[[DomainAction, Any], Awaitable[Any]]
+"""The rest of the chain: ``await call_next(action, data)`` returns the inner result."""
+
+
+class Layer(Protocol):
+    """One layer of the handler pipeline."""
+
+    async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
+        """Run around the inner chain; return its result (or your own)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An action acknowledged without running its handler (and, if set, this reply sent)."""
+
+    reason: Literal["expired", "duplicate"]
+    reply: str | None = None
+
+
+class StepFailed(Exception):
+    """A built-in layer's Redis command failed: not a handler failure, the entry stays
+    pending and is delivered again."""
+
+    def __init__(self, error: RedisError | OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _bind(layer: Layer, call_next: CallNext) -> CallNext:
+    async def step(action: DomainAction, data: Any) -> Any:
+        return await layer(action, data, call_next)
+
+    return step
+
+
+def chain(layers: Sequence[Layer], endpoint: CallNext) -> CallNext:
+    """``endpoint`` wrapped in ``layers``, ``layers[0]`` outermost."""
+    call = endpoint
+    for layer in reversed(layers):
+        call = _bind(layer, call)
+    return call
+
+
+class MetricsLayer:
+    """Counts handled, expired and duplicate actions in ``WorkerStats``."""
+
+    def __init__(self, stats: WorkerStats) -> None:
+        self.stats = stats
+
+    async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
+        result = await call_next(action, data)
+        if isinstance(result, Skipped):
+            if result.reason == "expired":
+                self.stats.expired_skipped += 1
+            else:
+                self.stats.duplicates_skipped += 1
+        else:
+            self.stats.handled += 1
+        return result
+
+
+class ExpiryLayer:
+    """Skips an action whose pseudo-sync caller stopped waiting (``expires_at`` passed)."""
+
+    async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
+        if action.expires_at is not None and utc_now() > action.expires_at:
+            logger.info(
+                "skipped %s (%s): its caller stopped waiting at %s",
+                action.action_id, action.action_type, action.expires_at.isoformat(),
+            )
+            return Skipped("expired")
+        return await call_next(action, data)
+
+
+class IdempotencyLayer:
+    """For ``idempotent=True`` routes: skip an ``action_id`` already handled (replaying its
+    stored reply to a waiting caller); after success, record it with the reply."""
+
+    def __init__(self, redis: AnyRedis, ctx: WorkerContext) -> None:
+        self.redis = redis
+        self.ctx = ctx
+
+    async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
+        marker = self.ctx.idempotency_key(str(action.action_id))
+        try:
+            stored = await self.redis.get(marker)
+        except (RedisError, OSError) as exc:
+            raise StepFailed(exc) from exc
+        if stored is not None:
+            logger.info("skipped duplicate %s (%s): already handled", action.action_id,
+                        action.action_type)
+            payload = stored.decode() if isinstance(stored, bytes) else stored
+            replay = is_waiting(action) and payload.startswith("{")
+            return Skipped("duplicate", payload if replay else None)
+        result = await call_next(action, data)
+        reply = result.reply if isinstance(result, Prepared) else None
+        try:
+            # Written before anything else, so a crash from here on cannot repeat the handler.
+            await self.redis.set(marker, reply or "1", ex=self.ctx.settings.idempotency_ttl_s)
+        except (RedisError, OSError) as exc:
+            raise StepFailed(exc) from exc
+        return result
+
+
+class ReplyLayer:
+    """Turns the handler's result into the reply/callback to send (``Prepared``)."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+
+    async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
+        return prepare(self.ctx, action, await call_next(action, data))
+
+
+class TracingLayer:
+    """Runs the inner chain in the action's CONSUMER span (a no-op unless tracing is on)."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+
+    async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
+        with process_span(action, self.stream):
+            return await call_next(action, data)
+
+
+class ValidationLayer:
+    """Replaces ``data`` by the route's ``data_model`` instance (``ActionRejected`` if invalid)."""
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+
+    async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
+        return await call_next(action, self.route.parse_data(action))
+
+
+class Pipeline:
+    """Builds (and caches) the chain of each route: built-in layers, user layers, handler."""
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        redis: AnyRedis,
+        stats: WorkerStats,
+        user_layers: Sequence[Layer] = (),
+    ) -> None:
+        self.ctx = ctx
+        self.redis = redis
+        self.stats = stats
+        self.user_layers = tuple(user_layers)
+        self._chains: dict[Route, CallNext] = {}
+
+    def layers(self, route: Route) -> list[Layer]:
+        """Every layer ``route``'s handler runs in, outermost first."""
+        layers: list[Layer] = [MetricsLayer(self.stats), ExpiryLayer()]
+        if route.idempotent:
+            layers.append(IdempotencyLayer(self.redis, self.ctx))
+        layers += [ReplyLayer(self.ctx), TracingLayer(self.ctx.stream)]
+        if route.data_model is not None:
+            layers.append(ValidationLayer(route))
+        return layers + list(self.user_layers)
+
+    async def run(self, route: Route, action: DomainAction) -> Prepared | Skipped:
+        """Run ``action`` through ``route``'s chain: what to send, or why it was skipped."""
+        call = self._chains.get(route)
+        if call is None:
+            call = self._chains[route] = chain(self.layers(route), route.handler)
+        result: Prepared | Skipped = await call(action, action.data)
+        return result

@@ -1,0 +1,165 @@
+"""The read loop: new entries, our own lost deliveries and abandoned entries, into tasks.
+
+``StreamReader`` reads a list of streams of one consumer group (one stream today; priority
+lanes and partitions will add more) and hands every entry to ``spawn`` while the worker
+has free slots. It never handles an action itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from actionbus.backoff import Backoff, OutageLog
+from actionbus.connection import AnyRedis
+from actionbus.streams import ensure_group, is_nogroup, text
+from actionbus.workers.context import WorkerContext
+from actionbus.workers.reclaim import claim_abandoned, claim_own_pending
+from actionbus.workers.stats import WorkerStats
+
+__all__ = ["Spawn", "StreamReader"]
+
+logger = logging.getLogger("actionbus.worker")
+
+Spawn = Callable[[str, str, dict[Any, Any], int], None]
+"""``spawn(stream, entry_id, fields, deliveries)``: start handling one entry."""
+
+
+class StreamReader:
+    """Feeds entries of ``streams`` to ``spawn`` as long as slots are free."""
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        redis: AnyRedis,
+        streams: Sequence[str],
+        *,
+        spawn: Spawn,
+        in_flight: Callable[[], int],
+        owned: Callable[[], set[str]],
+        unacknowledged: Callable[[], set[str]],
+        stats: WorkerStats,
+        outage: OutageLog,
+        after_batch: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.ctx = ctx
+        self.redis = redis
+        self.streams = tuple(streams)
+        self.spawn = spawn
+        self.in_flight = in_flight
+        self.owned = owned
+        self.unacknowledged = unacknowledged
+        self.stats = stats
+        self.outage = outage
+        self.after_batch = after_batch
+        self.slot_free = asyncio.Event()
+        """Set by the worker whenever a task finishes."""
+
+    def free(self) -> int:
+        """Slots free for new entries."""
+        return self.ctx.settings.concurrency - self.in_flight()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Read until ``stopping`` is set (or the task is cancelled)."""
+        settings = self.ctx.settings
+        backoff = Backoff(cap=2.0)
+        offsets = dict.fromkeys(self.streams, ">")
+        next_reclaim = 0.0
+        recover_own = True  # at start, and after any failed read (its entries may be ours)
+        slow_read = settings.block_ms / 1000 + 1.0
+        while not stopping.is_set():
+            free = self.free()
+            if free <= 0:
+                self.slot_free.clear()
+                await self.slot_free.wait()
+                continue
+            try:
+                if recover_own:
+                    await self.recover_own(free)
+                    recover_own = False
+                    continue
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + settings.reclaim_interval_s
+                    await self.recover_own(free)
+                    await self.reclaim(self.free())
+                    free = self.free()
+                    if free <= 0:
+                        continue
+                started = time.monotonic()
+                reply: Any = await self.redis.xreadgroup(
+                    self.ctx.group, self.ctx.consumer, offsets,  # type: ignore[arg-type]
+                    count=min(free, settings.batch_size), block=settings.block_ms,
+                )
+                if time.monotonic() - started > slow_read:
+                    # Far longer than a block: the connection hung and redis-py retried the
+                    # read on a new one. The lost read may have delivered entries to us.
+                    recover_own = True
+                self.outage.success()
+                backoff.reset()
+            except ResponseError as exc:
+                if is_nogroup(exc):
+                    await self.recreate_groups()
+                    continue
+                logger.error("reading %s failed: %s", ", ".join(self.streams), exc)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            except (RedisError, OSError) as exc:
+                self.outage.failure(exc)
+                recover_own = True
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            for stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    self.spawn(text(stream), text(entry_id), fields, 1)
+                # Let the new tasks run (and send their replies) before the next read.
+                await asyncio.sleep(0)
+            self.after_batch()
+
+    async def recreate_groups(self) -> None:
+        """Recreate missing consumer groups (Redis restarted empty, or a stream was deleted)."""
+        for stream in self.streams:
+            with contextlib.suppress(RedisError, OSError):
+                if await ensure_group(self.redis, stream, self.ctx.group):
+                    logger.warning(
+                        "consumer group %s on %s was missing (Redis restarted empty or the "
+                        "stream was deleted); recreated it", self.ctx.group, stream,
+                    )
+
+    async def recover_own(self, free: int) -> None:
+        """Re-take entries a lost read delivered to this consumer."""
+        for stream in self.streams:
+            if free <= 0:
+                return
+            claimed = await claim_own_pending(
+                self.redis, stream, self.ctx.group, self.ctx.consumer, count=free,
+                skip=self.owned() | self.unacknowledged(),
+            )
+            for entry in claimed:
+                logger.info("resuming %s, delivered to this consumer by a lost read",
+                            entry.entry_id)
+                self.spawn(stream, entry.entry_id, entry.fields, entry.deliveries)
+            free -= len(claimed)
+
+    async def reclaim(self, free: int) -> None:
+        """Take over entries other consumers abandoned."""
+        for stream in self.streams:
+            if free <= 0:
+                return
+            claimed = await claim_abandoned(
+                self.redis, stream, self.ctx.group, self.ctx.consumer,
+                min_idle_ms=self.ctx.settings.claim_idle_ms, count=free, skip=self.owned(),
+            )
+            for entry in claimed:
+                self.stats.reclaimed += 1
+                logger.info(
+                    "reclaimed %s from %s (delivery %d)",
+                    entry.entry_id, entry.previous_consumer, entry.deliveries,
+                )
+                self.spawn(stream, entry.entry_id, entry.fields, entry.deliveries)
+            free -= len(claimed)

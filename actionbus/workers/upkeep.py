@@ -1,0 +1,98 @@
+"""A worker's background upkeep: heartbeats, trimming by volume and periodic maintenance."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from redis.exceptions import RedisError, ResponseError
+
+from actionbus.backoff import OutageLog
+from actionbus.connection import AnyRedis
+from actionbus.workers.context import WorkerContext
+from actionbus.workers.maintenance import remove_gone_consumers, safe_trim
+from actionbus.workers.reclaim import heartbeat
+
+__all__ = ["Upkeep", "maintain"]
+
+logger = logging.getLogger("actionbus.worker")
+
+
+async def maintain(redis: AnyRedis, ctx: WorkerContext) -> None:
+    """Trim fully processed entries beyond the retention and remove gone consumers."""
+    settings = ctx.settings
+    if settings.stream_retention is not None:
+        removed = await safe_trim(redis, ctx.stream, settings.stream_retention)
+        if removed:
+            logger.debug("trimmed %d processed entries from %s", removed, ctx.stream)
+    await remove_gone_consumers(
+        redis, ctx.stream, ctx.group, ctx.consumer, int(settings.consumer_gone_after_s * 1000),
+    )
+
+
+class Upkeep:
+    """Keeps long-running entries ours, trims as acknowledgements pile up, maintains."""
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        redis: AnyRedis,
+        *,
+        in_progress: Callable[[float], list[str]],
+        acknowledged: Callable[[], int],
+        maintain: Callable[[], Awaitable[None]],
+        outage: OutageLog,
+    ) -> None:
+        self.ctx = ctx
+        self.redis = redis
+        self.in_progress = in_progress
+        self.acknowledged = acknowledged
+        self.maintain = maintain
+        self.outage = outage
+        self.trim_task: asyncio.Task[None] | None = None
+        retention = ctx.settings.stream_retention
+        # Trim by volume as well as by time, so a fast stream stays near its retention.
+        self._trim_every = max(100, retention // 10) if retention else 0
+        self._acked_at_trim = 0
+
+    def maybe_trim(self) -> None:
+        """Start a trim in the background after every ``retention / 10`` acknowledgements."""
+        acked = self.acknowledged()
+        if (
+            not self._trim_every
+            or self.trim_task is not None
+            or acked - self._acked_at_trim < self._trim_every
+        ):
+            return
+        self._acked_at_trim = acked
+        self.trim_task = asyncio.create_task(self._trim(), name=f"actionbus-trim:{self.ctx.stream}")
+
+    async def _trim(self) -> None:
+        assert self.ctx.settings.stream_retention is not None
+        try:
+            await safe_trim(self.redis, self.ctx.stream, self.ctx.settings.stream_retention)
+        except (RedisError, OSError) as exc:
+            logger.debug("trimming %s skipped: %s", self.ctx.stream, exc)
+        finally:
+            self.trim_task = None
+
+    async def run(self) -> None:
+        """Heartbeats for long-running actions, then trimming and consumer cleanup."""
+        settings, ctx = self.ctx.settings, self.ctx
+        beat = settings.claim_idle_ms / 3000
+        next_maintenance = time.monotonic() + settings.maintenance_interval_s
+        while True:
+            await asyncio.sleep(min(beat, settings.maintenance_interval_s))
+            try:
+                await heartbeat(
+                    self.redis, ctx.stream, ctx.group, ctx.consumer, self.in_progress(beat)
+                )
+                if time.monotonic() >= next_maintenance:
+                    next_maintenance = time.monotonic() + settings.maintenance_interval_s
+                    await self.maintain()
+            except ResponseError as exc:  # e.g. the stream is gone after a restart
+                logger.debug("upkeep of %s skipped: %s", ctx.stream, exc)
+            except (RedisError, OSError) as exc:
+                self.outage.failure(exc)

@@ -1,0 +1,198 @@
+"""BaseWorker itself: construction, lifecycle (start, stop, restart), shared clients."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from actionbus import (
+    BaseRedisClient,
+    BaseWorker,
+    ClientNotInitializedError,
+    ConfigurationError,
+    DomainAction,
+    WorkerSettings,
+)
+from tests.workers.helpers import QM, Settings, drained, pending_count
+
+
+def test_constructor_rejects_bad_service_name(conn: Any, make_settings: Settings) -> None:
+    """A worker for an invalid service name is a ConfigurationError."""
+    with pytest.raises(ConfigurationError, match="service name"):
+        BaseWorker(make_settings(), conn, service_name="bad:name")
+
+
+def test_constructor_rejects_socket_timeout_below_block(
+    conn: Any, make_settings: Settings
+) -> None:
+    """redis_socket_timeout must exceed block_ms, or every blocking read would time out."""
+    with pytest.raises(ConfigurationError, match="block_ms"):
+        BaseWorker(
+            make_settings(redis_socket_timeout=1), conn,
+            worker_settings=WorkerSettings(block_ms=2000),
+        )
+
+
+def test_redis_client_before_start_raises(make_settings: Settings) -> None:
+    """Without a client given, redis_client before start() is ClientNotInitializedError."""
+    worker = BaseWorker(make_settings())
+    with pytest.raises(ClientNotInitializedError, match="start"):
+        _ = worker.redis_client
+
+
+async def test_start_creates_stream_and_group(bus: Any) -> None:
+    """start() creates the service's stream and its consumer group when missing."""
+    stream = QM.get_service_action_stream("inventory")
+    assert not await bus.redis.exists(stream)
+    worker = bus.worker("inventory")
+    await worker.start()
+    groups = await bus.redis.xinfo_groups(stream)
+    assert [g["name"] for g in groups] == [b"inventory"]
+    await worker.start()  # a second start is a no-op
+
+
+async def test_actions_sent_before_worker_existed_are_delivered(bus: Any, eventually: Any) -> None:
+    """Actions already on the stream when the group is created are handled."""
+    client = bus.client("orders")
+    for i in range(3):
+        await client.send_action_async(DomainAction(action_type="inventory.item.n", data={"i": i}))
+    seen: list[int] = []
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.n")
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        seen.append(data["i"])
+
+    await worker.start()
+    await eventually(lambda: len(seen) == 3)
+    assert sorted(seen) == [0, 1, 2]
+
+
+async def test_stop_leaves_unfinished_actions_pending(bus: Any, eventually: Any) -> None:
+    """stop() after the grace period leaves an unfinished action pending for another worker."""
+    worker = bus.worker("inventory")
+    started = asyncio.Event()
+
+    @worker.handler("inventory.item.hang")
+    async def hang(action: DomainAction, data: dict[str, Any]) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    await worker.start()
+    await bus.client("orders").send_action_async(DomainAction(action_type="inventory.item.hang"))
+    await asyncio.wait_for(started.wait(), 5)
+    await worker.stop(grace=0.1)
+    assert worker.in_flight == 0
+    assert worker.stats.handled == 0
+    assert await pending_count(bus.redis, "inventory") == 1
+
+    rescuer = bus.worker(
+        "inventory", claim_idle_ms=100, reclaim_interval_s=0.1, consumer_name="rescuer"
+    )
+    rescued: list[DomainAction] = []
+
+    @rescuer.handler("inventory.item.hang")
+    async def finish(action: DomainAction, data: dict[str, Any]) -> None:
+        rescued.append(action)
+
+    await rescuer.start()
+    await eventually(lambda: rescued)
+    await eventually(lambda: drained(bus.redis, "inventory"))
+    assert rescuer.stats.reclaimed == 1
+
+
+async def test_stop_drains_in_flight_actions_within_grace(bus: Any, eventually: Any) -> None:
+    """stop() lets a running handler finish within the grace period and acknowledges it."""
+    worker = bus.worker("inventory")
+    started = asyncio.Event()
+    finished: list[int] = []
+
+    @worker.handler("inventory.item.slow")
+    async def slow(action: DomainAction, data: dict[str, Any]) -> None:
+        started.set()
+        await asyncio.sleep(0.2)
+        finished.append(1)
+
+    await worker.start()
+    await bus.client("orders").send_action_async(DomainAction(action_type="inventory.item.slow"))
+    await asyncio.wait_for(started.wait(), 5)
+    await worker.stop(grace=5)
+    assert finished == [1]
+    assert worker.stats.handled == 1
+    assert await pending_count(bus.redis, "inventory") == 0
+
+
+async def test_concurrent_start_runs_one_set_of_loops(
+    conn: Any, make_settings: Settings
+) -> None:
+    """Two concurrent start() calls start the worker once; stop() leaves no task behind."""
+    worker = BaseWorker(
+        make_settings(service_name="inventory"), conn, worker_settings=WorkerSettings(block_ms=100)
+    )
+
+    def ours() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if t.get_name().startswith("actionbus-")
+                and t.get_name().endswith(worker.stream) and not t.done()]
+
+    try:
+        await asyncio.gather(worker.start(), worker.start())
+        running = len(ours())
+        await worker.stop(grace=0.1)
+        await asyncio.sleep(0.05)
+        left = ours()
+    finally:  # never leave orphans running into the next test
+        await worker.stop(grace=0.1)
+        orphans = ours()
+        for task in orphans:
+            task.cancel()
+        await asyncio.gather(*orphans, return_exceptions=True)
+    assert running == 3  # read, upkeep, output
+    assert left == []
+
+
+async def test_async_with_and_run(bus: Any, make_settings: Settings) -> None:
+    """``async with worker`` starts and stops it; run() returns after request_stop()."""
+    worker = bus.worker("inventory")
+    async with worker:
+        assert worker.redis_client is bus.redis
+    other = BaseWorker(
+        make_settings(service_name="inventory"),
+        worker_settings=WorkerSettings(block_ms=100, consumer_name="own-client"),
+    )
+    task = asyncio.create_task(other.run())
+    await asyncio.sleep(0.2)
+    assert await other.redis_client.ping()
+    other.request_stop()
+    await asyncio.wait_for(task, 5)
+    with pytest.raises(ClientNotInitializedError):
+        _ = other.redis_client
+
+
+def test_worker_accepts_base_redis_client_peer(conn: Any, make_settings: Settings) -> None:
+    """A worker and a client of the same service agree on the stream name."""
+    settings = make_settings(service_name="inventory")
+    worker = BaseWorker(settings, conn)
+    client = BaseRedisClient("inventory", conn, settings)
+    assert worker.stream == client.queue_manager.get_service_action_stream("inventory")
+    assert worker.group == "inventory"
+
+
+async def test_restart_after_stop(bus: Any, eventually: Any) -> None:
+    """A stopped worker can be started again and handles new actions."""
+    worker = bus.worker("inventory")
+    seen: list[int] = []
+
+    @worker.handler("inventory.item.n")
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        seen.append(data["i"])
+
+    client = bus.client("orders")
+    await worker.start()
+    await client.send_action_async(DomainAction(action_type="inventory.item.n", data={"i": 1}))
+    await eventually(lambda: seen == [1])
+    await worker.stop()
+    await client.send_action_async(DomainAction(action_type="inventory.item.n", data={"i": 2}))
+    await worker.start()
+    await eventually(lambda: seen == [1, 2])

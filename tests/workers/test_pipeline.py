@@ -1,0 +1,194 @@
+"""The handler pipeline (workers/pipeline.py): expiry, idempotency and user layers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from actionbus import ActionRejected, BaseWorker, CommonAppSettings, DomainAction, HandlerError
+from actionbus.models.actions import utc_now
+from actionbus.workers.pipeline import (
+    CallNext,
+    ExpiryLayer,
+    IdempotencyLayer,
+    MetricsLayer,
+    Pipeline,
+    ReplyLayer,
+    TracingLayer,
+    ValidationLayer,
+    chain,
+)
+from actionbus.workers.routing import Route
+from actionbus.workers.stats import WorkerStats
+from tests.workers.helpers import QM, Reserve, dead_letters_of, drained, noop, xadd_raw
+
+
+async def test_expired_pseudo_sync_request_skipped_and_acked(bus: Any, eventually: Any) -> None:
+    """A request whose expires_at passed is acknowledged without running the handler."""
+    worker = bus.worker("inventory")
+    calls: list[Any] = []
+
+    @worker.handler("inventory.stock.get")
+    async def stock(action: DomainAction, data: dict[str, Any]) -> None:
+        calls.append(action)
+
+    queue = QM.get_response_queue("orders", "gone")
+    action = DomainAction(
+        action_type="inventory.stock.get", callback_queue_name=queue,
+        expires_at=utc_now() - timedelta(seconds=1),
+    )
+    await xadd_raw(bus.redis, "inventory", action.model_dump_json())
+    await worker.start()
+    await eventually(lambda: worker.stats.expired_skipped == 1)
+    await eventually(lambda: drained(bus.redis, "inventory"))
+    assert calls == []
+    assert not await bus.redis.exists(queue)
+    assert await worker.dead_letters.count() == 0
+
+
+async def test_idempotent_handler_not_rerun_for_same_action_id(bus: Any, eventually: Any) -> None:
+    """With idempotent=True a second delivery of the same action_id is acked, not re-run."""
+    worker = bus.worker("inventory")
+    calls: list[str] = []
+
+    @worker.handler("inventory.item.reserve", idempotent=True)
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> None:
+        calls.append(str(action.action_id))
+
+    await worker.start()
+    payload = DomainAction(action_type="inventory.item.reserve").model_dump_json()
+    await xadd_raw(bus.redis, "inventory", payload)
+    await eventually(lambda: worker.stats.handled == 1)
+    await eventually(lambda: drained(bus.redis, "inventory"))
+    await xadd_raw(bus.redis, "inventory", payload)
+    await eventually(lambda: worker.stats.duplicates_skipped == 1)
+    await eventually(lambda: drained(bus.redis, "inventory"))
+    assert len(calls) == 1
+
+
+async def test_idempotent_duplicate_gets_the_stored_reply(bus: Any, eventually: Any) -> None:
+    """A waiting caller resending an already handled action gets the first response again."""
+    worker = bus.worker("inventory")
+    calls: list[int] = []
+
+    @worker.handler("inventory.item.reserve", idempotent=True)
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        calls.append(1)
+        return {"n": len(calls)}
+
+    await worker.start()
+    client = bus.client("orders")
+    action = DomainAction(action_type="inventory.item.reserve")
+    first = await client.send_action_pseudo_sync(action, timeout=5)
+    second = await client.send_action_pseudo_sync(action, timeout=5)
+    assert first is not None
+    assert second is not None
+    assert first.data == second.data == {"n": 1}
+    assert calls == [1]
+
+
+class Recorder:
+    """A user layer that records entering and leaving, and what it saw."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
+        self.log.append(f"{self.name}>{type(data).__name__}")
+        result = await call_next(action, data)
+        self.log.append(f"<{self.name}:{result}")
+        return result
+
+
+async def test_chain_runs_layers_outermost_first() -> None:
+    """chain() wraps the endpoint so layers[0] runs first and returns last."""
+    log: list[str] = []
+
+    async def endpoint(action: DomainAction, data: Any) -> str:
+        log.append("handler")
+        return "done"
+
+    call = chain([Recorder("a", log), Recorder("b", log)], endpoint)
+    assert await call(DomainAction(action_type="x.y.z"), {}) == "done"
+    assert log == ["a>dict", "b>dict", "handler", "<b:done", "<a:done"]
+
+
+def test_builtin_layers_wrap_user_layers_in_documented_order() -> None:
+    """metrics, expiry, idempotency, reply, tracing, validation, then user layers in order."""
+    worker = BaseWorker(CommonAppSettings(service_name="inventory"))
+    users = [Recorder("a", []), Recorder("b", [])]
+    pipeline = Pipeline(worker.context, None, WorkerStats(), users)  # type: ignore[arg-type]
+    route = Route("inventory.item.reserve", noop, Reserve, idempotent=True)
+    kinds = [type(layer) for layer in pipeline.layers(route)]
+    assert kinds == [MetricsLayer, ExpiryLayer, IdempotencyLayer, ReplyLayer, TracingLayer,
+                     ValidationLayer, Recorder, Recorder]
+    assert pipeline.layers(route)[-2:] == users
+    plain = [type(layer) for layer in pipeline.layers(Route("inventory.x.y", noop))]
+    assert plain == [MetricsLayer, ExpiryLayer, ReplyLayer, TracingLayer, Recorder, Recorder]
+
+
+async def test_user_layers_wrap_the_handler_with_validated_data(bus: Any) -> None:
+    """Layers added with use() run in order around the handler and see the data model."""
+    worker = bus.worker("inventory")
+    log: list[str] = []
+    worker.use(Recorder("outer", log))
+    worker.use(Recorder("inner", log))
+
+    @worker.handler("inventory.item.reserve", data_model=Reserve)
+    async def reserve(action: DomainAction, data: Reserve) -> dict[str, Any]:
+        log.append("handler")
+        return {"sku": data.sku}
+
+    await worker.start()
+    response = await bus.client("orders").send_action_pseudo_sync(
+        DomainAction(action_type="inventory.item.reserve", data={"sku": "A", "qty": 1}),
+        timeout=5,
+    )
+    assert response is not None
+    assert response.data == {"sku": "A"}
+    assert log == ["outer>Reserve", "inner>Reserve", "handler",
+                   "<inner:{'sku': 'A'}", "<outer:{'sku': 'A'}"]
+
+
+async def test_a_layer_can_answer_or_fail_instead_of_the_handler(
+    bus: Any, eventually: Any
+) -> None:
+    """A layer's own result is the reply; its exception goes through the failure policy."""
+    worker = bus.worker("inventory")
+    calls: list[str] = []
+
+    async def gate(action: DomainAction, data: Any, call_next: CallNext) -> Any:
+        if action.data.get("blocked"):
+            raise ActionRejected("blocked by the gate")
+        if action.data.get("cached"):
+            return {"from": "cache"}
+        return await call_next(action, data)
+
+    async def handler(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        calls.append("handler")
+        return {"from": "handler"}
+
+    worker.use(gate)
+    worker.register("inventory.stock.get", handler)
+    await worker.start()
+    client = bus.client("orders")
+    cached = await client.send_action_pseudo_sync(
+        DomainAction(action_type="inventory.stock.get", data={"cached": True}), timeout=5)
+    assert cached is not None
+    assert cached.data == {"from": "cache"}
+    assert calls == []
+    await client.send_action_async(
+        DomainAction(action_type="inventory.stock.get", data={"blocked": True}))
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert (letter.reason, letter.error_message) == ("rejected", "blocked by the gate")
+    assert calls == []
+
+
+async def test_use_after_start_is_refused(bus: Any) -> None:
+    """Layers are fixed once the worker runs: use() afterwards raises HandlerError."""
+    worker = bus.worker("inventory")
+    await worker.start()
+    with pytest.raises(HandlerError, match="before start"):
+        worker.use(Recorder("late", []))

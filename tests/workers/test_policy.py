@@ -1,0 +1,189 @@
+"""The failure policy (workers/policy.py): retries with backoff, rejection, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from actionbus import ActionRejected, BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
+from actionbus.models.actions import utc_now
+from actionbus.workers.policy import Bury, FailurePolicy, ReplyError, Retry, error_detail
+from tests.workers.helpers import QM, dead_letters_of, drained
+
+
+async def test_failing_async_action_retried_then_dead_lettered(bus: Any, eventually: Any) -> None:
+    """An async action that keeps failing runs max_deliveries times, then is dead-lettered."""
+    worker = bus.worker("inventory", max_deliveries=3)
+    attempts: list[DomainAction] = []
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> None:
+        attempts.append(action)
+        raise ConnectionResetError("downstream unavailable")
+
+    await worker.start()
+    client = bus.client("orders")
+    await client.send_action_async(DomainAction(action_type="inventory.item.reserve"))
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert len(attempts) == 3
+    assert letter.reason == "max_deliveries"
+    assert letter.deliveries == 3
+    assert letter.error_type == "ConnectionResetError"
+    assert "downstream unavailable" in letter.error_message
+    assert letter.stream == QM.get_service_action_stream("inventory")
+    assert DomainAction.model_validate_json(letter.data).action_type == "inventory.item.reserve"
+    await eventually(lambda: drained(bus.redis, "inventory"))
+    await asyncio.sleep(0.1)
+    assert len(attempts) == 3
+
+
+async def test_transient_failure_is_retried_until_success(bus: Any, eventually: Any) -> None:
+    """A handler that fails twice then succeeds is handled, not dead-lettered."""
+    worker = bus.worker("inventory", max_deliveries=5)
+    attempts: list[int] = []
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise TimeoutError("flaky")
+
+    await worker.start()
+    await bus.client("orders").send_action_async(DomainAction(action_type="inventory.item.reserve"))
+    await eventually(lambda: worker.stats.handled == 1)
+    assert len(attempts) == 3
+    assert await worker.dead_letters.count() == 0
+    await eventually(lambda: drained(bus.redis, "inventory"))
+
+
+async def test_action_rejected_is_not_retried(bus: Any, eventually: Any) -> None:
+    """A handler raising ActionRejected is dead-lettered after one attempt."""
+    worker = bus.worker("inventory", max_deliveries=5)
+    attempts: list[int] = []
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> None:
+        attempts.append(1)
+        raise ActionRejected("unknown sku", error_code="sku")
+
+    await worker.start()
+    await bus.client("orders").send_action_async(DomainAction(action_type="inventory.item.reserve"))
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert attempts == [1]
+    assert letter.reason == "rejected"
+
+
+async def test_dead_lettered_callback_action_sends_failure_callback(
+    bus: Any, eventually: Any
+) -> None:
+    """When an action with a callback is dead-lettered, the origin gets a failure callback."""
+    billing = bus.worker("billing", max_deliveries=2)
+
+    @billing.handler("billing.invoice.create")
+    async def create(action: DomainAction, data: dict[str, Any]) -> None:
+        raise ValueError("no customer")
+
+    orders = bus.worker("orders")
+    received: list[DomainAction] = []
+
+    @orders.handler("orders.invoice.created")
+    async def on_invoice(action: DomainAction, data: dict[str, Any]) -> None:
+        received.append(action)
+
+    await billing.start()
+    await orders.start()
+    await bus.client("orders").send_action_async_with_callback(
+        DomainAction(action_type="billing.invoice.create"), "orders.invoice.created", "c1"
+    )
+    [callback] = await eventually(lambda: received)
+    assert callback.metadata["success"] is False
+    assert callback.metadata["error"]["error_type"] == "ValueError"
+    assert callback.metadata["callback_context"] == "c1"
+    assert await billing.dead_letters.count() == 1
+
+
+def test_worker_settings_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WorkerSettings refuses inconsistent or out-of-range values and reads its env prefix."""
+    with pytest.raises(ValueError, match="retry_backoff_max_s"):
+        WorkerSettings(retry_backoff_base_s=2, retry_backoff_max_s=1)
+    with pytest.raises(ValueError, match="concurrency"):
+        WorkerSettings(concurrency=0)
+    with pytest.raises(ValueError, match="block_ms"):
+        WorkerSettings(block_ms=1)
+    settings = WorkerSettings(retry_backoff_base_s=0.5, retry_backoff_max_s=3)
+    assert [settings.retry_delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 3]
+    monkeypatch.setenv("ACTIONBUS_WORKER_MAX_DELIVERIES", "9")
+    assert WorkerSettings().max_deliveries == 9
+
+
+# -- FailurePolicy decisions, without Redis -------------------------------------------
+
+POLICY = FailurePolicy(WorkerSettings(max_deliveries=3, retry_backoff_base_s=0.5,
+                                      retry_backoff_max_s=1.5))
+WAITING = DomainAction(action_type="inventory.stock.get",
+                       callback_queue_name=QM.get_response_queue("orders", "c1"))
+
+
+def test_policy_retries_a_transient_failure_with_backoff() -> None:
+    """A plain exception before the last delivery is retried after the doubling delay."""
+    action = DomainAction(action_type="inventory.stock.get")
+    assert POLICY.decide(action, RuntimeError("flaky"), 1) == Retry(0.5)
+    assert POLICY.decide(action, RuntimeError("flaky"), 2) == Retry(1.0)
+
+
+def test_policy_buries_at_max_deliveries_and_rejections_at_once() -> None:
+    """The last delivery's failure and any ActionRejected are buried with their reason."""
+    action = DomainAction(action_type="inventory.stock.get")
+    last = POLICY.decide(action, RuntimeError("still broken"), 3)
+    assert last == Bury("max_deliveries", "RuntimeError", "still broken")
+    rejected = POLICY.decide(action, ActionRejected("never"), 1)
+    assert isinstance(rejected, Bury)
+    assert rejected.reason == "rejected"
+    assert rejected.failure_callback is None
+
+
+def test_policy_sends_a_failure_callback_for_callback_requests() -> None:
+    """A buried durable-callback request carries the error its failure callback sends."""
+    action = DomainAction(action_type="inventory.stock.get",
+                          callback_action_type="orders.stock.checked", origin_service="orders")
+    decision = POLICY.decide(action, ActionRejected("no such sku", error_code="sku"), 1)
+    assert isinstance(decision, Bury)
+    assert decision.failure_callback is not None
+    assert decision.failure_callback.error_code == "sku"
+
+
+def test_policy_replies_the_error_to_a_waiting_caller() -> None:
+    """A waiting caller gets the error at once (not retried); past its deadline, no reply."""
+    decision = POLICY.decide(WAITING, RuntimeError("boom"), 1)
+    assert decision == ReplyError(error_detail(RuntimeError("boom")), send=True)
+    expired = WAITING.model_copy(update={"expires_at": utc_now() - timedelta(seconds=1)})
+    assert POLICY.decide(expired, RuntimeError("boom"), 1) == ReplyError(
+        error_detail(RuntimeError("boom")), send=False)
+
+
+def test_policy_admits_up_to_max_deliveries_and_buries_malformed() -> None:
+    """Entries over-delivered by dying workers are buried before any attempt, as are bad ones."""
+    assert POLICY.admit(3) is None
+    refused = POLICY.admit(4)
+    assert refused is not None
+    assert (refused.reason, refused.error_type) == (
+        "max_deliveries", "Abandoned")
+    assert POLICY.malformed("InvalidJSON", "x") == Bury("malformed", "InvalidJSON", "x")
+
+
+async def test_policy_retry_gives_up_on_a_vanished_entry(redis_client: Any) -> None:
+    """Retry re-claims the entry (one more delivery), or reports False if it was deleted."""
+    settings = CommonAppSettings(service_name="inventory")
+    worker = BaseWorker(settings, worker_settings=WorkerSettings(consumer_name="c1"))
+    ctx = worker.context
+    await redis_client.xgroup_create(ctx.stream, ctx.group, id="0", mkstream=True)
+    entry_id = (await redis_client.xadd(ctx.stream, {"data": "{}"})).decode()
+    await redis_client.xreadgroup(ctx.group, "c1", {ctx.stream: ">"})
+    assert await POLICY.retry(redis_client, ctx, entry_id, Retry(0)) is True
+    [pending] = await redis_client.xpending_range(ctx.stream, ctx.group, "-", "+", 1)
+    assert pending["times_delivered"] == 2
+    await redis_client.xdel(ctx.stream, entry_id)
+    assert await POLICY.retry(redis_client, ctx, entry_id, Retry(0)) is False

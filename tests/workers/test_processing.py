@@ -1,0 +1,221 @@
+"""Processing (workers/processing.py, results.py): decoding, replies, callbacks, raw producers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from actionbus import BaseRedisClient, BaseWorker, DomainAction, WorkerSettings
+from tests.workers.helpers import QM, Reserve, Settings, dead_letters_of, drained, noop, xadd_raw
+
+
+async def test_data_model_mismatch_dead_lettered_without_retry(
+    bus: Any, eventually: Any
+) -> None:
+    """Data that does not match data_model is dead-lettered at once; the handler never runs."""
+    worker = bus.worker("inventory", max_deliveries=5)
+    calls: list[Any] = []
+
+    @worker.handler("inventory.item.reserve", data_model=Reserve)
+    async def reserve(action: DomainAction, data: Reserve) -> None:
+        calls.append(data)
+
+    await worker.start()
+    client = bus.client("orders")
+    await client.send_action_async(
+        DomainAction(action_type="inventory.item.reserve", data={"sku": "A", "qty": "many"})
+    )
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert calls == []
+    assert letter.reason == "rejected"
+    assert letter.error_type == "ActionRejected"
+    assert "Reserve" in letter.error_message
+    assert letter.deliveries == 1
+    await eventually(lambda: drained(bus.redis, "inventory"))
+
+
+async def test_data_model_mismatch_replies_error_to_waiting_caller(bus: Any) -> None:
+    """A pseudo-sync caller whose data does not match data_model gets an error response."""
+    worker = bus.worker("inventory")
+    worker.register("inventory.item.reserve", noop, data_model=Reserve)
+    await worker.start()
+    client = bus.client("orders")
+    response = await client.send_action_pseudo_sync(
+        DomainAction(action_type="inventory.item.reserve", data={"sku": "A"}), timeout=5
+    )
+    assert response is not None
+    assert response.success is False
+    assert response.error is not None
+    assert response.error.error_type == "ActionRejected"
+    assert response.error.error_code == "invalid_data"
+
+
+async def test_handler_exception_becomes_error_response(bus: Any) -> None:
+    """A handler that raises gives a waiting caller success=False with an ErrorDetail."""
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> None:
+        raise RuntimeError("out of stock")
+
+    await worker.start()
+    client = bus.client("orders")
+    action = DomainAction(action_type="inventory.item.reserve", trace_id="t")
+    response = await client.send_action_pseudo_sync(action, timeout=5)
+    assert response is not None
+    assert response.success is False
+    assert response.error is not None
+    assert response.error.error_type == "RuntimeError"
+    assert response.error.message == "out of stock"
+    assert response.correlation_id == str(action.action_id)
+    assert response.trace_id == "t"
+    assert worker.stats.error_replies == 1
+
+
+async def test_unserializable_result_becomes_error_response(bus: Any, eventually: Any) -> None:
+    """A handler result that cannot be serialized gives the caller an error and is acked."""
+    worker = bus.worker("svc")
+
+    @worker.handler("svc.r.obj")
+    async def obj(action: DomainAction, data: Any) -> dict[str, Any]:
+        return {"x": object()}
+
+    await worker.start()
+    client = bus.client("orders")
+    response = await client.send_action_pseudo_sync(DomainAction(action_type="svc.r.obj"), 2)
+    assert response is not None
+    assert response.success is False
+    await eventually(lambda: drained(bus.redis, "svc"))
+
+
+@pytest.mark.parametrize(
+    ("queue", "callback_type"),
+    [
+        ("victim:key", None),
+        ("actionbus:dev:{orders}:streams:main", None),
+        ("actionbus:prod:{orders}:responses:x", None),
+        ("actionbus:dev:{orders}:responses:x", "orders.x.done"),
+        ("victim:stream", "orders.x.done"),
+    ],
+)
+async def test_forged_reply_target_dead_lettered(
+    bus: Any, eventually: Any, queue: str, callback_type: str | None
+) -> None:
+    """An action whose callback_queue_name is outside the namespace is dead-lettered unhandled."""
+    worker = bus.worker("inventory")
+    calls: list[Any] = []
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        calls.append(action)
+        return {"x": 1}
+
+    await worker.start()
+    payload: dict[str, Any] = {
+        "action_type": "inventory.item.reserve", "callback_queue_name": queue,
+    }
+    if callback_type:
+        payload["callback_action_type"] = callback_type
+    await xadd_raw(bus.redis, "inventory", payload)
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert letter.reason == "malformed"
+    assert letter.error_type == "InvalidReplyTarget"
+    assert calls == []
+    assert not await bus.redis.exists(queue)
+    await eventually(lambda: drained(bus.redis, "inventory"))
+
+
+@pytest.mark.parametrize(
+    ("fields", "error_type"),
+    [
+        ({"data": "{not json"}, "InvalidJSON"),
+        ({"data": '{"action_type": "no dots here"}'}, "InvalidAction"),
+        ({"payload": "{}"}, "MissingField"),
+    ],
+)
+async def test_malformed_entries_dead_lettered_and_worker_survives(
+    bus: Any, eventually: Any, fields: dict[str, str], error_type: str
+) -> None:
+    """Bad entries are dead-lettered with the reason, and the next good action is handled."""
+    worker = bus.worker("inventory")
+    worker.register("inventory.item.ok", noop)
+    await worker.start()
+    await bus.redis.xadd(QM.get_service_action_stream("inventory"), fields)
+    await bus.client("orders").send_action_async(DomainAction(action_type="inventory.item.ok"))
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert letter.reason == "malformed"
+    assert letter.error_type == error_type
+    await eventually(lambda: worker.stats.handled == 1)
+    await eventually(lambda: drained(bus.redis, "inventory"))
+
+
+async def test_raw_producer_and_raw_reply(bus: Any, eventually: Any) -> None:
+    """A foreign producer can XADD an action and read the worker's reply by BRPOP."""
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.stock.get")
+    async def stock(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        return {"qty": 5}
+
+    await worker.start()
+    queue = QM.get_response_queue("nodejs", "req-1")
+    await xadd_raw(bus.redis, "inventory", {
+        "action_type": "inventory.stock.get", "correlation_id": "req-1",
+        "callback_queue_name": queue,
+    })
+    popped = await bus.redis.brpop([queue], timeout=5)
+    assert popped is not None
+    reply = json.loads(popped[1])
+    assert reply["success"] is True
+    assert reply["data"] == {"qty": 5}
+    assert reply["correlation_id"] == "req-1"
+
+
+async def test_round_trip_with_decoded_responses(
+    make_settings: Settings, eventually: Any
+) -> None:
+    """Workers and clients also work on clients created with redis_decode_responses=True."""
+    from actionbus import RedisManager
+
+    settings = make_settings(service_name="inventory", redis_decode_responses=True)
+    async with RedisManager(settings) as manager:
+        redis = manager.get_client()
+        worker = BaseWorker(settings, redis, worker_settings=WorkerSettings(block_ms=100))
+
+        @worker.handler("inventory.stock.get")
+        async def stock(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+            return {"qty": 1}
+
+        async with worker:
+            client = BaseRedisClient("orders", redis, settings)
+            response = await client.send_action_pseudo_sync(
+                DomainAction(action_type="inventory.stock.get"), timeout=5
+            )
+            await client.close()
+            await eventually(lambda: drained(redis, "inventory"))
+    assert response is not None
+    assert response.data == {"qty": 1}
+
+
+async def test_raw_callback_request_by_origin_service(bus: Any, eventually: Any) -> None:
+    """A raw action with callback_action_type and origin_service gets its callback on its stream."""
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        return {"reserved": True}
+
+    await worker.start()
+    await xadd_raw(bus.redis, "inventory", {
+        "action_type": "inventory.item.reserve", "origin_service": "goservice",
+        "callback_action_type": "goservice.item.reserved", "correlation_id": "k1",
+    })
+    stream = QM.get_service_action_stream("goservice")
+    await eventually(lambda: bus.redis.xlen(stream))
+    [(_, fields)] = await bus.redis.xrange(stream)
+    callback = DomainAction.model_validate_json(fields[b"data"])
+    assert callback.action_type == "goservice.item.reserved"
+    assert callback.correlation_id == "k1"
+    assert callback.data == {"reserved": True}

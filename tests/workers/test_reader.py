@@ -1,0 +1,133 @@
+"""The read loop (workers/reader.py): concurrency bound, groups and consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from actionbus import BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
+from actionbus.backoff import OutageLog
+from actionbus.workers.reader import StreamReader
+from actionbus.workers.stats import WorkerStats
+from tests.workers.helpers import QM
+
+
+async def test_concurrency_bound_respected(bus: Any, eventually: Any) -> None:
+    """No more than ``concurrency`` handlers run at the same time."""
+    worker = bus.worker("inventory", concurrency=3)
+    running = 0
+    peak = 0
+    done: list[int] = []
+
+    @worker.handler("inventory.item.slow")
+    async def slow(action: DomainAction, data: dict[str, Any]) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        done.append(1)
+
+    await bus.client("orders").send_actions_async(
+        [DomainAction(action_type="inventory.item.slow") for _ in range(12)]
+    )
+    await worker.start()
+    await eventually(lambda: len(done) == 12)
+    assert peak == 3
+
+
+async def test_consumers_of_one_group_share_the_work(bus: Any, eventually: Any) -> None:
+    """Two workers of one service split the actions; each action is handled once."""
+    seen: list[tuple[str, int]] = []
+    for name in ("w1", "w2"):
+        worker = bus.worker("inventory", consumer_name=name, concurrency=2)
+
+        async def handle(action: DomainAction, data: dict[str, Any], name: str = name) -> None:
+            await asyncio.sleep(0.01)
+            seen.append((name, data["i"]))
+
+        worker.register("inventory.item.n", handle)
+        await worker.start()
+    await bus.client("orders").send_actions_async(
+        [DomainAction(action_type="inventory.item.n", data={"i": i}) for i in range(20)]
+    )
+    await eventually(lambda: len(seen) == 20)
+    await asyncio.sleep(0.1)
+    assert sorted(i for _, i in seen) == list(range(20))
+    assert {name for name, _ in seen} == {"w1", "w2"}
+
+
+async def test_separate_groups_each_get_every_action(bus: Any, eventually: Any) -> None:
+    """A worker with its own group_name receives every action too (fan-out)."""
+    seen: dict[str, list[int]] = {"inventory": [], "audit": []}
+    for group in ("inventory", "audit"):
+        worker = bus.worker("inventory", group_name=group)
+
+        async def handle(action: DomainAction, data: dict[str, Any], group: str = group) -> None:
+            seen[group].append(data["i"])
+
+        worker.register("inventory.item.n", handle)
+        await worker.start()
+    await bus.client("orders").send_actions_async(
+        [DomainAction(action_type="inventory.item.n", data={"i": i}) for i in range(3)]
+    )
+    await eventually(lambda: len(seen["inventory"]) == 3 and len(seen["audit"]) == 3)
+
+
+async def test_reader_feeds_entries_of_every_stream_it_reads(redis_client: Any) -> None:
+    """One StreamReader reads several streams of its group and spawns each entry once."""
+    worker = BaseWorker(CommonAppSettings(service_name="inventory"),
+                        worker_settings=WorkerSettings(block_ms=100, consumer_name="c1"))
+    ctx = worker.context
+    streams = [ctx.stream, QM.get_service_action_stream("inventory-low")]
+    for stream in streams:
+        await redis_client.xgroup_create(stream, ctx.group, id="0", mkstream=True)
+        await redis_client.xadd(stream, {"data": "{}"})
+    spawned: list[tuple[str, int]] = []
+    stopping = asyncio.Event()
+
+    def spawn(stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
+        spawned.append((stream, deliveries))
+        if len(spawned) == len(streams):
+            stopping.set()
+
+    reader = StreamReader(
+        ctx, redis_client, streams, spawn=spawn, in_flight=lambda: 0, owned=set,
+        unacknowledged=set, stats=WorkerStats(),
+        outage=OutageLog(logging.getLogger("test"), "reader"),
+    )
+    await asyncio.wait_for(reader.run(stopping), 10)
+    assert sorted(spawned) == sorted((stream, 1) for stream in streams)
+
+
+async def test_reader_waits_for_a_free_slot(redis_client: Any) -> None:
+    """With no free slot the reader reads nothing until a slot is signalled free."""
+    worker = BaseWorker(CommonAppSettings(service_name="inventory"),
+                        worker_settings=WorkerSettings(block_ms=100, concurrency=1))
+    ctx = worker.context
+    await redis_client.xgroup_create(ctx.stream, ctx.group, id="0", mkstream=True)
+    await redis_client.xadd(ctx.stream, {"data": "{}"})
+    busy = [1]
+    spawned: list[str] = []
+    stopping = asyncio.Event()
+
+    def spawn(stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
+        spawned.append(entry_id)
+        stopping.set()
+
+    reader = StreamReader(
+        ctx, redis_client, [ctx.stream], spawn=spawn, in_flight=lambda: busy[0], owned=set,
+        unacknowledged=set, stats=WorkerStats(),
+        outage=OutageLog(logging.getLogger("test"), "reader"),
+    )
+    task = asyncio.create_task(reader.run(stopping))
+    for _ in range(20):  # let it loop: it must park on slot_free, not read
+        await asyncio.sleep(0)
+    assert spawned == []
+    assert await redis_client.xpending(ctx.stream, ctx.group) == {
+        "pending": 0, "min": None, "max": None, "consumers": []}
+    busy[0] = 0
+    reader.slot_free.set()
+    await asyncio.wait_for(task, 10)
+    assert len(spawned) == 1

@@ -1,0 +1,57 @@
+"""Claiming (workers/reclaim.py): abandoned entries, our own lost deliveries, retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actionbus.workers.reclaim import claim_abandoned, claim_own_pending, reclaim_for_retry
+from tests.workers.helpers import QM
+
+STREAM = QM.get_service_action_stream("inventory")
+GROUP = "inventory"
+
+
+async def _delivered(redis: Any, consumer: str, n: int) -> list[str]:
+    """Add ``n`` entries and deliver them all to ``consumer`` (which never acks)."""
+    await redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    ids = [(await redis.xadd(STREAM, {"data": "{}"})).decode() for _ in range(n)]
+    await redis.xreadgroup(GROUP, consumer, {STREAM: ">"})
+    return ids
+
+
+async def test_abandoned_entries_go_to_one_claimer_only(redis_client: Any) -> None:
+    """Only entries idle for min_idle_ms are claimed, each by the first claimer, skip honoured."""
+    ids = await _delivered(redis_client, "ghost", 3)
+    kept = await claim_abandoned(redis_client, STREAM, GROUP, "a", min_idle_ms=3_600_000,
+                                 count=10, skip=())
+    assert kept == []  # nothing has been idle for an hour
+    first = await claim_abandoned(redis_client, STREAM, GROUP, "a", min_idle_ms=0, count=10,
+                                  skip={ids[2]})
+    assert [(c.entry_id, c.deliveries, c.previous_consumer) for c in first] == [
+        (ids[0], 2, "ghost"), (ids[1], 2, "ghost")]
+    # The claim reset their idle time: a racing claimer with a real threshold gets nothing.
+    second = await claim_abandoned(redis_client, STREAM, GROUP, "b", min_idle_ms=60_000,
+                                   count=10, skip=())
+    assert second == []
+
+
+async def test_own_pending_entries_are_resumed_except_busy_ones(redis_client: Any) -> None:
+    """Entries a lost read delivered to us come back, minus those in progress or acked soon."""
+    ids = await _delivered(redis_client, "me", 3)
+    claimed = await claim_own_pending(redis_client, STREAM, GROUP, "me", count=10,
+                                      skip={ids[0]})
+    assert [(c.entry_id, c.deliveries) for c in claimed] == [(ids[1], 2), (ids[2], 2)]
+    assert await claim_own_pending(redis_client, STREAM, GROUP, "other", count=10,
+                                   skip=()) == []
+
+
+async def test_reclaim_for_retry_counts_a_delivery_or_sees_the_entry_gone(
+    redis_client: Any,
+) -> None:
+    """Before a retry the entry's delivery count rises; a deleted entry reports False."""
+    [entry_id] = await _delivered(redis_client, "me", 1)
+    assert await reclaim_for_retry(redis_client, STREAM, GROUP, "me", entry_id) is True
+    [pending] = await redis_client.xpending_range(STREAM, GROUP, "-", "+", 1)
+    assert pending["times_delivered"] == 2
+    await redis_client.xdel(STREAM, entry_id)
+    assert await reclaim_for_retry(redis_client, STREAM, GROUP, "me", entry_id) is False
