@@ -49,7 +49,7 @@ def redis_cli(url: str, *args: str) -> list[str]:
     return out.stdout.splitlines()
 
 
-@pytest.mark.parametrize("name", ["quickstart", "connections", "state"])
+@pytest.mark.parametrize("name", ["quickstart", "connections", "state", "typed-state"])
 def test_python_examples_run(redis_url: str, name: str) -> None:
     """Each Python example of the README runs to completion against a real Redis."""
     env = {**os.environ, "REDIS_URL": redis_url}
