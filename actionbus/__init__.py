@@ -14,12 +14,17 @@ from actionbus.exceptions import (
     HandlerError,
     InvalidNameError,
     PayloadTooLargeError,
+    PermissionsError,
+    RedisAuthenticationError,
     RedisConnectionError,
+    RedisTLSError,
     SendError,
     StateConflictError,
     StateError,
+    StateTypeError,
 )
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
+from actionbus.permissions import acl_setuser, check_permissions
 
 # The RedisPool instance stays at actionbus.redis_pool.redis_pool: re-exporting it here
 # would hide the submodule of the same name (`import actionbus.redis_pool as m`).
@@ -50,17 +55,23 @@ __all__ = [
     "HandlerError",
     "InvalidNameError",
     "PayloadTooLargeError",
+    "PermissionsError",
     "QueueManager",
+    "RedisAuthenticationError",
     "RedisConnectionError",
     "RedisManager",
     "RedisPool",
     "RedisStateManager",
+    "RedisTLSError",
     "SendError",
     "StateConflictError",
     "StateError",
+    "StateTypeError",
     "WorkerSettings",
     "WorkerStats",
     "__version__",
+    "acl_setuser",
+    "check_permissions",
     "close_redis_pool",
     "get_redis_client",
 ]
