@@ -19,7 +19,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import EqualJitterBackoff
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -210,7 +210,7 @@ async def ping_or_raise(client: AnyRedis, settings: CommonAppSettings) -> None:
     try:
         async with asyncio.timeout(settings.redis_socket_connect_timeout):
             await client.ping()
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         where, detail = describe(settings), f"{type(exc).__name__}: {mask_url(str(exc))}"
         if isinstance(exc, AuthenticationError) or "NOAUTH" in str(exc) or (
             "WRONGPASS" in str(exc)

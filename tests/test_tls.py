@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,3 +189,88 @@ async def test_sentinel_tls_options_reach_master(files: dict[str, str]) -> None:
         assert client.connection_pool.connection_kwargs["ssl_ca_certs"] == files["ca.crt"]
     finally:
         await client.aclose()
+
+
+class TlsCluster:
+    """Three cluster masters whose clients and cluster bus speak TLS (plain port: admin only)."""
+
+    def __init__(self, tmp: Path, ca: trustme.CA) -> None:
+        cert = ca.issue_cert("127.0.0.1")
+        cert.cert_chain_pems[0].write_to_path(str(tmp / "node.crt"))
+        cert.private_key_pem.write_to_path(str(tmp / "node.key"))
+        ca.cert_pem.write_to_path(str(tmp / "ca.crt"))
+        self.nodes: list[tuple[RedisServer, int, int]] = []
+        for _ in range(3):
+            tls_port, bus_port = free_port(), free_port()
+            server = RedisServer(extra_args=[
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "2000", "--cluster-port", str(bus_port),
+                "--tls-port", str(tls_port), "--tls-cluster", "yes",
+                "--tls-cert-file", str(tmp / "node.crt"), "--tls-key-file", str(tmp / "node.key"),
+                "--tls-ca-cert-file", str(tmp / "ca.crt"), "--tls-auth-clients", "optional",
+            ])  # fmt: skip
+            self.nodes.append((server, tls_port, bus_port))
+
+    def start(self) -> None:
+        for server, _, _ in self.nodes:
+            server.start()
+        for i, (server, _, _) in enumerate(self.nodes):
+            with server.client() as conn:
+                conn.cluster("SET-CONFIG-EPOCH", i + 1)
+                conn.cluster("ADDSLOTS", *range(i * 16384 // 3, (i + 1) * 16384 // 3))
+        with self.nodes[0][0].client() as conn:
+            for _, tls_port, bus_port in self.nodes[1:]:
+                conn.execute_command("CLUSTER", "MEET", "127.0.0.1", tls_port, bus_port)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            states = []
+            for server, _, _ in self.nodes:
+                with server.client() as conn:
+                    info = conn.cluster("INFO")
+                    states.append(info["cluster_state"] == "ok" and
+                                  int(info["cluster_known_nodes"]) == 3)  # fmt: skip
+            if all(states):
+                return
+            time.sleep(0.05)
+        raise AssertionError("TLS cluster did not converge")
+
+    def cleanup(self) -> None:
+        for server, _, _ in self.nodes:
+            server.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.nodes[0][1]}/0"
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[TlsCluster]:
+    """A 3-master Redis Cluster over TLS (clients and bus)."""
+    cluster = TlsCluster(tmp_path_factory.mktemp("tls-cluster"), ca)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+async def test_cluster_over_tls(tls_cluster: TlsCluster, files: dict[str, str]) -> None:
+    """With redis_cluster and the CA file, keys on every master are reached over TLS."""
+    s = settings(tls_cluster.url, redis_cluster=True, redis_ssl_ca_certs=files["ca.crt"])
+    async with RedisManager(s) as manager:
+        redis = manager.get_client()
+        for i in range(30):  # spread over the three masters' slots
+            await redis.set(f"actionbus:dev:svc{i}:k", i)
+        assert [int(await redis.get(f"actionbus:dev:svc{i}:k")) for i in range(30)] == list(
+            range(30)
+        )
+        assert len(redis.get_primaries()) == 3
+
+
+async def test_cluster_with_wrong_ca_is_refused(
+    tls_cluster: TlsCluster, files: dict[str, str]
+) -> None:
+    """A cluster whose certificates come from another CA is refused with RedisTLSError."""
+    s = settings(tls_cluster.url, redis_cluster=True, redis_ssl_ca_certs=files["other-ca.crt"])
+    with pytest.raises(RedisTLSError, match="certificate verify failed"):
+        await RedisManager(s).initialize()
