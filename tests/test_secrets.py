@@ -80,3 +80,25 @@ async def test_wrong_password_is_typed_and_masked(
     with pytest.raises(RedisAuthenticationError, match="Check the user name and password") as info:
         await RedisManager(make(redis_url=url)).initialize()
     assert SECRET not in str(info.value) + repr(info.value) + caplog.text
+
+
+async def test_sentinel_and_master_passwords_authenticate_and_stay_secret(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """redis_sentinel_password logs in to a password-protected sentinel; no password leaks."""
+    from actionbus.embedded import RedisSentinel, RedisServer
+
+    caplog.set_level(logging.DEBUG)
+    with (
+        RedisServer(password=SECRET + "-master") as master,
+        RedisSentinel(master, password=SECRET) as sentinel,
+    ):
+        values: dict[str, Any] = {
+            "redis_sentinels": [sentinel.address], "redis_sentinel_master": sentinel.master_name,
+            "redis_password": SECRET + "-master",
+        }  # fmt: skip
+        settings = make(**values, redis_sentinel_password=SECRET)
+        async with RedisManager(settings) as manager:
+            assert await manager.get_client().ping()
+            assert SECRET not in repr(manager)
+        assert SECRET not in every_view(settings) + caplog.text
