@@ -211,7 +211,8 @@ async def ping_or_raise(client: AnyRedis, settings: CommonAppSettings) -> None:
         async with asyncio.timeout(settings.redis_socket_connect_timeout):
             await client.ping()
     except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
-        where, detail = describe(settings), f"{type(exc).__name__}: {mask_url(str(exc))}"
+        reason = mask_url(str(exc)) or "no answer"
+        where, detail = describe(settings), f"{type(exc).__name__}: {reason}"
         if isinstance(exc, AuthenticationError) or "NOAUTH" in str(exc) or (
             "WRONGPASS" in str(exc)
         ):
@@ -226,8 +227,16 @@ async def ping_or_raise(client: AnyRedis, settings: CommonAppSettings) -> None:
                 "certificate), that the host name is in the certificate, and that the port "
                 "is the server's TLS port."
             ) from exc
+        if settings.uses_tls:
+            hint = " With TLS, also check that the port is the server's TLS port (tls-port)."
+        elif isinstance(exc, TimeoutError | RedisTimeoutError) or any(
+            word in str(exc).lower() for word in ("reset", "closed")
+        ):
+            hint = " If that port speaks TLS, use a rediss:// URL (or redis_ssl=true)."
+        else:
+            hint = ""
         raise RedisConnectionError(
             f"cannot reach Redis at {where} within "
             f"{settings.redis_socket_connect_timeout}s: {detail}. Check that the server "
-            "runs and REDIS_URL/redis_host/redis_port point at it."
+            f"runs and REDIS_URL/redis_host/redis_port point at it.{hint}"
         ) from exc

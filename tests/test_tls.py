@@ -128,10 +128,18 @@ async def test_verify_none_skips_ca(tls_server: TlsServer) -> None:
 
 
 async def test_plaintext_to_tls_port_fails(tls_server: TlsServer) -> None:
-    """A redis:// URL pointed at the TLS port fails with a connection error, not a hang."""
-    with pytest.raises(RedisConnectionError):
+    """A redis:// URL pointed at the TLS port fails suggesting rediss://."""
+    with pytest.raises(RedisConnectionError, match="use a rediss:// URL"):
         await roundtrip(settings(f"redis://127.0.0.1:{tls_server.tls_port}/0",
                                  redis_socket_connect_timeout=2.0))  # fmt: skip
+
+
+async def test_tls_to_plain_port_fails(tls_server: TlsServer, files: dict[str, str]) -> None:
+    """A rediss:// URL pointed at a plain port fails naming the TLS port as a thing to check."""
+    with pytest.raises(RedisConnectionError, match="tls-port"):
+        await roundtrip(settings(f"rediss://127.0.0.1:{tls_server.server.port}/0",
+                                 redis_ssl_ca_certs=files["ca.crt"],
+                                 redis_socket_connect_timeout=1.0))  # fmt: skip
 
 
 async def test_client_certificate_with_passphrase(
