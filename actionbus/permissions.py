@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import NoPermissionError, ResponseError
 
 from actionbus.connection import AnyRedis
@@ -102,8 +103,8 @@ def _commands(role: str) -> tuple[str, ...]:
         ) from None
 
 
-def _sample(command: str, key: str) -> list[str] | None:
-    """A representative invocation of ``command`` on ``key`` (``None``: takes no key)."""
+def _sample(command: str, key: str) -> list[str]:
+    """A representative invocation of ``command`` on ``key`` (ignored by keyless ones)."""
     forms: dict[str, list[str]] = {
         "ping": ["PING"],
         "script|load": ["SCRIPT", "LOAD", "return 1"],
@@ -159,16 +160,22 @@ async def check_permissions(
     keys = list(sample_keys)
     if not keys:
         raise ConfigurationError("check_permissions needs at least one sample key")
+    # On a cluster every primary is asked: each node has its own ACL.
+    targets: list[dict[str, Any]] = (
+        [{"target_nodes": node} for node in redis.get_primaries()]
+        if isinstance(redis, RedisCluster) else [{}]
+    )  # fmt: skip
+    name = user or ""
+    denied: list[tuple[str, str | None, str]] = []
     try:
-        name = user or text(await redis.execute_command("ACL", "WHOAMI"))
-        denied: list[tuple[str, str | None, str]] = []
-        for command in (*required, *extra):
-            for key in [None] if command in _KEYLESS else keys:
-                args = _sample(command, key or "")
-                assert args is not None
-                reply = text(await redis.execute_command("ACL", "DRYRUN", name, *args))
-                if reply != "OK":
-                    denied.append((command, key, reply))
+        for target in targets:
+            name = user or text(await redis.execute_command("ACL", "WHOAMI", **target))
+            for command in (*required, *extra):
+                for key in [None] if command in _KEYLESS else keys:
+                    args = _sample(command, key or "")
+                    reply = await redis.execute_command("ACL", "DRYRUN", name, *args, **target)
+                    if text(reply) != "OK" and (command, key) not in {d[:2] for d in denied}:
+                        denied.append((command, key, text(reply)))
     except (NoPermissionError, ResponseError) as exc:
         logger.info("permissions of role %s not checked: %s (needs Redis >= 7 and "
                     "+acl|whoami +acl|dryrun)", role, exc)  # fmt: skip

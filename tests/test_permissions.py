@@ -217,6 +217,7 @@ async def test_state_and_client_roles_on_cluster(
             s = CommonAppSettings(_env_file=None, service_name="orders", redis_cluster=True,
                                   redis_url=url)  # fmt: skip
             async with RedisManager(s) as m:
+                assert await check_permissions(m.get_client(), role, ["actionbus:dev:a:b"])
                 if role == "state":
                     sessions = RedisStateManager(m.get_client(), Session, s)
                     await sessions.update_state("u", lambda st: Session(visits=1))
