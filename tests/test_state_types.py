@@ -112,7 +112,7 @@ async def test_bare_json_written_before_still_loads(conn: Any, make_settings: Se
 
 
 async def test_migration_of_older_versions(conn: Any, make_settings: Settings) -> None:
-    """A v1 value is passed through migrate() by a v2 manager; a v2 value is a mismatch for v1."""
+    """A v2 manager migrates a v1 value; a v1 manager neither reads nor overwrites a v2 value."""
 
     class SessionV2(BaseModel):
         user_id: str
@@ -130,6 +130,9 @@ async def test_migration_of_older_versions(conn: Any, make_settings: Settings) -
     await v2.save_state("k", SessionV2(user_id="u", count=5))
     with pytest.raises(StateTypeError, match="holds a Session v2"):
         await v1.load_state("k", strict=True)
+    with pytest.raises(StateTypeError, match="holds a Session v2"):
+        await v1.save_state("k", Session(user_id="u"))  # would lose v2's data
+    assert await v2.load_state("k") == SessionV2(user_id="u", count=5)
 
 
 async def test_update_state_on_cluster_keeps_types(redis_cluster_url: str) -> None:

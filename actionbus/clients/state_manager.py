@@ -50,12 +50,16 @@ end
 return 1
 """
 
-# SET unless the key holds an envelope of another model; returns 1, or the stored model name.
+# SET unless the key holds an envelope of another model or a newer version of this one;
+# returns 1, or "<stored model> v<stored version>".
 _SAVE_SCRIPT = """
 local current = redis.call('GET', KEYS[1])
 if current then
-  local stored = string.match(current, '^{"__actionbus_state__":{"model":"([^"]*)"')
-  if stored and stored ~= ARGV[3] then return stored end
+  local model, version = string.match(
+    current, '^{"__actionbus_state__":{"model":"([^"]*)","version":(%d+)')
+  if model and (model ~= ARGV[3] or tonumber(version) > tonumber(ARGV[4])) then
+    return model .. ' v' .. version
+  end
 end
 if ARGV[2] == '' then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -203,19 +207,21 @@ class RedisStateManager(Generic[TStateModel]):
     ) -> None:
         """Store ``state_data``, optionally expiring after ``expiration_seconds``.
 
-        Raises ``StateTypeError`` (and writes nothing) when the key holds another model.
+        Raises ``StateTypeError`` (and writes nothing) when the key holds another model, or
+        a newer ``schema_version`` of this one.
         """
         payload = self._dump(state_data)
         self._check_expiry(expiration_seconds)
         result = await self._save(
             keys=[self.key_for(state_key)],
-            args=[payload, expiration_seconds or "", self.model_name],
+            args=[payload, expiration_seconds or "", self.model_name, self.schema_version],
         )
         if result != 1:
             stored = result.decode() if isinstance(result, bytes) else str(result)
             raise StateTypeError(
                 f"save_state({state_key!r}) refused: {self.key_for(state_key)} holds a "
-                f"{stored}, not a {self.model_name}; delete_state() it first if it is stale"
+                f"{stored}, not a {self.model_name} v{self.schema_version} (or older); "
+                "delete_state() it first if it is stale"
             )
 
     async def delete_state(self, state_key: str) -> bool:
