@@ -16,13 +16,18 @@ from actionbus.exceptions import (
     HandlerError,
     InvalidNameError,
     PayloadTooLargeError,
+    PermissionsError,
+    RedisAuthenticationError,
     RedisConnectionError,
+    RedisTLSError,
     SendError,
     StateConflictError,
     StateError,
+    StateTypeError,
 )
 from actionbus.inspect import ConsumerInfo, GroupInfo, ServiceInfo, inspect_service
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
+from actionbus.permissions import acl_setuser, check_permissions
 
 # The RedisPool instance stays at actionbus.redis_pool.redis_pool: re-exporting it here
 # would hide the submodule of the same name (`import actionbus.redis_pool as m`).
@@ -63,20 +68,26 @@ __all__ = [
     "InvalidNameError",
     "Layer",
     "PayloadTooLargeError",
+    "PermissionsError",
     "QueueManager",
+    "RedisAuthenticationError",
     "RedisConnectionError",
     "RedisManager",
     "RedisPool",
     "RedisStateManager",
+    "RedisTLSError",
     "Schedule",
     "SendError",
     "ServiceInfo",
     "StateConflictError",
     "StateError",
+    "StateTypeError",
     "WorkerContext",
     "WorkerSettings",
     "WorkerStats",
     "__version__",
+    "acl_setuser",
+    "check_permissions",
     "close_redis_pool",
     "get_redis_client",
     "inspect_service",

@@ -9,7 +9,9 @@
     actionbus worker MODULE:ATTRIBUTE          run a BaseWorker (or a factory returning one)
 
 Connection settings come from the environment (``REDIS_URL``, ``ENVIRONMENT``,
-``KEY_PREFIX``…, see ``CommonAppSettings``); ``--url`` overrides the URL.
+``KEY_PREFIX``…, see ``CommonAppSettings``); ``--url`` overrides the URL. Any failure
+prints one line (``Error: what failed. what to check``, no password) and exits 1;
+``--debug`` (or ``ACTIONBUS_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 from pydantic import ValidationError
 
+from actionbus.cli_errors import describe_error
 from actionbus.clients.base_redis_client import BaseRedisClient
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.redis_manager import RedisManager
@@ -49,10 +52,7 @@ T = TypeVar("T")
 def _settings(ctx: click.Context) -> CommonAppSettings:
     overrides: dict[str, Any] = {k: v for k, v in ctx.obj.items() if v is not None}
     overrides.setdefault("service_name", os.environ.get("SERVICE_NAME", "actionbus-cli"))
-    try:
-        return CommonAppSettings(**overrides)
-    except ValidationError as exc:
-        raise click.UsageError(f"invalid settings: {exc}") from None
+    return CommonAppSettings(**overrides)  # errors: one line from _Cli.invoke
 
 
 def _queues(manager: RedisManager) -> QueueManager:
@@ -64,22 +64,42 @@ def _run(ctx: click.Context, work: Callable[[RedisManager], Awaitable[T]]) -> T:
         async with RedisManager(_settings(ctx)) as manager:
             return await work(manager)
 
-    try:
-        return asyncio.run(go())
-    except ActionBusError as exc:
-        raise click.ClickException(str(exc)) from None
+    return asyncio.run(go())  # errors: one line from _Cli.invoke
 
 
-@click.group()
+_DEBUG = "actionbus.debug"
+
+
+class _Cli(click.Group):
+    """The command group: any failure becomes one ``Error:`` line unless ``--debug``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.meta.get(_DEBUG):
+                raise
+            raise click.ClickException(describe_error(exc)) from None
+
+
+@click.group(cls=_Cli)
+@click.option(
+    "--debug", is_flag=True, envvar="ACTIONBUS_DEBUG",
+    help="Show tracebacks and DEBUG logs instead of one-line errors.",
+)  # fmt: skip
 @click.option("--url", "redis_url", envvar="REDIS_URL", help="Redis URL (default: $REDIS_URL).")
 @click.option("--environment", default=None, help="Key environment (default: $ENVIRONMENT/dev).")
 @click.option("--prefix", "key_prefix", default=None, help="Key prefix (default: actionbus).")
 @click.option("--service", "service_name", default=None, help="Name this CLI sends as.")
 @click.pass_context
-def main(ctx: click.Context, /, **options: str | None) -> None:
+def main(ctx: click.Context, /, debug: bool, **options: str | None) -> None:
     """Inspect and operate actionbus services."""
+    ctx.meta[_DEBUG] = debug
     ctx.obj = options
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if debug else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 @main.command()
@@ -243,3 +263,7 @@ def cancel_delayed(ctx: click.Context, service: str, action_id: str) -> None:
             "stream, cancelled, or never added); see `actionbus delayed list`"
         )
     click.echo(f"cancelled delayed action {action_id} of {service}")
+
+
+if __name__ == "__main__":  # python -m actionbus.cli
+    main()

@@ -319,6 +319,8 @@ class RedisSentinel(RedisServer):
     """A ``redis-server --sentinel`` process monitoring one master as ``master_name``.
 
     Quorum 1 and ``down_after_ms`` (default 1000) make failover fast enough for tests.
+    ``password`` makes the sentinel itself require AUTH; a master started with a password
+    is monitored with it (``sentinel auth-pass``).
     """
 
     def __init__(
@@ -328,8 +330,9 @@ class RedisSentinel(RedisServer):
         master_name: str = "mymaster",
         down_after_ms: int = 1000,
         executable: str | None = None,
+        password: str | None = None,
     ) -> None:
-        super().__init__(executable=executable)
+        super().__init__(executable=executable, password=password)
         self.master_name = master_name
         self._master = master
         self._down_after_ms = down_after_ms
@@ -344,7 +347,10 @@ class RedisSentinel(RedisServer):
                 f"sentinel monitor {name} {master.host} {master.port} 1",
                 f"sentinel down-after-milliseconds {name} {self._down_after_ms}",
                 f"sentinel failover-timeout {name} 10000",
-                f"sentinel parallel-syncs {name} 1", "",
+                f"sentinel parallel-syncs {name} 1",
+                *([f"requirepass {self._password}"] if self._password is not None else []),
+                *([f"sentinel auth-pass {name} {master._password}"]
+                  if master._password is not None else []), "",
             ]))  # fmt: skip
         return [executable, str(config), "--sentinel"]
 

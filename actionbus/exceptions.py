@@ -4,6 +4,9 @@
     ├── ConfigurationError          settings or arguments that cannot work
     ├── InvalidNameError            a service name, context or key part that could forge a key
     ├── RedisConnectionError        Redis could not be reached (host and port named, no password)
+    │   ├── RedisAuthenticationError  the server refused the user name / password
+    │   └── RedisTLSError           the TLS handshake failed (CA, host name, TLS port)
+    ├── PermissionsError            the Redis user lacks commands or keys a role needs
     ├── ClientNotInitializedError   a manager used before initialize() or after close()
     ├── SendError                   an action could not be sent
     │   └── PayloadTooLargeError    the serialized action is above the configured size limit
@@ -13,7 +16,8 @@
     ├── DeadLetterError             a dead letter could not be found or replayed
     ├── DelayedActionError          a delayed action or schedule that cannot be used as given
     ├── StateError                  the state store could not complete an update
-    │   └── StateConflictError      an optimistic update kept conflicting with other writers
+    │   ├── StateConflictError      an optimistic update kept conflicting with other writers
+    │   └── StateTypeError          a stored state belongs to another model (or version)
     └── EmbeddedRedisError          a local redis-server could not be found, started or stopped
 
 Errors say what happened, to what (key, service, action id) and what to do next.
@@ -35,10 +39,14 @@ __all__ = [
     "HandlerError",
     "InvalidNameError",
     "PayloadTooLargeError",
+    "PermissionsError",
+    "RedisAuthenticationError",
     "RedisConnectionError",
+    "RedisTLSError",
     "SendError",
     "StateConflictError",
     "StateError",
+    "StateTypeError",
 ]
 
 
@@ -56,6 +64,25 @@ class InvalidNameError(ActionBusError, ValueError):
 
 class RedisConnectionError(ActionBusError):
     """Redis could not be reached within the connect timeout."""
+
+
+class RedisAuthenticationError(RedisConnectionError):
+    """The server refused the configured user name or password (no password in the text)."""
+
+
+class RedisTLSError(RedisConnectionError):
+    """The TLS handshake failed: unknown CA, host name not in the certificate, not a TLS port."""
+
+
+class PermissionsError(ActionBusError):
+    """The Redis user lacks commands or key access that a role needs.
+
+    ``missing`` lists each denied ``(command, key)``; ``key`` is ``None`` for keyless commands.
+    """
+
+    def __init__(self, message: str, *, missing: list[tuple[str, str | None]]) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 class ClientNotInitializedError(ActionBusError):
@@ -100,6 +127,10 @@ class StateError(ActionBusError):
 
 class StateConflictError(StateError):
     """An optimistic ``update_state`` lost the race more times than allowed."""
+
+
+class StateTypeError(StateError):
+    """A stored state was written by another model type (or an unmigrated schema version)."""
 
 
 class EmbeddedRedisError(ActionBusError):

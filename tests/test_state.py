@@ -53,7 +53,7 @@ async def test_load_missing_returns_none(sessions: RedisStateManager[UserSession
 async def test_save_then_load_round_trip(
     sessions: RedisStateManager[UserSessionState], conn: Any
 ) -> None:
-    """save_state stores the model's JSON under the service's state key; load_state returns it."""
+    """save_state stores the model's JSON in a typed envelope under the service's state key."""
     state = UserSessionState(user_id="42", visits=3)
     assert await sessions.save_state("user_session:42", state) is None
     loaded = await sessions.load_state("user_session:42")
@@ -61,7 +61,10 @@ async def test_save_then_load_round_trip(
     assert isinstance(loaded, UserSessionState)
     key = "actionbus:dev:{sessions}:state:user_session:42"
     assert sessions.key_for("user_session:42") == key
-    assert json.loads(await conn.get(key)) == {"user_id": "42", "visits": 3}
+    assert json.loads(await conn.get(key)) == {
+        "__actionbus_state__": {"model": "UserSessionState", "version": 1},
+        "data": {"user_id": "42", "visits": 3},
+    }
     assert await conn.ttl(key) == -1
 
 

@@ -3,16 +3,18 @@
 Read from keyword arguments, then environment variables, then ``.env``. Connection
 precedence: an explicitly given ``redis_url`` wins; otherwise the URL is built from
 ``redis_host``/``redis_port``/``redis_db``/``redis_username``/``redis_password``/``redis_ssl``.
-Passwords are ``SecretStr`` and are masked wherever a URL is shown.
+Passwords are ``SecretStr``; ``redis_url`` stays a ``str`` (code reads it as before) but any
+password in it is masked in reprs, ``model_dump()`` and ``model_dump_json()``. TLS options
+(``redis_ssl_*``) apply to standalone, Sentinel and cluster connections.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["CommonAppSettings"]
@@ -21,12 +23,17 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _LOG_LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET"}
 
 
+def _is_secret_param(name: str) -> bool:
+    return "password" in name.lower()
+
+
 def mask_url(url: str) -> str:
-    """Return ``url`` with any password (in the userinfo or a ``password=`` query) as ``***``."""
+    """Return ``url`` with every password as ``***``: the userinfo one and any query
+    parameter whose name contains ``password`` (``password=``, ``ssl_password=``...)."""
     try:
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
-        if parts.password is None and not any(k == "password" for k, _ in query):
+        if parts.password is None and not any(_is_secret_param(k) for k, _ in query):
             return url
         netloc = parts.netloc
         if parts.password is not None:
@@ -34,7 +41,9 @@ def mask_url(url: str) -> str:
             if parts.port is not None:
                 host = f"{host}:{parts.port}"
             netloc = f"{parts.username or ''}:***@{host}"
-        masked = urlencode([(k, "***" if k == "password" else v) for k, v in query], safe="*")
+        masked = urlencode(
+            [(k, "***" if _is_secret_param(k) else v) for k, v in query], safe="*"
+        )
         return urlunsplit((parts.scheme, netloc, parts.path, masked, ""))
     except ValueError:
         return "<unparsable URL>"
@@ -70,6 +79,32 @@ class CommonAppSettings(BaseSettings):
     )
     redis_sentinel_master: str | None = Field(
         None, description="The master's name as the sentinels know it (`sentinel monitor`)."
+    )
+
+    redis_sentinel_username: str | None = Field(
+        None, description="ACL user on the sentinels themselves (when they require AUTH)."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="Password of the sentinels (secret); the master uses redis_password."
+    )
+    redis_sentinel_ssl: bool | None = Field(
+        None, description="TLS to the sentinels; unset means the same as redis_ssl."
+    )
+
+    redis_ssl_ca_certs: str | None = Field(None, description="CA bundle file (PEM) for TLS.")
+    redis_ssl_ca_path: str | None = Field(None, description="Directory of CA files for TLS.")
+    redis_ssl_certfile: str | None = Field(None, description="Client certificate (PEM).")
+    redis_ssl_keyfile: str | None = Field(None, description="Client private key (PEM).")
+    redis_ssl_password: SecretStr | None = Field(
+        None, description="Passphrase of an encrypted redis_ssl_keyfile (secret)."
+    )
+    redis_ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
+        "required", description="Server certificate verification: required, optional, none."
+    )
+    redis_ssl_check_hostname: bool | None = Field(
+        None,
+        description="Check that the server certificate names the host connected to; unset "
+        "means on unless redis_ssl_cert_reqs is none.",
     )
 
     redis_decode_responses: bool = Field(
@@ -159,6 +194,41 @@ class CommonAppSettings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_tls(self) -> CommonAppSettings:
+        given = [
+            name for name in ("redis_ssl_ca_certs", "redis_ssl_ca_path", "redis_ssl_certfile",
+                              "redis_ssl_keyfile", "redis_ssl_password")
+            if getattr(self, name) is not None
+        ]  # fmt: skip
+        if given and not self.uses_tls:
+            raise ValueError(
+                f"{', '.join(given)} set but the connection is not TLS: use a rediss:// "
+                "redis_url or redis_ssl=true"
+            )
+        if self.redis_ssl_keyfile and not self.redis_ssl_certfile:
+            raise ValueError("redis_ssl_keyfile needs redis_ssl_certfile (the client certificate)")
+        if self.redis_ssl_check_hostname is True and self.redis_ssl_cert_reqs == "none":
+            raise ValueError(
+                "redis_ssl_check_hostname=true needs certificate verification: set "
+                "redis_ssl_cert_reqs to required/optional, or redis_ssl_check_hostname=false"
+            )
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether data connections use TLS (``rediss://`` or ``redis_ssl``)."""
+        if self.redis_sentinels:
+            return self.redis_ssl or (self.redis_sentinel_ssl is True)
+        return urlsplit(self.effective_redis_url).scheme == "rediss"
+
+    @property
+    def tls_check_hostname(self) -> bool:
+        """The hostname check in effect (``redis_ssl_check_hostname`` or its default)."""
+        if self.redis_ssl_check_hostname is None:
+            return self.redis_ssl_cert_reqs != "none"
+        return self.redis_ssl_check_hostname
+
     @property
     def effective_redis_url(self) -> str:
         """The URL used to connect: ``redis_url`` if given, else one built from the fields."""
@@ -177,6 +247,11 @@ class CommonAppSettings(BaseSettings):
     def masked_redis_url(self) -> str:
         """``effective_redis_url`` with the password replaced by ``***``."""
         return mask_url(self.effective_redis_url)
+
+    @field_serializer("redis_url")
+    def _mask_redis_url(self, value: str | None) -> str | None:
+        """Dumps (``model_dump``/``model_dump_json``) never carry a URL password."""
+        return mask_url(value) if value else value
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
