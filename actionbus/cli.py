@@ -39,7 +39,6 @@ from actionbus.clients.redis_manager import RedisManager
 from actionbus.config import CommonAppSettings
 from actionbus.dead_letters import DeadLetterQueue
 from actionbus.delayed import DelayedQueue
-from actionbus.exceptions import ActionBusError
 from actionbus.inspect import inspect_service
 from actionbus.models.actions import DomainAction
 from actionbus.workers.base_worker import BaseWorker

@@ -136,9 +136,9 @@ async def test_state_role(server: Any, connect: Connect) -> None:
 async def test_cli_role(server: Any) -> None:
     """info, dead-letters list/replay and send run for the cli user under its ACL only."""
     with server.client() as admin:
-        admin.xadd("actionbus:dev:inventory:streams:main", {"data": "{}"})
-        admin.xgroup_create("actionbus:dev:inventory:streams:main", "inventory", id="0")
-        admin.xadd("actionbus:dev:inventory:streams:dead", {"data": "{}", "reason": "malformed"})
+        admin.xadd("actionbus:dev:{inventory}:streams:main", {"data": "{}"})
+        admin.xgroup_create("actionbus:dev:{inventory}:streams:main", "inventory", id="0")
+        admin.xadd("actionbus:dev:{inventory}:streams:dead", {"data": "{}", "reason": "malformed"})
     url = f"redis://actionbus-cli:{PASSWORD}@127.0.0.1:{server.port}/0"
 
     def run(*args: str) -> str:
@@ -160,7 +160,7 @@ async def test_check_permissions_passes_for_each_role(server: Any) -> None:
             setuser(admin, acl_setuser(role, password=PASSWORD))
     for role in ROLE_COMMANDS:
         async with RedisManager(settings_for(server, role, "inventory")) as m:
-            keys = ["actionbus:dev:inventory:streams:main", "actionbus:dev:orders:responses:x"]
+            keys = ["actionbus:dev:{inventory}:streams:main", "actionbus:dev:{orders}:responses:x"]
             assert await check_permissions(m.get_client(), role, keys) is True
 
 
@@ -172,7 +172,7 @@ async def test_check_permissions_names_each_missing_command(server: Any) -> None
     async with RedisManager(settings_for(server, "worker", "inventory")) as m:
         with pytest.raises(PermissionsError, match=r"xack on .*xclaim on") as info:
             await check_permissions(m.get_client(), "worker",
-                                    ["actionbus:dev:inventory:streams:main"])  # fmt: skip
+                                    ["actionbus:dev:{inventory}:streams:main"])  # fmt: skip
     assert {c for c, _ in info.value.missing} == {"xack", "xclaim"}
     assert PASSWORD not in str(info.value)
 
