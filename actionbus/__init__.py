@@ -13,6 +13,7 @@ from actionbus.exceptions import (
     EmbeddedRedisError,
     HandlerError,
     InvalidNameError,
+    InvalidReply,
     PayloadTooLargeError,
     RedisConnectionError,
     SendError,
@@ -20,6 +21,7 @@ from actionbus.exceptions import (
     StateError,
 )
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
+from actionbus.models.parsing import parse_reply
 
 # The RedisPool instance stays at actionbus.redis_pool.redis_pool: re-exporting it here
 # would hide the submodule of the same name (`import actionbus.redis_pool as m`).
@@ -49,6 +51,7 @@ __all__ = [
     "Handler",
     "HandlerError",
     "InvalidNameError",
+    "InvalidReply",
     "PayloadTooLargeError",
     "QueueManager",
     "RedisConnectionError",
@@ -63,4 +66,5 @@ __all__ = [
     "__version__",
     "close_redis_pool",
     "get_redis_client",
+    "parse_reply",
 ]

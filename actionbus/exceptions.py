@@ -11,6 +11,7 @@
     ├── HandlerError                a handler is missing, registered twice, or has a bad signature
     ├── ActionRejected              an action that can never succeed: dead-lettered, not retried
     ├── DeadLetterError             a dead letter could not be found or replayed
+    ├── InvalidReply                a reply arrived that is not a valid DomainActionResponse
     ├── StateError                  the state store could not complete an update
     │   └── StateConflictError      an optimistic update kept conflicting with other writers
     └── EmbeddedRedisError          a local redis-server could not be found, started or stopped
@@ -32,6 +33,7 @@ __all__ = [
     "EmbeddedRedisError",
     "HandlerError",
     "InvalidNameError",
+    "InvalidReply",
     "PayloadTooLargeError",
     "RedisConnectionError",
     "SendError",
@@ -98,3 +100,21 @@ class StateConflictError(StateError):
 
 class EmbeddedRedisError(ActionBusError):
     """A local ``redis-server`` could not be found, started or stopped."""
+
+
+class InvalidReply(ActionBusError):
+    """A reply that is not a valid ``DomainActionResponse`` (see docs/wire-format.md).
+
+    ``raw`` is the payload as received, ``reason`` the validation message and
+    ``correlation_id`` the payload's ``correlation_id`` when one could be read, so the
+    waiting caller gets this error at once instead of a timeout.
+    """
+
+    def __init__(self, raw: str, reason: str, correlation_id: str | None = None) -> None:
+        super().__init__(
+            f"invalid reply (correlation_id {correlation_id!r}): {reason}; payload: "
+            f"{raw[:300]!r}. The answering service must follow docs/wire-format.md."
+        )
+        self.raw = raw
+        self.reason = reason
+        self.correlation_id = correlation_id

@@ -24,7 +24,7 @@ INTERNAL = {
         "close_redis_client", "connection_options", "create_redis_client", "ping_or_raise",
     },
     "actionbus.dead_letters": {"dead_letter_fields"},  # the worker's writer
-    "actionbus.models.actions": {"utc_now"},
+    "actionbus.models.actions": {"format_timestamp", "utc_now"},
     "actionbus.streams": {"ensure_group", "is_busygroup", "is_nogroup", "text"},
     "actionbus.workers.maintenance": {
         "check_eviction_policy", "remove_gone_consumers", "safe_trim", "safe_trim_id",

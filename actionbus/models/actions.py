@@ -1,7 +1,11 @@
 """The wire messages: ``DomainAction``, ``DomainActionResponse`` and ``ErrorDetail``.
 
 Their JSON is the wire format (stream field ``data``; response lists hold the response
-JSON). Unknown fields are kept, so newer senders can talk to older workers.
+JSON), specified in ``docs/wire-format.md``. Unknown fields are kept, so newer senders can
+talk to older workers. Readers are tolerant (``null`` = absent for optional fields, an
+integer ``error_code``, epoch-millisecond timestamps); writers are strict (every field
+emitted, ``null`` where empty, even with ``exclude_none=True``; timestamps as
+``YYYY-MM-DDTHH:MM:SS.ffffffZ``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 __all__ = [
     "ACTION_TYPE_PATTERN",
@@ -19,6 +33,7 @@ __all__ = [
     "DomainAction",
     "DomainActionResponse",
     "ErrorDetail",
+    "format_timestamp",
     "utc_now",
 ]
 
@@ -43,6 +58,83 @@ def _as_text(value: Any) -> Any:
     return value
 
 
+_EPOCH_MS_MIN = 100_000_000_000
+"""Epoch numbers below this (1973-03-03 in milliseconds) look like seconds: refused."""
+
+
+def format_timestamp(value: datetime) -> str:
+    """The one timestamp form writers emit: RFC 3339 UTC, microseconds, ``Z``."""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _read_timestamp(value: Any) -> Any:
+    """Refuse numbers that are not epoch milliseconds and digit-only strings.
+
+    What passes goes on to Pydantic: RFC 3339 / ISO 8601 strings (zone-less means UTC),
+    and numbers, which Pydantic reads as milliseconds above 2e10 (all that pass here).
+    """
+    if isinstance(value, int | float):
+        if not abs(value) >= _EPOCH_MS_MIN:
+            raise ValueError(
+                f"numeric timestamp {value!r} is not Unix epoch milliseconds (it looks like "
+                "seconds): send milliseconds, or an RFC 3339 string such as "
+                "2026-01-01T00:00:00.000000Z"
+            )
+    elif isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError(
+            f"timestamp {value!r} is a number in a string: send an RFC 3339 string such as "
+            "2026-01-01T00:00:00.000000Z, or epoch milliseconds as a JSON number"
+        )
+    return value
+
+
+def _empty_if_null(value: Any) -> Any:
+    """``null`` and absent mean the same for the object fields ``data`` and ``metadata``."""
+    return {} if value is None else value
+
+
+class _WireUUID(uuid.UUID):
+    """A UUID read from a non-canonical string (e.g. uppercase); keeps that string."""
+
+    original: str
+
+    def __init__(self, value: str) -> None:
+        super().__init__(value)
+        object.__setattr__(self, "original", value)
+
+
+def _read_uuid(value: Any) -> Any:
+    """Keep a non-canonical UUID string so replies can echo it exactly."""
+    if isinstance(value, str):
+        try:
+            parsed = uuid.UUID(value)
+        except ValueError:
+            return value  # Pydantic reports it
+        return parsed if str(parsed) == value else _WireUUID(value)
+    return value
+
+
+class _WireModel(BaseModel):
+    """Base of the wire models: strict writers."""
+
+    @model_serializer(mode="wrap")
+    def _emit_every_field(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> Any:
+        """Serialize with every declared field present, ``null`` where empty.
+
+        ``exclude_none`` then only drops unknown (extra) fields that are ``None``; explicit
+        ``include``/``exclude`` are honoured as given.
+        """
+        out = handler(self)
+        if not info.exclude_none or info.include is not None or info.exclude is not None:
+            return out
+        full = {name: out.get(name) for name in type(self).model_fields}
+        full.update(out)
+        return full
+
+
 def check_service_name(value: str, what: str = "service name") -> str:
     """Return ``value`` if it is a valid service name, else raise ``ValueError`` saying why."""
     if not isinstance(value, str) or not _SERVICE_RE.fullmatch(value):
@@ -63,18 +155,22 @@ def check_action_type(value: str, what: str = "action_type") -> str:
     return value
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(_WireModel):
     """Why an action failed: a type, an optional code, a message and free-form details."""
 
     model_config = ConfigDict(extra="allow")
 
     error_type: str
-    error_code: str | None = None
+    error_code: str | None = Field(
+        None, description="A string; integers are accepted on read and kept as text."
+    )
     message: str
     details: dict[str, Any] | None = None
 
+    _code = field_validator("error_code", mode="before")(_as_text)
 
-class DomainAction(BaseModel):
+
+class DomainAction(_WireModel):
     """A typed message from one service to another."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
@@ -106,6 +202,13 @@ class DomainAction(BaseModel):
         "tenant_id", "session_id", "task_id", "user_id", "correlation_id", "trace_id",
         mode="before",
     )(_as_text)
+    _uuid = field_validator("action_id", mode="before")(_read_uuid)
+    _times = field_validator("timestamp", "expires_at", mode="before")(_read_timestamp)
+    _objects = field_validator("data", "metadata", mode="before")(_empty_if_null)
+
+    @field_serializer("timestamp", "expires_at")
+    def _write_time(self, value: datetime | None) -> str | None:
+        return None if value is None else format_timestamp(value)
 
     @field_validator("action_type")
     @classmethod
@@ -136,11 +239,14 @@ class DomainAction(BaseModel):
 
     @property
     def reply_correlation_id(self) -> str:
-        """The id a reply or callback carries: ``correlation_id``, else the action id."""
-        return self.correlation_id or str(self.action_id)
+        """The id a reply or callback carries: ``correlation_id``, else the action id
+        exactly as the sender wrote it (an uppercase UUID stays uppercase)."""
+        return self.correlation_id or getattr(self.action_id, "original", None) or str(
+            self.action_id
+        )
 
 
-class DomainActionResponse(BaseModel):
+class DomainActionResponse(_WireModel):
     """The answer to a pseudo-sync ``DomainAction``."""
 
     model_config = ConfigDict(extra="allow")
@@ -155,6 +261,18 @@ class DomainActionResponse(BaseModel):
     error: ErrorDetail | None = None
 
     _ids = field_validator("correlation_id", "trace_id", mode="before")(_as_text)
+    _uuid = field_validator("action_id", mode="before")(_read_uuid)
+    _time = field_validator("timestamp", mode="before")(_read_timestamp)
+    _data = field_validator("data", mode="before")(_empty_if_null)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    @field_serializer("timestamp")
+    def _write_time(self, value: datetime) -> str:
+        return format_timestamp(value)
 
     @model_validator(mode="after")
     def _success_matches_error(self) -> DomainActionResponse:
