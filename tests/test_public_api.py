@@ -40,6 +40,11 @@ INTERNAL = {
         "RedisCluster", "RedisSentinel", "RedisServer", "find_redis_server", "free_port",
     },
     "actionbus.metrics": {"WorkerMetrics"},  # needs the [prometheus] extra
+    # The wire contract's generators, used from their own module and by the CLI.
+    "actionbus.schema": {
+        "CallbackMetadata", "DeadLetterEntry", "asyncapi_document", "json_schemas",
+        "write_schemas",
+    },
     # Used from their own module; the worker and client call the hooks.
     "actionbus.tracing": {"disable_tracing", "enable_tracing", "inject_context", "process_span"},
 }
