@@ -61,10 +61,12 @@ def test_explicit_exclude_is_honoured() -> None:
     "2026-01-02T04:04:05+01:00",
     "2026-01-02T03:04:05",
     "2026-01-02T03:04:05.000000Z",
+    "2026-01-02T03:04:05.000000999Z",
+    "2026-01-02 03:04:05Z",
     1767323045000,
 ])
 def test_accepted_timestamp_forms(value: object) -> None:
-    """Z, offsets, zone-less (UTC) and epoch-millisecond numbers all read as the same instant."""
+    """Z, offsets, zone-less (UTC), space, nanoseconds and epoch ms read as the same instant."""
     action = DomainAction.model_validate({"action_type": "a.b", "timestamp": value})
     assert action.timestamp == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert json.loads(action.model_dump_json())["timestamp"] == "2026-01-02T03:04:05.000000Z"

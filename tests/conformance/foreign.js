@@ -70,6 +70,11 @@ function reply(request, overrides) {
 }
 
 const commands = {
+  // Validate given messages: [{kind, message}] -> their checks.
+  async validate(redis, cfg) {
+    return { checks: cfg.messages.map((m) => check(m.kind, m.message)) };
+  },
+
   // XADD raw entries: [{stream, fields: {name: value}}]; returns their entry ids.
   async xadd(redis, cfg) {
     const ids = [];

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -402,3 +403,45 @@ async def test_oversize_entry_is_dead_lettered(svc: Service, node: Node) -> None
     await _eventually(settled, timeout=10)
     letters = await svc.dead_letters(node, 1, timeout=1)
     assert letters.get(sent["ids"][0], {}).get("message", {}).get("reason") == "oversize"
+
+
+# --- the spec itself ----------------------------------------------------------------------
+
+SPEC = (HERE.parent.parent / "docs" / "wire-format.md").read_text()
+
+
+async def test_spec_examples_match_the_schemas(node: Node) -> None:
+    """Every JSON example of docs/wire-format.md is valid against its schema, checked by ajv."""
+    found = re.findall(r"<!-- wire-example: ([\w-]+) -->\n```json\n(.*?)```", SPEC, re.S)
+    assert found
+    result = await node("validate", messages=[
+        {"kind": kind, "message": json.loads(text)} for kind, text in found])
+    for check in result["checks"]:
+        _assert_valid(check)
+
+
+async def test_schemas_refuse_what_writers_must_not_emit(node: Node) -> None:
+    """ajv refuses a reply missing trace_id, a '+00:00' timestamp and an uppercase id."""
+    good = {"action_id": "9a1d6a2b-5f0e-4d4b-8c3a-1e2f3a4b5c6d", "correlation_id": "c",
+            "trace_id": None, "action_type_response_to": "a.b", "success": True,
+            "timestamp": "2026-01-02T03:04:05.000000Z", "data": {}, "error": None}
+    bad = [
+        {k: v for k, v in good.items() if k != "trace_id"},
+        {**good, "timestamp": "2026-01-02T03:04:05.000000+00:00"},
+        {**good, "action_id": good["action_id"].upper()},
+    ]
+    result = await node("validate", messages=[
+        {"kind": "domain-action-response", "message": m} for m in [good, *bad]])
+    assert [c["valid"] for c in result["checks"]] == [True, False, False, False]
+
+
+def test_rejection_table_lists_every_case() -> None:
+    """Each (reason, error_type) the suite provokes is a row of the spec's rejection table."""
+    table = SPEC.split("## Rejection table", 1)[1].split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.split("|")[2:4]]
+            for line in table.splitlines() if line.startswith("| ")]
+    for name, (_, reason, error_type) in _cases(QueueManager("dev")).items():
+        assert any(r == f"`{reason}`" and (f"`{error_type}`" in e or "exception's class" in e)
+                   for r, e in rows), f"{name}: {reason}/{error_type} not in the table"
+    assert ["`unknown_action_type`", "—"] in rows
+    assert ["`oversize`", "—"] in rows
