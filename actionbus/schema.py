@@ -168,7 +168,7 @@ def worker_routes(worker: BaseWorker) -> list[tuple[str, type[BaseModel] | None]
     return routes
 
 
-def _literal_braces(address: str) -> dict[str, Any]:
+def address_parameters(address: str) -> dict[str, Any]:
     """AsyncAPI parameters for ``{…}`` in a key: Redis hash tags, literal braces."""
     params: dict[str, Any] = {}
     start = address.find("{")
@@ -257,7 +257,7 @@ def asyncapi_document(worker: BaseWorker) -> dict[str, Any]:
         "channels": {
             "actions": {
                 "address": stream,
-                **_literal_braces(stream),
+                **address_parameters(stream),
                 "description": "XADD an entry with one field, 'data' = the action's JSON.",
                 "messages": messages,
             },
@@ -286,7 +286,7 @@ def asyncapi_document(worker: BaseWorker) -> dict[str, Any]:
             },
             "dead_letters": {
                 "address": dead,
-                **_literal_braces(dead),
+                **address_parameters(dead),
                 "description": "Entries the worker buried; see the dead-letter schema.",
             },
         },

@@ -70,6 +70,18 @@ function reply(request, overrides) {
 }
 
 const commands = {
+  // Validate an AsyncAPI document against the official AsyncAPI 3.0.0 JSON Schema.
+  async asyncapi(redis, cfg) {
+    const Ajv = require("ajv");
+    const ajv = new Ajv({ allErrors: true, strict: false, validateFormats: false });
+    const validate = ajv.compile(require("@asyncapi/specs/schemas/3.0.0-without-$id.json"));
+    return { checks: cfg.documents.map((doc) => {
+      const ok = validate(doc);
+      return { kind: "asyncapi-3.0.0", valid: ok,
+        errors: ok ? [] : validate.errors.map((e) => `${e.instancePath} ${e.message}`) };
+    }) };
+  },
+
   // Validate given messages: [{kind, message}] -> their checks.
   async validate(redis, cfg) {
     return { checks: cfg.messages.map((m) => check(m.kind, m.message)) };

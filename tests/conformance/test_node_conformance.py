@@ -9,6 +9,7 @@ committed JSON Schemas. Key names are passed in from ``QueueManager``, never bui
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from actionbus import (
     QueueManager,
     WorkerSettings,
 )
+from actionbus.schema import address_parameters, asyncapi_document
 
 HERE = Path(__file__).parent
 NODE, NPM = shutil.which("node"), shutil.which("npm")
@@ -433,6 +435,21 @@ async def test_schemas_refuse_what_writers_must_not_emit(node: Node) -> None:
     result = await node("validate", messages=[
         {"kind": "domain-action-response", "message": m} for m in [good, *bad]])
     assert [c["valid"] for c in result["checks"]] == [True, False, False, False]
+
+
+async def test_asyncapi_document_is_valid_asyncapi_3(svc: Service, node: Node) -> None:
+    """The generated AsyncAPI document, with plain or hash-tagged keys, passes the 3.0.0 schema."""
+    doc = asyncapi_document(svc.worker)
+    tagged = copy.deepcopy(doc)
+    address = "actionbus:dev:{inventory}:streams:main"
+    tagged["channels"]["actions"] = {**tagged["channels"]["actions"], "address": address,
+                                     **address_parameters(address)}
+    assert tagged["channels"]["actions"]["parameters"]["inventory"]["enum"] == ["inventory"]
+    broken = {k: v for k, v in doc.items() if k != "info"}
+    result = await node("asyncapi", documents=[doc, tagged, broken])
+    for check in result["checks"][:2]:
+        _assert_valid(check)
+    assert result["checks"][2]["valid"] is False
 
 
 def test_rejection_table_lists_every_case() -> None:
