@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import uuid
 from datetime import UTC, datetime
 
@@ -97,6 +99,9 @@ def test_uppercase_action_id_is_echoed_exactly_as_correlation() -> None:
     assert action.reply_correlation_id == raw_id
     assert json.loads(action.model_dump_json())["action_id"] == raw_id.lower()
     assert DomainActionResponse.for_action(action).correlation_id == raw_id
+    for copied in (copy.deepcopy(action), pickle.loads(pickle.dumps(action)),
+                   action.model_copy(deep=True)):
+        assert copied.reply_correlation_id == raw_id
 
 
 def test_uppercase_correlation_id_is_kept() -> None:

@@ -103,6 +103,10 @@ class _WireUUID(uuid.UUID):
         super().__init__(value)
         object.__setattr__(self, "original", value)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copies and pickles keep the original string."""
+        return (_WireUUID, (self.original,))
+
 
 def _read_uuid(value: Any) -> Any:
     """Keep a non-canonical UUID string so replies can echo it exactly."""
