@@ -6,7 +6,7 @@ import copy
 import json
 import pickle
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
@@ -84,11 +84,20 @@ def test_refused_timestamp_forms(value: object) -> None:
 def test_expires_at_and_reply_timestamp_use_the_same_rules() -> None:
     """expires_at and a reply's timestamp accept epoch milliseconds and write Z with µs."""
     action = DomainAction.model_validate(
-        {"action_type": "a.b", "expires_at": 1767323045123})
-    assert json.loads(action.model_dump_json())["expires_at"] == "2026-01-02T03:04:05.123000Z"
+        {"action_type": "a.b", "expires_at": 1767323045000})
+    assert json.loads(action.model_dump_json())["expires_at"] == "2026-01-02T03:04:05.000000Z"
     reply = DomainActionResponse.model_validate(
         {"action_type_response_to": "a.b", "success": True, "timestamp": "2026-01-02T03:04:05"})
     assert json.loads(reply.model_dump_json())["timestamp"] == "2026-01-02T03:04:05.000000Z"
+
+
+def test_times_assigned_after_construction_are_written_in_utc() -> None:
+    """A naive or offset datetime assigned later is still written as UTC with Z and µs."""
+    action = DomainAction(action_type="a.b")
+    action.timestamp = datetime(2026, 1, 2, 5, 4, 5, 123456, tzinfo=timezone(timedelta(hours=2)))
+    action.expires_at = datetime(2026, 1, 2, 3, 4, 5, 123456)
+    wire = json.loads(action.model_dump_json())
+    assert wire["timestamp"] == wire["expires_at"] == "2026-01-02T03:04:05.123456Z"
 
 
 def test_uppercase_action_id_is_echoed_exactly_as_correlation() -> None:

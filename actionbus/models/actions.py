@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import (
     BaseModel,
@@ -21,7 +21,6 @@ from pydantic import (
     Field,
     SerializationInfo,
     SerializerFunctionWrapHandler,
-    field_serializer,
     field_validator,
     model_serializer,
     model_validator,
@@ -110,7 +109,7 @@ class _WireUUID(uuid.UUID):
 
 def _read_uuid(value: Any) -> Any:
     """Keep a non-canonical UUID string so replies can echo it exactly."""
-    if isinstance(value, str):
+    if isinstance(value, str) and not (len(value) == 36 and value.islower()):
         try:
             parsed = uuid.UUID(value)
         except ValueError:
@@ -122,6 +121,9 @@ def _read_uuid(value: Any) -> Any:
 class _WireModel(BaseModel):
     """Base of the wire models: strict writers."""
 
+    _wire_times: ClassVar[tuple[str, ...]] = ()
+    """Timestamp fields, written as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+
     @model_serializer(mode="wrap")
     def _emit_every_field(
         self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
@@ -129,12 +131,21 @@ class _WireModel(BaseModel):
         """Serialize with every declared field present, ``null`` where empty.
 
         ``exclude_none`` then only drops unknown (extra) fields that are ``None``; explicit
-        ``include``/``exclude`` are honoured as given.
+        ``include``/``exclude`` are honoured as given. In JSON, timestamps always carry six
+        fractional digits (Pydantic leaves them out when the microseconds are zero).
         """
         out = handler(self)
+        if info.mode_is_json():
+            for name in self._wire_times:
+                value = out.get(name)
+                if isinstance(value, str) and len(value) != 27:  # not YYYY-MM-DDTHH:MM:SS.ffffffZ
+                    out[name] = format_timestamp(getattr(self, name))
         if not info.exclude_none or info.include is not None or info.exclude is not None:
             return out
-        full = {name: out.get(name) for name in type(self).model_fields}
+        fields = type(self).model_fields
+        if len(out) >= len(fields) and all(name in out for name in fields):
+            return out
+        full = {name: out.get(name) for name in fields}
         full.update(out)
         return full
 
@@ -209,10 +220,7 @@ class DomainAction(_WireModel):
     _uuid = field_validator("action_id", mode="before")(_read_uuid)
     _times = field_validator("timestamp", "expires_at", mode="before")(_read_timestamp)
     _objects = field_validator("data", "metadata", mode="before")(_empty_if_null)
-
-    @field_serializer("timestamp", "expires_at")
-    def _write_time(self, value: datetime | None) -> str | None:
-        return None if value is None else format_timestamp(value)
+    _wire_times = ("timestamp", "expires_at")
 
     @field_validator("action_type")
     @classmethod
@@ -274,9 +282,7 @@ class DomainActionResponse(_WireModel):
     def _to_utc(cls, value: datetime) -> datetime:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
-    @field_serializer("timestamp")
-    def _write_time(self, value: datetime) -> str:
-        return format_timestamp(value)
+    _wire_times = ("timestamp",)
 
     @model_validator(mode="after")
     def _success_matches_error(self) -> DomainActionResponse:
