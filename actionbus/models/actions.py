@@ -3,7 +3,7 @@
 Their JSON is the wire format (stream field ``data``; response lists hold the response
 JSON), specified in ``docs/wire-format.md``. Unknown fields are kept, so newer senders can
 talk to older workers. Readers are tolerant (``null`` = absent for optional fields, an
-integer ``error_code``, epoch-millisecond timestamps); writers are strict (every field
+integer ``error_code``, any ISO 8601 or Unix-time timestamp); writers are strict (every field
 emitted, ``null`` where empty, even with ``exclude_none=True``; timestamps as
 ``YYYY-MM-DDTHH:MM:SS.ffffffZ``).
 """
@@ -57,35 +57,10 @@ def _as_text(value: Any) -> Any:
     return value
 
 
-_EPOCH_MS_MIN = 100_000_000_000
-"""Epoch numbers below this (1973-03-03 in milliseconds) look like seconds: refused."""
-
-
 def format_timestamp(value: datetime) -> str:
     """The one timestamp form writers emit: RFC 3339 UTC, microseconds, ``Z``."""
     value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _read_timestamp(value: Any) -> Any:
-    """Refuse numbers that are not epoch milliseconds and digit-only strings.
-
-    What passes goes on to Pydantic: RFC 3339 / ISO 8601 strings (zone-less means UTC),
-    and numbers, which Pydantic reads as milliseconds above 2e10 (all that pass here).
-    """
-    if isinstance(value, int | float):
-        if not abs(value) >= _EPOCH_MS_MIN:
-            raise ValueError(
-                f"numeric timestamp {value!r} is not Unix epoch milliseconds (it looks like "
-                "seconds): send milliseconds, or an RFC 3339 string such as "
-                "2026-01-01T00:00:00.000000Z"
-            )
-    elif isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
-        raise ValueError(
-            f"timestamp {value!r} is a number in a string: send an RFC 3339 string such as "
-            "2026-01-01T00:00:00.000000Z, or epoch milliseconds as a JSON number"
-        )
-    return value
 
 
 def _empty_if_null(value: Any) -> Any:
@@ -218,7 +193,6 @@ class DomainAction(_WireModel):
         mode="before",
     )(_as_text)
     _uuid = field_validator("action_id", mode="before")(_read_uuid)
-    _times = field_validator("timestamp", "expires_at", mode="before")(_read_timestamp)
     _objects = field_validator("data", "metadata", mode="before")(_empty_if_null)
     _wire_times = ("timestamp", "expires_at")
 
@@ -274,7 +248,6 @@ class DomainActionResponse(_WireModel):
 
     _ids = field_validator("correlation_id", "trace_id", mode="before")(_as_text)
     _uuid = field_validator("action_id", mode="before")(_read_uuid)
-    _time = field_validator("timestamp", mode="before")(_read_timestamp)
     _data = field_validator("data", mode="before")(_empty_if_null)
 
     @field_validator("timestamp")

@@ -331,8 +331,7 @@ def _cases(qm: QueueManager) -> dict[str, tuple[dict[str, str], str, str]]:
             {"data": '{"action_type":"inventory"}'}, "malformed", "InvalidAction"),
         "data not an object": (action(data=[1]), "malformed", "InvalidAction"),
         "timestamp not a date": (action(timestamp="yesterday"), "malformed", "InvalidAction"),
-        "timestamp in epoch seconds": (
-            action(timestamp=1767323045), "malformed", "InvalidAction"),
+        "timestamp as a boolean": (action(timestamp=True), "malformed", "InvalidAction"),
         "reply target outside the namespace": (
             action(callback_queue_name="elsewhere:prod:x:responses:y"),
             "malformed", "InvalidReplyTarget"),
