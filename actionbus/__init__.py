@@ -15,6 +15,7 @@ from actionbus.exceptions import (
     EmbeddedRedisError,
     HandlerError,
     InvalidNameError,
+    InvalidReply,
     PayloadTooLargeError,
     PermissionsError,
     RedisAuthenticationError,
@@ -28,6 +29,7 @@ from actionbus.exceptions import (
 from actionbus.inspect import ConsumerInfo, GroupInfo, ServiceInfo, inspect_service
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
 from actionbus.permissions import acl_setuser, check_permissions
+from actionbus.models.parsing import parse_reply
 
 # The RedisPool instance stays at actionbus.redis_pool.redis_pool: re-exporting it here
 # would hide the submodule of the same name (`import actionbus.redis_pool as m`).
@@ -66,6 +68,7 @@ __all__ = [
     "Handler",
     "HandlerError",
     "InvalidNameError",
+    "InvalidReply",
     "Layer",
     "PayloadTooLargeError",
     "PermissionsError",
@@ -91,4 +94,5 @@ __all__ = [
     "close_redis_pool",
     "get_redis_client",
     "inspect_service",
+    "parse_reply",
 ]

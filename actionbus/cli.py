@@ -264,5 +264,50 @@ def cancel_delayed(ctx: click.Context, service: str, action_id: str) -> None:
     click.echo(f"cancelled delayed action {action_id} of {service}")
 
 
+
+# --- wire contract: `actionbus schema` and `actionbus asyncapi` (docs/wire-format.md) ---
+
+
+@main.command("schema")
+@click.option("--out", "out_dir", default="schemas", show_default=True,
+              help="Directory to write the JSON Schemas into.")
+def schema_command(out_dir: str) -> None:
+    """Write the JSON Schemas of the wire messages (action, reply, callback, …)."""
+    from pathlib import Path
+
+    from actionbus.schema import write_schemas
+
+    for path in write_schemas(Path(out_dir)):
+        click.echo(str(path))
+
+
+@main.command("asyncapi")
+@click.argument("target")
+@click.option("--out", "out_file", default=None, help="Write to this file instead of stdout.")
+def asyncapi_command(target: str, out_file: str | None) -> None:
+    """Print the AsyncAPI 3 document of the worker at MODULE:ATTRIBUTE."""
+    from pathlib import Path
+
+    from actionbus.schema import asyncapi_document
+
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter("expected MODULE:ATTRIBUTE, e.g. myservice.workers:worker")
+    sys.path.insert(0, ".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise click.BadParameter(f"cannot load {target}: {exc}") from None
+    factory = callable(obj) and not isinstance(obj, BaseWorker | type)
+    instance = obj() if factory else obj
+    if not isinstance(instance, BaseWorker):
+        raise click.BadParameter(f"{target} is not a BaseWorker or a factory of one: {obj!r}")
+    text_out = json.dumps(asyncapi_document(instance), indent=2, ensure_ascii=False) + "\n"
+    if out_file is None:
+        click.echo(text_out, nl=False)
+    else:
+        Path(out_file).write_text(text_out, encoding="utf-8")
+
+
 if __name__ == "__main__":  # python -m actionbus.cli
     main()

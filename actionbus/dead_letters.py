@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.connection import AnyRedis
 from actionbus.exceptions import DeadLetterError
-from actionbus.models.actions import utc_now
+from actionbus.models.actions import format_timestamp, utc_now
 from actionbus.streams import text
 
 __all__ = ["DeadLetter", "DeadLetterQueue", "dead_letter_fields"]
@@ -60,7 +60,7 @@ def dead_letter_fields(
         "original_id": original_id,
         "stream": stream,
         "consumer": consumer,
-        "failed_at": utc_now().isoformat(),
+        "failed_at": format_timestamp(utc_now()),
     }
 
 

@@ -15,6 +15,7 @@
     ├── ActionRejected              an action that can never succeed: dead-lettered, not retried
     ├── DeadLetterError             a dead letter could not be found or replayed
     ├── DelayedActionError          a delayed action or schedule that cannot be used as given
+    ├── InvalidReply                a reply arrived that is not a valid DomainActionResponse
     ├── StateError                  the state store could not complete an update
     │   ├── StateConflictError      an optimistic update kept conflicting with other writers
     │   └── StateTypeError          a stored state belongs to another model (or version)
@@ -38,6 +39,7 @@ __all__ = [
     "EmbeddedRedisError",
     "HandlerError",
     "InvalidNameError",
+    "InvalidReply",
     "PayloadTooLargeError",
     "PermissionsError",
     "RedisAuthenticationError",
@@ -135,3 +137,21 @@ class StateTypeError(StateError):
 
 class EmbeddedRedisError(ActionBusError):
     """A local ``redis-server`` could not be found, started or stopped."""
+
+
+class InvalidReply(ActionBusError):
+    """A reply that is not a valid ``DomainActionResponse`` (see docs/wire-format.md).
+
+    ``raw`` is the payload as received, ``reason`` the validation message and
+    ``correlation_id`` the payload's ``correlation_id`` when one could be read, so the
+    waiting caller gets this error at once instead of a timeout.
+    """
+
+    def __init__(self, raw: str, reason: str, correlation_id: str | None = None) -> None:
+        super().__init__(
+            f"invalid reply (correlation_id {correlation_id!r}): {reason}; payload: "
+            f"{raw[:300]!r}. The answering service must follow docs/wire-format.md."
+        )
+        self.raw = raw
+        self.reason = reason
+        self.correlation_id = correlation_id

@@ -137,11 +137,11 @@ def test_unknown_fields_kept_through_json_round_trip() -> None:
 
 
 def test_wire_json_is_plain() -> None:
-    """The wire JSON uses plain strings for the UUID and an ISO-8601 UTC timestamp."""
+    """The wire JSON uses plain strings for the UUID and an RFC 3339 UTC timestamp (Z, µs)."""
     action = DomainAction(action_type="a.b", timestamp=datetime(2024, 5, 1, tzinfo=UTC))
     wire = json.loads(action.model_dump_json())
     assert uuid.UUID(wire["action_id"]) == action.action_id
-    assert wire["timestamp"] in ("2024-05-01T00:00:00Z", "2024-05-01T00:00:00+00:00")
+    assert wire["timestamp"] == "2024-05-01T00:00:00.000000Z"
     assert wire["action_type"] == "a.b"
 
 

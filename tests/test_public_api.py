@@ -29,7 +29,7 @@ INTERNAL = {
         "DelayedEntry", "MoveReport", "deliveries_of", "seconds_until", "to_epoch_ms",
         "with_deliveries",
     },
-    "actionbus.models.actions": {"utc_now"},
+    "actionbus.models.actions": {"format_timestamp", "utc_now"},
     # The tick machinery the worker loop calls; users declare Schedule objects.
     "actionbus.schedule": {
         "TickPlan", "TickResult", "fire_tick", "latest_tick", "plan_tick", "tick", "tick_action",
@@ -57,6 +57,11 @@ INTERNAL = {
         "RedisCluster", "RedisSentinel", "RedisServer", "find_redis_server", "free_port",
     },
     "actionbus.metrics": {"WorkerMetrics"},  # needs the [prometheus] extra
+    # The wire contract's generators, used from their own module and by the CLI.
+    "actionbus.schema": {
+        "CallbackMetadata", "DeadLetterEntry", "asyncapi_document", "json_schemas",
+        "write_schemas",
+    },
     # Used from their own module; the worker and client call the hooks.
     "actionbus.tracing": {"disable_tracing", "enable_tracing", "inject_context", "process_span"},
 }

@@ -1,7 +1,11 @@
 """The wire messages: ``DomainAction``, ``DomainActionResponse`` and ``ErrorDetail``.
 
 Their JSON is the wire format (stream field ``data``; response lists hold the response
-JSON). Unknown fields are kept, so newer senders can talk to older workers.
+JSON), specified in ``docs/wire-format.md``. Unknown fields are kept, so newer senders can
+talk to older workers. Readers are tolerant (``null`` = absent for optional fields, an
+integer ``error_code``, any ISO 8601 or Unix-time timestamp); writers are strict (every field
+emitted, ``null`` where empty, even with ``exclude_none=True``; timestamps as
+``YYYY-MM-DDTHH:MM:SS.ffffffZ``).
 """
 
 from __future__ import annotations
@@ -9,9 +13,18 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 __all__ = [
     "ACTION_TYPE_PATTERN",
@@ -19,6 +32,7 @@ __all__ = [
     "DomainAction",
     "DomainActionResponse",
     "ErrorDetail",
+    "format_timestamp",
     "utc_now",
 ]
 
@@ -43,6 +57,74 @@ def _as_text(value: Any) -> Any:
     return value
 
 
+def format_timestamp(value: datetime) -> str:
+    """The one timestamp form writers emit: RFC 3339 UTC, microseconds, ``Z``."""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _empty_if_null(value: Any) -> Any:
+    """``null`` and absent mean the same for the object fields ``data`` and ``metadata``."""
+    return {} if value is None else value
+
+
+class _WireUUID(uuid.UUID):
+    """A UUID read from a non-canonical string (e.g. uppercase); keeps that string."""
+
+    original: str
+
+    def __init__(self, value: str) -> None:
+        super().__init__(value)
+        object.__setattr__(self, "original", value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copies and pickles keep the original string."""
+        return (_WireUUID, (self.original,))
+
+
+def _read_uuid(value: Any) -> Any:
+    """Keep a non-canonical UUID string so replies can echo it exactly."""
+    if isinstance(value, str) and not (len(value) == 36 and value.islower()):
+        try:
+            parsed = uuid.UUID(value)
+        except ValueError:
+            return value  # Pydantic reports it
+        return parsed if str(parsed) == value else _WireUUID(value)
+    return value
+
+
+class _WireModel(BaseModel):
+    """Base of the wire models: strict writers."""
+
+    _wire_times: ClassVar[tuple[str, ...]] = ()
+    """Timestamp fields, written as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+
+    @model_serializer(mode="wrap")
+    def _emit_every_field(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> Any:
+        """Serialize with every declared field present, ``null`` where empty.
+
+        ``exclude_none`` then only drops unknown (extra) fields that are ``None``; explicit
+        ``include``/``exclude`` are honoured as given. In JSON, timestamps always carry six
+        fractional digits (Pydantic leaves them out when the microseconds are zero).
+        """
+        out = handler(self)
+        if info.mode_is_json():
+            for name in self._wire_times:
+                value = out.get(name)
+                if isinstance(value, str) and len(value) != 27:  # not YYYY-MM-DDTHH:MM:SS.ffffffZ
+                    out[name] = format_timestamp(getattr(self, name))
+        if not info.exclude_none or info.include is not None or info.exclude is not None:
+            return out
+        fields = type(self).model_fields
+        if len(out) >= len(fields) and all(name in out for name in fields):
+            return out
+        full = {name: out.get(name) for name in fields}
+        full.update(out)
+        return full
+
+
 def check_service_name(value: str, what: str = "service name") -> str:
     """Return ``value`` if it is a valid service name, else raise ``ValueError`` saying why."""
     if not isinstance(value, str) or not _SERVICE_RE.fullmatch(value):
@@ -63,18 +145,22 @@ def check_action_type(value: str, what: str = "action_type") -> str:
     return value
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(_WireModel):
     """Why an action failed: a type, an optional code, a message and free-form details."""
 
     model_config = ConfigDict(extra="allow")
 
     error_type: str
-    error_code: str | None = None
+    error_code: str | None = Field(
+        None, description="A string; integers are accepted on read and kept as text."
+    )
     message: str
     details: dict[str, Any] | None = None
 
+    _code = field_validator("error_code", mode="before")(_as_text)
 
-class DomainAction(BaseModel):
+
+class DomainAction(_WireModel):
     """A typed message from one service to another."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
@@ -106,6 +192,9 @@ class DomainAction(BaseModel):
         "tenant_id", "session_id", "task_id", "user_id", "correlation_id", "trace_id",
         mode="before",
     )(_as_text)
+    _uuid = field_validator("action_id", mode="before")(_read_uuid)
+    _objects = field_validator("data", "metadata", mode="before")(_empty_if_null)
+    _wire_times = ("timestamp", "expires_at")
 
     @field_validator("action_type")
     @classmethod
@@ -136,11 +225,14 @@ class DomainAction(BaseModel):
 
     @property
     def reply_correlation_id(self) -> str:
-        """The id a reply or callback carries: ``correlation_id``, else the action id."""
-        return self.correlation_id or str(self.action_id)
+        """The id a reply or callback carries: ``correlation_id``, else the action id
+        exactly as the sender wrote it (an uppercase UUID stays uppercase)."""
+        return self.correlation_id or getattr(self.action_id, "original", None) or str(
+            self.action_id
+        )
 
 
-class DomainActionResponse(BaseModel):
+class DomainActionResponse(_WireModel):
     """The answer to a pseudo-sync ``DomainAction``."""
 
     model_config = ConfigDict(extra="allow")
@@ -155,6 +247,15 @@ class DomainActionResponse(BaseModel):
     error: ErrorDetail | None = None
 
     _ids = field_validator("correlation_id", "trace_id", mode="before")(_as_text)
+    _uuid = field_validator("action_id", mode="before")(_read_uuid)
+    _data = field_validator("data", mode="before")(_empty_if_null)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    _wire_times = ("timestamp",)
 
     @model_validator(mode="after")
     def _success_matches_error(self) -> DomainActionResponse:
