@@ -28,8 +28,8 @@ from actionbus.exceptions import (
 )
 from actionbus.inspect import ConsumerInfo, GroupInfo, ServiceInfo, inspect_service
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
-from actionbus.permissions import acl_setuser, check_permissions
 from actionbus.models.parsing import parse_reply
+from actionbus.permissions import acl_setuser, check_permissions
 
 # The RedisPool instance stays at actionbus.redis_pool.redis_pool: re-exporting it here
 # would hide the submodule of the same name (`import actionbus.redis_pool as m`).
