@@ -25,6 +25,7 @@ from actionbus.exceptions import (
     StateConflictError,
     StateError,
     StateTypeError,
+    UnknownActionType,
 )
 from actionbus.inspect import ConsumerInfo, GroupInfo, ServiceInfo, inspect_service
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
@@ -85,6 +86,7 @@ __all__ = [
     "StateConflictError",
     "StateError",
     "StateTypeError",
+    "UnknownActionType",
     "WorkerContext",
     "WorkerSettings",
     "WorkerStats",

@@ -49,6 +49,7 @@ __all__ = [
     "StateConflictError",
     "StateError",
     "StateTypeError",
+    "UnknownActionType",
 ]
 
 
@@ -113,6 +114,14 @@ class ActionRejected(ActionBusError):
     def __init__(self, message: str, *, error_code: str | None = None) -> None:
         super().__init__(message)
         self.error_code = error_code
+
+
+class UnknownActionType(HandlerError, ActionRejected):
+    """No handler (and no ``handle_action`` override) for an action's type: it is
+    dead-lettered at once as ``unknown_action_type`` (a waiting caller gets the error)."""
+
+    def __init__(self, message: str) -> None:
+        ActionRejected.__init__(self, message, error_code="unknown_action_type")
 
 
 class DeadLetterError(ActionBusError):

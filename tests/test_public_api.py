@@ -23,7 +23,7 @@ INTERNAL = {
     "actionbus.connection": {
         "close_redis_client", "connection_options", "create_redis_client", "ping_or_raise",
     },
-    "actionbus.dead_letters": {"dead_letter_fields"},  # the worker's writer
+    "actionbus.dead_letters": {"dead_letter_fields", "trim_dead_letters"},  # worker's upkeep
     # Result types of DelayedQueue and the helpers the worker's retry path uses.
     "actionbus.delayed": {
         "DelayedEntry", "MoveReport", "deliveries_of", "seconds_until", "to_epoch_ms",
@@ -39,13 +39,18 @@ INTERNAL = {
         "check_eviction_policy", "remove_gone_consumers", "safe_trim", "safe_trim_id",
     },
     "actionbus.workers.output": {"OutputBatcher"},
+    "actionbus.workers.ownership": {"ConsumerLease"},  # taken by BaseWorker.start()
     "actionbus.workers.pipeline": {  # the built-in layers and the chain builder
         "ExpiryLayer", "IdempotencyLayer", "MetricsLayer", "Pipeline", "ReplyLayer", "Skipped",
         "StepFailed", "TracingLayer", "ValidationLayer", "chain",
     },
-    "actionbus.workers.policy": {"Bury", "ReplyError", "Retry", "error_detail"},  # decisions
+    "actionbus.workers.policy": {  # decisions and failure-path helpers
+        "Bury", "ReplyError", "Retry", "error_detail", "is_expired", "safe_text",
+    },
     "actionbus.workers.reader": {"StreamReader"},
-    "actionbus.workers.results": {"Prepared", "callback_for", "is_waiting", "prepare"},
+    "actionbus.workers.results": {
+        "Prepared", "callback_for", "callback_refusal", "is_waiting", "prepare",
+    },
     "actionbus.workers.upkeep": {"Upkeep", "maintain"},
     "actionbus.workers.processing": {"ActionProcessor"},
     "actionbus.workers.reclaim": {

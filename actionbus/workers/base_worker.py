@@ -29,12 +29,18 @@ from actionbus.clients.redis_manager import RedisManager
 from actionbus.config import CommonAppSettings
 from actionbus.connection import AnyRedis
 from actionbus.dead_letters import DeadLetterQueue
-from actionbus.exceptions import ClientNotInitializedError, ConfigurationError, HandlerError
+from actionbus.exceptions import (
+    ClientNotInitializedError,
+    ConfigurationError,
+    HandlerError,
+    UnknownActionType,
+)
 from actionbus.models.actions import DomainAction, check_service_name
 from actionbus.streams import ensure_group
 from actionbus.workers.context import WorkerContext
 from actionbus.workers.maintenance import check_eviction_policy
 from actionbus.workers.output import OutputBatcher
+from actionbus.workers.ownership import ConsumerLease
 from actionbus.workers.pipeline import Layer, Pipeline
 from actionbus.workers.policy import FailurePolicy
 from actionbus.workers.processing import ActionProcessor
@@ -114,6 +120,7 @@ class BaseWorker:
         self._stopping = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
         self._upkeep: Upkeep | None = None
+        self._lease: ConsumerLease | None = None  # one process per consumer name
         self._outage = OutageLog(
             logger, f"worker {self.service_name}/{self.consumer}", self.settings.outage_log_every_s
         )
@@ -197,7 +204,7 @@ class BaseWorker:
         Return a dict, a Pydantic model, a ``DomainActionResponse`` or ``None``; raise to
         fail (``ActionRejected`` for failures that retrying cannot fix).
         """
-        raise HandlerError(
+        raise UnknownActionType(
             f"service {self.service_name!r} has no handler for {action.action_type!r}; "
             f"registered: {', '.join(self.registry.action_types) or 'none'}"
         )
@@ -231,6 +238,7 @@ class BaseWorker:
             consumer=self.consumer, settings=self.settings, queues=self.queue_manager,
             dead_stream=self.queue_manager.get_dead_letter_stream(self.service_name),
             reply_ttl=self.app_settings.response_ttl_seconds,
+            max_payload_bytes=self.app_settings.max_payload_bytes,
         )
 
     # -- lifecycle ------------------------------------------------------------------
@@ -252,6 +260,7 @@ class BaseWorker:
             self._redis = await self._manager.initialize()
         redis = self._redis
         await ensure_group(redis, self.stream, self.group)
+        self._lease = await ConsumerLease.take(redis, self.context)
         await check_eviction_policy(redis)
         ctx = self.context
         output = self._output = OutputBatcher(
@@ -304,6 +313,8 @@ class BaseWorker:
                 )
         if self._output is not None:
             await self._output.close(timeout=0.5)
+        if self._lease is not None:
+            await self._lease.release()
         if self._manager is not None:
             await self._manager.close()
             self._manager, self._redis = None, None

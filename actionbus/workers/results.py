@@ -14,7 +14,7 @@ from actionbus.models.actions import DomainAction, DomainActionResponse, utc_now
 from actionbus.workers.context import WorkerContext
 from actionbus.workers.routing import is_response, result_data
 
-__all__ = ["Prepared", "callback_for", "is_waiting", "prepare"]
+__all__ = ["Prepared", "callback_for", "callback_refusal", "is_waiting", "prepare"]
 
 logger = logging.getLogger("actionbus.worker")
 
@@ -42,9 +42,9 @@ def _success_reply_json(action: DomainAction, data: dict[str, Any]) -> str:
         "success": True,
         "timestamp": utc_now(),
         "data": data,
+        "trace_id": action.trace_id,
+        "error": None,
     }
-    if action.trace_id is not None:
-        reply["trace_id"] = action.trace_id
     return to_json(reply).decode()
 
 
@@ -74,6 +74,39 @@ def prepare(ctx: WorkerContext, action: DomainAction, result: Any) -> Prepared:
         ) from exc
 
 
+def callback_refusal(ctx: WorkerContext, action: DomainAction) -> str | None:
+    """Why the callback ``action`` asks for is not allowed (``None`` if it is, or if none).
+
+    The rule (no confused deputy): a callback goes to the requesting action's
+    ``origin_service`` stream, with a ``callback_action_type`` in that service's namespace.
+    Other target services need ``WorkerSettings.callback_targets`` (``"*"``: any service,
+    any type).
+    """
+    if action.callback_action_type is None:
+        return None
+    allowed = ctx.settings.callback_targets
+    origin = action.origin_service
+    queue = action.callback_queue_name
+    target = ctx.queues.parse(queue).service if queue else origin
+    if target is None:
+        return None  # nowhere to send it: logged when the callback is built
+    if "*" in allowed:
+        return None
+    if target != origin and target not in allowed:
+        return (
+            f"callback to service {target!r} refused: callbacks go to the requesting action's "
+            f"origin_service ({origin!r}); list {target!r} in WorkerSettings.callback_targets "
+            "to allow it"
+        )
+    namespace = action.callback_action_type.split(".", 1)[0]
+    if namespace != target:
+        return (
+            f"callback_action_type {action.callback_action_type!r} refused: a callback sent to "
+            f"{target!r} must have a type of that service ('{target}.…')"
+        )
+    return None
+
+
 def callback_for(
     ctx: WorkerContext, action: DomainAction, response: DomainActionResponse
 ) -> tuple[str, str] | None:
@@ -94,11 +127,10 @@ def callback_for(
         "response_to": action.action_type,
         "response_to_action_id": str(action.action_id),
         "success": response.success,
+        "callback_context": action.metadata.get("callback_context"),
+        "error": None if response.error is None else response.error.model_dump(
+            mode="json", exclude_none=True),
     }
-    if "callback_context" in action.metadata:
-        metadata["callback_context"] = action.metadata["callback_context"]
-    if response.error is not None:
-        metadata["error"] = response.error.model_dump(exclude_none=True)
     callback = DomainAction(
         action_type=action.callback_action_type,
         target_service=qm.parse(stream).service,

@@ -43,6 +43,32 @@ class WorkerSettings(BaseSettings):
     idempotency_ttl_s: int = Field(86_400, ge=1, description="How long duplicates are detected.")
     outage_log_every_s: float = Field(30.0, gt=0, description="Log an outage at most this often.")
 
+    clock_skew_s: float = Field(
+        1.0, ge=0, description="Tolerated difference between a caller's and this worker's "
+        "clocks: an action counts as expired only this long after its expires_at."
+    )
+    callback_targets: list[str] = Field(
+        default_factory=list, description="Services (besides the request's origin_service) "
+        "whose streams may receive this worker's callbacks; '*' allows any service."
+    )
+    consumer_lease_ttl_s: float = Field(
+        15.0, gt=0, description="The consumer-name lease: a second process with the same "
+        "consumer_name waits this long for it, then refuses to start."
+    )
+    dead_letter_max_len: int | None = Field(
+        100_000, ge=1, description="Keep at most this many dead letters (oldest trimmed)."
+    )
+    dead_letter_max_age_s: float | None = Field(
+        30 * 86_400.0, gt=0, description="Trim dead letters older than this (default 30 days)."
+    )
+    dead_letter_body_bytes: int = Field(
+        65_536, ge=0, description="Of an oversize entry, the dead letter keeps this many bytes."
+    )
+    read_budget_bytes: int = Field(
+        16 * 1_048_576, ge=1, description="Once large entries are seen, one read asks for at "
+        "most this many bytes' worth of them (fewer entries per read for a minute)."
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
         if self.retry_backoff_max_s < self.retry_backoff_base_s:

@@ -181,9 +181,6 @@ async def test_pseudo_sync_from_node_gets_its_reply(svc: Service, node: Node) ->
     assert reply["action_id"] != result["sent"]["action_id"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "workers/processing.py _success_reply_json omits trace_id and error when empty "
-    "(worker refactor: emit them as null); remove this mark then"))
 async def test_success_reply_matches_the_schema(svc: Service, node: Node) -> None:
     """A success reply carries every documented field (strict schema)."""
     result = await node("call", stream=svc.worker.stream,
@@ -376,9 +373,6 @@ async def test_every_malformed_case_is_dead_lettered_with_its_reason(
     assert after["reply"]["success"] is True
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "today an unknown action_type is retried until max_deliveries (HandlerError); the "
-    "hardening work dead-letters it at once as unknown_action_type"))
 async def test_unknown_action_type_is_dead_lettered_at_once(svc: Service, node: Node) -> None:
     """An action type no handler knows is buried at once with reason unknown_action_type."""
     sent = await node("xadd", entries=[{"stream": svc.worker.stream,
@@ -388,9 +382,6 @@ async def test_unknown_action_type_is_dead_lettered_at_once(svc: Service, node: 
         "unknown_action_type", "1")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "today the worker handles entries above max_payload_bytes; the hardening work "
-    "dead-letters them as oversize"))
 async def test_oversize_entry_is_dead_lettered(svc: Service, node: Node) -> None:
     """An entry above max_payload_bytes is buried with reason oversize, not handled."""
     big = json.dumps({"action_type": "inventory.stock.note", "data": {"x": "y" * 1_100_000}})
