@@ -126,8 +126,13 @@ async def trim_dead_letters(
     return dropped
 
 
+def _text(value: bytes | str) -> str:
+    """Decode a value that may not be UTF-8 (bytes kept as surrogate escapes)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
 def _parse(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str]) -> DeadLetter:
-    values = {text(k): text(v) for k, v in fields.items()}
+    values = {_text(k): _text(v) for k, v in fields.items()}
     length = values.get("data_length", "")
     return DeadLetter(
         entry_id=text(entry_id),
@@ -199,10 +204,15 @@ class DeadLetterQueue:
                 f"({letter.data_length} bytes, sha256 {letter.data_sha256}): it cannot be "
                 "replayed; delete it or re-send the original"
             )
-        entry: dict[str, str] = dict(letter.fields)
+        raw: Any = await self.redis.xrange(self.stream, min=entry_id, max=entry_id, count=1)
+        stored = {_text(k): v for k, v in raw[0][1].items()} if raw else {}
+        entry: dict[Any, Any] = {  # byte for byte, as the original entry had them
+            k[len(FIELD_PREFIX):].encode("utf-8", "surrogateescape"): v
+            for k, v in stored.items() if k.startswith(FIELD_PREFIX)
+        }
         if not letter.data_missing:
-            entry["data"] = letter.data
-        new_id = await self.redis.xadd(self.action_stream, entry)  # type: ignore[arg-type]
+            entry[b"data"] = stored.get("data", letter.data)
+        new_id = await self.redis.xadd(self.action_stream, entry)
         await self.redis.xdel(self.stream, entry_id)
         return text(new_id)
 

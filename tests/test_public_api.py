@@ -45,11 +45,11 @@ INTERNAL = {
         "StepFailed", "TracingLayer", "ValidationLayer", "chain",
     },
     "actionbus.workers.policy": {  # decisions and failure-path helpers
-        "Bury", "ReplyError", "Retry", "error_detail", "is_expired", "safe_text",
+        "Bury", "ReplyError", "Retry", "error_detail", "safe_text",
     },
     "actionbus.workers.reader": {"StreamReader"},
     "actionbus.workers.results": {
-        "Prepared", "callback_for", "callback_refusal", "is_waiting", "prepare",
+        "Prepared", "callback_for", "callback_refusal", "is_expired", "is_waiting", "prepare",
     },
     "actionbus.workers.upkeep": {"Upkeep", "maintain"},
     "actionbus.workers.processing": {"ActionProcessor"},

@@ -24,10 +24,10 @@ from typing import Any, Literal, Protocol
 from redis.exceptions import RedisError
 
 from actionbus.connection import AnyRedis
-from actionbus.models.actions import DomainAction, utc_now
+from actionbus.models.actions import DomainAction
 from actionbus.tracing import process_span
 from actionbus.workers.context import WorkerContext
-from actionbus.workers.results import Prepared, is_waiting, prepare
+from actionbus.workers.results import Prepared, is_expired, is_waiting, prepare
 from actionbus.workers.routing import Route
 from actionbus.workers.stats import WorkerStats
 
@@ -101,10 +101,14 @@ class MetricsLayer:
 
 
 class ExpiryLayer:
-    """Skips an action whose pseudo-sync caller stopped waiting (``expires_at`` passed)."""
+    """Skips an action whose pseudo-sync caller stopped waiting (``expires_at`` passed
+    more than ``skew_s`` ago: callers' clocks may run a little ahead)."""
+
+    def __init__(self, skew_s: float = 0.0) -> None:
+        self.skew_s = skew_s
 
     async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
-        if action.expires_at is not None and utc_now() > action.expires_at:
+        if action.expires_at is not None and is_expired(action.expires_at, self.skew_s):
             logger.info(
                 "skipped %s (%s): its caller stopped waiting at %s",
                 action.action_id, action.action_type, action.expires_at.isoformat(),
@@ -192,7 +196,8 @@ class Pipeline:
 
     def layers(self, route: Route) -> list[Layer]:
         """Every layer ``route``'s handler runs in, outermost first."""
-        layers: list[Layer] = [MetricsLayer(self.stats), ExpiryLayer()]
+        skew = self.ctx.settings.clock_skew_s
+        layers: list[Layer] = [MetricsLayer(self.stats), ExpiryLayer(skew)]
         if route.idempotent:
             layers.append(IdempotencyLayer(self.redis, self.ctx))
         layers += [ReplyLayer(self.ctx), TracingLayer(self.ctx.stream)]

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from actionbus.backoff import Backoff
 from actionbus.exceptions import ActionRejected, UnknownActionType
-from actionbus.models.actions import DomainAction, ErrorDetail, utc_now
+from actionbus.models.actions import DomainAction, ErrorDetail
 from actionbus.workers.reclaim import reclaim_for_retry
+from actionbus.workers.results import is_expired
 
 if TYPE_CHECKING:
     from actionbus.connection import AnyRedis
@@ -36,7 +36,6 @@ __all__ = [
     "ReplyError",
     "Retry",
     "error_detail",
-    "is_expired",
     "safe_text",
 ]
 
@@ -60,6 +59,8 @@ class Bury:
     message: str
     failure_callback: ErrorDetail | None = None
     """Set when the action asked for a durable callback: send it this error."""
+    bad_input: bool = False
+    """Refused as input (counted in ``WorkerStats.bad_input``), not a handler failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,16 +125,6 @@ def error_detail(exc: BaseException) -> ErrorDetail:
         )
 
 
-def is_expired(expires_at: Any, skew_s: float) -> bool:
-    """True if ``expires_at`` (UTC datetime or ``None``) passed more than ``skew_s`` ago."""
-    if expires_at is None:
-        return False
-    try:
-        return bool(utc_now() - timedelta(seconds=skew_s) > expires_at)
-    except (OverflowError, TypeError):
-        return False
-
-
 class FailurePolicy:
     """Settings-driven decisions for failures (``max_deliveries``, ``retry_backoff_*``)."""
 
@@ -149,7 +140,7 @@ class FailurePolicy:
 
     def malformed(self, error_type: str, message: str) -> Bury:
         """An entry that is not a valid action (or names a forged reply target)."""
-        return Bury("malformed", error_type, message)
+        return Bury("malformed", error_type, message, bad_input=True)
 
     def admit(self, deliveries: int) -> Bury | None:
         """``Bury`` an entry delivered more often than allowed before any attempt runs."""
@@ -165,11 +156,12 @@ class FailurePolicy:
     def oversize(self, size: int, limit: int) -> Bury:
         """An entry larger than ``max_payload_bytes``: buried before it is decoded."""
         return Bury("oversize", "PayloadTooLarge",
-                    f"the entry is {size} bytes, above max_payload_bytes ({limit})")
+                    f"the entry is {size} bytes, above max_payload_bytes ({limit})",
+                    bad_input=True)
 
     def forbidden_callback(self, message: str) -> Bury:
         """A callback request naming a target the callback rule does not allow."""
-        return Bury("callback_not_allowed", "CallbackNotAllowed", message)
+        return Bury("callback_not_allowed", "CallbackNotAllowed", message, bad_input=True)
 
     def decide(self, action: DomainAction, exc: Exception, deliveries: int) -> Decision:
         """The decision for a failed attempt (delivery number ``deliveries``) of ``action``.
@@ -182,7 +174,7 @@ class FailurePolicy:
         bury = None
         if bad_input:
             reason = "unknown_action_type" if isinstance(exc, UnknownActionType) else "rejected"
-            bury = Bury(reason, name, message)
+            bury = Bury(reason, name, message, bad_input=True)
         waiting = action.callback_queue_name is not None and action.callback_action_type is None
         if waiting and action.callback_queue_name:
             quiet = isinstance(exc, ActionRejected) and not bad_input
@@ -195,7 +187,7 @@ class FailurePolicy:
         if permanent or deliveries >= self.settings.max_deliveries:
             base = bury or Bury("rejected" if permanent else "max_deliveries", name, message)
             callback = detail if action.callback_action_type is not None else None
-            return Bury(base.reason, name, message, callback)
+            return Bury(base.reason, name, message, callback, base.bad_input)
         delay = self.retry_delay(deliveries)
         logger.warning(
             "%s (%s) failed on delivery %d/%d: %s: %s; retrying in %.2fs",

@@ -26,10 +26,9 @@ from actionbus.workers.policy import (
     FailurePolicy,
     ReplyError,
     Retry,
-    is_expired,
     safe_text,
 )
-from actionbus.workers.results import Prepared, callback_for, callback_refusal
+from actionbus.workers.results import Prepared, callback_for, callback_refusal, is_expired
 from actionbus.workers.stats import WorkerStats
 
 __all__ = ["ActionProcessor"]
@@ -280,8 +279,7 @@ class ActionProcessor:
         Never raises: whatever the entry or the error holds, the entry is buried and acked.
         """
         self.stats.dead_lettered += 1
-        if why.reason not in ("max_deliveries", "internal_error") and why.error_type != (
-                "ActionRejected"):
+        if why.bad_input:
             self.stats.bad_input += 1
         message = safe_text(why.message)
         logger.error(

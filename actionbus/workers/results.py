@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pydantic_core import to_json
@@ -14,7 +15,7 @@ from actionbus.models.actions import DomainAction, DomainActionResponse, utc_now
 from actionbus.workers.context import WorkerContext
 from actionbus.workers.routing import is_response, result_data
 
-__all__ = ["Prepared", "callback_for", "callback_refusal", "is_waiting", "prepare"]
+__all__ = ["Prepared", "callback_for", "callback_refusal", "is_expired", "is_waiting", "prepare"]
 
 logger = logging.getLogger("actionbus.worker")
 
@@ -25,6 +26,16 @@ class Prepared:
 
     reply: str | None
     callback: tuple[str, str] | None
+
+
+def is_expired(expires_at: Any, skew_s: float) -> bool:
+    """True if ``expires_at`` (UTC datetime or ``None``) passed more than ``skew_s`` ago."""
+    if expires_at is None:
+        return False
+    try:
+        return bool(utc_now() - timedelta(seconds=skew_s) > expires_at)
+    except (OverflowError, TypeError):
+        return False
 
 
 def is_waiting(action: DomainAction) -> bool:
