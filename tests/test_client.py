@@ -261,7 +261,7 @@ async def test_pseudo_sync_timeout_returns_none_and_leaves_no_key(bus: Any) -> N
         DomainAction(action_type="nobody.is.home"), timeout=0.3
     ) is None
     assert 0.25 <= time.monotonic() - started < 2
-    worker = bus.worker("nobody")
+    worker = bus.worker("nobody", clock_skew_s=0)
     handled: list[DomainAction] = []
 
     @worker.handler("nobody.is.home")

@@ -329,6 +329,12 @@ def _cases(qm: QueueManager) -> dict[str, tuple[dict[str, str], str, str]]:
         "data not an object": (action(data=[1]), "malformed", "InvalidAction"),
         "timestamp not a date": (action(timestamp="yesterday"), "malformed", "InvalidAction"),
         "timestamp as a boolean": (action(timestamp=True), "malformed", "InvalidAction"),
+        "expires_at overflowing UTC": (
+            action(expires_at="9999-12-31T23:59:59-14:00"), "malformed", "InvalidAction"),
+        "callback to a service other than the origin": (
+            action(origin_service="node", callback_action_type="payroll.salary.set",
+                   callback_queue_name=qm.get_service_action_stream("payroll")),
+            "callback_not_allowed", "CallbackNotAllowed"),
         "reply target outside the namespace": (
             action(callback_queue_name="elsewhere:prod:x:responses:y"),
             "malformed", "InvalidReplyTarget"),
@@ -450,5 +456,6 @@ def test_rejection_table_lists_every_case() -> None:
     for name, (_, reason, error_type) in _cases(QueueManager("dev")).items():
         assert any(r == f"`{reason}`" and (f"`{error_type}`" in e or "exception's class" in e)
                    for r, e in rows), f"{name}: {reason}/{error_type} not in the table"
-    assert ["`unknown_action_type`", "—"] in rows
-    assert ["`oversize`", "—"] in rows
+    assert ["`unknown_action_type`", "`UnknownActionType`"] in rows
+    assert ["`oversize`", "`PayloadTooLarge`"] in rows
+    assert ["`callback_not_allowed`", "`CallbackNotAllowed`"] in rows
