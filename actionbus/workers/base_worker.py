@@ -28,7 +28,7 @@ from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.redis_manager import RedisManager
 from actionbus.config import CommonAppSettings
 from actionbus.connection import AnyRedis
-from actionbus.dead_letters import DeadLetterQueue
+from actionbus.dead_letters import DeadLetterQueue, trim_dead_letters
 from actionbus.exceptions import (
     ClientNotInitializedError,
     ConfigurationError,
@@ -376,5 +376,9 @@ class BaseWorker:
             logger.error("action task failed unexpectedly", exc_info=task.exception())
 
     async def maintain(self) -> None:
-        """Trim fully processed entries beyond the retention and remove gone consumers."""
+        """Trim fully processed entries beyond the retention, remove gone consumers, and
+        trim dead letters (``dead_letter_max_len`` / ``dead_letter_max_age_s``)."""
         await maintain(self.redis_client, self.context)
+        s, ctx = self.settings, self.context
+        self.stats.dead_letters_trimmed += await trim_dead_letters(
+            self.redis_client, ctx.dead_stream, s.dead_letter_max_len, s.dead_letter_max_age_s)

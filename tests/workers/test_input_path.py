@@ -310,3 +310,15 @@ async def test_two_processes_with_one_consumer_name(bus: Any) -> None:
     await first.stop()
     third = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=0.5)
     await third.start()  # the name was released
+
+
+async def test_maintenance_trims_dead_letters_and_counts_them(bus: Any, eventually: Any) -> None:
+    """worker.maintain() keeps dead_letter_max_len letters and counts the dropped ones."""
+    worker = bus.worker("inventory", dead_letter_max_len=2)
+    await worker.start()
+    for i in range(5):
+        await xadd_raw(bus.redis, "inventory", f"not json {i}")
+    await eventually(lambda: _at_least(worker, 5))
+    await worker.maintain()
+    assert [x.data for x in await dead_letters_of(worker)] == ["not json 3", "not json 4"]
+    assert worker.stats.dead_letters_trimmed == 3
