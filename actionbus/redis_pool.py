@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import ClassVar
 
+from actionbus.clients.guard import mark_closed
 from actionbus.config import CommonAppSettings
 from actionbus.connection import (
     AnyRedis,
@@ -66,6 +67,7 @@ class RedisPool:
         client, self._client = self._client, None
         self._lock = None
         if client is not None:
+            mark_closed(client)
             await close_redis_client(client)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from types import TracebackType
 
+from actionbus.clients.guard import mark_closed
 from actionbus.config import CommonAppSettings
 from actionbus.connection import (
     AnyRedis,
@@ -71,6 +72,7 @@ class RedisManager:
         """Close the client and its pool; safe to call more than once."""
         client, self._client = self._client, None
         if client is not None:
+            mark_closed(client)
             await close_redis_client(client)
             logger.info("closed Redis connection to %s", describe(self.settings))
 
