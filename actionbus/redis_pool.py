@@ -11,7 +11,8 @@ import asyncio
 import logging
 from typing import ClassVar
 
-from actionbus.clients.guard import mark_closed
+from actionbus.clients.guard import mark_closed, translate_errors
+from actionbus.clients.guard import unreachable as _unreachable
 from actionbus.config import CommonAppSettings
 from actionbus.connection import (
     AnyRedis,
@@ -54,7 +55,8 @@ class RedisPool:
             if self._client is None:
                 client = create_redis_client(settings)
                 try:
-                    await ping_or_raise(client, settings)
+                    with translate_errors(_unreachable(settings)):
+                        await ping_or_raise(client, settings)
                 except BaseException:
                     await close_redis_client(client)
                     raise

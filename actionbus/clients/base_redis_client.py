@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic_core import PydanticSerializationError
 
+from actionbus.clients.batch import send_batch
 from actionbus.clients.guard import (
     CLIENT_FAILURES,
     check_open,
@@ -204,7 +205,7 @@ class BaseRedisClient:
     async def _write(self, action: DomainAction) -> str:
         """Innermost publish step: validate, encode and XADD the action."""
         stream, payload = self._encode(action)
-        check_open(self.redis, f"client of service {self.service_name!r}")
+        self._check_open()
         try:
             return await self._writer.xadd(stream, payload)
         except ActionBusError:
@@ -222,9 +223,17 @@ class BaseRedisClient:
         Every action passes the publish layers and is validated and encoded before
         anything is sent. On a cluster, each node's share is sent on its own.
         """
-        from actionbus.clients.batch import send_batch
+        return await send_batch(
+            [self._copy(action) for action in actions],
+            layers=self._layers,
+            encode=self._encode,
+            before_write=self._check_open,
+            writer=self._writer,
+            send_error=self._send_error,
+        )
 
-        return await send_batch(self, [self._copy(action) for action in actions])
+    def _check_open(self) -> None:
+        check_open(self.redis, f"client of service {self.service_name!r}")
 
     async def send_action_pseudo_sync(
         self, action: DomainAction, timeout: float = 30

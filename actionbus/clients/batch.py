@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from actionbus.clients.guard import check_open
-from actionbus.clients.layers import PublishNext, build_chain
+from actionbus.clients.layers import PublishLayer, PublishNext, build_chain
+from actionbus.clients.sender import StreamWriter
 from actionbus.exceptions import ActionBusError, SendError
 from actionbus.models.actions import DomainAction
-
-if TYPE_CHECKING:
-    from actionbus.clients.base_redis_client import BaseRedisClient
 
 __all__ = ["send_batch"]
 
 
-async def send_batch(client: BaseRedisClient, actions: list[DomainAction]) -> list[str]:
+async def send_batch(
+    actions: list[DomainAction],
+    *,
+    layers: Sequence[PublishLayer],
+    encode: Callable[[DomainAction], tuple[str, str]],
+    before_write: Callable[[], None],
+    writer: StreamWriter,
+    send_error: Callable[[DomainAction, str, BaseException], SendError],
+) -> list[str]:
     """Send ``actions`` (the client's copies); return their entry ids in order."""
     if not actions:
         return []
@@ -34,14 +40,14 @@ async def send_batch(client: BaseRedisClient, actions: list[DomainAction]) -> li
 
     def innermost(i: int) -> PublishNext:
         async def write(action: DomainAction) -> str:
-            encoded[i] = (action, *client._encode(action))
+            encoded[i] = (action, *encode(action))
             ready[i].set_result(None)
             return await written[i]
 
         return write
 
     async def run(i: int, action: DomainAction) -> str:
-        return await build_chain(client._layers, innermost(i))(action)
+        return await build_chain(layers, innermost(i))(action)
 
     tasks = [asyncio.create_task(run(i, action)) for i, action in enumerate(actions)]
     try:
@@ -52,7 +58,7 @@ async def send_batch(client: BaseRedisClient, actions: list[DomainAction]) -> li
                 error = task.exception()
                 if error is not None:
                     raise error
-        check_open(client.redis, f"client of service {client.service_name!r}")
+        before_write()
     except BaseException:
         for task in tasks:
             task.cancel()
@@ -61,12 +67,12 @@ async def send_batch(client: BaseRedisClient, actions: list[DomainAction]) -> li
                 await task
         raise
     order = sorted(encoded)
-    results = await client._writer.xadd_many([encoded[i][1:] for i in order])
+    results = await writer.xadd_many([encoded[i][1:] for i in order])
     for i, result in zip(order, results, strict=True):
         if isinstance(result, BaseException):
             action, stream, _ = encoded[i]
             error = result if isinstance(result, ActionBusError) else \
-                client._send_error(action, stream, result)
+                send_error(action, stream, result)
             written[i].set_exception(error)
         else:
             written[i].set_result(result)

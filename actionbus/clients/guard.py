@@ -11,9 +11,10 @@ silently reconnecting.
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
 
 from redis.exceptions import (
     ConnectionError as RedisConnError,
@@ -26,7 +27,9 @@ from redis.exceptions import (
     SlotNotCoveredError,
 )
 
-from actionbus.exceptions import ActionBusError, ClientNotInitializedError
+from actionbus.config import mask_url
+from actionbus.connection import describe
+from actionbus.exceptions import ActionBusError, ClientNotInitializedError, RedisConnectionError
 
 __all__ = [
     "CLIENT_FAILURES",
@@ -34,7 +37,9 @@ __all__ = [
     "describe_failure",
     "mark_closed",
     "outcome_unknown",
+    "redis_call",
     "translate_errors",
+    "unreachable",
 ]
 
 CLIENT_FAILURES: tuple[type[BaseException], ...] = (
@@ -94,3 +99,45 @@ def translate_errors(make: Callable[[str, BaseException], ActionBusError]) -> It
         raise
     except CLIENT_FAILURES as exc:
         raise make(describe_failure(exc), exc) from exc
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def redis_call(
+    error: type[ActionBusError], what: str
+) -> Callable[[Callable[_P, Awaitable[_R]]], Callable[_P, Awaitable[_R]]]:
+    """Decorate an async method so client failures leave as ``error``.
+
+    ``what`` names the object, formatted with the method's ``self`` (e.g.
+    ``"dead letters of {self.service!r}"``).
+    """
+
+    def wrap(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+        @functools.wraps(method)
+        async def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            def make(description: str, exc: BaseException) -> ActionBusError:
+                subject = what.format(self=args[0]) if args else what
+                return error(
+                    f"{subject}: {method.__name__}() failed: {description}. Check that "
+                    "Redis is reachable; the call can be retried."
+                )
+
+            with translate_errors(make):
+                return await method(*args, **kwargs)
+
+        return run
+
+    return wrap
+
+
+def unreachable(settings: Any) -> Callable[[str, BaseException], ActionBusError]:
+    """Error factory for a failed first contact: ``RedisConnectionError`` naming the server."""
+    def make(description: str, exc: BaseException) -> ActionBusError:
+        return RedisConnectionError(
+            f"cannot reach Redis at {describe(settings)}: {mask_url(description)}. Check that "
+            "the server (every cluster node) runs and REDIS_URL/redis_host/redis_port point at it."
+        )
+
+    return make

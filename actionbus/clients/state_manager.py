@@ -8,10 +8,11 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from actionbus.clients.guard import redis_call
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.config import CommonAppSettings
 from actionbus.connection import AnyRedis
-from actionbus.exceptions import StateConflictError
+from actionbus.exceptions import StateConflictError, StateError
 
 __all__ = ["RedisStateManager"]
 
@@ -32,6 +33,9 @@ else
 end
 return 1
 """
+
+
+_guarded = redis_call(StateError, "state of service {self.app_settings.service_name!r}")
 
 
 class RedisStateManager(Generic[TStateModel]):
@@ -71,6 +75,7 @@ class RedisStateManager(Generic[TStateModel]):
             )
             return None
 
+    @_guarded
     async def load_state(self, state_key: str) -> TStateModel | None:
         """The stored state, or ``None`` when absent or no longer valid (the reason is logged)."""
         return self._parse(state_key, await self.redis.get(self.key_for(state_key)))
@@ -92,6 +97,7 @@ class RedisStateManager(Generic[TStateModel]):
                 f"expiration_seconds must be a positive integer or None, got {expiration_seconds}"
             )
 
+    @_guarded
     async def save_state(
         self,
         state_key: str,
@@ -103,10 +109,12 @@ class RedisStateManager(Generic[TStateModel]):
         self._check_expiry(expiration_seconds)
         await self.redis.set(self.key_for(state_key), payload, ex=expiration_seconds)
 
+    @_guarded
     async def delete_state(self, state_key: str) -> bool:
         """Delete the state; ``True`` if it existed."""
         return bool(await self.redis.delete(self.key_for(state_key)))
 
+    @_guarded
     async def update_state(
         self,
         state_key: str,
