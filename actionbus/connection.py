@@ -22,7 +22,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actionbus.config import CommonAppSettings, mask_url
 from actionbus.exceptions import RedisConnectionError
-from actionbus.pool import WaitingConnectionPool
+from actionbus.pool import (
+    WaitingConnectionPool,
+    WaitingRedisCluster,
+    WaitingSentinelConnectionPool,
+)
 
 __all__ = [
     "AnyRedis",
@@ -79,6 +83,8 @@ def _sentinel_master(settings: CommonAppSettings, options: dict[str, Any]) -> Re
         password=password,
         ssl=settings.redis_ssl,
         max_connections=settings.redis_max_connections,
+        connection_pool_class=WaitingSentinelConnectionPool,
+        timeout=settings.redis_pool_timeout,
         **options,
     )
     _SENTINELS[client] = sentinel
@@ -109,7 +115,10 @@ def create_redis_client(settings: CommonAppSettings) -> AnyRedis:
     if settings.redis_sentinels:
         return _sentinel_master(settings, options)
     if settings.redis_cluster:
-        return RedisCluster.from_url(url, max_connections=settings.redis_max_connections, **options)
+        return WaitingRedisCluster.from_url(
+            url, max_connections=settings.redis_max_connections,
+            pool_timeout=settings.redis_pool_timeout, **options,
+        )
     pool = WaitingConnectionPool.from_url(
         url,
         max_connections=settings.redis_max_connections,
