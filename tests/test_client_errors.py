@@ -102,7 +102,7 @@ async def test_calls_on_a_stopped_cluster_raise_library_errors(redis_cluster: An
 
 
 async def test_calls_on_a_killed_server_raise_library_errors(fresh_redis_server: Any) -> None:
-    """With the standalone server killed, sends, state and dead-letter calls raise actionbus errors."""
+    """With the server killed, sends, state and dead-letter calls raise actionbus errors."""
     settings = CommonAppSettings(_env_file=None, service_name="tests",
                                  redis_url=fresh_redis_server.url,
                                  redis_socket_connect_timeout=1, redis_retries=1)

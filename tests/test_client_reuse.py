@@ -1,4 +1,4 @@
-"""Sending leaves the caller's DomainAction unchanged; sends are checked before anything is written."""
+"""Sends leave the caller's DomainAction unchanged and check it before writing anything."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ async def test_resend_after_pseudo_sync_is_handled(bus: Any, eventually: Any) ->
     action = DomainAction(action_type="calc.number.double", data={"n": 4})
     before = action.model_dump()
     first = await client.send_action_pseudo_sync(action, timeout=1.5)
-    assert first is not None and first.data == {"n": 8}
+    assert first is not None
+    assert first.data == {"n": 8}
     assert action.model_dump() == before
     await asyncio.sleep(1.6)  # past the first call's deadline
     await client.send_action_async(action)
@@ -77,7 +78,9 @@ async def test_callback_then_pseudo_sync_with_one_object(bus: Any, eventually: A
     await client.send_action_async_with_callback(action, "orders.number.doubled", "ctx-1")
     assert action.model_dump() == before
     reply = await client.send_action_pseudo_sync(action, timeout=5)
-    assert reply is not None and reply.success and reply.data == {"n": 6}
+    assert reply is not None
+    assert reply.success
+    assert reply.data == {"n": 6}
     await eventually(lambda: callbacks)
     assert callbacks[0].data == {"n": 6}
     assert action.model_dump() == before
@@ -95,7 +98,7 @@ async def test_callback_then_pseudo_sync_with_one_object(bus: Any, eventually: A
 async def test_fields_changed_after_construction_are_checked(
     bus: Any, field: str, value: str, message: str
 ) -> None:
-    """A field reassigned to a bad value is refused at send with a library error; nothing is sent."""
+    """A field reassigned to a bad value is refused at send (library error); nothing is sent."""
     client = bus.client("orders")
     action = DomainAction(action_type="calc.number.double")
     setattr(action, field, value)
@@ -141,7 +144,7 @@ async def test_boolean_timeout_is_refused(bus: Any) -> None:
 
 
 async def test_closed_manager_client_refuses_to_send(make_settings: Any) -> None:
-    """After RedisManager.close() its client refuses sends with a library error, not reconnecting."""
+    """After RedisManager.close() its client refuses sends (library error), not reconnecting."""
     manager = RedisManager(make_settings())
     redis = await manager.initialize()
     client = BaseRedisClient("orders", redis, make_settings(service_name="orders"))

@@ -41,7 +41,8 @@ async def _hundred_updates_and_sends(settings: CommonAppSettings) -> None:
             *(state.update_state("hits", _bump) for _ in range(CONCURRENT)))
         assert max(r.value for r in results) == CONCURRENT
         loaded = await state.load_state("hits")
-        assert loaded is not None and loaded.value == CONCURRENT
+        assert loaded is not None
+        assert loaded.value == CONCURRENT
         client = BaseRedisClient("orders", redis, settings)
         await asyncio.gather(*(
             client.send_action_async(DomainAction(action_type=f"svc{i % 7}.item.add"))
