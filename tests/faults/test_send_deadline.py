@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from actionbus import BaseRedisClient, DomainAction
+import pytest
+
+from actionbus import BaseRedisClient, DomainAction, SendError
 from actionbus.config import CommonAppSettings
 from actionbus.connection import create_redis_client
 from actionbus.embedded import RedisServer
@@ -46,3 +48,27 @@ async def test_pseudo_sync_returns_within_its_timeout_when_the_xadd_hangs(
         await client.close()
         await redis.aclose()
 
+
+
+async def test_a_send_cut_off_after_the_write_reports_outcome_unknown(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """A send whose link goes silent after the write raises SendError(outcome_unknown=True)."""
+    proxy = BlackHoleProxy(fresh_redis_server.port)
+    await proxy.start()
+    settings = CommonAppSettings(
+        _env_file=None, service_name="orders", redis_url=f"redis://127.0.0.1:{proxy.port}/0",
+        redis_socket_timeout=0.5, redis_retries=0, redis_max_connections=1,
+    )
+    redis = create_redis_client(settings)
+    client = BaseRedisClient("orders", redis, settings)
+    try:
+        await client.send_action_async(DomainAction(action_type="inventory.item.warm"))
+        proxy.black_hole()
+        with pytest.raises(SendError, match="may have been delivered") as caught:
+            await client.send_action_async(DomainAction(action_type="inventory.item.add"))
+        assert caught.value.outcome_unknown is True
+    finally:
+        await proxy.close()
+        await client.close()
+        await redis.aclose()
