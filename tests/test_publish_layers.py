@@ -51,7 +51,7 @@ async def test_a_layer_that_raises_stops_the_send(bus: Any) -> None:
         raise PermissionError(f"{action.action_type} is not allowed")
 
     client.use(refuse)
-    with pytest.raises(PermissionError, match="inventory.item.add"):
+    with pytest.raises(PermissionError, match=r"inventory\.item\.add"):
         await client.send_action_async(DomainAction(action_type="inventory.item.add"))
     with pytest.raises(PermissionError):
         await client.send_actions_async([DomainAction(action_type="inventory.item.add")])
