@@ -1,6 +1,7 @@
 """actionbus: typed DomainActions between asyncio microservices over Redis Streams."""
 
 from actionbus.clients import BaseRedisClient, QueueManager, RedisManager, RedisStateManager
+from actionbus.clients.layers import PublishLayer, PublishNext
 from actionbus.config import CommonAppSettings
 from actionbus.dead_letters import DeadLetter, DeadLetterQueue
 from actionbus.exceptions import (
@@ -52,6 +53,8 @@ __all__ = [
     "InvalidActionError",
     "InvalidNameError",
     "PayloadTooLargeError",
+    "PublishLayer",
+    "PublishNext",
     "QueueManager",
     "RedisConnectionError",
     "RedisManager",

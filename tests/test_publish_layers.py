@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from actionbus import ConfigurationError, DomainAction
-from actionbus.clients.layers import PublishNext
+from actionbus import PublishNext
 
 STREAM = "actionbus:dev:{}:streams:main"
 
