@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from actionbus import ConfigurationError, DomainAction
-from actionbus import PublishNext
+from actionbus import ConfigurationError, DomainAction, PublishNext
 
 STREAM = "actionbus:dev:{}:streams:main"
 
