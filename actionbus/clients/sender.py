@@ -8,8 +8,8 @@ connection each.
 
 On Redis Cluster the queued sends are grouped by the node that owns each stream, one
 pipeline per node, sent side by side: a dead master fails only the sends meant for it.
-A send whose caller stopped waiting (cancelled, deadline passed) before its pipeline
-left is dropped, not written.
+A queued send whose caller stopped waiting (cancelled, deadline passed) before the
+background task took it is dropped, not written.
 """
 
 from __future__ import annotations
