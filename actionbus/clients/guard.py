@@ -17,9 +17,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from redis.exceptions import (
-    ConnectionError as RedisConnError,
-)
-from redis.exceptions import (
     AuthenticationError,
     MaxConnectionsError,
     NoPermissionError,
@@ -27,6 +24,9 @@ from redis.exceptions import (
     RedisError,
     ResponseError,
     SlotNotCoveredError,
+)
+from redis.exceptions import (
+    ConnectionError as RedisConnError,
 )
 
 from actionbus.config import mask_url
