@@ -25,6 +25,7 @@ from actionbus.exceptions import (
     StateConflictError,
     StateError,
     StateTypeError,
+    WorkerFailedError,
 )
 from actionbus.inspect import ConsumerInfo, GroupInfo, ServiceInfo, inspect_service
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
@@ -38,6 +39,7 @@ from actionbus.schedule import Schedule
 from actionbus.services import BaseService
 from actionbus.workers import BaseWorker, Handler, WorkerSettings, WorkerStats
 from actionbus.workers.context import WorkerContext
+from actionbus.workers.health import HealthStatus
 from actionbus.workers.pipeline import Layer
 from actionbus.workers.policy import FailurePolicy
 
@@ -67,6 +69,7 @@ __all__ = [
     "GroupInfo",
     "Handler",
     "HandlerError",
+    "HealthStatus",
     "InvalidNameError",
     "InvalidReply",
     "Layer",
@@ -86,6 +89,7 @@ __all__ = [
     "StateError",
     "StateTypeError",
     "WorkerContext",
+    "WorkerFailedError",
     "WorkerSettings",
     "WorkerStats",
     "__version__",

@@ -44,7 +44,10 @@ INTERNAL = {
         "StepFailed", "TracingLayer", "ValidationLayer", "chain",
     },
     "actionbus.workers.policy": {"Bury", "ReplyError", "Retry", "error_detail"},  # decisions
-    "actionbus.workers.reader": {"StreamReader"},
+    "actionbus.workers.reader": {"StreamReader", "spread"},
+    "actionbus.workers.failures": {"describe", "is_transient"},  # the error classifier
+    "actionbus.workers.health": {"Health", "SlowCommands"},  # collectors behind .health
+    "actionbus.workers.supervisor": {"supervise"},  # runs the worker's loops
     "actionbus.workers.results": {"Prepared", "callback_for", "is_waiting", "prepare"},
     "actionbus.workers.upkeep": {"Upkeep", "maintain"},
     "actionbus.workers.processing": {"ActionProcessor"},

@@ -42,6 +42,10 @@ class WorkerSettings(BaseSettings):
     )
     idempotency_ttl_s: int = Field(86_400, ge=1, description="How long duplicates are detected.")
     outage_log_every_s: float = Field(30.0, gt=0, description="Log an outage at most this often.")
+    check_permissions: bool = Field(
+        True, description="At start, check with ACL DRYRUN that the Redis user may run every "
+        "command a worker needs; refuse to start (PermissionsError) naming each missing one."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
