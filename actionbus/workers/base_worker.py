@@ -273,11 +273,17 @@ class BaseWorker:
             self._manager = RedisManager(self.app_settings)
             self._redis = await self._manager.initialize()
         redis = self._redis
-        await ensure_group(redis, self.stream, self.group)
-        if self.settings.check_permissions:
-            ctx0 = self.context
-            await check_permissions(redis, "worker", [self.stream, ctx0.dead_stream])
-        await check_eviction_policy(redis)
+        try:
+            await ensure_group(redis, self.stream, self.group)
+            if self.settings.check_permissions:
+                await check_permissions(redis, "worker", [self.stream, self.context.dead_stream])
+            await check_eviction_policy(redis)
+        except BaseException:
+            if self._manager is not None:  # our own connection: do not leak it
+                manager, self._manager, self._redis = self._manager, None, None
+                with contextlib.suppress(Exception):
+                    await manager.close()
+            raise
         self._health.failed = None
         ctx = self.context
         slow = SlowCommands(self._health, float(self.app_settings.redis_socket_timeout))

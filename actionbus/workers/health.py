@@ -19,6 +19,19 @@ _log = logging.getLogger("actionbus.worker")
 __all__ = ["Health", "HealthStatus", "SlowCommands"]
 
 
+_CODES = {"NoPermissionError": "NOPERM", "OutOfMemoryError": "OOM",
+          "AuthenticationError": "WRONGPASS", "ReadOnlyError": "READONLY"}
+
+
+def _code(exc: BaseException) -> str:
+    """The Redis error code (``WRONGTYPE``, ``NOPERM`` …) or the exception's type name."""
+    name = type(exc).__name__
+    if name in _CODES:
+        return _CODES[name]
+    first = str(exc).split(" ", 1)[0]
+    return first if first.isupper() and first.isalpha() else name
+
+
 class HealthStatus(BaseModel):
     """A snapshot of a worker's health."""
 
@@ -47,8 +60,7 @@ class Health:
 
     def refused(self, operation: str, exc: BaseException) -> None:
         """Record that Redis refused ``operation`` (e.g. ``LPUSH <key>``) with ``exc``."""
-        code = (str(exc).split(" ", 1)[0] if str(exc) else "") or type(exc).__name__
-        key = f"{operation.split(' ', 1)[0]}: {type(exc).__name__} {code}".strip()
+        key = f"{operation.split(' ', 1)[0]}: {_code(exc)}"
         first = key not in self.refusals
         self.refusals[key] = self.refusals.get(key, 0) + 1
         if first:
