@@ -37,6 +37,7 @@ INTERNAL = {
     "actionbus.streams": {"ensure_group", "is_busygroup", "is_nogroup", "text"},
     "actionbus.workers.maintenance": {
         "check_eviction_policy", "remove_gone_consumers", "safe_trim", "safe_trim_id",
+        "trim_around_pending",
     },
     "actionbus.workers.output": {"OutputBatcher"},
     "actionbus.workers.pipeline": {  # the built-in layers and the chain builder
@@ -49,7 +50,7 @@ INTERNAL = {
     "actionbus.workers.health": {"Health", "SlowCommands"},  # collectors behind .health
     "actionbus.workers.supervisor": {"supervise"},  # runs the worker's loops
     "actionbus.workers.results": {"Prepared", "callback_for", "is_waiting", "prepare"},
-    "actionbus.workers.upkeep": {"Upkeep", "maintain"},
+    "actionbus.workers.upkeep": {"Upkeep", "maintain", "trim"},
     "actionbus.workers.processing": {"ActionProcessor"},
     "actionbus.workers.reclaim": {
         "Claimed", "claim_abandoned", "claim_own_pending", "heartbeat", "reclaim_for_retry",

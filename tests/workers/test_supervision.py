@@ -76,7 +76,8 @@ async def test_supervise_restarts_after_any_exception(caplog: pytest.LogCaptureF
 
     died: list[BaseException] = []
     await asyncio.wait_for(supervise("test loop", loop, on_death=died.append), 10)
-    assert len(runs) == 3 and died == []
+    assert len(runs) == 3
+    assert died == []
     assert sum("test loop failed" in r.message for r in caplog.records) == 2
 
 
@@ -117,7 +118,8 @@ async def test_reading_continues_while_reclaim_is_slow(
 def test_reclaim_timing_is_spread_across_consumers() -> None:
     """The first reclaim of each consumer is offset by a hash of its name."""
     offsets = {spread(f"host-{i}") for i in range(20)}
-    assert len(offsets) == 20 and all(0 <= o < 1 for o in offsets)
+    assert len(offsets) == 20
+    assert all(0 <= o < 1 for o in offsets)
 
 
 def test_a_command_slower_than_the_socket_timeout_is_logged(
