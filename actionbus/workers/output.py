@@ -296,8 +296,7 @@ class OutputBatcher:
                     logger.error("the dead letter for %s was refused by Redis; dropped",
                                  unit.entry_id)
                 continue
-            original: Any = await self.redis.xrange(self.stream, unit.entry_id, unit.entry_id)
-            fields = dict(original[0][1]) if original else {}
+            fields = await self._original(unit.entry_id)
             data = next((fields[k] for k in (b"data", "data") if k in fields), "")
             message = "; ".join(f"{w.what}: {describe(e)}" for w, e in refused)
             letter = dead_letter_fields(
@@ -315,6 +314,19 @@ class OutputBatcher:
             unit.refused = []
             self.undeliverable += 1
             retry.append(unit)  # the dead letter goes out before the ack
+
+    async def _original(self, entry_id: str) -> dict[Any, Any]:
+        """The fields of our pending entry ``entry_id`` (``XCLAIM`` is in the worker's ACL,
+        ``XRANGE`` may not be); empty if Redis refuses or the entry is gone."""
+        try:
+            claimed: Any = await self.redis.xclaim(self.stream, self.group, self.consumer or
+                                                   "actionbus", 0, [entry_id])
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            self.health.refused(f"XCLAIM {self.stream}", exc)
+            return {}
+        return next((dict(f) for _, f in claimed if f is not None), {})
 
     async def _ack(self, units: list[_Unit], retry: list[_Unit]) -> BaseException | None:
         ids = [u.entry_id for u in units if u.entry_id is not None]
