@@ -169,6 +169,10 @@ async def test_stop_never_raises_a_client_error(make_settings: Settings) -> None
     async def broken_close() -> None:
         raise AttributeError("'NoneType' object has no attribute 'writelines'")
 
+    real_close = manager.close
     manager.close = broken_close  # type: ignore[method-assign]
-    await worker.stop()  # must not raise
-    assert worker._manager is None
+    try:
+        await worker.stop()  # must not raise
+        assert worker._manager is None
+    finally:
+        await real_close()
