@@ -127,6 +127,10 @@ class BaseWorker:
         self._outage = OutageLog(
             logger, f"worker {self.service_name}/{self.consumer}", self.settings.outage_log_every_s
         )
+        self._output_outage = OutageLog(  # its own: reads may work while writes fail (OOM)
+            logger, f"worker {self.service_name}/{self.consumer} output",
+            self.settings.outage_log_every_s,
+        )
         self._health = Health(logger, f"worker {self.service_name}/{self.consumer}")
 
     # -- handlers -------------------------------------------------------------------
@@ -238,7 +242,9 @@ class BaseWorker:
     def health(self) -> HealthStatus:
         """Healthy unless Redis refused an operation (``NOPERM``, ``WRONGTYPE`` …) or a
         background loop died; ``in_outage`` while Redis is unreachable."""
-        return self._health.status(in_outage=self._outage.in_outage)
+        return self._health.status(
+            in_outage=self._outage.in_outage or self._output_outage.in_outage
+        )
 
     @property
     def failed(self) -> BaseException | None:
@@ -288,7 +294,7 @@ class BaseWorker:
         ctx = self.context
         slow = SlowCommands(self._health, float(self.app_settings.redis_socket_timeout))
         output = self._output = OutputBatcher(
-            redis, self.stream, self.group, self._outage, before_ack=self.before_ack,
+            redis, self.stream, self.group, self._output_outage, before_ack=self.before_ack,
             health=self._health, dead_stream=ctx.dead_stream, consumer=self.consumer,
         )
         output.start()

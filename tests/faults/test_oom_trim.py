@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
-from actionbus import BaseWorker, CommonAppSettings
+from actionbus import BaseWorker, CommonAppSettings, DomainAction
 from actionbus.embedded import RedisServer
 from actionbus.workers import WorkerSettings
 from actionbus.workers.failures import is_transient
@@ -66,4 +69,51 @@ async def test_one_stuck_entry_does_not_block_trimming_at_maxmemory(
         assert await redis.xrange(ctx.stream, stuck, stuck)  # the stuck entry, whole
         assert int((await redis.xpending(ctx.stream, ctx.group))["pending"]) == 1
     finally:
+        await redis.aclose()
+
+
+async def test_an_oom_refused_reply_never_lets_its_ack_through(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """While Redis refuses the reply with OOM the request stays pending (retried with
+    backoff, the worker in outage); once memory frees, the reply lands, then the ack."""
+    redis: Any = Redis.from_url(fresh_redis_server.url)
+    settings = CommonAppSettings(_env_file=None, service_name="oomack",
+                                 redis_url=fresh_redis_server.url)
+    worker = BaseWorker(settings, redis, worker_settings=WorkerSettings(
+        block_ms=100, check_permissions=False))
+
+    async def answer(action: DomainAction, data: Any) -> dict[str, Any]:
+        return {"ok": True}
+
+    worker.register("oomack.item.get", answer)
+    reply_to = worker.queue_manager.get_response_queue("caller", "r1")
+    try:
+        await redis.xgroup_create(worker.stream, worker.group, id="0", mkstream=True)
+        action = DomainAction(action_type="oomack.item.get", data={},
+                              callback_queue_name=reply_to)
+        await redis.xadd(worker.stream, {"data": action.model_dump_json(exclude_none=True)})
+        used = int((await redis.info("memory"))["used_memory"])
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", used + 200_000)
+        with contextlib.suppress(OutOfMemoryError):
+            for i in range(2000):
+                await redis.set(f"filler:{i}", "y" * 10_000)
+        await worker.start()
+        deadline = time.monotonic() + 15
+        while not worker.health.in_outage:  # barrier: the reply was refused at least once
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        pending_in_outage = int((await redis.xpending(worker.stream, worker.group))["pending"])
+        await redis.config_set("maxmemory", 0)  # memory available again
+        while int((await redis.xpending(worker.stream, worker.group))["pending"]):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        replies = await redis.lrange(reply_to, 0, -1)
+        print(f"pending while OOM: {pending_in_outage}; replies after memory freed: "
+              f"{len(replies)}")
+        assert pending_in_outage == 1
+        assert len(replies) == 1
+    finally:
+        await worker.stop(grace=0.5)
         await redis.aclose()
