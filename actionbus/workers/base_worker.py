@@ -310,6 +310,7 @@ class BaseWorker:
             ctx, redis, [self.stream], spawn=self._spawn, in_flight=lambda: len(self._tasks),
             owned=lambda: processor.owned, unacknowledged=output.unacknowledged,
             stats=self.stats, outage=self._outage, after_batch=upkeep.maybe_trim, slow=slow,
+            health=self._health,
         )
         stopping = self._stopping
         self._loops = [

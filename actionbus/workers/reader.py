@@ -23,7 +23,7 @@ from actionbus.connection import AnyRedis
 from actionbus.streams import ensure_group, is_nogroup, text
 from actionbus.workers.context import WorkerContext
 from actionbus.workers.failures import is_transient
-from actionbus.workers.health import SlowCommands
+from actionbus.workers.health import Health, SlowCommands
 from actionbus.workers.reclaim import claim_abandoned, claim_own_pending
 from actionbus.workers.stats import WorkerStats
 
@@ -62,6 +62,7 @@ class StreamReader:
         outage: OutageLog,
         after_batch: Callable[[], None] = lambda: None,
         slow: SlowCommands | None = None,
+        health: Health | None = None,
     ) -> None:
         self.ctx = ctx
         self.redis = redis
@@ -74,6 +75,7 @@ class StreamReader:
         self.outage = outage
         self.after_batch = after_batch
         self.slow = slow or SlowCommands(None, 5.0)
+        self.health = health
         self.slot_free = asyncio.Event()
         """Set by the worker whenever a task finishes."""
         self.recover_now = asyncio.Event()
@@ -120,7 +122,7 @@ class StreamReader:
                     await self.recreate_groups()
                     continue
                 if not is_transient(exc):
-                    logger.error("reading %s failed: %s", ", ".join(self.streams), exc)
+                    self._refused("XREADGROUP", exc)
                 else:
                     self.outage.failure(exc)
                 await asyncio.sleep(backoff.next_delay())
@@ -168,13 +170,21 @@ class StreamReader:
                 if is_nogroup(exc):
                     await self.recreate_groups()
                 elif not is_transient(exc):
-                    logger.error("recovery on %s failed: %s", ", ".join(self.streams), exc)
+                    self._refused("XPENDING/XCLAIM", exc)
                 await asyncio.sleep(backoff.next_delay())
                 self.recover_now.set()
             except (RedisError, OSError) as exc:
                 self.outage.failure(exc)
                 await asyncio.sleep(backoff.next_delay())
                 self.recover_now.set()
+
+    def _refused(self, what: str, exc: BaseException) -> None:
+        """Redis refused a read-side command (e.g. NOPERM): log once, mark unhealthy."""
+        operation = f"{what} {', '.join(self.streams)}"
+        if self.health is not None:
+            self.health.refused(operation, exc)
+        else:
+            logger.error("%s failed: %s", operation, exc)
 
     async def recreate_groups(self) -> None:
         """Recreate missing consumer groups (Redis restarted empty, or a stream was deleted)."""
