@@ -12,6 +12,7 @@ from redis.exceptions import RedisError, ResponseError
 from actionbus.backoff import OutageLog
 from actionbus.connection import AnyRedis
 from actionbus.workers.context import WorkerContext
+from actionbus.workers.failures import is_transient
 from actionbus.workers.maintenance import remove_gone_consumers, safe_trim, trim_around_pending
 from actionbus.workers.reclaim import heartbeat
 
@@ -39,10 +40,15 @@ async def trim(redis: AnyRedis, ctx: WorkerContext) -> int:
         return 0
     removed = await safe_trim(redis, ctx.stream, settings.stream_retention)
     if settings.trim_stuck_after_s is not None:
-        removed += await trim_around_pending(
-            redis, ctx.stream, settings.stream_retention,
-            stuck_after_ms=int(settings.trim_stuck_after_s * 1000),
-        )
+        try:
+            removed += await trim_around_pending(
+                redis, ctx.stream, settings.stream_retention,
+                stuck_after_ms=int(settings.trim_stuck_after_s * 1000),
+            )
+        except ResponseError as exc:  # e.g. no +xrange +xdel in the ACL: trim as before
+            if is_transient(exc):
+                raise
+            logger.info("trimming past stuck entries of %s skipped: %s", ctx.stream, exc)
     return removed
 
 
