@@ -28,6 +28,7 @@ from actionbus.exceptions import (
     StateError,
     StateTypeError,
     UnknownActionType,
+    WorkerFailedError,
 )
 from actionbus.inspect import ConsumerInfo, GroupInfo, ServiceInfo, inspect_service
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
@@ -41,6 +42,7 @@ from actionbus.schedule import Schedule
 from actionbus.services import BaseService
 from actionbus.workers import BaseWorker, Handler, WorkerSettings, WorkerStats
 from actionbus.workers.context import WorkerContext
+from actionbus.workers.health import HealthStatus
 from actionbus.workers.pipeline import Layer
 from actionbus.workers.policy import FailurePolicy
 
@@ -70,6 +72,7 @@ __all__ = [
     "GroupInfo",
     "Handler",
     "HandlerError",
+    "HealthStatus",
     "InvalidActionError",
     "InvalidNameError",
     "InvalidReply",
@@ -93,6 +96,7 @@ __all__ = [
     "StateTypeError",
     "UnknownActionType",
     "WorkerContext",
+    "WorkerFailedError",
     "WorkerSettings",
     "WorkerStats",
     "__version__",

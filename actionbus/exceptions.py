@@ -52,6 +52,7 @@ __all__ = [
     "StateError",
     "StateTypeError",
     "UnknownActionType",
+    "WorkerFailedError",
 ]
 
 
@@ -180,3 +181,11 @@ class InvalidReply(ActionBusError):
         self.raw = raw
         self.reason = reason
         self.correlation_id = correlation_id
+
+
+class WorkerFailedError(ActionBusError):
+    """A worker's background loop died for good; the worker stopped (``.cause`` says why)."""
+
+    def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause

@@ -52,8 +52,9 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 """Commands each role needs on keys matching ``~{prefix}:{environment}:*``."""
 
-OPTIONAL_COMMANDS: dict[str, tuple[str, ...]] = {"worker": ("config|get",)}
-"""Used when granted: the worker's start-up eviction-policy warning (``CONFIG GET``)."""
+OPTIONAL_COMMANDS: dict[str, tuple[str, ...]] = {"worker": ("config|get", "xrange", "xdel")}
+"""Used when granted: the worker's start-up eviction-policy warning (``CONFIG GET``), and
+trimming past entries stuck pending (``XRANGE``/``XDEL``; skipped without them)."""
 
 CHECK_COMMANDS: tuple[str, ...] = ("acl|whoami", "acl|dryrun")
 """Let a user run :func:`check_permissions` on itself (optional; without them it is skipped)."""

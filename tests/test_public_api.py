@@ -46,6 +46,7 @@ INTERNAL = {
     "actionbus.streams": {"ensure_group", "is_busygroup", "is_nogroup", "text"},
     "actionbus.workers.maintenance": {
         "check_eviction_policy", "remove_gone_consumers", "safe_trim", "safe_trim_id",
+        "trim_around_pending",
     },
     "actionbus.workers.output": {"OutputBatcher"},
     "actionbus.workers.ownership": {"ConsumerLease"},  # taken by BaseWorker.start()
@@ -56,11 +57,14 @@ INTERNAL = {
     "actionbus.workers.policy": {  # decisions and failure-path helpers
         "Bury", "ReplyError", "Retry", "error_detail", "safe_text",
     },
-    "actionbus.workers.reader": {"StreamReader"},
+    "actionbus.workers.reader": {"StreamReader", "spread"},
+    "actionbus.workers.failures": {"describe", "is_transient"},  # the error classifier
+    "actionbus.workers.health": {"Health", "SlowCommands"},  # collectors behind .health
+    "actionbus.workers.supervisor": {"supervise"},  # runs the worker's loops
     "actionbus.workers.results": {
         "Prepared", "callback_for", "callback_refusal", "is_expired", "is_waiting", "prepare",
     },
-    "actionbus.workers.upkeep": {"Upkeep", "maintain"},
+    "actionbus.workers.upkeep": {"Upkeep", "maintain", "trim"},
     "actionbus.workers.processing": {"ActionProcessor"},
     "actionbus.workers.reclaim": {
         "Claimed", "claim_abandoned", "claim_own_pending", "heartbeat", "reclaim_for_retry",

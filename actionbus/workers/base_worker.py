@@ -13,15 +13,17 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, overload
 
 from pydantic import BaseModel
+from redis.asyncio import RedisCluster
 
 from actionbus.backoff import OutageLog
 from actionbus.clients.queue_manager import QueueManager
@@ -34,10 +36,13 @@ from actionbus.exceptions import (
     ConfigurationError,
     HandlerError,
     UnknownActionType,
+    WorkerFailedError,
 )
 from actionbus.models.actions import DomainAction, check_service_name
+from actionbus.permissions import check_permissions
 from actionbus.streams import ensure_group
 from actionbus.workers.context import WorkerContext
+from actionbus.workers.health import Health, HealthStatus, SlowCommands
 from actionbus.workers.maintenance import check_eviction_policy
 from actionbus.workers.output import OutputBatcher
 from actionbus.workers.ownership import ConsumerLease
@@ -56,6 +61,7 @@ from actionbus.workers.routing import (
 )
 from actionbus.workers.settings import WorkerSettings
 from actionbus.workers.stats import WorkerStats
+from actionbus.workers.supervisor import supervise
 from actionbus.workers.upkeep import Upkeep, maintain
 
 __all__ = ["BaseWorker"]
@@ -124,6 +130,11 @@ class BaseWorker:
         self._outage = OutageLog(
             logger, f"worker {self.service_name}/{self.consumer}", self.settings.outage_log_every_s
         )
+        self._output_outage = OutageLog(  # its own: reads may work while writes fail (OOM)
+            logger, f"worker {self.service_name}/{self.consumer} output",
+            self.settings.outage_log_every_s,
+        )
+        self._health = Health(logger, f"worker {self.service_name}/{self.consumer}")
 
     # -- handlers -------------------------------------------------------------------
 
@@ -231,6 +242,19 @@ class BaseWorker:
         return len(self._tasks)
 
     @property
+    def health(self) -> HealthStatus:
+        """Healthy unless Redis refused an operation (``NOPERM``, ``WRONGTYPE`` …) or a
+        background loop died; ``in_outage`` while Redis is unreachable."""
+        return self._health.status(
+            in_outage=self._outage.in_outage or self._output_outage.in_outage
+        )
+
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the worker stopped for good (a background loop died), else ``None``."""
+        return self._health.failed
+
+    @property
     def context(self) -> WorkerContext:
         """The frozen facts the worker's parts share (service, stream, group, keys…)."""
         return WorkerContext(
@@ -259,12 +283,24 @@ class BaseWorker:
             self._manager = RedisManager(self.app_settings)
             self._redis = await self._manager.initialize()
         redis = self._redis
-        await ensure_group(redis, self.stream, self.group)
-        self._lease = await ConsumerLease.take(redis, self.context)
-        await check_eviction_policy(redis)
+        try:
+            await ensure_group(redis, self.stream, self.group)
+            if self.settings.check_permissions:
+                await check_permissions(redis, "worker", [self.stream, self.context.dead_stream])
+            await check_eviction_policy(redis)
+            self._lease = await ConsumerLease.take(redis, self.context)  # last: nothing to undo
+        except BaseException:
+            if self._manager is not None:  # our own connection: do not leak it
+                manager, self._manager, self._redis = self._manager, None, None
+                with contextlib.suppress(Exception):
+                    await manager.close()
+            raise
+        self._health.failed = None
         ctx = self.context
+        slow = SlowCommands(self._health, float(self.app_settings.redis_socket_timeout))
         output = self._output = OutputBatcher(
-            redis, self.stream, self.group, self._outage, before_ack=self.before_ack
+            redis, self.stream, self.group, self._output_outage, before_ack=self.before_ack,
+            health=self._health, dead_stream=ctx.dead_stream, consumer=self.consumer,
         )
         output.start()
         pipeline = Pipeline(ctx, redis, self.stats, self._layers)
@@ -278,19 +314,51 @@ class BaseWorker:
         reader = self._reader = StreamReader(
             ctx, redis, [self.stream], spawn=self._spawn, in_flight=lambda: len(self._tasks),
             owned=lambda: processor.owned, unacknowledged=output.unacknowledged,
-            stats=self.stats, outage=self._outage, after_batch=upkeep.maybe_trim,
+            stats=self.stats, outage=self._outage, after_batch=upkeep.maybe_trim, slow=slow,
+            health=self._health, read_limit=lambda: processor.read_limit,
         )
+        stopping = self._stopping
         self._loops = [
-            asyncio.create_task(reader.run(self._stopping), name=f"actionbus-read:{self.stream}"),
-            asyncio.create_task(upkeep.run(), name=f"actionbus-upkeep:{self.stream}"),
+            self._supervised("read", lambda: reader.run(stopping)),
+            self._supervised("recovery", lambda: reader.run_recovery(stopping)),
+            self._supervised("upkeep", upkeep.run),
+            self._supervised("output", output.run),
         ]
         logger.info(
             "worker %s consuming %s as %s/%s (handlers: %s)", self.service_name, self.stream,
             self.group, self.consumer, ", ".join(self.registry.action_types) or "subclass hook",
         )
 
+    def _supervised(
+        self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]
+    ) -> asyncio.Task[None]:
+        """A background loop under ``supervise()``: restarted after errors; if it dies for
+        good, the worker stops and ``run()`` raises ``WorkerFailedError``."""
+        return asyncio.create_task(
+            supervise(f"worker {self.service_name} {name} loop", loop,
+                      on_death=self._loop_died, on_error=self._after_loop_error),
+            name=f"actionbus-{name}:{self.stream}",
+        )
+
+    def _loop_died(self, exc: BaseException) -> None:
+        self._health.died(exc)
+        self._stopping.set()
+
+    async def _after_loop_error(self, exc: BaseException) -> None:
+        """On Redis Cluster, move the client's default node (where redis-py resolves the
+        keys of commands like XREADGROUP) to another primary, in case it was the one lost."""
+        redis = self._redis
+        if isinstance(redis, RedisCluster):
+            current = redis.get_default_node()
+            others = [n for n in redis.get_primaries() if n is not current]
+            if others:
+                redis.set_default_node(random.choice(others))
+
     async def stop(self, grace: float | None = None) -> None:
-        """Stop reading; give in-flight handlers ``grace`` seconds; leave the rest pending."""
+        """Stop reading; give in-flight handlers ``grace`` seconds; leave the rest pending.
+
+        Never raises a Redis client error: a failure while closing is logged.
+        """
         if not self._loops:
             return
         grace = self.settings.shutdown_grace_s if grace is None else grace
@@ -316,8 +384,12 @@ class BaseWorker:
         if self._lease is not None:
             await self._lease.release()
         if self._manager is not None:
-            await self._manager.close()
-            self._manager, self._redis = None, None
+            manager, self._manager, self._redis = self._manager, None, None
+            try:
+                await manager.close()
+            except Exception as exc:  # stop() never raises a client error
+                logger.warning("worker %s/%s: closing the Redis connection failed (%s: %s)",
+                               self.service_name, self.consumer, type(exc).__name__, exc)
         logger.info("worker %s/%s stopped (%s)", self.service_name, self.consumer, self.stats)
 
     async def run(self) -> None:
@@ -332,6 +404,13 @@ class BaseWorker:
             await self.start()
             await self._stopping.wait()
             await self.stop()
+            if self._health.failed is not None:
+                failed = self._health.failed
+                raise WorkerFailedError(
+                    f"worker {self.service_name}/{self.consumer} stopped: a background loop "
+                    f"died ({type(failed).__name__}: {failed}); see the log for the traceback",
+                    cause=failed,
+                ) from failed
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -357,6 +436,8 @@ class BaseWorker:
 
     def _spawn(self, stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
         assert self._processor is not None
+        if entry_id in self._processor.owned:
+            return  # already being handled (a recovery raced a read)
         self._processor.claim(entry_id)
         coro = self._processor.process(entry_id, fields, deliveries)
         if _EAGER_TASKS:  # Python 3.12+: run until the first real wait, without a hop

@@ -36,12 +36,20 @@ class WorkerSettings(BaseSettings):
         100_000, ge=1, description="Above this many entries, fully processed ones are trimmed "
         "(checked every maintenance interval and every retention/10 acknowledgements)."
     )
+    trim_stuck_after_s: float | None = Field(
+        600.0, ge=0, description="When entries pending longer than this block trimming, "
+        "delete the processed entries after them (pending ones are kept; None: never)."
+    )
     maintenance_interval_s: float = Field(10.0, gt=0, description="Trim and consumer cleanup.")
     consumer_gone_after_s: float = Field(
         3600.0, gt=0, description="Idle consumers with nothing pending are removed after this."
     )
     idempotency_ttl_s: int = Field(86_400, ge=1, description="How long duplicates are detected.")
     outage_log_every_s: float = Field(30.0, gt=0, description="Log an outage at most this often.")
+    check_permissions: bool = Field(
+        True, description="At start, check with ACL DRYRUN that the Redis user may run every "
+        "command a worker needs; refuse to start (PermissionsError) naming each missing one."
+    )
 
     clock_skew_s: float = Field(
         1.0, ge=0, description="Tolerated difference between a caller's and this worker's "

@@ -322,3 +322,38 @@ async def test_maintenance_trims_dead_letters_and_counts_them(bus: Any, eventual
     await worker.maintain()
     assert [x.data for x in await dead_letters_of(worker)] == ["not json 3", "not json 4"]
     assert worker.stats.dead_letters_trimmed == 3
+
+
+async def test_reads_shrink_once_large_entries_are_seen(
+    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """After a large entry, each read asks for at most read_budget_bytes' worth of entries."""
+    worker = BaseWorker(make_settings(service_name="inventory", max_payload_bytes=100_000), conn,
+                        worker_settings=fast_worker_settings(batch_size=50,
+                                                             read_budget_bytes=60_000))
+    marks: list[int] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        marks.append(len(data["m"]))
+
+    await worker.start()
+    try:
+        big = json.dumps({"action_type": "inventory.item.mark", "data": {"m": "y" * 20_000}})
+        await conn.xadd(STREAM, {"data": big})
+        await eventually(lambda: marks == [20_000])
+        assert worker._processor is not None
+        limit = worker._processor.read_limit
+        assert 1 <= limit <= 3
+        await conn.config_resetstat()
+        small = json.dumps({"action_type": "inventory.item.mark", "data": {"m": "ok"}})
+        async with conn.pipeline(transaction=False) as pipe:
+            for _ in range(30):
+                pipe.xadd(STREAM, {"data": small})
+            await pipe.execute()
+        await eventually(lambda: len(marks) == 31)
+        stats = await conn.info("commandstats")
+        reads = stats["cmdstat_xreadgroup"]["calls"]
+        assert reads >= 30 // limit  # one read of 50 would have taken them all at once
+    finally:
+        await worker.stop()
