@@ -21,6 +21,7 @@ from typing import Any
 from actionbus.connection import AnyRedis
 from actionbus.exceptions import ConfigurationError
 from actionbus.workers.context import WorkerContext
+from actionbus.workers.failures import is_transient
 from actionbus.workers.policy import safe_text
 
 __all__ = ["ConsumerLease"]
@@ -69,7 +70,7 @@ class ConsumerLease:
         another running process holds the name."""
         lease = cls(redis, ctx)
         deadline = time.monotonic() + lease.ttl_ms / 1000 + 0.5
-        while not await redis.set(lease.key, lease.instance, nx=True, px=lease.ttl_ms):
+        while not await lease._try_take():
             if time.monotonic() >= deadline:
                 holder: Any = await redis.get(lease.key)
                 raise ConfigurationError(
@@ -81,6 +82,19 @@ class ConsumerLease:
             await asyncio.sleep(min(0.2, lease.ttl_ms / 4000))
         lease._task = asyncio.create_task(lease._keep(), name=f"actionbus-lease:{lease.name}")
         return lease
+
+    async def _try_take(self) -> bool:
+        """``SET NX`` the lease; a transient refusal (OOM, a blip) counts as taken, so the
+        worker starts and can free memory: the refresh loop takes the name once it can."""
+        try:
+            return bool(await self.redis.set(self.key, self.instance, nx=True, px=self.ttl_ms))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            logger.warning("could not take the lease of consumer name %s now (%s); starting "
+                           "anyway and taking it as soon as Redis accepts writes",
+                           self.name, safe_text(exc))
+            return True
 
     async def _keep(self) -> None:
         """Refresh every third of the TTL; never dies on an error (logged, retried)."""
