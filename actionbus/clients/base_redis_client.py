@@ -7,7 +7,7 @@ import logging
 import math
 import uuid
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from redis.exceptions import RedisError
 
@@ -16,8 +16,10 @@ from actionbus.clients.replies import ReplyListener
 from actionbus.clients.sender import DATA_FIELD, StreamWriter
 from actionbus.config import CommonAppSettings
 from actionbus.connection import AnyRedis
+from actionbus.delayed import DelayedQueue
 from actionbus.exceptions import (
     ConfigurationError,
+    DelayedActionError,
     InvalidNameError,
     PayloadTooLargeError,
     SendError,
@@ -121,10 +123,48 @@ class BaseRedisClient:
                 f"{stream}: {type(exc).__name__}: {exc}"
             ) from exc
 
-    async def send_action_async(self, action: DomainAction) -> str:
-        """Fire and forget: append ``action`` to its target's stream; return the entry id."""
-        stream, payload = self._encode(action)
-        return await self._xadd(stream, payload, action)
+    async def send_action_async(
+        self, action: DomainAction, *, delay: timedelta | float | None = None,
+        at: datetime | None = None,
+    ) -> str:
+        """Fire and forget: append ``action`` to its target's stream; return the entry id.
+
+        With ``delay`` (seconds or timedelta, by the Redis server's clock) or ``at`` (an
+        aware datetime) the action waits in the target's delayed set and enters its stream
+        when due; then the action id is returned (cancel it with ``DelayedQueue.cancel``).
+        """
+        if delay is None and at is None:
+            stream, payload = self._encode(action)
+            return await self._xadd(stream, payload, action)
+        return await self._send_later(action, delay, at)
+
+    async def _send_later(
+        self, action: DomainAction, delay: timedelta | float | None, at: datetime | None,
+    ) -> str:
+        if delay is not None and at is not None:
+            raise DelayedActionError("give delay= or at=, not both; nothing was sent")
+        if at is not None and not isinstance(at, datetime):
+            raise DelayedActionError(f"at= must be an aware datetime, got {at!r}")
+        if delay is not None:
+            seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+            if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
+                raise DelayedActionError(
+                    f"delay must be zero or a positive number of seconds (or a timedelta), "
+                    f"got {delay!r}; nothing was sent"
+                )
+        _, payload = self._encode(action)
+        queue = DelayedQueue(self.redis, self.queue_manager, action.target)
+        try:
+            if at is not None:
+                await queue.add(payload, at)
+            else:
+                await queue.add_after(payload, delay or 0)
+        except (RedisError, OSError) as exc:
+            raise SendError(
+                f"could not send delayed action {action.action_id} ({action.action_type}) to "
+                f"{queue.key}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return str(action.action_id)
 
     async def send_actions_async(self, actions: Iterable[DomainAction]) -> list[str]:
         """Send many actions in one pipelined round trip; return their entry ids in order.
@@ -187,12 +227,16 @@ class BaseRedisClient:
         action: DomainAction,
         callback_event_name: str,
         callback_context: str | None = None,
+        *,
+        delay: timedelta | float | None = None,
+        at: datetime | None = None,
     ) -> str:
         """Send ``action``; when done, the target sends a ``callback_event_name`` action back.
 
         The callback is an ordinary ``DomainAction`` appended to this service's own stream,
         so it is handled by this service's workers even if they were down when it was sent.
-        ``callback_context`` is carried in ``metadata["callback_context"]``.
+        ``callback_context`` is carried in ``metadata["callback_context"]``. ``delay``/``at``
+        as for ``send_action_async``.
         """
         self._check(action)
         check_action_type(callback_event_name, "callback_event_name")
@@ -204,7 +248,7 @@ class BaseRedisClient:
             action.correlation_id = str(action.action_id)
         if callback_context is not None:
             action.metadata["callback_context"] = callback_context
-        return await self.send_action_async(action)
+        return await self.send_action_async(action, delay=delay, at=at)
 
     async def close(self) -> None:
         """Stop the reply listener and delete this client's response list."""

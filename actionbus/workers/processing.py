@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from actionbus.connection import AnyRedis
 from actionbus.dead_letters import dead_letter_fields
+from actionbus.delayed import deliveries_of
 from actionbus.exceptions import InvalidNameError
 from actionbus.models.actions import DomainAction, DomainActionResponse, utc_now
 from actionbus.workers.context import Dispatch, WorkerContext
@@ -91,6 +92,7 @@ class ActionProcessor:
                 self._bury(entry_id, raw, self.policy.malformed(bad.error_type, bad.message),
                            deliveries)
                 return
+            deliveries += deliveries_of(action)  # used before a retry through the delayed set
             refused = self.policy.admit(deliveries)
             if refused is not None:
                 self._bury(entry_id, raw, refused, deliveries)
@@ -98,7 +100,7 @@ class ActionProcessor:
             while True:
                 retry = await self._attempt(entry_id, raw, action, deliveries)
                 if retry is None or not await self.policy.retry(
-                    self.redis, self.ctx, entry_id, retry
+                    self.redis, self.ctx, entry_id, retry, raw, deliveries
                 ):
                     return
                 deliveries += 1
