@@ -27,7 +27,7 @@ INTERNAL = {
     # Result types of DelayedQueue and the helpers the worker's retry path uses.
     "actionbus.delayed": {
         "DelayedEntry", "MoveReport", "deliveries_of", "seconds_until", "to_epoch_ms",
-        "with_deliveries",
+        "with_deliveries", "retry_payload", "without_bookkeeping",
     },
     "actionbus.models.actions": {"format_timestamp", "utc_now"},
     # The tick machinery the worker loop calls; users declare Schedule objects.
@@ -41,8 +41,9 @@ INTERNAL = {
     "actionbus.workers.output": {"OutputBatcher"},
     "actionbus.workers.pipeline": {  # the built-in layers and the chain builder
         "ExpiryLayer", "IdempotencyLayer", "MetricsLayer", "Pipeline", "ReplyLayer", "Skipped",
-        "StepFailed", "TracingLayer", "ValidationLayer", "chain",
+        "StepFailed", "TimeoutLayer", "TracingLayer", "ValidationLayer", "chain",
     },
+    "actionbus.workers.mover": {"Mover"},
     "actionbus.workers.policy": {"Bury", "ReplyError", "Retry", "error_detail"},  # decisions
     "actionbus.workers.reader": {"StreamReader"},
     "actionbus.workers.results": {"Prepared", "callback_for", "is_waiting", "prepare"},

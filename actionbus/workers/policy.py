@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from actionbus.backoff import Backoff
-from actionbus.delayed import DelayedQueue, with_deliveries
+from actionbus.delayed import DelayedQueue, retry_payload
 from actionbus.exceptions import ActionRejected
 from actionbus.models.actions import DomainAction, ErrorDetail, utc_now
 from actionbus.workers.reclaim import reclaim_for_retry
@@ -140,7 +140,8 @@ class FailurePolicy:
             queue = DelayedQueue(redis, ctx.queues, ctx.service)
             due_ms = int((time.time() + decision.delay) * 1000)
             if not await queue.retry_later(ctx.stream, ctx.group, entry_id,
-                                           with_deliveries(payload, deliveries), due_ms):
+                                           retry_payload(payload, deliveries, entry_id),
+                                           due_ms):
                 logger.warning("entry %s was no longer pending when parking its retry; "
                                "someone else finished it", entry_id)
             return False

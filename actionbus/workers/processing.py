@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from actionbus.connection import AnyRedis
 from actionbus.dead_letters import dead_letter_fields
-from actionbus.delayed import deliveries_of
+from actionbus.delayed import DELIVERIES_KEY, deliveries_of, without_bookkeeping
 from actionbus.exceptions import InvalidNameError
 from actionbus.models.actions import DomainAction, DomainActionResponse, utc_now
 from actionbus.workers.context import Dispatch, WorkerContext
@@ -194,6 +194,10 @@ class ActionProcessor:
     ) -> None:
         """Move an entry to the dead-letter stream with its reason, then acknowledge it."""
         self.stats.dead_lettered += 1
+        original_id = entry_id
+        if action is not None and raw is not None and DELIVERIES_KEY in action.metadata:
+            raw, first = without_bookkeeping(raw)  # retried: bury the action as first sent
+            original_id = first or entry_id
         logger.error(
             "dead-lettered %s from %s after %d deliver%s (%s: %s: %.300s)",
             entry_id, self.ctx.stream, deliveries, "y" if deliveries == 1 else "ies",
@@ -207,7 +211,7 @@ class ActionProcessor:
                 error_type=why.error_type,
                 error_message=why.message,
                 deliveries=deliveries,
-                original_id=entry_id,
+                original_id=original_id,
                 stream=self.ctx.stream,
                 consumer=self.ctx.consumer,
             ),
