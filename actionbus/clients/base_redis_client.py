@@ -74,6 +74,7 @@ class BaseRedisClient:
             settings.environment, settings.key_prefix
         )
         self._writer = StreamWriter(redis_client)
+        self._delayed: dict[str, DelayedQueue] = {}
         self._replies = ReplyListener(
             redis_client,
             self.queue_manager.get_response_queue(self.service_name, uuid.uuid4().hex),
@@ -153,7 +154,11 @@ class BaseRedisClient:
                     f"got {delay!r}; nothing was sent"
                 )
         _, payload = self._encode(action)
-        queue = DelayedQueue(self.redis, self.queue_manager, action.target)
+        queue = self._delayed.get(action.target)
+        if queue is None:
+            queue = DelayedQueue(self.redis, self.queue_manager, action.target)
+            if len(self._delayed) < 1000:
+                self._delayed[action.target] = queue
         try:
             if at is not None:
                 await queue.add(payload, at)

@@ -55,7 +55,7 @@ class Mover:
         if report.moved:
             self.moved += report.moved
             self.lateness_ms.extend(report.lateness_ms)
-            del self.lateness_ms[:-10_000]
+            del self.lateness_ms[:-100_000]
         if self.schedules:
             for fired in await tick(self.redis, self.ctx.queues, self.ctx.service,
                                     self.schedules):

@@ -58,7 +58,7 @@ async def run_scenario(url: str, retry_in_slot: bool) -> dict[str, float]:
         outage["on"] = False
         sent_b = n
         deadline = time.time() + 30
-        while len(handled_b) < sent_b and time.time() < deadline:
+        while len(handled_b) < sent_b and time.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
     finally:
         await worker.stop(grace=1)
@@ -84,7 +84,7 @@ MODES = ["delayed-set"] + (["in-slot"] if os.environ.get("ACTIONBUS_HOL_IN_SLOT"
 async def test_failing_type_does_not_stall_the_others(
     fresh_redis_server: RedisServer, mode: str
 ) -> None:
-    """While A fails for 6 s, B keeps at least half its throughput (target ≥ 90%, p99 ≤ 2×;
+    """While A fails for 6 s, B keeps at least half its throughput (target ≥ 90%, p99 within 2x;
     figures printed). Set ACTIONBUS_HOL_IN_SLOT=1 to also run the old in-slot retries."""
     r = await run_scenario(fresh_redis_server.url, retry_in_slot=mode == "in-slot")
     ratio = r["tput_during"] / r["tput_before"]

@@ -68,7 +68,7 @@ async def test_callback_send_can_be_delayed(bus: Any, eventually: Any) -> None:
     await eventually(lambda: len(done) == 1)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(("kwargs", "match"), [
     ({"delay": -1}, "zero or a positive"),
     ({"delay": timedelta(seconds=-1)}, "zero or a positive"),
     ({"delay": float("nan")}, "zero or a positive"),
@@ -226,8 +226,10 @@ async def test_handler_timeout_replies_error_to_a_waiting_caller(bus: Any) -> No
     reply = await bus.client("orders").send_action_pseudo_sync(
         DomainAction(action_type="inventory.stock.hang", target_service="inventory"),
         timeout=10)
-    assert reply is not None and not reply.success
-    assert reply.error is not None and reply.error.error_type == HandlerTimeout.__name__
+    assert reply is not None
+    assert not reply.success
+    assert reply.error is not None
+    assert reply.error.error_type == HandlerTimeout.__name__
     assert cancelled.is_set()
 
 
@@ -280,4 +282,5 @@ def test_register_refuses_a_bad_timeout(bus: Any) -> None:
         worker.register("inventory.stock.x", h, timeout=0)
     worker.register("inventory.stock.y", h, timeout=timedelta(seconds=2))
     route = worker.registry.get("inventory.stock.y")
-    assert route is not None and route.timeout == 2.0
+    assert route is not None
+    assert route.timeout == 2.0
