@@ -1,6 +1,7 @@
 """actionbus: typed DomainActions between asyncio microservices over Redis Streams."""
 
 from actionbus.clients import BaseRedisClient, QueueManager, RedisManager, RedisStateManager
+from actionbus.clients.layers import PublishLayer, PublishNext
 from actionbus.config import CommonAppSettings
 from actionbus.dead_letters import DeadLetter, DeadLetterQueue
 from actionbus.delayed import DelayedQueue
@@ -15,6 +16,7 @@ from actionbus.exceptions import (
     EmbeddedRedisError,
     HandlerError,
     HandlerTimeout,
+    InvalidActionError,
     InvalidNameError,
     InvalidReply,
     PayloadTooLargeError,
@@ -69,11 +71,14 @@ __all__ = [
     "Handler",
     "HandlerError",
     "HandlerTimeout",
+    "InvalidActionError",
     "InvalidNameError",
     "InvalidReply",
     "Layer",
     "PayloadTooLargeError",
     "PermissionsError",
+    "PublishLayer",
+    "PublishNext",
     "QueueManager",
     "RedisAuthenticationError",
     "RedisConnectionError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -56,8 +57,8 @@ async def test_handler_span_is_a_child_of_the_senders_span(
     assert handled.parent is not None
     assert handled.parent.span_id == parent.get_span_context().span_id
     assert handled.context.trace_id == parent.get_span_context().trace_id
-    assert action.trace_id == format(parent.get_span_context().trace_id, "032x")
-    assert "traceparent" in action.metadata
+    assert reply.trace_id == format(parent.get_span_context().trace_id, "032x")
+    assert "traceparent" not in action.metadata  # the caller's object is not changed
     assert handled.attributes is not None
     assert handled.attributes["messaging.message.id"] == str(action.action_id)
 
@@ -97,7 +98,9 @@ async def test_without_tracing_nothing_is_added(redis_url: str) -> None:
     client = BaseRedisClient("orders", redis, settings)
     action = DomainAction(action_type="inventory.item.count")
     await client.send_action_async(action)
+    [(_, fields)] = await redis.xrange("actionbus:dev:inventory:streams:main")
     await client.close()
     await redis.aclose()
-    assert "traceparent" not in action.metadata
-    assert action.trace_id is None
+    sent = json.loads(fields[b"data"])
+    assert "traceparent" not in sent["metadata"]
+    assert "trace_id" not in sent

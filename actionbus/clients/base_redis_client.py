@@ -1,4 +1,8 @@
-"""``BaseRedisClient``: send ``DomainAction``s to other services in three patterns."""
+"""``BaseRedisClient``: send ``DomainAction``s to other services in three patterns.
+
+A send never changes the caller's ``DomainAction``: the client stamps, validates and
+encodes its own copy, so one object can be sent again, or in another pattern.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,30 @@ import math
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
 
-from redis.exceptions import RedisError
+from pydantic_core import PydanticSerializationError
 
+from actionbus.clients.batch import send_batch
+from actionbus.clients.guard import (
+    CLIENT_FAILURES,
+    check_open,
+    describe_failure,
+    outcome_unknown,
+)
+from actionbus.clients.layers import PublishLayer, PublishNext, build_chain, tracing_layer
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.replies import ReplyListener
-from actionbus.clients.sender import DATA_FIELD, StreamWriter
+from actionbus.clients.sender import StreamWriter
 from actionbus.config import CommonAppSettings
 from actionbus.connection import AnyRedis
 from actionbus.delayed import DelayedQueue
 from actionbus.exceptions import (
+    ActionBusError,
     ConfigurationError,
     DelayedActionError,
+    InvalidActionError,
     InvalidNameError,
     PayloadTooLargeError,
     SendError,
@@ -31,17 +47,32 @@ from actionbus.models.actions import (
     check_service_name,
     utc_now,
 )
-from actionbus.tracing import inject_context
 
 __all__ = ["BaseRedisClient"]
 
 logger = logging.getLogger("actionbus.client")
 
 
-def _expire(future: asyncio.Future[DomainActionResponse]) -> None:
-    """End a pseudo-sync wait whose timeout passed."""
-    if not future.done():
-        future.set_exception(TimeoutError())
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` holds a NaN or infinite float anywhere inside."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_non_finite(v) for v in value)
+    return False
+
+
+def _check_timeout(timeout: object) -> float:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ValueError(f"timeout must be a positive number of seconds (finite), got {timeout!r}")
+    return float(timeout)
 
 
 class BaseRedisClient:
@@ -50,6 +81,7 @@ class BaseRedisClient:
     Every action goes by ``XADD`` to its target service's stream (field ``data`` holds the
     action's JSON). Replies to pseudo-sync calls come back on one response list owned by
     this client and are read by a single listener, however many calls are in flight.
+    Publish layers (``use()``) run around each send.
     """
 
     def __init__(
@@ -74,16 +106,30 @@ class BaseRedisClient:
             settings.environment, settings.key_prefix
         )
         self._writer = StreamWriter(redis_client)
-        self._delayed: dict[str, DelayedQueue] = {}
         self._replies = ReplyListener(
             redis_client,
             self.queue_manager.get_response_queue(self.service_name, uuid.uuid4().hex),
         )
+        self._layers: list[PublishLayer] = [tracing_layer]
+        self._chain: PublishNext = build_chain(self._layers, self._write)
+        self._delayed: dict[str, DelayedQueue] = {}
 
     @property
     def response_queue(self) -> str:
         """The list this client's pseudo-sync replies arrive on."""
         return self._replies.queue
+
+    def use(self, layer: PublishLayer) -> None:
+        """Add a publish layer: ``async def layer(action, call_next) -> str``.
+
+        Layers run in registration order, the first outermost, after the built-in tracing
+        layer; each gets the client's copy of the action and returns ``await
+        call_next(action)`` (or raises to stop the send: nothing is written).
+        """
+        if not callable(layer):
+            raise ConfigurationError(f"a publish layer must be callable, got {layer!r}")
+        self._layers.append(layer)
+        self._chain = build_chain(self._layers, self._write)
 
     @staticmethod
     def _check(action: DomainAction) -> None:
@@ -93,67 +139,90 @@ class BaseRedisClient:
                 "DomainAction(action_type='service.entity.verb', data={...})"
             )
 
-    def _encode(self, action: DomainAction) -> tuple[str, str]:
-        """Stream name and JSON of ``action``, after stamping the origin and checking size."""
+    def _copy(self, action: DomainAction, **changes: Any) -> DomainAction:
+        """The client's own copy of ``action`` (new metadata dict), origin stamped."""
         self._check(action)
-        # Fields may have been reassigned after validation; the key parts are re-checked.
+        changes.setdefault("metadata", dict(action.metadata))
+        if action.origin_service is None:
+            changes["origin_service"] = self.service_name
+        return action.model_copy(update=changes)
+
+    def _validate(self, action: DomainAction) -> None:
+        """Re-check fields that may have been reassigned after construction."""
         try:
             check_action_type(action.action_type)
         except ValueError as exc:
             raise InvalidNameError(f"nothing was sent: {exc}") from None
-        if action.origin_service is None:
-            action.origin_service = self.service_name
-        inject_context(action)
+        what = f"action {action.action_id} ({action.action_type})"
+        try:
+            for field in ("origin_service", "target_service"):
+                value = getattr(action, field)
+                if value is not None:
+                    check_service_name(value, field)
+            if action.callback_action_type is not None:
+                check_action_type(action.callback_action_type, "callback_action_type")
+            if action.callback_queue_name is not None:
+                if action.callback_action_type is not None:
+                    self.queue_manager.check_action_stream(action.callback_queue_name)
+                else:
+                    self.queue_manager.check_response_queue(action.callback_queue_name)
+        except (ValueError, TypeError) as exc:
+            raise InvalidActionError(f"{what} was not sent: {exc}") from None
+
+    def _encode(self, action: DomainAction) -> tuple[str, str]:
+        """Stream name and JSON of ``action`` (the client's copy), after every check."""
+        self._validate(action)
+        what = f"action {action.action_id} ({action.action_type})"
         stream = self.queue_manager.get_service_action_stream(action.target)
-        payload = action.model_dump_json(exclude_none=True)
+        try:
+            payload = action.model_dump_json(exclude_none=True)
+        except (PydanticSerializationError, ValueError, TypeError) as exc:
+            raise InvalidActionError(
+                f"{what} was not sent: its content cannot be serialized to JSON ({exc}). "
+                "Put only JSON values (str, int, float, bool, None, lists, dicts) in data."
+            ) from None
+        # Pydantic writes NaN and infinity as null; only then look for them.
+        if "null" in payload and _non_finite(action.model_dump(exclude_none=True)):
+            raise InvalidActionError(
+                f"{what} was not sent: it contains NaN or infinity, which JSON cannot "
+                "carry (it would arrive as null). Send a finite number or None."
+            )
         size = len(payload.encode()) if not payload.isascii() else len(payload)
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLargeError(
-                f"action {action.action_id} ({action.action_type}) is {size} bytes, above "
+                f"{what} is {size} bytes, above "
                 f"max_payload_bytes={self.settings.max_payload_bytes}; nothing was sent. "
                 "Store large data elsewhere and send a reference, or raise the limit."
             )
         return stream, payload
 
-    async def _xadd(self, stream: str, payload: str, action: DomainAction) -> str:
+    def _send_error(self, action: DomainAction, stream: str, exc: BaseException) -> SendError:
+        unknown = outcome_unknown(exc)
+        fate = ("it may have been delivered (the connection broke after the write)"
+                if unknown else "it was not sent")
+        return SendError(
+            f"could not send action {action.action_id} ({action.action_type}) to {stream}: "
+            f"{describe_failure(exc)}; {fate}",
+            outcome_unknown=unknown,
+        )
+
+    async def _write(self, action: DomainAction) -> str:
+        """Innermost publish step: validate, encode and XADD the action."""
+        stream, payload = self._encode(action)
+        self._check_open()
         try:
             return await self._writer.xadd(stream, payload)
-        except (RedisError, OSError) as exc:
-            raise SendError(
-                f"could not send action {action.action_id} ({action.action_type}) to "
-                f"{stream}: {type(exc).__name__}: {exc}"
-            ) from exc
+        except ActionBusError:
+            raise
+        except CLIENT_FAILURES as exc:
+            raise self._send_error(action, stream, exc) from exc
 
-    async def send_action_async(
-        self, action: DomainAction, *, delay: timedelta | float | None = None,
-        at: datetime | None = None,
+    async def _write_later(
+        self, delay: timedelta | float | None, at: datetime | None, action: DomainAction,
     ) -> str:
-        """Fire and forget: append ``action`` to its target's stream; return the entry id.
-
-        With ``delay`` (seconds or timedelta, by the Redis server's clock) or ``at`` (an
-        aware datetime) the action waits in the target's delayed set and enters its stream
-        when due; then the action id is returned (cancel it with ``DelayedQueue.cancel``).
-        """
-        if delay is None and at is None:
-            stream, payload = self._encode(action)
-            return await self._xadd(stream, payload, action)
-        return await self._send_later(action, delay, at)
-
-    async def _send_later(
-        self, action: DomainAction, delay: timedelta | float | None, at: datetime | None,
-    ) -> str:
-        if delay is not None and at is not None:
-            raise DelayedActionError("give delay= or at=, not both; nothing was sent")
-        if at is not None and not isinstance(at, datetime):
-            raise DelayedActionError(f"at= must be an aware datetime, got {at!r}")
-        if delay is not None:
-            seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-            if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
-                raise DelayedActionError(
-                    f"delay must be zero or a positive number of seconds (or a timedelta), "
-                    f"got {delay!r}; nothing was sent"
-                )
+        """Innermost step of a delayed send: encode, then ZADD to the target's delayed set."""
         _, payload = self._encode(action)
+        self._check_open()
         queue = self._delayed.get(action.target)
         if queue is None:
             queue = DelayedQueue(self.redis, self.queue_manager, action.target)
@@ -164,33 +233,67 @@ class BaseRedisClient:
                 await queue.add(payload, at)
             else:
                 await queue.add_after(payload, delay or 0)
-        except (RedisError, OSError) as exc:
-            raise SendError(
-                f"could not send delayed action {action.action_id} ({action.action_type}) to "
-                f"{queue.key}: {type(exc).__name__}: {exc}"
-            ) from exc
+        except ActionBusError:
+            raise
+        except CLIENT_FAILURES as exc:
+            raise self._send_error(action, queue.key, exc) from exc
         return str(action.action_id)
 
-    async def send_actions_async(self, actions: Iterable[DomainAction]) -> list[str]:
-        """Send many actions in one pipelined round trip; return their entry ids in order.
+    def _chain_for(
+        self, delay: timedelta | float | None, at: datetime | None,
+    ) -> PublishNext:
+        """The publish chain: plain XADD, or (``delay``/``at``) the delayed set."""
+        if delay is None and at is None:
+            return self._chain
+        if delay is not None and at is not None:
+            raise DelayedActionError("give delay= or at=, not both; nothing was sent")
+        if at is not None and not isinstance(at, datetime):
+            raise DelayedActionError(f"at= must be an aware datetime, got {at!r}")
+        if at is not None and at.tzinfo is None:
+            raise DelayedActionError(
+                f"at={at.isoformat()} has no timezone; nothing was sent: pass an aware "
+                "datetime (e.g. datetime.now(UTC) + timedelta(minutes=5))"
+            )
+        if delay is not None:
+            seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+            if (isinstance(seconds, bool) or not isinstance(seconds, int | float)
+                    or not math.isfinite(seconds) or seconds < 0):
+                raise DelayedActionError(
+                    f"delay must be zero or a positive number of seconds (or a timedelta), "
+                    f"got {delay!r}; nothing was sent"
+                )
+        return build_chain(self._layers, partial(self._write_later, delay, at))
 
-        Every action is validated and encoded before anything is sent.
+    async def send_action_async(
+        self, action: DomainAction, *, delay: timedelta | float | None = None,
+        at: datetime | None = None,
+    ) -> str:
+        """Fire and forget: append ``action`` to its target's stream; return the entry id.
+
+        With ``delay`` (seconds or timedelta, by the Redis server's clock) or ``at`` (an
+        aware datetime) the action waits in the target's delayed set and enters its stream
+        when due; then its action id is returned (for ``DelayedQueue.cancel``).
         """
-        encoded = [(action, *self._encode(action)) for action in actions]
-        if not encoded:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for _, stream, payload in encoded:
-            pipe.xadd(stream, {DATA_FIELD: payload})
-        try:
-            ids = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise SendError(
-                f"could not send a batch of {len(encoded)} actions: {type(exc).__name__}: {exc}. "
-                "Some may have been sent; resend with the same action_ids and let "
-                "idempotent handlers skip duplicates."
-            ) from exc
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+        chain = self._chain_for(delay, at)
+        return await chain(self._copy(action))
+
+    async def send_actions_async(self, actions: Iterable[DomainAction]) -> list[str]:
+        """Send many actions in pipelined round trips; return their entry ids in order.
+
+        Every action passes the publish layers and is validated and encoded before
+        anything is sent. On a cluster, each node's share is sent on its own.
+        """
+        return await send_batch(
+            [self._copy(action) for action in actions],
+            layers=self._layers,
+            encode=self._encode,
+            before_write=self._check_open,
+            writer=self._writer,
+            send_error=self._send_error,
+        )
+
+    def _check_open(self) -> None:
+        check_open(self.redis, f"client of service {self.service_name!r}")
 
     async def send_action_pseudo_sync(
         self, action: DomainAction, timeout: float = 30
@@ -198,33 +301,32 @@ class BaseRedisClient:
         """Send ``action`` and wait up to ``timeout`` seconds for its response.
 
         Returns the ``DomainActionResponse`` (``success=False`` with an ``error`` when the
-        handler failed) or ``None`` when the timeout passes. The action carries its
-        ``expires_at`` so a worker that picks it up later skips it.
+        handler failed) or ``None`` when the timeout passes. The timeout bounds the whole
+        call, the write included. The action carries its ``expires_at`` so a worker that
+        picks it up later skips it.
         """
-        if not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
-            raise ValueError(
-                f"timeout must be a positive number of seconds (finite), got {timeout!r}"
-            )
+        seconds = _check_timeout(timeout)
         self._check(action)
-        action.callback_queue_name = self._replies.queue
-        if action.correlation_id is None:
-            action.correlation_id = str(action.action_id)
-        action.expires_at = utc_now() + timedelta(seconds=timeout)
-        stream, payload = self._encode(action)
-        correlation_id = action.correlation_id
+        copy = self._copy(
+            action,
+            callback_queue_name=self._replies.queue,
+            callback_action_type=None,
+            correlation_id=action.correlation_id or str(action.action_id),
+            expires_at=utc_now() + timedelta(seconds=seconds),
+        )
+        correlation_id = copy.reply_correlation_id
         future = self._replies.expect(correlation_id)
-        expiry = asyncio.get_running_loop().call_later(timeout, _expire, future)
         try:
-            await self._xadd(stream, payload, action)
-            return await future
+            async with asyncio.timeout(seconds):
+                await self._chain(copy)
+                return await future
         except TimeoutError:
             logger.info(
                 "no response to %s (%s) from %s within %ss",
-                action.action_id, action.action_type, action.target, timeout,
+                copy.action_id, copy.action_type, copy.target, timeout,
             )
             return None
         finally:
-            expiry.cancel()
             self._replies.forget(correlation_id)
 
     async def send_action_async_with_callback(
@@ -243,17 +345,22 @@ class BaseRedisClient:
         ``callback_context`` is carried in ``metadata["callback_context"]``. ``delay``/``at``
         as for ``send_action_async``.
         """
+        chain = self._chain_for(delay, at)
         self._check(action)
         check_action_type(callback_event_name, "callback_event_name")
-        action.callback_action_type = callback_event_name
-        action.callback_queue_name = self.queue_manager.get_callback_queue(
-            self.service_name, callback_context
-        )
-        if action.correlation_id is None:
-            action.correlation_id = str(action.action_id)
+        metadata = dict(action.metadata)
         if callback_context is not None:
-            action.metadata["callback_context"] = callback_context
-        return await self.send_action_async(action, delay=delay, at=at)
+            metadata["callback_context"] = callback_context
+        copy = self._copy(
+            action,
+            metadata=metadata,
+            callback_action_type=callback_event_name,
+            callback_queue_name=self.queue_manager.get_callback_queue(
+                self.service_name, callback_context
+            ),
+            correlation_id=action.correlation_id or str(action.action_id),
+        )
+        return await chain(copy)
 
     async def close(self) -> None:
         """Stop the reply listener and delete this client's response list."""
