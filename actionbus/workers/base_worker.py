@@ -257,7 +257,7 @@ class BaseWorker:
 
     @property
     def in_flight(self) -> int:
-        """Actions being handled (or waiting for a retry) right now."""
+        """Actions being handled right now (or waiting for an in-slot retry)."""
         return len(self._tasks)
 
     @property
