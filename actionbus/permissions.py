@@ -48,7 +48,7 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
     "state": ("ping", "get", "set", "del", *_SCRIPTS),
     "cli": (
         "ping", "xadd", "xlen", "xinfo|groups", "xinfo|consumers", "exists", "xrange",
-        "xdel", "xrevrange", *_REPLY_WAIT,
+        "xrevrange", "xdel", *_REPLY_WAIT,
     ),
 }  # fmt: skip
 """Commands each role needs on keys matching ``~{prefix}:{environment}:*``."""
@@ -122,7 +122,7 @@ def _sample(command: str, key: str) -> list[str]:
         "xinfo|consumers": ["XINFO", "CONSUMERS", key, "g"],
         "xtrim": ["XTRIM", key, "MINID", "0"],
         "xrange": ["XRANGE", key, "-", "+"],
-        "xrevrange": ["XREVRANGE", key, "+", "-", "COUNT", "1"],
+        "xrevrange": ["XREVRANGE", key, "+", "-"],
         "xdel": ["XDEL", key, "0-1"],
         "exists": ["EXISTS", key],
         "lpush": ["LPUSH", key, "v"],
