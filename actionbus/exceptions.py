@@ -14,6 +14,7 @@
     ├── ConsumerGroupError          a consumer group could not be created or used
     ├── HandlerError                a handler is missing, registered twice, or has a bad signature
     ├── ActionRejected              an action that can never succeed: dead-lettered, not retried
+    ├── HandlerTimeout              a handler overran its timeout and was cancelled (retried)
     ├── DeadLetterError             a dead letter could not be found or replayed
     ├── DelayedActionError          a delayed action or schedule that cannot be used as given
     ├── InvalidReply                a reply arrived that is not a valid DomainActionResponse
@@ -39,6 +40,7 @@ __all__ = [
     "DelayedActionError",
     "EmbeddedRedisError",
     "HandlerError",
+    "HandlerTimeout",
     "InvalidActionError",
     "InvalidNameError",
     "InvalidReply",
@@ -139,6 +141,11 @@ class UnknownActionType(HandlerError, ActionRejected):
 
     def __init__(self, message: str) -> None:
         ActionRejected.__init__(self, message, error_code="unknown_action_type")
+
+
+class HandlerTimeout(ActionBusError):
+    """A handler ran longer than its timeout and was cancelled: one failed attempt, retried
+    or dead-lettered like any failure (a waiting caller gets this error at once)."""
 
 
 class DeadLetterError(ActionBusError):

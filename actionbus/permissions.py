@@ -38,11 +38,12 @@ _SCRIPTS = ("evalsha", "script|load")  # redis-py runs Lua with EVALSHA, loading
 _REPLY_WAIT = ("brpop", "rpop", "del")
 
 ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
-    "client": ("ping", "xadd", *_REPLY_WAIT),
+    "client": ("ping", "xadd", *_REPLY_WAIT, "zadd", "time", *_SCRIPTS),  # zadd…: delayed sends
     "worker": (
         "ping", "xadd", "xreadgroup", "xgroup|create", "xgroup|delconsumer", "xack",
         "xclaim", "xpending", "xlen", "xinfo|groups", "xinfo|consumers", "xtrim",
         "lpush", "expire", "get", "set", *_SCRIPTS,
+        "time", "zadd", "zrange", "zrangebyscore", "zrem", "hget", "hset", "hmget",  # mover
     ),
     "state": ("ping", "get", "set", "del", *_SCRIPTS),
     "cli": (
@@ -131,13 +132,21 @@ def _sample(command: str, key: str) -> list[str]:
         "rpop": ["RPOP", key],
         "del": ["DEL", key],
         "get": ["GET", key],
+        "time": ["TIME"],
+        "zadd": ["ZADD", key, "0", "m"],
+        "zrange": ["ZRANGE", key, "0", "0"],
+        "zrangebyscore": ["ZRANGEBYSCORE", key, "-inf", "0"],
+        "zrem": ["ZREM", key, "m"],
+        "hget": ["HGET", key, "f"],
+        "hset": ["HSET", key, "f", "v"],
+        "hmget": ["HMGET", key, "f"],
         "set": ["SET", key, "v"],
         "evalsha": ["EVALSHA", "0" * 40, "1", key],
     }
     return forms[command]
 
 
-_KEYLESS = frozenset({"ping", "script|load", "config|get"})
+_KEYLESS = frozenset({"ping", "script|load", "config|get", "time"})
 
 
 async def check_permissions(

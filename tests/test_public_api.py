@@ -36,7 +36,7 @@ INTERNAL = {
     # Result types of DelayedQueue and the helpers the worker's retry path uses.
     "actionbus.delayed": {
         "DelayedEntry", "MoveReport", "deliveries_of", "seconds_until", "to_epoch_ms",
-        "with_deliveries",
+        "with_deliveries", "retry_payload", "without_bookkeeping",
     },
     "actionbus.models.actions": {"format_timestamp", "utc_now"},
     # The tick machinery the worker loop calls; users declare Schedule objects.
@@ -52,8 +52,9 @@ INTERNAL = {
     "actionbus.workers.ownership": {"ConsumerLease"},  # taken by BaseWorker.start()
     "actionbus.workers.pipeline": {  # the built-in layers and the chain builder
         "ExpiryLayer", "IdempotencyLayer", "MetricsLayer", "Pipeline", "ReplyLayer", "Skipped",
-        "StepFailed", "TracingLayer", "ValidationLayer", "chain",
+        "StepFailed", "TimeoutLayer", "TracingLayer", "ValidationLayer", "chain",
     },
+    "actionbus.workers.mover": {"Mover"},
     "actionbus.workers.policy": {  # decisions and failure-path helpers
         "Bury", "ReplyError", "Retry", "error_detail", "safe_text",
     },

@@ -19,8 +19,9 @@ import socket
 import sys
 import uuid
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from types import TracebackType
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 from pydantic import BaseModel
 from redis.asyncio import RedisCluster
@@ -40,10 +41,12 @@ from actionbus.exceptions import (
 )
 from actionbus.models.actions import DomainAction, check_service_name
 from actionbus.permissions import check_permissions
+from actionbus.schedule import Schedule
 from actionbus.streams import ensure_group
 from actionbus.workers.context import WorkerContext
 from actionbus.workers.health import Health, HealthStatus, SlowCommands
 from actionbus.workers.maintenance import check_eviction_policy
+from actionbus.workers.mover import Mover
 from actionbus.workers.output import OutputBatcher
 from actionbus.workers.ownership import ConsumerLease
 from actionbus.workers.pipeline import Layer, Pipeline
@@ -117,6 +120,8 @@ class BaseWorker:
         self.before_ack: Callable[[str], None] | None = None
         """Fault-injection seam for tests: called with each entry id before its ack is queued."""
         self._layers: list[Layer] = []
+        self.schedules: list[Schedule] = []
+        """Periodic actions this worker ticks (``schedule()``), with the delayed-set mover."""
         self._fallback = Route("*", self._call_hook)
         self._processor: ActionProcessor | None = None
         self._reader: StreamReader | None = None
@@ -141,13 +146,13 @@ class BaseWorker:
     @overload
     def register(
         self, action_type: str, handler: ModelHandler[M, Any], *, data_model: type[M],
-        idempotent: bool = False,
+        idempotent: bool = False, timeout: float | timedelta | None = None,
     ) -> None: ...
 
     @overload
     def register(
         self, action_type: str, handler: DictHandler[Any], *, data_model: None = None,
-        idempotent: bool = False,
+        idempotent: bool = False, timeout: float | timedelta | None = None,
     ) -> None: ...
 
     def register(
@@ -157,24 +162,30 @@ class BaseWorker:
         *,
         data_model: type[BaseModel] | None = None,
         idempotent: bool = False,
+        timeout: float | timedelta | None = None,
     ) -> None:
         """Route ``action_type`` to ``async def handler(action, data)``.
 
         ``data_model`` validates ``action.data`` first (a mismatch is dead-lettered, not
         retried) and the handler gets the model (``data: Order``); without it, the dict.
         ``idempotent=True`` records each completed ``action_id`` so a redelivered action
-        is acknowledged without running the handler again.
+        is acknowledged without running the handler again. ``timeout`` (seconds or
+        timedelta; default ``WorkerSettings.handler_timeout_s``) cancels an overrunning
+        handler: a failed attempt with ``HandlerTimeout``.
         """
-        self.registry.add(action_type, handler, data_model=data_model, idempotent=idempotent)
+        self.registry.add(action_type, handler, data_model=data_model, idempotent=idempotent,
+                          timeout=timeout)
 
     @overload
     def handler(
-        self, action_type: str, *, data_model: type[M], idempotent: bool = False
+        self, action_type: str, *, data_model: type[M], idempotent: bool = False,
+        timeout: float | timedelta | None = None,
     ) -> Callable[[ModelHandler[M, R]], ModelHandler[M, R]]: ...
 
     @overload
     def handler(
-        self, action_type: str, *, data_model: None = None, idempotent: bool = False
+        self, action_type: str, *, data_model: None = None, idempotent: bool = False,
+        timeout: float | timedelta | None = None,
     ) -> Callable[[DictHandler[R]], DictHandler[R]]: ...
 
     def handler(
@@ -183,14 +194,40 @@ class BaseWorker:
         *,
         data_model: type[BaseModel] | None = None,
         idempotent: bool = False,
+        timeout: float | timedelta | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator form of ``register()``."""
 
         def decorate(fn: Handler) -> Handler:
-            self.registry.add(action_type, fn, data_model=data_model, idempotent=idempotent)
+            self.registry.add(action_type, fn, data_model=data_model, idempotent=idempotent,
+                              timeout=timeout)
             return fn
 
         return decorate
+
+    def schedule(
+        self,
+        cron: str | None = None,
+        action_type: str = "",
+        *,
+        every: timedelta | None = None,
+        data: dict[str, Any] | None = None,
+        name: str = "",
+        missed: Literal["skip", "fire_once"] = "fire_once",
+        grace: timedelta = timedelta(seconds=60),
+    ) -> Schedule:
+        """Send ``action_type`` to this service periodically: ``schedule("*/5 * * * *", t)``
+        or ``schedule(action_type=t, every=timedelta(...))``. Each tick fires once however
+        many workers run (see ``actionbus.schedule``). Add schedules before ``start()``."""
+        if self._loops:
+            raise HandlerError("add schedules before start(); the worker is running")
+        added = Schedule(action_type=action_type, cron=cron, every=every, data=data or {},
+                         name=name, missed=missed, grace=grace)
+        if any(s.name == added.name for s in self.schedules):
+            raise ConfigurationError(f"a schedule named {added.name!r} already exists; "
+                                     "give each a distinct name=")
+        self.schedules.append(added)
+        return added
 
     def use(self, layer: Layer) -> None:
         """Add a pipeline layer ``async def __call__(action, data, call_next)``.
@@ -238,7 +275,7 @@ class BaseWorker:
 
     @property
     def in_flight(self) -> int:
-        """Actions being handled (or waiting for a retry) right now."""
+        """Actions being handled right now (or waiting for an in-slot retry)."""
         return len(self._tasks)
 
     @property
@@ -317,11 +354,13 @@ class BaseWorker:
             stats=self.stats, outage=self._outage, after_batch=upkeep.maybe_trim, slow=slow,
             health=self._health, read_limit=lambda: processor.read_limit,
         )
+        mover = Mover(ctx, redis, schedules=self.schedules, outage=self._outage)
         stopping = self._stopping
         self._loops = [
             self._supervised("read", lambda: reader.run(stopping)),
             self._supervised("recovery", lambda: reader.run_recovery(stopping)),
             self._supervised("upkeep", upkeep.run),
+            self._supervised("mover", mover.run),
             self._supervised("output", output.run),
         ]
         logger.info(

@@ -5,7 +5,7 @@ function of the same shape) that calls ``await call_next(action, data)`` at most
 and returns its result, or returns without calling it to short-circuit. Per action the
 chain is, from the outside in::
 
-    metrics -> expiry -> idempotency -> reply -> tracing -> validation
+    metrics -> expiry -> idempotency -> reply -> tracing -> validation -> timeout
         -> user layers (in worker.use() order: the first used is the outermost)
         -> the handler
 
@@ -16,6 +16,7 @@ handler raises is one failed attempt (``FailurePolicy.decide``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from typing import Any, Literal, Protocol
 from redis.exceptions import RedisError
 
 from actionbus.connection import AnyRedis
-from actionbus.models.actions import DomainAction
+from actionbus.exceptions import HandlerTimeout
+from actionbus.models.actions import DomainAction, utc_now
 from actionbus.tracing import process_span
 from actionbus.workers.context import WorkerContext
 from actionbus.workers.results import Prepared, is_expired, is_waiting, prepare
@@ -33,7 +35,8 @@ from actionbus.workers.stats import WorkerStats
 
 __all__ = [
     "CallNext", "ExpiryLayer", "IdempotencyLayer", "Layer", "MetricsLayer", "Pipeline",
-    "ReplyLayer", "Skipped", "StepFailed", "TracingLayer", "ValidationLayer", "chain",
+    "ReplyLayer", "Skipped", "StepFailed", "TimeoutLayer", "TracingLayer", "ValidationLayer",
+    "chain",
 ]
 
 logger = logging.getLogger("actionbus.worker")
@@ -178,6 +181,44 @@ class ValidationLayer:
         return await call_next(action, self.route.parse_data(action))
 
 
+class TimeoutLayer:
+    """Cancels the inner chain after ``timeout`` seconds (``HandlerTimeout``); without a
+    timeout, warns once when it runs longer than ``warn_after`` seconds."""
+
+    def __init__(self, timeout: float | None, warn_after: float) -> None:
+        self.timeout = timeout
+        self.warn_after = warn_after
+
+    async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
+        if self.timeout is None:
+            warning = asyncio.get_running_loop().call_later(
+                self.warn_after, _warn_slow, action, self.warn_after)
+            try:
+                return await call_next(action, data)
+            finally:
+                warning.cancel()
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                return await call_next(action, data)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError
+            raise HandlerTimeout(
+                f"handler for {action.action_type} {action.action_id} ran longer than its "
+                f"timeout of {self.timeout:g}s and was cancelled; raise the timeout "
+                "(register(..., timeout=) or WorkerSettings.handler_timeout_s) if it needs more"
+            ) from exc
+
+
+def _warn_slow(action: DomainAction, seconds: float) -> None:
+    logger.warning(
+        "handler for %s (%s) has been running for %.0fs without a timeout; it stays "
+        "pending on this worker (set register(..., timeout=) to bound it)",
+        action.action_id, action.action_type, seconds,
+    )
+
+
 class Pipeline:
     """Builds (and caches) the chain of each route: built-in layers, user layers, handler."""
 
@@ -203,6 +244,10 @@ class Pipeline:
         layers += [ReplyLayer(self.ctx), TracingLayer(self.ctx.stream)]
         if route.data_model is not None:
             layers.append(ValidationLayer(route))
+        settings = self.ctx.settings
+        warn = settings.slow_handler_warn_s or 2 * settings.claim_idle_ms / 1000
+        layers.append(TimeoutLayer(
+            route.timeout if route.timeout is not None else settings.handler_timeout_s, warn))
         return layers + list(self.user_layers)
 
     async def run(self, route: Route, action: DomainAction) -> Prepared | Skipped:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from actionbus.backoff import Backoff
+from actionbus.delayed import DelayedQueue, retry_payload
 from actionbus.exceptions import ActionRejected, UnknownActionType
-from actionbus.models.actions import DomainAction, ErrorDetail
+from actionbus.models.actions import DomainAction, ErrorDetail, utc_now
 from actionbus.workers.reclaim import reclaim_for_retry
 from actionbus.workers.results import is_expired
 
@@ -197,14 +199,27 @@ class FailurePolicy:
         return Retry(delay)
 
     async def retry(
-        self, redis: AnyRedis, ctx: WorkerContext, entry_id: str, decision: Retry
+        self, redis: AnyRedis, ctx: WorkerContext, entry_id: str, decision: Retry,
+        payload: bytes | str | None = None, deliveries: int = 0,
     ) -> bool:
         """Carry out a ``Retry``: ``True`` if this worker should attempt the entry again now.
 
-        Today the entry stays pending on this consumer while we wait, then its delivery
-        count is raised. (A delayed set would acknowledge and re-add it here instead, and
-        return ``False``.)
+        By default the attempt is re-added to the service's delayed set, due after the
+        backoff, with the ``deliveries`` used so far in its envelope, and the stream entry
+        acknowledged, in one script (``DelayedQueue.retry_later``); the slot is freed at
+        once (returns ``False``). A crash before the script leaves the entry pending (it is
+        reclaimed), never lost. With ``retry_in_slot`` (or no ``payload``) the entry stays
+        pending on this consumer while we wait, then its delivery count is raised.
         """
+        if payload is not None and not self.settings.retry_in_slot:
+            queue = DelayedQueue(redis, ctx.queues, ctx.service)
+            due_ms = int((time.time() + decision.delay) * 1000)
+            if not await queue.retry_later(ctx.stream, ctx.group, entry_id,
+                                           retry_payload(payload, deliveries, entry_id),
+                                           due_ms):
+                logger.warning("entry %s was no longer pending when parking its retry; "
+                               "someone else finished it", entry_id)
+            return False
         await asyncio.sleep(decision.delay)
         if not await reclaim_for_retry(redis, ctx.stream, ctx.group, ctx.consumer, entry_id):
             logger.warning("entry %s vanished before its retry; giving up", entry_id)

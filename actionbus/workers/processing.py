@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from actionbus.connection import AnyRedis
 from actionbus.dead_letters import dead_letter_fields
+from actionbus.delayed import DELIVERIES_KEY, deliveries_of, without_bookkeeping
 from actionbus.exceptions import InvalidNameError
 from actionbus.models.actions import DomainAction, DomainActionResponse
 from actionbus.workers.context import Dispatch, WorkerContext
@@ -111,10 +112,17 @@ class ActionProcessor:
             action = self._admit(entry_id, fields, raw, deliveries)
             if action is None:
                 return
+            prior = deliveries_of(action)  # used before a retry through the delayed set
+            if prior:
+                deliveries += prior
+                refused = self.policy.admit(deliveries)
+                if refused is not None:
+                    self._bury(entry_id, fields, refused, deliveries, action)
+                return
             while True:
                 retry = await self._attempt(entry_id, fields, action, deliveries)
                 if retry is None or not await self.policy.retry(
-                    self.redis, self.ctx, entry_id, retry
+                    self.redis, self.ctx, entry_id, retry, raw, deliveries
                 ):
                     return
                 deliveries += 1
@@ -288,17 +296,24 @@ class ActionProcessor:
             why.reason, why.error_type, message,
         )
         raw = next((fields[k] for k in _DATA_KEYS if k in fields), None)
+        original_id = entry_id
+        if action is not None and raw is not None and DELIVERIES_KEY in action.metadata:
+            try:  # retried through the delayed set: bury the action as first sent
+                raw, first = without_bookkeeping(raw)
+                original_id = first or entry_id
+            except Exception as exc:
+                logger.debug("kept the retry bookkeeping of %s: %s", entry_id, safe_text(exc))
         try:
             letter = dead_letter_fields(
                 data=raw, reason=why.reason, error_type=why.error_type, error_message=message,
-                deliveries=deliveries, original_id=entry_id, stream=self.ctx.stream,
+                deliveries=deliveries, original_id=original_id, stream=self.ctx.stream,
                 consumer=self.ctx.consumer, entry=fields, max_body=max_body,
             )
         except Exception as exc:  # last resort: still bury, with what can be written
             letter = dead_letter_fields(
                 data=None, reason=why.reason, error_type=why.error_type,
                 error_message=f"{message} (entry not copied: {type(exc).__name__})",
-                deliveries=deliveries, original_id=entry_id, stream=self.ctx.stream,
+                deliveries=deliveries, original_id=original_id, stream=self.ctx.stream,
                 consumer=self.ctx.consumer,
             )
         self.output.xadd(self.ctx.dead_stream, letter)

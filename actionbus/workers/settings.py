@@ -77,6 +77,22 @@ class WorkerSettings(BaseSettings):
         "most this many bytes' worth of them (fewer entries per read for a minute)."
     )
 
+    retry_in_slot: bool = Field(
+        False, description="Old behaviour: a retry waits its backoff inside a concurrency slot "
+        "(default: acknowledged and re-added to the delayed set, the slot freed at once)."
+    )
+    delayed_poll_s: float = Field(
+        0.05, gt=0, le=60, description="The mover's longest sleep: bounds delayed-action lateness."
+    )
+    delayed_batch: int = Field(500, ge=1, description="Due delayed actions moved per script.")
+    handler_timeout_s: float | None = Field(
+        None, gt=0, description="Default handler timeout (None = none); register(timeout=) wins."
+    )
+    slow_handler_warn_s: float | None = Field(
+        None, gt=0, description="Warn once about a handler running this long without a "
+        "timeout (None = 2 x claim_idle_ms)."
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
         if self.retry_backoff_max_s < self.retry_backoff_base_s:
