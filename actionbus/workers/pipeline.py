@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from actionbus.connection import AnyRedis
 from actionbus.exceptions import HandlerTimeout
-from actionbus.models.actions import DomainAction, utc_now
+from actionbus.models.actions import DomainAction
 from actionbus.tracing import process_span
 from actionbus.workers.context import WorkerContext
 from actionbus.workers.results import Prepared, is_expired, is_waiting, prepare

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from actionbus.backoff import Backoff
 from actionbus.delayed import DelayedQueue, retry_payload
 from actionbus.exceptions import ActionRejected, UnknownActionType
-from actionbus.models.actions import DomainAction, ErrorDetail, utc_now
+from actionbus.models.actions import DomainAction, ErrorDetail
 from actionbus.workers.reclaim import reclaim_for_retry
 from actionbus.workers.results import is_expired
 
