@@ -117,7 +117,9 @@ class OutputBatcher:
         self._commands, self._replies, self._reply_ttls, self._acks = [], {}, {}, []
         self._sending_acks = acks
         try:
-            pipe = self.redis.pipeline(transaction=False)
+            # One server: MULTI/EXEC, so a write Redis refuses (e.g. OOM) aborts the round
+            # instead of letting its XACK through without the outputs.
+            pipe = self.redis.pipeline(transaction=not self._two_phase)
             for queue, payloads in replies.items():
                 pipe.lpush(queue, *payloads)
                 pipe.expire(queue, ttls[queue])
