@@ -258,7 +258,9 @@ async def test_pseudo_sync_concurrent_calls_get_their_own_answers(bus: Any) -> N
     assert [r.data["n"] for r in responses if r is not None] == [n * 2 for n in range(20)]
 
 
-async def test_pseudo_sync_timeout_returns_none_and_leaves_no_key(bus: Any) -> None:
+async def test_pseudo_sync_timeout_returns_none_and_leaves_no_key(
+    bus: Any, eventually: Any
+) -> None:
     """Without an answer the call returns None after the timeout; close() leaves no key behind."""
     client = bus.client("orders")
     started = time.monotonic()
@@ -274,7 +276,8 @@ async def test_pseudo_sync_timeout_returns_none_and_leaves_no_key(bus: Any) -> N
         handled.append(action)
 
     await worker.start()
-    await asyncio.sleep(0.3)
+    await eventually(lambda: worker.stats.expired_skipped == 1)  # a barrier, not a sleep
+    await eventually(lambda: _acknowledged(bus.redis, worker))
     await client.close()
     assert handled == []
     assert await _keys(bus.redis, "*:responses:*") == []

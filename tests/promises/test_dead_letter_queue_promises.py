@@ -41,3 +41,14 @@ async def test_a_malformed_id_is_a_clear_error(conn: Any, qm: QueueManager) -> N
     """get() with something that is not an entry id says what an id looks like."""
     with pytest.raises(DeadLetterError, match="is not a stream entry id"):
         await DeadLetterQueue(conn, qm, "svc").get("yesterday")
+
+
+async def test_list_returns_at_most_100_by_default(conn: Any, qm: QueueManager) -> None:
+    """list() without a count returns the oldest 100 dead letters."""
+    dlq = DeadLetterQueue(conn, qm, "svc")
+    pipe = conn.pipeline(transaction=False)
+    for n in range(101):
+        pipe.xadd(dlq.stream, {"data": str(n)})
+    await pipe.execute()
+    letters = await dlq.list()
+    assert [letter.data for letter in letters] == [str(n) for n in range(100)]
