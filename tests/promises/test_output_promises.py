@@ -159,6 +159,45 @@ async def test_rejected_pseudo_sync_reply_carries_the_rejection_code(
         "ActionRejected", "unknown_sku")
 
 
+async def test_unserializable_result_replies_its_error_code(bus: Any, make_worker: Any) -> None:
+    """A result that cannot be serialized reaches the caller as error_code
+    'unserializable_result' (an ActionRejected, so it is not retried)."""
+    worker = make_worker("unser")
+
+    @worker.handler("unser.op.run")
+    async def run(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        return {"x": object()}
+
+    await worker.start()
+    response = await bus.client("caller").send_action_pseudo_sync(
+        DomainAction(action_type="unser.op.run"), timeout=10)
+    assert response is not None
+    assert response.error is not None
+    assert (response.error.error_type, response.error.error_code) == (
+        "ActionRejected", "unserializable_result")
+
+
+async def test_failure_callback_carries_the_error_code(
+    bus: Any, make_worker: Any, qm: QueueManager
+) -> None:
+    """The failure callback of a rejected action carries its error_code in metadata."""
+    worker = make_worker("cbcode")
+
+    @worker.handler("cbcode.op.run")
+    async def run(action: DomainAction, data: dict[str, Any]) -> None:
+        raise ActionRejected("no customer", error_code="no_customer")
+
+    await worker.start()
+    await bus.client("caller").send_action_async_with_callback(
+        DomainAction(action_type="cbcode.op.run"), "caller.op.done")
+    callbacks = qm.get_service_action_stream("caller")
+    await wait_for(lambda: bus.redis.xlen(callbacks), "the failure callback")
+    [(_, fields)] = await bus.redis.xrange(callbacks)
+    callback = DomainAction.model_validate_json(fields[b"data"])
+    assert callback.metadata["success"] is False
+    assert callback.metadata["error"]["error_code"] == "no_customer"
+
+
 async def test_outputs_are_executed_before_the_acknowledgement(
     bus: Any, make_worker: Any, qm: QueueManager, redis_url: str
 ) -> None:
