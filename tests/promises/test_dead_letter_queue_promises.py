@@ -20,7 +20,9 @@ async def test_a_letter_missing_fields_reads_with_the_documented_defaults(
     dlq = DeadLetterQueue(conn, qm, "svc")
     await conn.xadd(dlq.stream, {"note": "hand-written"})
     await conn.xadd(dlq.stream, {"data": "{}", "failed_at": "2020-01-02T03:04:05+00:00"})
-    bare, dated = await dlq.list(count=2)
+    await conn.xadd(dlq.stream, {"data": "{}", "deliveries": ""})
+    bare, dated, blank = await dlq.list(count=3)
+    assert blank.deliveries == 0
     assert (bare.data, bare.reason, bare.error_type, bare.error_message) == ("", "unknown", "", "")
     assert (bare.deliveries, bare.original_id, bare.stream, bare.consumer) == (0, "", "", "")
     assert dated.failed_at == datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)
