@@ -198,7 +198,9 @@ def worker(ctx: click.Context, target: str) -> None:
     if not isinstance(instance, BaseWorker):
         raise click.BadParameter(f"{target} is not a BaseWorker (got {type(instance).__name__})")
     url = (ctx.obj or {}).get("redis_url")
-    if url:
+    given = ctx.find_root().get_parameter_source("redis_url")
+    if url and given is click.core.ParameterSource.COMMANDLINE:  # not $REDIS_URL: the
+        # worker's own settings already read the environment, and its code may override it
         instance.app_settings = instance.app_settings.model_copy(update={"redis_url": url})
     logging.getLogger("actionbus").setLevel(logging.INFO)
     try:
