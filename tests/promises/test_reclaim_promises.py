@@ -104,3 +104,33 @@ async def test_xclaim_min_idle_keeps_an_entry_another_worker_just_claimed(
     assert seen == ["marker"]
     [pending] = await bus.redis.xpending_range(stream, "race", min="-", max="+", count=10)
     assert (pending["consumer"], pending["times_delivered"]) == (b"alive", 2)
+
+
+async def test_heartbeats_keep_a_slow_action_alive_without_counting_deliveries(
+    bus: Any, make_worker: Any
+) -> None:
+    """A handler running for many heartbeats keeps its entry fresh (idle reset) while the
+    entry's delivery count stays 1: a heartbeat is not a delivery."""
+    worker = make_worker("beat", claim_idle_ms=300, max_deliveries=2)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @worker.handler("beat.op.run")
+    async def slow(action: DomainAction, data: dict[str, Any]) -> None:
+        started.set()
+        await release.wait()
+
+    await worker.start()
+    await bus.client("caller").send_action_async(DomainAction(action_type="beat.op.run"))
+    await asyncio.wait_for(started.wait(), 10)
+    loop = asyncio.get_running_loop()
+    since = loop.time()
+
+    async def refreshed() -> Any:
+        [entry] = await bus.redis.xpending_range(worker.stream, worker.group, "-", "+", 1)
+        # Running for 4x claim_idle_ms yet idle for less than it: heartbeats happened.
+        return entry if loop.time() - since > 1.2 and entry["time_since_delivered"] < 300 \
+            else None
+
+    entry = await wait_for(refreshed, "a heartbeat after four claim_idle_ms")
+    release.set()
+    assert entry["times_delivered"] == 1
