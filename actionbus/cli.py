@@ -188,8 +188,9 @@ def replay(ctx: click.Context, service: str, entry_ids: tuple[str, ...], replay_
 
 @main.command()
 @click.argument("target")
-def worker(target: str) -> None:
-    """Run the worker at MODULE:ATTRIBUTE until SIGINT/SIGTERM."""
+@click.pass_context
+def worker(ctx: click.Context, target: str) -> None:
+    """Run the worker at MODULE:ATTRIBUTE until SIGINT/SIGTERM (``--url`` overrides its URL)."""
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise click.BadParameter("expected MODULE:ATTRIBUTE, e.g. myservice.worker:worker")
@@ -201,6 +202,11 @@ def worker(target: str) -> None:
     instance = obj() if callable(obj) and not isinstance(obj, BaseWorker) else obj
     if not isinstance(instance, BaseWorker):
         raise click.BadParameter(f"{target} is not a BaseWorker (got {type(instance).__name__})")
+    url = (ctx.obj or {}).get("redis_url")
+    given = ctx.find_root().get_parameter_source("redis_url")
+    if url and given is click.core.ParameterSource.COMMANDLINE:  # not $REDIS_URL: the
+        # worker's own settings already read the environment, and its code may override it
+        instance.app_settings = instance.app_settings.model_copy(update={"redis_url": url})
     logging.getLogger("actionbus").setLevel(logging.INFO)
     try:
         import uvloop
