@@ -288,7 +288,7 @@ async def test_pseudo_sync_timeout_returns_none_and_leaves_no_key(
 async def test_pseudo_sync_late_reply_expires(bus: Any, eventually: Any) -> None:
     """A reply finished after the caller gave up is never pushed (no LPUSH reaches Redis),
     and close() leaves no response list."""
-    worker = bus.worker("slow")
+    worker = bus.worker("slow", clock_skew_s=0)
     release = asyncio.Event()
 
     @worker.handler("slow.op.run")

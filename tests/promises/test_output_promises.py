@@ -39,7 +39,7 @@ async def test_reply_finished_after_the_deadline_is_not_written(
     bus: Any, make_worker: Any, qm: QueueManager
 ) -> None:
     """A reply whose handler finished after the caller's ``expires_at`` is never pushed."""
-    worker = make_worker("late")
+    worker = make_worker("late", clock_skew_s=0)
     release = asyncio.Event()
     started = asyncio.Event()
 
@@ -78,7 +78,7 @@ async def test_error_reply_after_the_deadline_is_not_written(
     bus: Any, make_worker: Any, qm: QueueManager
 ) -> None:
     """An error reply for a caller whose ``expires_at`` passed is not pushed either."""
-    worker = make_worker("laterr")
+    worker = make_worker("laterr", clock_skew_s=0)
     release = asyncio.Event()
     started = asyncio.Event()
 
