@@ -4,8 +4,8 @@ and every worker counter in a scrape."""
 from __future__ import annotations
 
 import asyncio
-import time
 import dataclasses
+import time
 from collections.abc import Iterator
 from typing import Any
 
