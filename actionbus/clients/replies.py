@@ -12,12 +12,12 @@ import contextlib
 import logging
 from typing import Any
 
-from pydantic import ValidationError
-
 from actionbus.backoff import Backoff, OutageLog
 from actionbus.clients.guard import CLIENT_FAILURES
 from actionbus.connection import AnyRedis
+from actionbus.exceptions import InvalidReply
 from actionbus.models.actions import DomainActionResponse
+from actionbus.models.parsing import parse_reply
 
 __all__ = ["ReplyListener"]
 
@@ -57,9 +57,14 @@ class ReplyListener:
 
     def _deliver(self, raw: bytes | str) -> None:
         try:
-            response = DomainActionResponse.model_validate_json(raw)
-        except ValidationError as exc:
-            logger.warning("dropped a malformed reply on %s: %s", self.queue, exc)
+            response = parse_reply(raw)
+        except InvalidReply as exc:
+            # The caller it answers gets the error now, instead of waiting out its timeout.
+            waiting = self._waiting.pop(exc.correlation_id or "", None)
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(exc)
+            else:
+                logger.warning("dropped a malformed reply on %s: %s", self.queue, exc)
             return
         future = self._waiting.pop(response.correlation_id or "", None)
         if future is None or future.done():

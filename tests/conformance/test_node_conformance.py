@@ -268,9 +268,6 @@ async def test_python_reads_a_tolerant_node_error_reply(svc: Service, node: Node
     assert (response.success, response.data, response.error.error_code) == (False, {}, "4001")
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "clients/replies.py must call actionbus.models.parsing.parse_reply and fail the waiting "
-    "call with InvalidReply (client hardening); remove this mark then"))
 async def test_invalid_node_reply_fails_the_call_at_once(svc: Service, node: Node) -> None:
     """A reply that breaks the spec reaches the caller as InvalidReply, not a timeout."""
     raw = '{"correlation_id":"$CORRELATION_ID","success":false}'
