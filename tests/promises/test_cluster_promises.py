@@ -65,6 +65,7 @@ async def test_ack_follows_a_delayed_reply_on_another_node(
             for task in monitors:
                 task.cancel()
             await asyncio.gather(*monitors, return_exceptions=True)
+            await worker.stop(grace=0.5)  # before its client, the manager's, is closed
         assert lpush[0] < xack[0]
 
 
