@@ -37,9 +37,9 @@ async def test_scrape_shows_the_workers_counters(redis_url: str) -> None:
         text = generate_latest(registry).decode()
     await client.close()
     await redis.aclose()
-    assert 'actionbus_actions_handled_total{consumer="c1",service="inventory"} 3.0' in text
-    assert 'actionbus_actions_dead_lettered_total{consumer="c1",service="inventory"} 1.0' in text
-    assert 'actionbus_actions_in_flight{consumer="c1",service="inventory"}' in text
+    assert 'actionbus_actions_handled_total{instance="c1",service="inventory"} 3.0' in text
+    assert 'actionbus_actions_dead_lettered_total{instance="c1",service="inventory"} 1.0' in text
+    assert 'actionbus_actions_in_flight{instance="c1",service="inventory"}' in text
 
 
 def test_collector_with_no_workers_yields_empty_families() -> None:

@@ -40,7 +40,7 @@ INTERNAL = {
     },
     "actionbus.workers.output": {"OutputBatcher"},
     "actionbus.workers.pipeline": {  # the built-in layers and the chain builder
-        "ExpiryLayer", "IdempotencyLayer", "MetricsLayer", "Pipeline", "ReplyLayer", "Skipped",
+        "ExpiryLayer", "IdempotencyLayer", "LoggingLayer", "MetricsLayer", "Pipeline", "ReplyLayer", "Skipped",
         "StepFailed", "TracingLayer", "ValidationLayer", "chain",
     },
     "actionbus.workers.policy": {"Bury", "ReplyError", "Retry", "error_detail"},  # decisions
@@ -52,11 +52,20 @@ INTERNAL = {
         "Claimed", "claim_abandoned", "claim_own_pending", "heartbeat", "reclaim_for_retry",
     },
     "actionbus.workers.routing": {"HandlerRegistry", "Route", "result_data"},
+    # Operations (issue 9): used from their own module by the CLI, the dashboard, metrics.
+    "actionbus.logconfig": {"KeyValueFormatter", "configure_logging"},
+    "actionbus.status": {
+        "PendingEntry", "ServiceStatus", "discover_services", "pending_entries", "service_status",
+    },
+    "actionbus.workers.presence": {
+        "handled_key", "handled_per_second", "presence_key", "read_presence", "run",
+    },
+    "actionbus.workers.timings": {"Timings", "timings_for"},
     # Public, but used from their own module (tools for tests and demos).
     "actionbus.embedded": {
         "RedisCluster", "RedisSentinel", "RedisServer", "find_redis_server", "free_port",
     },
-    "actionbus.metrics": {"WorkerMetrics"},  # needs the [prometheus] extra
+    "actionbus.metrics": {"QueueMetrics", "WorkerMetrics"},  # needs the [prometheus] extra
     # The wire contract's generators, used from their own module and by the CLI.
     "actionbus.schema": {
         "CallbackMetadata", "DeadLetterEntry", "asyncapi_document", "json_schemas",

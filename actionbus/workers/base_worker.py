@@ -32,6 +32,7 @@ from actionbus.dead_letters import DeadLetterQueue
 from actionbus.exceptions import ClientNotInitializedError, ConfigurationError, HandlerError
 from actionbus.models.actions import DomainAction, check_service_name
 from actionbus.streams import ensure_group
+from actionbus.workers import presence
 from actionbus.workers.context import WorkerContext
 from actionbus.workers.maintenance import check_eviction_policy
 from actionbus.workers.output import OutputBatcher
@@ -274,6 +275,7 @@ class BaseWorker:
         self._loops = [
             asyncio.create_task(reader.run(self._stopping), name=f"actionbus-read:{self.stream}"),
             asyncio.create_task(upkeep.run(), name=f"actionbus-upkeep:{self.stream}"),
+            asyncio.create_task(presence.run(ctx, redis, self.stats), name="actionbus-presence"),
         ]
         logger.info(
             "worker %s consuming %s as %s/%s (handlers: %s)", self.service_name, self.stream,
