@@ -40,8 +40,8 @@ INTERNAL = {
     },
     "actionbus.workers.output": {"OutputBatcher"},
     "actionbus.workers.pipeline": {  # the built-in layers and the chain builder
-        "ExpiryLayer", "IdempotencyLayer", "LoggingLayer", "MetricsLayer", "Pipeline", "ReplyLayer", "Skipped",
-        "StepFailed", "TracingLayer", "ValidationLayer", "chain",
+        "ExpiryLayer", "IdempotencyLayer", "LoggingLayer", "MetricsLayer", "Pipeline",
+        "ReplyLayer", "Skipped", "StepFailed", "TracingLayer", "ValidationLayer", "chain",
     },
     "actionbus.workers.policy": {"Bury", "ReplyError", "Retry", "error_detail"},  # decisions
     "actionbus.workers.reader": {"StreamReader"},
