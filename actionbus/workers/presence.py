@@ -3,7 +3,8 @@
 Every ``interval`` seconds a running worker writes, under its service's hash tag:
 
 - ``…:{service}:consumers:main`` — a hash, consumer name -> the epoch ms until which it
-  counts as alive (now + 3 intervals); the key itself expires when every worker is gone;
+  counts as alive (now + 3 intervals); a field whose deadline passed is a gone consumer,
+  pruned ``consumer_gone_after_s`` later (the key expires that long after the last beat);
 - ``…:{service}:handled:<epoch // 10>`` — a counter of actions handled in that 10-second
   bucket (INCRBY of what was handled since the last beat), expiring after two minutes.
 
@@ -60,13 +61,21 @@ def handled_key(queues: QueueManager, service: str, bucket: int) -> str:
     return f"{queues.prefix}:{queues.environment}:{tag}:handled:{bucket}"
 
 
+async def _prune(redis: AnyRedis, ctx: WorkerContext) -> None:
+    key = presence_key(ctx.queues, ctx.service)
+    raw: Any = await redis.hgetall(key)
+    cutoff = int((time.time() - ctx.settings.consumer_gone_after_s) * 1000)
+    stale = [name for name, until in raw.items() if int(text(until)) < cutoff]
+    if stale:
+        await redis.hdel(key, *stale)
+
+
 async def _beat(redis: AnyRedis, ctx: WorkerContext, handled: int, interval: float) -> None:
     now = time.time()
     key = presence_key(ctx.queues, ctx.service)
-    ttl_ms = int(interval * 3000)
     pipe: Any = redis.pipeline(transaction=False)
-    pipe.hset(key, ctx.consumer, str(int(now * 1000) + ttl_ms))
-    pipe.pexpire(key, ttl_ms)
+    pipe.hset(key, ctx.consumer, str(int(now * 1000) + int(interval * 3000)))
+    pipe.expire(key, int(ctx.settings.consumer_gone_after_s) + 60)
     if handled:
         bucket = handled_key(ctx.queues, ctx.service, int(now) // BUCKET_S)
         pipe.incrby(bucket, handled)
@@ -77,13 +86,16 @@ async def _beat(redis: AnyRedis, ctx: WorkerContext, handled: int, interval: flo
 async def run(ctx: WorkerContext, redis: AnyRedis, stats: WorkerStats) -> None:
     """Beat until cancelled, then remove this consumer's field (it shows as gone at once)."""
     interval = interval_s()
-    counted = 0
+    counted = beats = 0
     try:
         while True:
             handled = stats.handled
             try:
                 await _beat(redis, ctx, handled - counted, interval)
                 counted = handled
+                beats += 1
+                if beats % 100 == 1:
+                    await _prune(redis, ctx)
             except (RedisError, OSError) as exc:
                 logger.debug("presence of %s/%s not written: %s", ctx.service, ctx.consumer, exc)
             await asyncio.sleep(interval)

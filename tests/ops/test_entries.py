@@ -36,8 +36,10 @@ def test_pending_list_shows_type_consumer_and_deliveries(redis_url: str) -> None
     assert result.returncode == 0, result.stderr
     rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
             for line in result.stdout.splitlines() if line.count("│") > 5}
-    assert rows[ids[0]][0] == "inventory.t0" and rows[ids[0]][2:4] == ["c1", "1"]
-    assert rows[ids[1]][0] == "inventory.t1" and rows[ids[1]][2:4] == ["c1", "2"]
+    assert rows[ids[0]][0] == "inventory.t0"
+    assert rows[ids[0]][2:4] == ["c1", "1"]
+    assert rows[ids[1]][0] == "inventory.t1"
+    assert rows[ids[1]][2:4] == ["c1", "2"]
     data = json.loads(cli("--url", redis_url, "pending", "list", "inventory", "--json").stdout)
     assert [e["deliveries"] for e in data] == [1, 2]
 
