@@ -11,6 +11,7 @@ from pydantic_core import to_json
 
 from actionbus.exceptions import ActionRejected
 from actionbus.models.actions import DomainAction, DomainActionResponse, utc_now
+from actionbus.tracing import trace_carrier
 from actionbus.workers.context import WorkerContext
 from actionbus.workers.routing import is_response, result_data
 
@@ -97,6 +98,7 @@ def callback_for(
     }
     if "callback_context" in action.metadata:
         metadata["callback_context"] = action.metadata["callback_context"]
+    metadata.update(trace_carrier(action))  # the callback's handler joins the same trace
     if response.error is not None:
         metadata["error"] = response.error.model_dump(exclude_none=True)
     callback = DomainAction(
