@@ -16,13 +16,16 @@ from pydantic import BaseModel
 
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.connection import AnyRedis
+from actionbus.dead_letters import dead_letter_fields
 from actionbus.delayed import DelayedQueue
+from actionbus.exceptions import ActionBusError
 from actionbus.inspect import ServiceInfo, inspect_service
 from actionbus.streams import text
 from actionbus.workers.presence import handled_per_second, presence_key
 
 __all__ = [
-    "PendingEntry", "ServiceStatus", "discover_services", "pending_entries", "service_status",
+    "NotPendingError", "PendingEntry", "ServiceStatus", "dead_letter_pending",
+    "discover_services", "pending_entries", "retry_pending", "service_status",
 ]
 
 
@@ -131,3 +134,52 @@ async def service_status(
         last_error=await _last_error(redis, queues, service),
         groups=[g.name for g in info.groups],
     )
+
+
+class NotPendingError(ActionBusError):
+    """The entry is not pending in the group (acknowledged, moved, or never there)."""
+
+
+async def _take(redis: AnyRedis, queues: QueueManager, service: str, group: str | None,
+                entry_id: str) -> tuple[str, str, dict[str, str], int, str]:
+    stream = queues.get_service_action_stream(service)
+    group = group or service
+    rows: Any = await redis.xpending_range(stream, group, min=entry_id, max=entry_id, count=1)
+    entries: Any = await redis.xrange(stream, min=entry_id, max=entry_id, count=1)
+    if not rows or not entries:
+        raise NotPendingError(
+            f"{entry_id} is not pending in {service}'s group {group!r} (acknowledged, already "
+            f"moved, or never there); see `actionbus pending list {service}`"
+        )
+    fields = {text(k): text(v) for k, v in entries[0][1].items()}
+    return stream, group, fields, int(rows[0]["times_delivered"]), text(rows[0]["consumer"])
+
+
+async def retry_pending(redis: AnyRedis, queues: QueueManager, service: str, entry_id: str,
+                        group: str | None = None) -> str:
+    """Re-queue a stuck entry at the end of the stream (the stuck copy acknowledged and
+    deleted, atomically); return the new entry id."""
+    stream, grp, fields, _, _ = await _take(redis, queues, service, group, entry_id)
+    pipe: Any = redis.pipeline(transaction=True)
+    pipe.xadd(stream, {"data": fields.get("data", "")})
+    pipe.xack(stream, grp, entry_id)
+    pipe.xdel(stream, entry_id)
+    new_id, _, _ = await pipe.execute()
+    return text(new_id)
+
+
+async def dead_letter_pending(redis: AnyRedis, queues: QueueManager, service: str,
+                              entry_id: str, reason: str = "operator",
+                              group: str | None = None) -> None:
+    """Move a stuck entry, whole, to the dead-letter stream with ``reason`` (atomically)."""
+    stream, grp, fields, deliveries, consumer = await _take(
+        redis, queues, service, group, entry_id)
+    pipe: Any = redis.pipeline(transaction=True)
+    pipe.xadd(queues.get_dead_letter_stream(service), dead_letter_fields(
+        data=fields.get("data", ""), reason=reason, error_type="OperatorAction",
+        error_message="dead-lettered by an operator", deliveries=deliveries,
+        original_id=entry_id, stream=stream, consumer=consumer,
+    ))
+    pipe.xack(stream, grp, entry_id)
+    pipe.xdel(stream, entry_id)
+    await pipe.execute()

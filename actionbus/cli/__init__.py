@@ -16,9 +16,9 @@ exits 1; ``--debug`` (or ``ACTIONBUS_DEBUG=1``) shows the traceback instead.
 
 from __future__ import annotations
 
-from actionbus.cli import basic, entries, status, wire, worker
+from actionbus.cli import basic, dashboard, entries, status, wire, worker
 from actionbus.cli.app import main
 
 __all__ = ["main"]
 
-_COMMANDS = (basic, entries, status, wire, worker)
+_COMMANDS = (basic, dashboard, entries, status, wire, worker)

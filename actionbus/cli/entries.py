@@ -18,8 +18,13 @@ from rich.table import Table
 from actionbus.cli.app import console, emit_json, main, queues, run
 from actionbus.cli.status import age
 from actionbus.clients.redis_manager import RedisManager
-from actionbus.dead_letters import DeadLetter, DeadLetterQueue, dead_letter_fields
-from actionbus.status import PendingEntry, pending_entries
+from actionbus.dead_letters import DeadLetter, DeadLetterQueue
+from actionbus.status import (
+    PendingEntry,
+    dead_letter_pending,
+    pending_entries,
+    retry_pending,
+)
 from actionbus.streams import text
 
 __all__ = ["dead_letters", "pending"]
@@ -86,24 +91,6 @@ def pending_list(ctx: click.Context, service: str, count: int, as_json: bool) ->
     console().print(table)
 
 
-async def _take_pending(
-    manager: RedisManager, service: str, group: str | None, entry_id: str
-) -> tuple[str, str, dict[str, str], int, str]:
-    """(stream, group, fields, deliveries, consumer) of a pending entry, or a clear error."""
-    redis, qm = manager.get_client(), queues(manager)
-    stream = qm.get_service_action_stream(service)
-    group = group or service
-    rows: Any = await redis.xpending_range(stream, group, min=entry_id, max=entry_id, count=1)
-    entries: Any = await redis.xrange(stream, min=entry_id, max=entry_id, count=1)
-    if not rows or not entries:
-        raise click.ClickException(
-            f"{entry_id} is not pending in {service}'s group {group!r} (acknowledged, already "
-            "moved, or never there); see `actionbus pending list " + service + "`"
-        )
-    fields = {text(k): text(v) for k, v in entries[0][1].items()}
-    return stream, group, fields, int(rows[0]["times_delivered"]), text(rows[0]["consumer"])
-
-
 @pending.command("retry")
 @click.argument("service")
 @click.argument("entry_ids", nargs=-1, required=True)
@@ -114,16 +101,8 @@ def pending_retry(ctx: click.Context, service: str, entry_ids: tuple[str, ...],
     """Re-queue stuck entries at the end of the stream (the stuck copy is acknowledged)."""
 
     async def work(manager: RedisManager) -> list[str]:
-        redis, moved = manager.get_client(), []
-        for entry_id in entry_ids:
-            stream, grp, fields, _, _ = await _take_pending(manager, service, group, entry_id)
-            pipe: Any = redis.pipeline(transaction=True)
-            pipe.xadd(stream, {"data": fields.get("data", "")})
-            pipe.xack(stream, grp, entry_id)
-            pipe.xdel(stream, entry_id)
-            new_id, _, _ = await pipe.execute()
-            moved.append(f"{entry_id} -> {text(new_id)}")
-        return moved
+        redis, qm = manager.get_client(), queues(manager)
+        return [f"{i} -> {await retry_pending(redis, qm, service, i, group)}" for i in entry_ids]
 
     for line in run(ctx, work):
         click.echo(f"retried {line}")
@@ -142,17 +121,7 @@ def pending_dead_letter(ctx: click.Context, service: str, entry_ids: tuple[str, 
     async def work(manager: RedisManager) -> int:
         redis, qm = manager.get_client(), queues(manager)
         for entry_id in entry_ids:
-            stream, grp, fields, deliveries, consumer = await _take_pending(
-                manager, service, group, entry_id)
-            pipe: Any = redis.pipeline(transaction=True)
-            pipe.xadd(qm.get_dead_letter_stream(service), dead_letter_fields(
-                data=fields.get("data", ""), reason=reason, error_type="OperatorAction",
-                error_message="dead-lettered by an operator with `actionbus pending dead-letter`",
-                deliveries=deliveries, original_id=entry_id, stream=stream, consumer=consumer,
-            ))
-            pipe.xack(stream, grp, entry_id)
-            pipe.xdel(stream, entry_id)
-            await pipe.execute()
+            await dead_letter_pending(redis, qm, service, entry_id, reason, group)
         return len(entry_ids)
 
     click.echo(f"dead-lettered {run(ctx, work)} entr(ies) of {service}")
