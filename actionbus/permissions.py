@@ -43,11 +43,15 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         "ping", "xadd", "xreadgroup", "xgroup|create", "xgroup|delconsumer", "xack",
         "xclaim", "xpending", "xlen", "xinfo|groups", "xinfo|consumers", "xtrim",
         "lpush", "expire", "get", "set", *_SCRIPTS,
+        "hset", "hdel", "hgetall", "incrby",  # presence heartbeat and throughput counter
     ),
     "state": ("ping", "get", "set", "del", *_SCRIPTS),
     "cli": (
         "ping", "xadd", "xlen", "xinfo|groups", "xinfo|consumers", "exists", "xrange",
         "xdel", *_REPLY_WAIT,
+        # status, pending and dead-letter operations (issue 9)
+        "scan", "hgetall", "mget", "zcard", "zrange", "zrem", "xrevrange", "xpending", "xack",
+        "multi", "exec",
     ),
 }  # fmt: skip
 """Commands each role needs on keys matching ``~{prefix}:{environment}:*``."""
@@ -131,11 +135,23 @@ def _sample(command: str, key: str) -> list[str]:
         "get": ["GET", key],
         "set": ["SET", key, "v"],
         "evalsha": ["EVALSHA", "0" * 40, "1", key],
+        "hset": ["HSET", key, "f", "v"],
+        "hdel": ["HDEL", key, "f"],
+        "hgetall": ["HGETALL", key],
+        "incrby": ["INCRBY", key, "1"],
+        "scan": ["SCAN", "0"],
+        "mget": ["MGET", key],
+        "zcard": ["ZCARD", key],
+        "zrange": ["ZRANGE", key, "0", "-1"],
+        "zrem": ["ZREM", key, "m"],
+        "xrevrange": ["XREVRANGE", key, "+", "-"],
+        "multi": ["MULTI"],
+        "exec": ["EXEC"],
     }
     return forms[command]
 
 
-_KEYLESS = frozenset({"ping", "script|load", "config|get"})
+_KEYLESS = frozenset({"ping", "script|load", "config|get", "scan", "multi", "exec"})
 
 
 async def check_permissions(

