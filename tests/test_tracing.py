@@ -140,6 +140,7 @@ async def test_a_send_without_a_span_starts_a_trace_and_callbacks_join_it(
     await redis.aclose()
     by_name = {s.name: s for s in exporter.get_finished_spans()}
     sent = by_name["inventory.item.reserve publish"]
+    assert sent.kind == SpanKind.PRODUCER
     assert sent.parent is None
     trace_id = sent.context.trace_id
     assert action.trace_id == format(trace_id, "032x")

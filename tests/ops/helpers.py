@@ -29,6 +29,13 @@ def make():
         raise ActionRejected("no such sku")
 
     return worker
+
+
+def make_pinned():
+    """Settings written in the code (another server, another environment)."""
+    return BaseWorker(CommonAppSettings(service_name="inventory", environment="dev",
+                                        redis_url="redis://127.0.0.1:1/0"),
+                      worker_settings=WorkerSettings(block_ms=100))
 '''
 
 

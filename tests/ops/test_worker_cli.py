@@ -24,12 +24,13 @@ def _status(url: str) -> dict[str, Any]:
     return report["services"][0] if report else {}
 
 
-def _start(tmp_path: Path, url: str, *options: str) -> tuple[subprocess.Popen[str], Path]:
+def _start(tmp_path: Path, url: str, *options: str,
+           target: str = "svc_mod:make") -> tuple[subprocess.Popen[str], Path]:
     log = tmp_path / "worker.log"
     env = clean_env(ACTIONBUS_PRESENCE_INTERVAL_S="0.2")
     with log.open("w") as sink:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            command("--url", url, *NS, "worker", "svc_mod:make", *options),
+            command("--url", url, *NS, "worker", target, *options),
             cwd=worker_dir(tmp_path), env=env, stdout=subprocess.DEVNULL, stderr=sink,
             text=True,
         )
@@ -68,6 +69,18 @@ def test_worker_honours_global_options_and_logs_each_action(tmp_path: Path,
     assert any(" INFO " in x and "outcome=failed" in x for x in text.splitlines())
     row = _status(redis_url)  # a clean stop removes its heartbeat at once
     assert (row["consumers_alive"], row["consumers_gone"]) == (0, 1)
+
+
+def test_global_options_win_over_settings_in_the_code(tmp_path: Path, redis_url: str) -> None:
+    """A worker whose code pins another URL and environment still serves --url and
+    --environment/--prefix when they are given."""
+    proc, log = _start(tmp_path, redis_url, target="svc_mod:make_pinned")
+    try:
+        wait_until(lambda: _status(redis_url).get("consumers_alive") == 1 or proc.poll(),
+                   what="alive worker")
+        assert proc.poll() is None, log.read_text()
+    finally:
+        assert _stop(proc) == 0
 
 
 def test_killed_worker_shows_as_gone(tmp_path: Path, redis_url: str) -> None:
