@@ -1,6 +1,7 @@
 """actionbus: typed DomainActions between asyncio microservices over Redis Streams."""
 
 from actionbus.clients import BaseRedisClient, QueueManager, RedisManager, RedisStateManager
+from actionbus.clients.layers import PublishLayer, PublishNext
 from actionbus.config import CommonAppSettings
 from actionbus.dead_letters import DeadLetter, DeadLetterQueue
 from actionbus.delayed import DelayedQueue
@@ -14,6 +15,7 @@ from actionbus.exceptions import (
     DelayedActionError,
     EmbeddedRedisError,
     HandlerError,
+    InvalidActionError,
     InvalidNameError,
     InvalidReply,
     PayloadTooLargeError,
@@ -67,11 +69,14 @@ __all__ = [
     "GroupInfo",
     "Handler",
     "HandlerError",
+    "InvalidActionError",
     "InvalidNameError",
     "InvalidReply",
     "Layer",
     "PayloadTooLargeError",
     "PermissionsError",
+    "PublishLayer",
+    "PublishNext",
     "QueueManager",
     "RedisAuthenticationError",
     "RedisConnectionError",

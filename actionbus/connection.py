@@ -30,7 +30,11 @@ from actionbus.exceptions import (
     RedisConnectionError,
     RedisTLSError,
 )
-from actionbus.pool import WaitingConnectionPool
+from actionbus.pool import (
+    WaitingConnectionPool,
+    WaitingRedisCluster,
+    WaitingSentinelConnectionPool,
+)
 
 __all__ = [
     "AnyRedis",
@@ -140,6 +144,8 @@ def _sentinel_master(settings: CommonAppSettings, options: dict[str, Any]) -> Re
         password=password,
         ssl=settings.redis_ssl,
         max_connections=settings.redis_max_connections,
+        connection_pool_class=WaitingSentinelConnectionPool,
+        timeout=settings.redis_pool_timeout,
         **options,
     )
     _SENTINELS[client] = sentinel
@@ -172,7 +178,10 @@ def create_redis_client(settings: CommonAppSettings) -> AnyRedis:
     if settings.uses_tls:
         options.update(tls_options(settings, cluster=settings.redis_cluster))
     if settings.redis_cluster:
-        return RedisCluster.from_url(url, max_connections=settings.redis_max_connections, **options)
+        return WaitingRedisCluster.from_url(
+            url, max_connections=settings.redis_max_connections,
+            pool_timeout=settings.redis_pool_timeout, **options,
+        )
     pool = WaitingConnectionPool.from_url(
         url,
         max_connections=settings.redis_max_connections,

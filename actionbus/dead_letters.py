@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from actionbus.clients.guard import redis_call
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.connection import AnyRedis
 from actionbus.exceptions import DeadLetterError
@@ -80,6 +81,9 @@ def _parse(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str]) -> 
     )
 
 
+_guarded = redis_call(DeadLetterError, "dead letters of service {self.service!r}")
+
+
 class DeadLetterQueue:
     """Inspect and replay one service's dead letters."""
 
@@ -89,10 +93,12 @@ class DeadLetterQueue:
         self.stream = queue_manager.get_dead_letter_stream(service)
         self.action_stream = queue_manager.get_service_action_stream(service)
 
+    @_guarded
     async def count(self) -> int:
         """How many dead letters there are."""
         return int(await self.redis.xlen(self.stream))
 
+    @_guarded
     async def list(self, count: int = 100, start: str = "-") -> list[DeadLetter]:
         """Up to ``count`` dead letters, oldest first, from entry id ``start``."""
         if count <= 0:
@@ -109,6 +115,7 @@ class DeadLetterQueue:
             )
         return entry_id
 
+    @_guarded
     async def get(self, entry_id: str) -> DeadLetter:
         """One dead letter by id; ``DeadLetterError`` if there is none."""
         self._check_id(entry_id)
@@ -117,26 +124,45 @@ class DeadLetterQueue:
             raise DeadLetterError(f"no dead letter {entry_id!r} in {self.stream}")
         return _parse(*entries[0])
 
+    @_guarded
     async def replay(self, entry_id: str) -> str:
         """Move one dead letter back to the action stream; return its new entry id.
 
         The action is appended first and the dead letter deleted after, so a crash in
         between leaves a duplicate, never a loss.
         """
-        letter = await self.get(entry_id)
+        return await self._move_back(await self.get(entry_id))
+
+    async def _move_back(self, letter: DeadLetter) -> str:
         new_id = await self.redis.xadd(self.action_stream, {"data": letter.data})
-        await self.redis.xdel(self.stream, entry_id)
+        await self.redis.xdel(self.stream, letter.entry_id)
         return text(new_id)
 
+    @_guarded
     async def replay_all(self, batch: int = 100) -> int:
-        """Replay every dead letter, oldest first; return how many were replayed."""
-        replayed = 0
-        while letters := await self.list(count=batch):
-            for letter in letters:
-                await self.replay(letter.entry_id)
-                replayed += 1
-        return replayed
+        """Replay the dead letters there were when the call started, oldest first, once each.
 
+        A replayed action that fails again is buried again with a newer id, which this call
+        does not replay (``replay_all()`` always ends). Returns how many were replayed.
+        """
+        if batch <= 0:
+            raise ValueError(f"batch must be positive, got {batch}")
+        newest: Any = await self.redis.xrevrange(self.stream, max="+", min="-", count=1)
+        if not newest:
+            return 0
+        last = text(newest[0][0])
+        replayed = 0
+        start = "-"
+        while True:
+            entries: Any = await self.redis.xrange(self.stream, min=start, max=last, count=batch)
+            if not entries:
+                return replayed
+            for entry_id, fields in entries:
+                await self._move_back(_parse(entry_id, fields))
+                replayed += 1
+            start = "(" + text(entries[-1][0])
+
+    @_guarded
     async def delete(self, entry_id: str) -> bool:
         """Delete one dead letter for good; ``True`` if it existed."""
         self._check_id(entry_id)

@@ -8,8 +8,9 @@
     │   └── RedisTLSError           the TLS handshake failed (CA, host name, TLS port)
     ├── PermissionsError            the Redis user lacks commands or keys a role needs
     ├── ClientNotInitializedError   a manager used before initialize() or after close()
-    ├── SendError                   an action could not be sent
-    │   └── PayloadTooLargeError    the serialized action is above the configured size limit
+    ├── SendError                   an action could not be sent (``outcome_unknown``: may it be?)
+    │   ├── PayloadTooLargeError    the serialized action is above the configured size limit
+    │   └── InvalidActionError      a bad field, data that is not JSON, NaN
     ├── ConsumerGroupError          a consumer group could not be created or used
     ├── HandlerError                a handler is missing, registered twice, or has a bad signature
     ├── ActionRejected              an action that can never succeed: dead-lettered, not retried
@@ -38,6 +39,7 @@ __all__ = [
     "DelayedActionError",
     "EmbeddedRedisError",
     "HandlerError",
+    "InvalidActionError",
     "InvalidNameError",
     "InvalidReply",
     "PayloadTooLargeError",
@@ -92,11 +94,25 @@ class ClientNotInitializedError(ActionBusError):
 
 
 class SendError(ActionBusError):
-    """An action could not be written to its target stream."""
+    """An action could not be written to its target stream.
+
+    ``outcome_unknown`` is ``False`` when the action was certainly not written (refused,
+    never sent) and ``True`` when the connection broke after the write left, so the action
+    may have been delivered: resend with the same ``action_id`` only to idempotent handlers.
+    """
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
 
 
 class PayloadTooLargeError(SendError):
     """The serialized action is larger than ``max_payload_bytes``; nothing was sent."""
+
+
+class InvalidActionError(SendError, ValueError):
+    """The action cannot be sent as it is (a field changed to a bad value, data that is not
+    JSON, NaN or infinity); nothing was sent."""
 
 
 class ConsumerGroupError(ActionBusError):

@@ -3,6 +3,9 @@
 - ``WaitingConnectionPool``: like redis-py's ``BlockingConnectionPool`` (when all
   ``max_connections`` are busy a command waits up to ``timeout`` for one), but a free
   connection is taken directly, without entering a ``Condition`` and arming a timer.
+- ``WaitingRedisCluster`` and ``WaitingSentinelConnectionPool`` give Redis Cluster and
+  Sentinel the same semantics: with ``max_connections`` commands in flight, the next one
+  waits up to ``redis_pool_timeout`` instead of failing with "Too many connections".
 - Its connections write with a cheap deadline: with ``socket_timeout`` set, redis-py
   wraps every write in ``asyncio.wait_for``, which creates a task per command. Here the
   write runs under ``asyncio.timeout`` instead; an expired write still disconnects and
@@ -12,14 +15,39 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, ConnectionPool
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, RedisCluster
+from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["WaitingConnectionPool"]
+try:  # redis-py >= 6: a typed error for an exhausted pool
+    from redis.exceptions import MaxConnectionsError
+except ImportError:  # pragma: no cover - older redis-py: recognised by message
+    MaxConnectionsError = RedisConnError  # type: ignore[assignment,misc]
+
+__all__ = [
+    "WaitingConnectionPool",
+    "WaitingRedisCluster",
+    "WaitingSentinelConnectionPool",
+    "is_pool_exhausted",
+]
+
+
+def is_pool_exhausted(exc: BaseException) -> bool:
+    """Whether ``exc`` says the pool had no free connection (not a server failure).
+
+    redis-py's typed ``MaxConnectionsError`` where it exists; its message otherwise.
+    """
+    if MaxConnectionsError is not RedisConnError and isinstance(exc, MaxConnectionsError):
+        return True
+    return isinstance(exc, RedisConnError) and "Too many connections" in str(exc)
 
 
 class _DeadlineWrites:
@@ -76,7 +104,7 @@ class WaitingConnectionPool(BlockingConnectionPool):
             except RedisConnError as exc:
                 # Another task took the last slot between the check and the take (redis-py 5
                 # awaits inside its pool lock): wait for a connection like everyone else.
-                if "Too many connections" not in str(exc):
+                if not is_pool_exhausted(exc):
                     raise
         self._waiting += 1
         try:
@@ -90,3 +118,86 @@ class WaitingConnectionPool(BlockingConnectionPool):
             await super().release(connection)
         else:
             await ConnectionPool.release(self, connection)
+
+
+class WaitingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's master pool with ``BlockingConnectionPool``'s waiting for a free slot.
+
+    Passed to ``Sentinel.master_for(connection_pool_class=...)``; takes ``timeout``.
+    """
+
+    def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+
+
+_HOLDING: ContextVar[bool] = ContextVar("actionbus_cluster_slot", default=False)
+
+
+class _Gate:
+    """At most ``limit`` operations in flight; the next waits up to ``timeout`` seconds."""
+
+    def __init__(self, limit: int, timeout: float | None) -> None:
+        self.limit = limit
+        self.timeout = timeout
+        self._slots = asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if _HOLDING.get():  # nested call of an operation that holds a slot already
+            yield
+            return
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise MaxConnectionsError(
+                    f"No connection available: all {self.limit} connections "
+                    f"(redis_max_connections) stayed busy for {self.timeout}s "
+                    "(redis_pool_timeout)"
+                ) from None
+        else:
+            await self._slots.acquire()  # free: returns without suspending
+        token = _HOLDING.set(True)
+        try:
+            yield
+        finally:
+            _HOLDING.reset(token)
+            self._slots.release()
+
+
+class _WaitingClusterPipeline(ClusterPipeline):
+    """A cluster pipeline that waits for a slot of its client's gate before executing."""
+
+    async def execute(self, *args: Any, **kwargs: Any) -> list[Any]:
+        """Execute the queued commands once a connection slot is free."""
+        gate: _Gate = self.cluster_client._gate  # type: ignore[attr-defined]
+        async with gate.slot():
+            return await super().execute(*args, **kwargs)
+
+
+class WaitingRedisCluster(RedisCluster):
+    """``RedisCluster`` whose connection limit waits like a ``BlockingConnectionPool``.
+
+    redis-py's cluster nodes raise ``MaxConnectionsError`` at once when ``max_connections``
+    are busy. Here at most ``max_connections`` commands or pipelines are in flight per
+    client (each uses at most one connection per node), and the next one waits up to
+    ``pool_timeout`` seconds, then raises ``MaxConnectionsError``. Only public methods
+    (``execute_command``, ``pipeline``, ``ClusterPipeline.execute``) are overridden.
+    """
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, *args: Any, pool_timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = _Gate(int(kwargs.get("max_connections", 100)), pool_timeout)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """Run one command once a connection slot is free."""
+        async with self._gate.slot():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        """A pipeline that waits for a connection slot when executed."""
+        super().pipeline(transaction, shard_hint)  # redis-py's argument checks
+        return _WaitingClusterPipeline(self, transaction)  # type: ignore[abstract]

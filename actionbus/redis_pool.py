@@ -11,6 +11,8 @@ import asyncio
 import logging
 from typing import ClassVar
 
+from actionbus.clients.guard import mark_closed, translate_errors
+from actionbus.clients.guard import unreachable as _unreachable
 from actionbus.config import CommonAppSettings
 from actionbus.connection import (
     AnyRedis,
@@ -53,7 +55,8 @@ class RedisPool:
             if self._client is None:
                 client = create_redis_client(settings)
                 try:
-                    await ping_or_raise(client, settings)
+                    with translate_errors(_unreachable(settings)):
+                        await ping_or_raise(client, settings)
                 except BaseException:
                     await close_redis_client(client)
                     raise
@@ -66,6 +69,7 @@ class RedisPool:
         client, self._client = self._client, None
         self._lock = None
         if client is not None:
+            mark_closed(client)
             await close_redis_client(client)
 
 

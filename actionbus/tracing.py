@@ -28,7 +28,8 @@ from typing import Any
 from actionbus.models.actions import DomainAction
 
 __all__ = [
-    "disable_tracing", "enable_tracing", "inject_context", "process_span", "trace_carrier",
+    "disable_tracing", "enable_tracing", "inject_context", "process_span", "publish_span",
+    "trace_carrier",
 ]
 
 _CARRIER_KEYS = ("traceparent", "tracestate")
@@ -51,9 +52,21 @@ def disable_tracing() -> None:
 
 
 def inject_context(action: DomainAction) -> None:
-    """Carry the current trace context in the action (no-op unless tracing is enabled)."""
+    """Carry a PRODUCER span's context in the action (no-op unless tracing is enabled)."""
+    with publish_span(action):
+        pass
+
+
+def publish_span(action: DomainAction) -> contextlib.AbstractContextManager[Any]:
+    """The PRODUCER span around one send, its context written into ``action`` (a shared
+    no-op unless enabled). The client's tracing publish layer runs the send inside it."""
     if _tracer is None:
-        return
+        return _NO_SPAN
+    return _publish(action)
+
+
+@contextlib.contextmanager
+def _publish(action: DomainAction) -> Iterator[None]:
     from opentelemetry import propagate, trace
 
     attributes = {
@@ -65,6 +78,7 @@ def inject_context(action: DomainAction) -> None:
     }
     with _tracer.start_as_current_span(
         f"{action.action_type} publish", kind=trace.SpanKind.PRODUCER, attributes=attributes,
+        record_exception=True, set_status_on_exception=True,
     ) as span:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
@@ -72,6 +86,7 @@ def inject_context(action: DomainAction) -> None:
         span_context = span.get_span_context()
         if action.trace_id is None and span_context.is_valid:
             action.trace_id = format(span_context.trace_id, "032x")
+        yield
 
 
 def _deliveries_before(action: DomainAction) -> int:

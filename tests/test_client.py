@@ -81,9 +81,11 @@ async def test_send_action_async_writes_data_field(bus: Any) -> None:
     assert isinstance(entry_id, str)
     assert "-" in entry_id
     [sent] = await _entries(bus.redis, "inventory")
-    assert sent == json.loads(action.model_dump_json(exclude_none=True))
+    stamped = action.model_copy(update={"origin_service": "orders"})
+    assert sent == json.loads(stamped.model_dump_json(exclude_none=True))
     assert sent["origin_service"] == "orders"
-    assert DomainAction.model_validate(sent) == action
+    assert DomainAction.model_validate(sent) == stamped
+    assert action.origin_service is None  # the caller's object is not changed
 
 
 async def test_send_action_async_honours_target_service(bus: Any) -> None:
@@ -229,8 +231,8 @@ async def test_pseudo_sync_returns_worker_response(bus: Any) -> None:
     assert response.correlation_id == str(action.action_id)
     assert response.trace_id == "t1"
     assert response.action_type_response_to == "inventory.stock.get"
-    assert action.callback_queue_name == client.response_queue
-    assert action.expires_at is not None
+    assert action.callback_queue_name is None  # the caller's object is not changed
+    assert action.expires_at is None
 
 
 async def test_pseudo_sync_concurrent_calls_get_their_own_answers(bus: Any) -> None:
@@ -325,8 +327,8 @@ async def test_callback_routed_to_origin_handler(bus: Any, eventually: Any) -> N
     action = DomainAction(action_type="billing.invoice.create", data={"amount": 10},
                           tenant_id="t1", trace_id="tr")
     await client.send_action_async_with_callback(action, "orders.invoice.created", "order-77")
-    assert action.callback_action_type == "orders.invoice.created"
-    assert action.callback_queue_name == QM.get_service_action_stream("orders")
+    assert action.callback_action_type is None  # the caller's object is not changed
+    assert action.callback_queue_name is None
     await eventually(lambda: received)
     [callback] = received
     assert callback.action_type == "orders.invoice.created"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -154,3 +155,63 @@ async def test_worker_dead_letter_replayed_and_handled(bus: Any, eventually: Any
     await eventually(lambda: handled)
     assert handled == [{"sku": "A"}]
     assert await worker.dead_letters.count() == 0
+
+
+class _ReburyingQueue(DeadLetterQueue):
+    """A queue whose every replayed action is buried again at once, as a still-broken
+    handler's worker would do."""
+
+    async def _move_back(self, letter: DeadLetter) -> str:
+        new_id = await super()._move_back(letter)
+        await self.redis.xadd(self.stream, {"data": letter.data, "reason": "rejected"})
+        return new_id
+
+
+async def test_replay_all_replays_each_letter_once_even_if_buried_again(conn: Any) -> None:
+    """replay_all() replays the letters present when it started, once each, and ends."""
+    await _bury(conn, 3)
+    dlq = _ReburyingQueue(conn, QM, "inventory")
+    async with asyncio.timeout(10):
+        assert await dlq.replay_all(batch=1) == 3
+    assert await conn.xlen(MAIN) == 3
+    assert await dlq.count() == 3  # the re-buried ones wait for the next replay
+
+
+async def test_replay_all_with_a_worker_that_buries_again_ends(bus: Any, eventually: Any) -> None:
+    """With a worker that rejects everything, replay_all() ends after one pass."""
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> None:
+        raise ActionRejected("still broken")
+
+    await worker.start()
+    await bus.client("orders").send_actions_async(
+        [DomainAction(action_type="inventory.item.reserve", data={"i": i}) for i in range(3)]
+    )
+    await eventually(lambda: _count_is(worker.dead_letters, 3))
+    async with asyncio.timeout(10):
+        assert await worker.dead_letters.replay_all(batch=1) == 3
+    await eventually(lambda: _count_is(worker.dead_letters, 3))
+
+
+async def _count_is(dlq: DeadLetterQueue, n: int) -> bool:
+    return await dlq.count() == n
+
+
+async def test_dead_letter_calls_raise_library_errors_when_redis_is_down(
+    fresh_redis_server: Any,
+) -> None:
+    """Every DeadLetterQueue call against a dead server raises DeadLetterError, not redis-py's."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(fresh_redis_server.url, socket_connect_timeout=1)
+    dlq = DeadLetterQueue(redis, QM, "inventory")
+    fresh_redis_server.kill()
+    try:
+        for call in (dlq.count(), dlq.list(), dlq.get("1-1"), dlq.replay("1-1"),
+                     dlq.replay_all(), dlq.delete("1-1")):
+            with pytest.raises(DeadLetterError, match="dead letters of service 'inventory'"):
+                await call
+    finally:
+        await redis.aclose()

@@ -19,7 +19,16 @@ INTERNAL = {
     "actionbus.clients.queue_manager": {"KeyParts"},  # result type of QueueManager.parse
     "actionbus.clients.replies": {"ReplyListener"},  # BaseRedisClient's reply reader
     "actionbus.clients.sender": {"StreamWriter"},  # BaseRedisClient's XADD coalescer
-    "actionbus.pool": {"WaitingConnectionPool"},  # built by create_redis_client
+    "actionbus.pool": {  # built by create_redis_client
+        "WaitingConnectionPool", "WaitingRedisCluster", "WaitingSentinelConnectionPool",
+        "is_pool_exhausted",
+    },
+    "actionbus.clients.guard": {  # the one translation of redis-py failures
+        "check_open", "describe_failure", "mark_closed", "outcome_unknown", "redis_call",
+        "translate_errors", "unreachable",
+    },
+    "actionbus.clients.batch": {"send_batch"},  # BaseRedisClient.send_actions_async
+    "actionbus.clients.layers": {"build_chain", "tracing_layer"},  # the client's onion
     "actionbus.connection": {
         "close_redis_client", "connection_options", "create_redis_client", "ping_or_raise",
     },
@@ -74,7 +83,8 @@ INTERNAL = {
     },
     # Used from their own module; the worker and client call the hooks.
     "actionbus.tracing": {
-        "disable_tracing", "enable_tracing", "inject_context", "process_span", "trace_carrier",
+        "disable_tracing", "enable_tracing", "inject_context", "process_span", "publish_span",
+        "trace_carrier",
     },
 }
 # Applications and plugins built on the library rather than library API.

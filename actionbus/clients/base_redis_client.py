@@ -1,4 +1,8 @@
-"""``BaseRedisClient``: send ``DomainAction``s to other services in three patterns."""
+"""``BaseRedisClient``: send ``DomainAction``s to other services in three patterns.
+
+A send never changes the caller's ``DomainAction``: the client stamps, validates and
+encodes its own copy, so one object can be sent again, or in another pattern.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,27 @@ import math
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
-from redis.exceptions import RedisError
+from pydantic_core import PydanticSerializationError
 
+from actionbus.clients.batch import send_batch
+from actionbus.clients.guard import (
+    CLIENT_FAILURES,
+    check_open,
+    describe_failure,
+    outcome_unknown,
+)
+from actionbus.clients.layers import PublishLayer, PublishNext, build_chain, tracing_layer
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.replies import ReplyListener
-from actionbus.clients.sender import DATA_FIELD, StreamWriter
+from actionbus.clients.sender import StreamWriter
 from actionbus.config import CommonAppSettings
 from actionbus.connection import AnyRedis
 from actionbus.exceptions import (
+    ActionBusError,
     ConfigurationError,
+    InvalidActionError,
     InvalidNameError,
     PayloadTooLargeError,
     SendError,
@@ -29,17 +44,32 @@ from actionbus.models.actions import (
     check_service_name,
     utc_now,
 )
-from actionbus.tracing import inject_context
 
 __all__ = ["BaseRedisClient"]
 
 logger = logging.getLogger("actionbus.client")
 
 
-def _expire(future: asyncio.Future[DomainActionResponse]) -> None:
-    """End a pseudo-sync wait whose timeout passed."""
-    if not future.done():
-        future.set_exception(TimeoutError())
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` holds a NaN or infinite float anywhere inside."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_non_finite(v) for v in value)
+    return False
+
+
+def _check_timeout(timeout: object) -> float:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ValueError(f"timeout must be a positive number of seconds (finite), got {timeout!r}")
+    return float(timeout)
 
 
 class BaseRedisClient:
@@ -48,6 +78,7 @@ class BaseRedisClient:
     Every action goes by ``XADD`` to its target service's stream (field ``data`` holds the
     action's JSON). Replies to pseudo-sync calls come back on one response list owned by
     this client and are read by a single listener, however many calls are in flight.
+    Publish layers (``use()``) run around each send.
     """
 
     def __init__(
@@ -76,11 +107,25 @@ class BaseRedisClient:
             redis_client,
             self.queue_manager.get_response_queue(self.service_name, uuid.uuid4().hex),
         )
+        self._layers: list[PublishLayer] = [tracing_layer]
+        self._chain: PublishNext = build_chain(self._layers, self._write)
 
     @property
     def response_queue(self) -> str:
         """The list this client's pseudo-sync replies arrive on."""
         return self._replies.queue
+
+    def use(self, layer: PublishLayer) -> None:
+        """Add a publish layer: ``async def layer(action, call_next) -> str``.
+
+        Layers run in registration order, the first outermost, after the built-in tracing
+        layer; each gets the client's copy of the action and returns ``await
+        call_next(action)`` (or raises to stop the send: nothing is written).
+        """
+        if not callable(layer):
+            raise ConfigurationError(f"a publish layer must be callable, got {layer!r}")
+        self._layers.append(layer)
+        self._chain = build_chain(self._layers, self._write)
 
     @staticmethod
     def _check(action: DomainAction) -> None:
@@ -90,62 +135,105 @@ class BaseRedisClient:
                 "DomainAction(action_type='service.entity.verb', data={...})"
             )
 
-    def _encode(self, action: DomainAction) -> tuple[str, str]:
-        """Stream name and JSON of ``action``, after stamping the origin and checking size."""
+    def _copy(self, action: DomainAction, **changes: Any) -> DomainAction:
+        """The client's own copy of ``action`` (new metadata dict), origin stamped."""
         self._check(action)
-        # Fields may have been reassigned after validation; the key parts are re-checked.
+        changes.setdefault("metadata", dict(action.metadata))
+        if action.origin_service is None:
+            changes["origin_service"] = self.service_name
+        return action.model_copy(update=changes)
+
+    def _validate(self, action: DomainAction) -> None:
+        """Re-check fields that may have been reassigned after construction."""
         try:
             check_action_type(action.action_type)
         except ValueError as exc:
             raise InvalidNameError(f"nothing was sent: {exc}") from None
-        if action.origin_service is None:
-            action.origin_service = self.service_name
-        inject_context(action)
+        what = f"action {action.action_id} ({action.action_type})"
+        try:
+            for field in ("origin_service", "target_service"):
+                value = getattr(action, field)
+                if value is not None:
+                    check_service_name(value, field)
+            if action.callback_action_type is not None:
+                check_action_type(action.callback_action_type, "callback_action_type")
+            if action.callback_queue_name is not None:
+                if action.callback_action_type is not None:
+                    self.queue_manager.check_action_stream(action.callback_queue_name)
+                else:
+                    self.queue_manager.check_response_queue(action.callback_queue_name)
+        except (ValueError, TypeError) as exc:
+            raise InvalidActionError(f"{what} was not sent: {exc}") from None
+
+    def _encode(self, action: DomainAction) -> tuple[str, str]:
+        """Stream name and JSON of ``action`` (the client's copy), after every check."""
+        self._validate(action)
+        what = f"action {action.action_id} ({action.action_type})"
         stream = self.queue_manager.get_service_action_stream(action.target)
-        payload = action.model_dump_json(exclude_none=True)
+        try:
+            payload = action.model_dump_json(exclude_none=True)
+        except (PydanticSerializationError, ValueError, TypeError) as exc:
+            raise InvalidActionError(
+                f"{what} was not sent: its content cannot be serialized to JSON ({exc}). "
+                "Put only JSON values (str, int, float, bool, None, lists, dicts) in data."
+            ) from None
+        # Pydantic writes NaN and infinity as null; only then look for them.
+        if "null" in payload and _non_finite(action.model_dump(exclude_none=True)):
+            raise InvalidActionError(
+                f"{what} was not sent: it contains NaN or infinity, which JSON cannot "
+                "carry (it would arrive as null). Send a finite number or None."
+            )
         size = len(payload.encode()) if not payload.isascii() else len(payload)
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLargeError(
-                f"action {action.action_id} ({action.action_type}) is {size} bytes, above "
+                f"{what} is {size} bytes, above "
                 f"max_payload_bytes={self.settings.max_payload_bytes}; nothing was sent. "
                 "Store large data elsewhere and send a reference, or raise the limit."
             )
         return stream, payload
 
-    async def _xadd(self, stream: str, payload: str, action: DomainAction) -> str:
+    def _send_error(self, action: DomainAction, stream: str, exc: BaseException) -> SendError:
+        unknown = outcome_unknown(exc)
+        fate = ("it may have been delivered (the connection broke after the write)"
+                if unknown else "it was not sent")
+        return SendError(
+            f"could not send action {action.action_id} ({action.action_type}) to {stream}: "
+            f"{describe_failure(exc)}; {fate}",
+            outcome_unknown=unknown,
+        )
+
+    async def _write(self, action: DomainAction) -> str:
+        """Innermost publish step: validate, encode and XADD the action."""
+        stream, payload = self._encode(action)
+        self._check_open()
         try:
             return await self._writer.xadd(stream, payload)
-        except (RedisError, OSError) as exc:
-            raise SendError(
-                f"could not send action {action.action_id} ({action.action_type}) to "
-                f"{stream}: {type(exc).__name__}: {exc}"
-            ) from exc
+        except ActionBusError:
+            raise
+        except CLIENT_FAILURES as exc:
+            raise self._send_error(action, stream, exc) from exc
 
     async def send_action_async(self, action: DomainAction) -> str:
         """Fire and forget: append ``action`` to its target's stream; return the entry id."""
-        stream, payload = self._encode(action)
-        return await self._xadd(stream, payload, action)
+        return await self._chain(self._copy(action))
 
     async def send_actions_async(self, actions: Iterable[DomainAction]) -> list[str]:
-        """Send many actions in one pipelined round trip; return their entry ids in order.
+        """Send many actions in pipelined round trips; return their entry ids in order.
 
-        Every action is validated and encoded before anything is sent.
+        Every action passes the publish layers and is validated and encoded before
+        anything is sent. On a cluster, each node's share is sent on its own.
         """
-        encoded = [(action, *self._encode(action)) for action in actions]
-        if not encoded:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for _, stream, payload in encoded:
-            pipe.xadd(stream, {DATA_FIELD: payload})
-        try:
-            ids = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise SendError(
-                f"could not send a batch of {len(encoded)} actions: {type(exc).__name__}: {exc}. "
-                "Some may have been sent; resend with the same action_ids and let "
-                "idempotent handlers skip duplicates."
-            ) from exc
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+        return await send_batch(
+            [self._copy(action) for action in actions],
+            layers=self._layers,
+            encode=self._encode,
+            before_write=self._check_open,
+            writer=self._writer,
+            send_error=self._send_error,
+        )
+
+    def _check_open(self) -> None:
+        check_open(self.redis, f"client of service {self.service_name!r}")
 
     async def send_action_pseudo_sync(
         self, action: DomainAction, timeout: float = 30
@@ -153,33 +241,32 @@ class BaseRedisClient:
         """Send ``action`` and wait up to ``timeout`` seconds for its response.
 
         Returns the ``DomainActionResponse`` (``success=False`` with an ``error`` when the
-        handler failed) or ``None`` when the timeout passes. The action carries its
-        ``expires_at`` so a worker that picks it up later skips it.
+        handler failed) or ``None`` when the timeout passes. The timeout bounds the whole
+        call, the write included. The action carries its ``expires_at`` so a worker that
+        picks it up later skips it.
         """
-        if not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
-            raise ValueError(
-                f"timeout must be a positive number of seconds (finite), got {timeout!r}"
-            )
+        seconds = _check_timeout(timeout)
         self._check(action)
-        action.callback_queue_name = self._replies.queue
-        if action.correlation_id is None:
-            action.correlation_id = str(action.action_id)
-        action.expires_at = utc_now() + timedelta(seconds=timeout)
-        stream, payload = self._encode(action)
-        correlation_id = action.correlation_id
+        copy = self._copy(
+            action,
+            callback_queue_name=self._replies.queue,
+            callback_action_type=None,
+            correlation_id=action.correlation_id or str(action.action_id),
+            expires_at=utc_now() + timedelta(seconds=seconds),
+        )
+        correlation_id = copy.reply_correlation_id
         future = self._replies.expect(correlation_id)
-        expiry = asyncio.get_running_loop().call_later(timeout, _expire, future)
         try:
-            await self._xadd(stream, payload, action)
-            return await future
+            async with asyncio.timeout(seconds):
+                await self._chain(copy)
+                return await future
         except TimeoutError:
             logger.info(
                 "no response to %s (%s) from %s within %ss",
-                action.action_id, action.action_type, action.target, timeout,
+                copy.action_id, copy.action_type, copy.target, timeout,
             )
             return None
         finally:
-            expiry.cancel()
             self._replies.forget(correlation_id)
 
     async def send_action_async_with_callback(
@@ -196,15 +283,19 @@ class BaseRedisClient:
         """
         self._check(action)
         check_action_type(callback_event_name, "callback_event_name")
-        action.callback_action_type = callback_event_name
-        action.callback_queue_name = self.queue_manager.get_callback_queue(
-            self.service_name, callback_context
-        )
-        if action.correlation_id is None:
-            action.correlation_id = str(action.action_id)
+        metadata = dict(action.metadata)
         if callback_context is not None:
-            action.metadata["callback_context"] = callback_context
-        return await self.send_action_async(action)
+            metadata["callback_context"] = callback_context
+        copy = self._copy(
+            action,
+            metadata=metadata,
+            callback_action_type=callback_event_name,
+            callback_queue_name=self.queue_manager.get_callback_queue(
+                self.service_name, callback_context
+            ),
+            correlation_id=action.correlation_id or str(action.action_id),
+        )
+        return await self._chain(copy)
 
     async def close(self) -> None:
         """Stop the reply listener and delete this client's response list."""

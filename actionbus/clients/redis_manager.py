@@ -6,6 +6,8 @@ import asyncio
 import logging
 from types import TracebackType
 
+from actionbus.clients.guard import mark_closed, translate_errors
+from actionbus.clients.guard import unreachable as _unreachable
 from actionbus.config import CommonAppSettings
 from actionbus.connection import (
     AnyRedis,
@@ -50,7 +52,8 @@ class RedisManager:
             if self._client is None:
                 client = create_redis_client(self.settings)
                 try:
-                    await ping_or_raise(client, self.settings)
+                    with translate_errors(_unreachable(self.settings)):
+                        await ping_or_raise(client, self.settings)
                 except BaseException:
                     await close_redis_client(client)
                     raise
@@ -71,6 +74,7 @@ class RedisManager:
         """Close the client and its pool; safe to call more than once."""
         client, self._client = self._client, None
         if client is not None:
+            mark_closed(client)
             await close_redis_client(client)
             logger.info("closed Redis connection to %s", describe(self.settings))
 

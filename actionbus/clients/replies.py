@@ -13,9 +13,9 @@ import logging
 from typing import Any
 
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from actionbus.backoff import Backoff, OutageLog
+from actionbus.clients.guard import CLIENT_FAILURES
 from actionbus.connection import AnyRedis
 from actionbus.models.actions import DomainActionResponse
 
@@ -88,7 +88,7 @@ class ReplyListener:
                     else:
                         # A lone caller was answered: let it run before the next read.
                         await asyncio.sleep(0)
-                except (RedisError, OSError) as exc:
+                except CLIENT_FAILURES as exc:  # any client failure: logged, backed off
                     self._outage.failure(exc)
                     await asyncio.sleep(backoff.next_delay())
         finally:
@@ -101,5 +101,5 @@ class ReplyListener:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*CLIENT_FAILURES):
             await self.redis.delete(self.queue)

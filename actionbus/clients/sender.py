@@ -1,26 +1,37 @@
 """Coalescing of concurrent XADDs: one round trip for many senders.
 
 A send with nothing else in flight goes out at once, as a plain ``XADD``. Sends that
-arrive while one is in flight are queued and written together, in one pipeline, by a
-background task (never by a caller's own task, so a cancelled caller cannot strand the
-others). Many concurrent callers then cost a few pipelines instead of one command and
-one pooled connection each.
+arrive while one is in flight are queued and written together by a background task
+(never by a caller's own task, so a cancelled caller cannot strand the others). Many
+concurrent callers then cost a few pipelines instead of one command and one pooled
+connection each.
+
+On Redis Cluster the queued sends are grouped by the node that owns each stream, one
+pipeline per node, sent side by side: a dead master fails only the sends meant for it.
+A queued send whose caller stopped waiting (cancelled, deadline passed) before the
+background task took it is dropped, not written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Sequence
 from typing import Any
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
+from actionbus.clients.guard import CLIENT_FAILURES
 from actionbus.connection import AnyRedis
 from actionbus.streams import text
 
-__all__ = ["StreamWriter"]
+__all__ = ["DATA_FIELD", "StreamWriter"]
 
 DATA_FIELD = "data"
 _MAX_BATCH = 500
+
+_Item = tuple[str, str, "asyncio.Future[str]"]
 
 
 class StreamWriter:
@@ -29,7 +40,7 @@ class StreamWriter:
     def __init__(self, redis: AnyRedis) -> None:
         self.redis = redis
         self._in_flight = False
-        self._queue: list[tuple[str, str, asyncio.Future[str]]] = []
+        self._queue: list[_Item] = []
         self._task: asyncio.Task[None] | None = None
 
     async def xadd(self, stream: str, payload: str) -> str:
@@ -40,28 +51,54 @@ class StreamWriter:
                 return text(await self.redis.xadd(stream, {DATA_FIELD: payload}))
             finally:
                 self._in_flight = False
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._queue.append((stream, payload, future))
+        return await self._enqueue([(stream, payload)])[0]
+
+    async def xadd_many(self, items: Sequence[tuple[str, str]]) -> list[str | BaseException]:
+        """Append many entries; return each one's id or the exception that failed it."""
+        futures = self._enqueue(items)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        return list(results)
+
+    def _enqueue(self, items: Sequence[tuple[str, str]]) -> list[asyncio.Future[str]]:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[str]] = []
+        for stream, payload in items:
+            future: asyncio.Future[str] = loop.create_future()
+            self._queue.append((stream, payload, future))
+            futures.append(future)
         if self._task is None:
             self._task = asyncio.create_task(self._drain(), name="actionbus-xadd-batch")
-        return await future
+        return futures
+
+    def _group(self, stream: str) -> str:
+        """The node (cluster) that owns ``stream``; one group for a standalone server."""
+        if not isinstance(self.redis, RedisCluster):
+            return ""
+        with contextlib.suppress(*CLIENT_FAILURES):
+            node = self.redis.get_node_from_key(stream)
+            if node is not None:
+                return str(node.name)
+        return f"slot:{self.redis.keyslot(stream)}"  # topology unknown yet: one per slot
 
     async def _drain(self) -> None:
         try:
             while self._queue:
-                batch = self._queue[:_MAX_BATCH]
+                batch = [item for item in self._queue[:_MAX_BATCH] if not item[2].done()]
                 del self._queue[:_MAX_BATCH]
-                await self._send(batch)
+                groups: dict[str, list[_Item]] = {}
+                for item in batch:
+                    groups.setdefault(self._group(item[0]), []).append(item)
+                await asyncio.gather(*(self._send(group) for group in groups.values()))
         finally:
             self._task = None
 
-    async def _send(self, batch: list[tuple[str, str, asyncio.Future[str]]]) -> None:
+    async def _send(self, batch: list[_Item]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for stream, payload, _ in batch:
             pipe.xadd(stream, {DATA_FIELD: payload})
         try:
             results: list[Any] = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
+        except CLIENT_FAILURES as exc:
             for *_, future in batch:
                 if not future.done():
                     future.set_exception(exc)

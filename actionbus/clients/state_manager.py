@@ -18,6 +18,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from actionbus.clients.guard import redis_call
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.config import CommonAppSettings
 from actionbus.connection import AnyRedis
@@ -70,6 +71,9 @@ return 1
 """
 
 _Outcome = Literal["ok", "missing", "invalid", "mismatch"]
+
+
+_guarded = redis_call(StateError, "state of service {self.app_settings.service_name!r}")
 
 
 class RedisStateManager(Generic[TStateModel]):
@@ -170,6 +174,7 @@ class RedisStateManager(Generic[TStateModel]):
             self.logger.warning("%s; treating it as absent", text)
         return None
 
+    @_guarded
     async def load_state(self, state_key: str, *, strict: bool = False) -> TStateModel | None:
         """The stored state, or ``None`` when absent, invalid or of another model (logged
         once, counted in ``counters``). ``strict=True`` raises ``StateTypeError`` for another
@@ -199,6 +204,7 @@ class RedisStateManager(Generic[TStateModel]):
                 f"expiration_seconds must be a positive integer or None, got {expiration_seconds}"
             )
 
+    @_guarded
     async def save_state(
         self,
         state_key: str,
@@ -224,10 +230,12 @@ class RedisStateManager(Generic[TStateModel]):
                 "delete_state() it first if it is stale"
             )
 
+    @_guarded
     async def delete_state(self, state_key: str) -> bool:
         """Delete the state; ``True`` if it existed."""
         return bool(await self.redis.delete(self.key_for(state_key)))
 
+    @_guarded
     async def update_state(
         self,
         state_key: str,

@@ -1,0 +1,156 @@
+"""Send, state, dead-letter and first-contact calls raise only actionbus errors, whatever
+redis-py raises underneath (standalone or cluster, server gone or never there)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from redis.exceptions import ConnectionError as RedisConnError
+from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from actionbus import (
+    ActionBusError,
+    BaseRedisClient,
+    CommonAppSettings,
+    DeadLetterError,
+    DeadLetterQueue,
+    DomainAction,
+    QueueManager,
+    RedisConnectionError,
+    RedisManager,
+    RedisStateManager,
+    SendError,
+    StateError,
+    close_redis_pool,
+    get_redis_client,
+)
+from actionbus.clients.guard import outcome_unknown, translate_errors
+from actionbus.exceptions import StateConflictError
+
+
+class Counter(BaseModel):
+    """A counter state."""
+
+    value: int = 0
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cluster_settings(url: str, service: str = "tests") -> CommonAppSettings:
+    return CommonAppSettings(_env_file=None, service_name=service, redis_cluster=True,
+                             redis_url=url, redis_socket_connect_timeout=1,
+                             redis_socket_timeout=1, redis_retries=1)
+
+
+async def test_initialize_against_unreachable_cluster_raises_connection_error() -> None:
+    """RedisManager.initialize() on a cluster nobody serves raises RedisConnectionError."""
+    settings = _cluster_settings(f"redis://127.0.0.1:{_closed_port()}/0")
+    with pytest.raises(RedisConnectionError, match="cannot reach Redis"):
+        await RedisManager(settings).initialize()
+
+
+async def test_redis_pool_against_unreachable_cluster_raises_connection_error() -> None:
+    """get_redis_client() on a cluster nobody serves raises RedisConnectionError."""
+    settings = _cluster_settings(f"redis://127.0.0.1:{_closed_port()}/0")
+    try:
+        with pytest.raises(RedisConnectionError):
+            await get_redis_client(settings)
+    finally:
+        await close_redis_pool()
+
+
+async def _every_call_raises_library_errors(redis: Any, settings: CommonAppSettings) -> None:
+    client = BaseRedisClient("orders", redis, settings)
+    state = RedisStateManager(redis, Counter, settings)
+    dlq = DeadLetterQueue(redis, QueueManager("dev"), "orders")
+    action = DomainAction(action_type="inventory.item.reserve")
+    sends = [client.send_action_async(action), client.send_actions_async([action, action]),
+             client.send_action_async_with_callback(action, "orders.item.reserved"),
+             client.send_action_pseudo_sync(action, timeout=5)]
+    for call in sends:
+        with pytest.raises(SendError):
+            await call
+    for call in (state.load_state("k"), state.save_state("k", Counter()),
+                 state.delete_state("k"), state.update_state("k", lambda c: Counter())):
+        with pytest.raises(StateError):
+            await call
+    for call in (dlq.count(), dlq.list(), dlq.replay_all(), dlq.delete("1-1")):
+        with pytest.raises(DeadLetterError):
+            await call
+    await client.close()
+
+
+async def test_calls_on_a_stopped_cluster_raise_library_errors(redis_cluster: Any,
+                                                               redis_cluster_url: str) -> None:
+    """With every cluster node down, sends, state and dead-letter calls raise actionbus errors."""
+    manager = RedisManager(_cluster_settings(redis_cluster_url))
+    redis = await manager.initialize()
+    redis_cluster.stop()
+    try:
+        await _every_call_raises_library_errors(redis, _cluster_settings(redis_cluster_url))
+    finally:
+        await manager.close()
+        redis_cluster.start()
+
+
+async def test_calls_on_a_killed_server_raise_library_errors(fresh_redis_server: Any) -> None:
+    """With the server killed, sends, state and dead-letter calls raise actionbus errors."""
+    settings = CommonAppSettings(_env_file=None, service_name="tests",
+                                 redis_url=fresh_redis_server.url,
+                                 redis_socket_connect_timeout=1, redis_retries=1)
+    manager = RedisManager(settings)
+    redis = await manager.initialize()
+    fresh_redis_server.kill()
+    try:
+        await _every_call_raises_library_errors(redis, settings)
+    finally:
+        await manager.close()
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [RedisClusterException("cannot connect"),
+     AttributeError("'NoneType' object has no attribute 'writelines'"),
+     OSError("broken pipe"), EOFError(), RedisConnError("Connection closed by server.")],
+)
+def test_translate_errors_covers_what_redis_py_raises(raised: BaseException) -> None:
+    """Non-RedisError failures redis-py lets out (cluster, half-closed socket) are translated."""
+    with pytest.raises(StateError) as caught, translate_errors(
+        lambda description, exc: StateError(description)
+    ):
+        raise raised
+    assert caught.value.__cause__ is raised
+    assert issubclass(StateError, ActionBusError)
+
+
+def test_translate_errors_leaves_library_errors_alone() -> None:
+    """An actionbus error inside the block passes through unchanged."""
+    error = StateConflictError("lost")
+    with pytest.raises(StateConflictError) as caught, translate_errors(
+        lambda description, exc: StateError(description)
+    ):
+        raise error
+    assert caught.value is error
+
+
+@pytest.mark.parametrize(
+    ("raised", "unknown"),
+    [(ResponseError("WRONGTYPE"), False),
+     (RedisConnError("Error 111 connecting to 127.0.0.1:1. Connection refused."), False),
+     (RedisConnError("Connection closed by server."), True),
+     (RedisTimeoutError("Timeout reading from socket"), True),
+     (RedisClusterException("no reachable node"), False)],
+)
+def test_outcome_unknown_only_when_the_write_may_have_happened(
+    raised: BaseException, unknown: bool
+) -> None:
+    """Refused or never-connected writes are known not sent; a broken read leaves it unknown."""
+    assert outcome_unknown(raised) is unknown

@@ -1,0 +1,60 @@
+"""On a cluster, a send fails only for its own target's reason: a dead master fails only
+the sends meant for it, even when they were coalesced with sends to healthy masters."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from actionbus import BaseRedisClient, CommonAppSettings, DomainAction, RedisManager, SendError
+
+ROUNDS = 3
+PER_SERVICE = 10
+
+
+def _settings(url: str) -> CommonAppSettings:
+    return CommonAppSettings(
+        _env_file=None, service_name="orders", redis_cluster=True, redis_url=url,
+        redis_socket_connect_timeout=1, redis_socket_timeout=2, redis_retries=1,
+    )
+
+
+async def test_dead_master_fails_only_its_own_sends(redis_cluster: Any,
+                                                    redis_cluster_url: str) -> None:
+    """With one master killed, concurrent sends to services on the others all succeed."""
+    manager = RedisManager(_settings(redis_cluster_url))
+    redis = await manager.initialize()
+    client = BaseRedisClient("orders", redis, _settings(redis_cluster_url))
+    by_port: dict[int, str] = {}
+    for i in range(200):  # one service per master
+        node = redis.get_node_from_key(f"actionbus:dev:svc{i}:streams:main")
+        by_port.setdefault(int(node.port), f"svc{i}")
+    assert len(by_port) == 3
+    dead_port = redis_cluster.nodes[0].port
+    dead_service = by_port[dead_port]
+    healthy = [s for p, s in by_port.items() if p != dead_port]
+    await client.send_action_async(DomainAction(action_type=f"{dead_service}.item.warm"))
+    redis_cluster.nodes[0].kill()
+    try:
+        outcomes: dict[str, list[Any]] = {s: [] for s in by_port.values()}
+        for _ in range(ROUNDS):
+            services = [s for s in by_port.values() for _ in range(PER_SERVICE)]
+            results = await asyncio.gather(
+                *(client.send_action_async(DomainAction(action_type=f"{s}.item.add"))
+                  for s in services),
+                return_exceptions=True,
+            )
+            for service, result in zip(services, results, strict=True):
+                outcomes[service].append(result)
+        failed_healthy = [r for s in healthy for r in outcomes[s] if isinstance(r, BaseException)]
+        dead = outcomes[dead_service]
+        print(f"healthy sends failed: {len(failed_healthy)} of {2 * ROUNDS * PER_SERVICE}; "
+              f"dead-master sends failed: {sum(isinstance(r, SendError) for r in dead)} "
+              f"of {len(dead)}")
+        assert failed_healthy == []
+        assert all(isinstance(r, SendError) for r in dead)
+        assert not any(r.outcome_unknown for r in dead)  # refused connections: not sent
+    finally:
+        await client.close()
+        await manager.close()
+        redis_cluster.start()
