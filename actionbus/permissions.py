@@ -125,6 +125,7 @@ def _sample(command: str, key: str) -> list[str]:
         "xinfo|consumers": ["XINFO", "CONSUMERS", key, "g"],
         "xtrim": ["XTRIM", key, "MINID", "0"],
         "xrange": ["XRANGE", key, "-", "+"],
+        "xrevrange": ["XREVRANGE", key, "+", "-"],
         "xdel": ["XDEL", key, "0-1"],
         "exists": ["EXISTS", key],
         "lpush": ["LPUSH", key, "v"],
@@ -144,7 +145,6 @@ def _sample(command: str, key: str) -> list[str]:
         "zcard": ["ZCARD", key],
         "zrange": ["ZRANGE", key, "0", "-1"],
         "zrem": ["ZREM", key, "m"],
-        "xrevrange": ["XREVRANGE", key, "+", "-"],
         "multi": ["MULTI"],
         "exec": ["EXEC"],
     }

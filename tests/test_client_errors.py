@@ -154,3 +154,22 @@ def test_outcome_unknown_only_when_the_write_may_have_happened(
 ) -> None:
     """Refused or never-connected writes are known not sent; a broken read leaves it unknown."""
     assert outcome_unknown(raised) is unknown
+
+
+async def test_a_missing_permission_is_reported_as_such_not_as_an_outage(
+    fresh_redis_server: Any,
+) -> None:
+    """A NOPERM refusal says a permission is missing, not that Redis is unreachable."""
+    with fresh_redis_server.client() as admin:
+        admin.execute_command(
+            "ACL", "SETUSER", "noxrange", "on", ">pw", "~*", "+@all", "-xrange", "-xrevrange"
+        )
+    url = fresh_redis_server.url.replace("redis://", "redis://noxrange:pw@")
+    settings = CommonAppSettings(_env_file=None, service_name="tests", redis_url=url)
+    async with RedisManager(settings) as manager:
+        queue = DeadLetterQueue(manager.get_client(), QueueManager(), "inventory")
+        with pytest.raises(DeadLetterError) as caught:
+            await queue.list()
+    message = str(caught.value)
+    assert "lacks a command or key permission" in message
+    assert "reachable" not in message

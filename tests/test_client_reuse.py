@@ -18,7 +18,7 @@ from actionbus import (
     RedisManager,
 )
 
-STREAM = "actionbus:dev:{}:streams:main"
+STREAM = "actionbus:dev:{{{}}}:streams:main"
 
 
 def _echo_worker(bus: Any) -> Any:
@@ -84,7 +84,7 @@ async def test_callback_then_pseudo_sync_with_one_object(bus: Any, eventually: A
     await eventually(lambda: callbacks)
     assert callbacks[0].data == {"n": 6}
     assert action.model_dump() == before
-    assert await bus.redis.xlen("actionbus:dev:calc:streams:dead_letter") == 0
+    assert await bus.redis.xlen("actionbus:dev:{calc}:streams:dead") == 0
 
 
 @pytest.mark.parametrize(

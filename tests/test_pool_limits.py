@@ -47,7 +47,7 @@ async def _hundred_updates_and_sends(settings: CommonAppSettings) -> None:
         await asyncio.gather(*(
             client.send_action_async(DomainAction(action_type=f"svc{i % 7}.item.add"))
             for i in range(CONCURRENT)))
-        lengths = [await redis.xlen(f"actionbus:dev:svc{i}:streams:main") for i in range(7)]
+        lengths = [await redis.xlen(f"actionbus:dev:{{svc{i}}}:streams:main") for i in range(7)]
         assert sum(lengths) == CONCURRENT
         await client.close()
 

@@ -9,7 +9,7 @@ import pytest
 
 from actionbus import ConfigurationError, DomainAction, PublishNext
 
-STREAM = "actionbus:dev:{}:streams:main"
+STREAM = "actionbus:dev:{{{}}}:streams:main"
 
 
 def _recording(name: str, log: list[str]) -> Any:

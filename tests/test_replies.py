@@ -12,7 +12,7 @@ from actionbus import DomainActionResponse
 from actionbus.clients.replies import ReplyListener
 from actionbus.embedded import RedisServer
 
-QUEUE = "actionbus:dev:orders:responses:test"
+QUEUE = "actionbus:dev:{orders}:responses:test"
 
 
 def _reply(correlation_id: str, n: int = 1) -> str:

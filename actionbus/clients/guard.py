@@ -17,14 +17,16 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from redis.exceptions import (
-    ConnectionError as RedisConnError,
-)
-from redis.exceptions import (
+    AuthenticationError,
     MaxConnectionsError,
+    NoPermissionError,
     RedisClusterException,
     RedisError,
     ResponseError,
     SlotNotCoveredError,
+)
+from redis.exceptions import (
+    ConnectionError as RedisConnError,
 )
 
 from actionbus.config import mask_url
@@ -85,6 +87,18 @@ def outcome_unknown(exc: BaseException) -> bool:
     return not isinstance(exc, RedisClusterException | ConnectionRefusedError)
 
 
+def advice(exc: BaseException) -> str:
+    """What to do about a failure: fix a permission or the data, or retry once Redis is back."""
+    if isinstance(exc, NoPermissionError):
+        return ("The Redis user lacks a command or key permission: grant it (README, "
+                "'Security', has the ACL of each role).")
+    if isinstance(exc, AuthenticationError):
+        return "Redis refused the credentials: check the user name and password."
+    if isinstance(exc, ResponseError):
+        return "Redis refused the command; retrying will not help until the cause is fixed."
+    return "Check that Redis is reachable; the call can be retried."
+
+
 def describe_failure(exc: BaseException) -> str:
     """``Type: message`` of an underlying failure, for error messages."""
     return f"{type(exc).__name__}: {exc}"
@@ -119,10 +133,8 @@ def redis_call(
         async def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
             def make(description: str, exc: BaseException) -> ActionBusError:
                 subject = what.format(self=args[0]) if args else what
-                return error(
-                    f"{subject}: {method.__name__}() failed: {description}. Check that "
-                    "Redis is reachable; the call can be retried."
-                )
+                return error(f"{subject}: {method.__name__}() failed: {description}. "
+                             f"{advice(exc)}")
 
             with translate_errors(make):
                 return await method(*args, **kwargs)

@@ -6,8 +6,9 @@ arrive while one is in flight are queued and written together by a background ta
 concurrent callers then cost a few pipelines instead of one command and one pooled
 connection each.
 
-On Redis Cluster the queued sends are grouped by the node that owns each stream, one
-pipeline per node, sent side by side: a dead master fails only the sends meant for it.
+On Redis Cluster the queued sends are grouped by the node that owns each stream and
+written as parallel single commands (see ``_send_each``): a dead master fails only the
+sends meant for it.
 A queued send whose caller stopped waiting (cancelled, deadline passed) before the
 background task took it is dropped, not written.
 """
@@ -93,6 +94,9 @@ class StreamWriter:
             self._task = None
 
     async def _send(self, batch: list[_Item]) -> None:
+        if isinstance(self.redis, RedisCluster):
+            await self._send_each(batch)
+            return
         pipe = self.redis.pipeline(transaction=False)
         for stream, payload, _ in batch:
             pipe.xadd(stream, {DATA_FIELD: payload})
@@ -115,3 +119,24 @@ class StreamWriter:
                 future.set_exception(result)
             else:
                 future.set_result(text(result))
+
+    async def _send_each(self, batch: list[_Item]) -> None:
+        """Cluster: one ``XADD`` command per entry, all in parallel.
+
+        redis-py's cluster pipeline answers a connection error on any node by closing the
+        connections of every node, breaking pipelines in flight to healthy masters; a
+        plain command only resets its own node's connections, so a dead master fails only
+        the sends meant for it.
+        """
+
+        async def one(stream: str, payload: str, future: asyncio.Future[str]) -> None:
+            try:
+                entry_id = await self.redis.xadd(stream, {DATA_FIELD: payload})
+            except CLIENT_FAILURES as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(text(entry_id))
+
+        await asyncio.gather(*(one(*item) for item in batch))
