@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import fields
 
@@ -33,13 +34,16 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from actionbus.cli_errors import scrub
+from actionbus.clients.base_redis_client import BaseRedisClient
+from actionbus.clients.layers import PublishNext
 from actionbus.clients.redis_manager import RedisManager
+from actionbus.models.actions import DomainAction, DomainActionResponse
 from actionbus.status import ServiceStatus, service_status
 from actionbus.workers.base_worker import BaseWorker
 from actionbus.workers.stats import WorkerStats
-from actionbus.workers.timings import timings_for
+from actionbus.workers.timings import Timings, timings_for
 
-__all__ = ["QueueMetrics", "WorkerMetrics"]
+__all__ = ["ClientMetrics", "QueueMetrics", "WorkerMetrics"]
 
 _HELP = {
     "handled": "Actions whose handler succeeded.",
@@ -151,3 +155,77 @@ class QueueMetrics(Collector):
                     value = 0 if value is None else value / 1000
                 family.add_metric([row.service], float(value))
             yield family
+
+
+class ClientMetrics(Collector):
+    """Client-side metrics: sends, pseudo-sync request latency and timeouts.
+
+    ``metrics.instrument(client)`` adds a publish layer that counts every send (by outcome)
+    and times the client's ``send_action_pseudo_sync`` calls::
+
+        metrics = ClientMetrics()
+        metrics.instrument(client)
+        REGISTRY.register(metrics)
+    """
+
+    def __init__(self) -> None:
+        self.sends: dict[tuple[str, str, str], int] = {}
+        self.timeouts: dict[tuple[str, str], int] = {}
+        self.requests: dict[str, Timings] = {}
+
+    def instrument(self, client: BaseRedisClient) -> None:
+        """Count ``client``'s sends and time its pseudo-sync requests."""
+        service = client.service_name
+
+        async def count(action: DomainAction, call_next: PublishNext) -> str:
+            try:
+                entry_id = await call_next(action)
+            except Exception:
+                self._sent(service, action.action_type, "error")
+                raise
+            self._sent(service, action.action_type, "ok")
+            return entry_id
+
+        client.use(count)
+        request = client.send_action_pseudo_sync
+        timings = self.requests.setdefault(service, Timings())
+
+        async def timed(action: DomainAction, timeout: float = 30) -> DomainActionResponse | None:
+            started = time.perf_counter()
+            response = await request(action, timeout)
+            outcome = "timeout" if response is None else (
+                "success" if response.success else "error")
+            timings.observe(action.action_type, outcome, time.perf_counter() - started)
+            if response is None:
+                key = (service, action.action_type)
+                self.timeouts[key] = self.timeouts.get(key, 0) + 1
+            return response
+
+        setattr(client, "send_action_pseudo_sync", timed)  # noqa: B010 - an instance wrapper
+
+    def _sent(self, service: str, action_type: str, outcome: str) -> None:
+        key = (service, action_type, outcome)
+        self.sends[key] = self.sends.get(key, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        """Sends, timeouts and the request latency histogram."""
+        sends = CounterMetricFamily("actionbus_client_sends", "Actions sent (ok or error).",
+                                    labels=["service", "action_type", "outcome"])
+        for (service, action_type, outcome), count in sorted(self.sends.items()):
+            sends.add_metric([service, action_type, outcome], count)
+        yield sends
+        timeouts = CounterMetricFamily(
+            "actionbus_client_request_timeouts", "Pseudo-sync requests with no reply in time.",
+            labels=["service", "action_type"])
+        for (service, action_type), count in sorted(self.timeouts.items()):
+            timeouts.add_metric([service, action_type], count)
+        yield timeouts
+        latency = HistogramMetricFamily(
+            "actionbus_client_request_duration_seconds",
+            "Pseudo-sync request time, send to reply (or timeout).",
+            labels=["service", "action_type"])
+        for service, timings in sorted(self.requests.items()):
+            for action_type in sorted(timings.durations):
+                buckets, total = timings.cumulative(action_type)
+                latency.add_metric([service, action_type], buckets, total)
+        yield latency

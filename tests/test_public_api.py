@@ -75,7 +75,8 @@ INTERNAL = {
     "actionbus.embedded": {
         "RedisCluster", "RedisSentinel", "RedisServer", "find_redis_server", "free_port",
     },
-    "actionbus.metrics": {"QueueMetrics", "WorkerMetrics"},  # needs the [prometheus] extra
+    # needs the [prometheus] extra
+    "actionbus.metrics": {"ClientMetrics", "QueueMetrics", "WorkerMetrics"},
     # The wire contract's generators, used from their own module and by the CLI.
     "actionbus.schema": {
         "CallbackMetadata", "DeadLetterEntry", "asyncapi_document", "json_schemas",
