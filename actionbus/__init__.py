@@ -15,6 +15,7 @@ from actionbus.exceptions import (
     DelayedActionError,
     EmbeddedRedisError,
     HandlerError,
+    HandlerTimeout,
     InvalidActionError,
     InvalidNameError,
     InvalidReply,
@@ -27,6 +28,8 @@ from actionbus.exceptions import (
     StateConflictError,
     StateError,
     StateTypeError,
+    UnknownActionType,
+    WorkerFailedError,
 )
 from actionbus.inspect import ConsumerInfo, GroupInfo, ServiceInfo, inspect_service
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
@@ -40,6 +43,7 @@ from actionbus.schedule import Schedule
 from actionbus.services import BaseService
 from actionbus.workers import BaseWorker, Handler, WorkerSettings, WorkerStats
 from actionbus.workers.context import WorkerContext
+from actionbus.workers.health import HealthStatus
 from actionbus.workers.pipeline import Layer
 from actionbus.workers.policy import FailurePolicy
 
@@ -69,6 +73,8 @@ __all__ = [
     "GroupInfo",
     "Handler",
     "HandlerError",
+    "HandlerTimeout",
+    "HealthStatus",
     "InvalidActionError",
     "InvalidNameError",
     "InvalidReply",
@@ -90,7 +96,9 @@ __all__ = [
     "StateConflictError",
     "StateError",
     "StateTypeError",
+    "UnknownActionType",
     "WorkerContext",
+    "WorkerFailedError",
     "WorkerSettings",
     "WorkerStats",
     "__version__",

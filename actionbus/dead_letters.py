@@ -1,12 +1,16 @@
 """The dead-letter stream of a service: list, count, replay and delete dead letters.
 
-A dead letter keeps the original ``data`` untouched plus why it died. Dead-letter
-streams are never trimmed by actionbus.
+A dead letter keeps the original entry plus why it died: ``data`` untouched, every other
+field of the entry as ``field.<name>``; of an oversize entry only the first
+``dead_letter_body_bytes`` of ``data`` with its length and SHA-256. Workers trim
+dead-letter streams by length and age (``trim_dead_letters``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -20,7 +24,10 @@ from actionbus.exceptions import DeadLetterError
 from actionbus.models.actions import format_timestamp, utc_now
 from actionbus.streams import text
 
-__all__ = ["DeadLetter", "DeadLetterQueue", "dead_letter_fields"]
+__all__ = ["DeadLetter", "DeadLetterQueue", "dead_letter_fields", "trim_dead_letters"]
+
+FIELD_PREFIX = "field."
+"""Other fields of the original entry are kept as ``field.<name>``."""
 
 _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
@@ -38,11 +45,27 @@ class DeadLetter(BaseModel):
     stream: str
     consumer: str
     failed_at: datetime
+    fields: dict[str, str] = {}
+    """The original entry's fields other than ``data`` (``field.<name>`` on the wire)."""
+    data_missing: bool = False
+    """The original entry had no ``data`` field (``data`` is then ``""``)."""
+    truncated: bool = False
+    """Oversize: ``data`` holds only the first bytes; see ``data_length``/``data_sha256``."""
+    data_length: int | None = None
+    data_sha256: str | None = None
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    return str(value).encode("utf-8", "replace")
 
 
 def dead_letter_fields(
     *,
-    data: bytes | str,
+    data: bytes | str | None,
     reason: str,
     error_type: str,
     error_message: str,
@@ -50,23 +73,68 @@ def dead_letter_fields(
     original_id: str,
     stream: str,
     consumer: str,
+    entry: Mapping[Any, Any] | None = None,
+    max_body: int | None = None,
 ) -> dict[str, bytes | str]:
-    """The fields written to the dead-letter stream for one failed entry."""
+    """The fields written to the dead-letter stream for one failed entry.
+
+    ``entry``: the original entry's fields; those other than ``data`` are kept as
+    ``field.<name>``. ``max_body``: keep only this many bytes of ``data`` (oversize
+    entries), adding ``truncated``, ``data_length`` and ``data_sha256``; other fields
+    are then left out. Never raises for odd values (it runs on the failure path).
+    """
+    out: dict[Any, bytes | str] = {}
+    body: bytes | str = "" if data is None else data
+    if data is None:
+        out["data_missing"] = "true"
+    if max_body is not None:
+        whole = _as_bytes(body)
+        body = whole[:max_body]
+        out.update(truncated="true", data_length=str(len(whole)),
+                   data_sha256=hashlib.sha256(whole).hexdigest())
+    elif entry:
+        for name, value in entry.items():
+            key = _as_bytes(name)
+            if key != b"data":
+                out[FIELD_PREFIX.encode() + key] = value if isinstance(value, bytes | str) \
+                    else str(value)
     return {
-        "data": data,
-        "reason": reason,
-        "error_type": error_type,
-        "error_message": error_message[:2000],
+        "data": body,
+        "reason": str(reason),
+        "error_type": str(error_type)[:200],
+        "error_message": str(error_message)[:2000],
         "deliveries": str(deliveries),
-        "original_id": original_id,
-        "stream": stream,
-        "consumer": consumer,
+        "original_id": str(original_id),
+        "stream": str(stream),
+        "consumer": str(consumer),
         "failed_at": format_timestamp(utc_now()),
+        **out,
     }
 
 
+async def trim_dead_letters(
+    redis: AnyRedis, stream: str, max_len: int | None, max_age_s: float | None
+) -> int:
+    """Trim a dead-letter stream to ``max_len`` entries and drop those older than
+    ``max_age_s`` (by entry id, this process's clock); return how many were dropped."""
+    dropped = 0
+    if max_age_s is not None:
+        now_ms = int(time.time() * 1000)
+        min_id = max(0, now_ms - int(max_age_s * 1000))
+        dropped += int(await redis.xtrim(stream, minid=f"{min_id}-0", approximate=False))
+    if max_len is not None:
+        dropped += int(await redis.xtrim(stream, maxlen=max_len, approximate=False))
+    return dropped
+
+
+def _text(value: bytes | str) -> str:
+    """Decode a value that may not be UTF-8 (bytes kept as surrogate escapes)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
 def _parse(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str]) -> DeadLetter:
-    values = {text(k): text(v) for k, v in fields.items()}
+    values = {_text(k): _text(v) for k, v in fields.items()}
+    length = values.get("data_length", "")
     return DeadLetter(
         entry_id=text(entry_id),
         data=values.get("data", ""),
@@ -78,6 +146,12 @@ def _parse(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str]) -> 
         stream=values.get("stream", ""),
         consumer=values.get("consumer", ""),
         failed_at=values.get("failed_at") or utc_now(),
+        fields={k[len(FIELD_PREFIX):]: v for k, v in values.items()
+                if k.startswith(FIELD_PREFIX)},
+        data_missing=values.get("data_missing") == "true",
+        truncated=values.get("truncated") == "true",
+        data_length=int(length) if length.isdigit() else None,
+        data_sha256=values.get("data_sha256"),
     )
 
 
@@ -134,7 +208,23 @@ class DeadLetterQueue:
         return await self._move_back(await self.get(entry_id))
 
     async def _move_back(self, letter: DeadLetter) -> str:
-        new_id = await self.redis.xadd(self.action_stream, {"data": letter.data})
+        """Append the original entry again (byte for byte), then delete the letter."""
+        if letter.truncated:
+            raise DeadLetterError(
+                f"dead letter {letter.entry_id!r} kept only the first bytes of an oversize "
+                f"entry ({letter.data_length} bytes, sha256 {letter.data_sha256}): it cannot "
+                "be replayed; delete it or re-send the original"
+            )
+        raw: Any = await self.redis.xrange(
+            self.stream, min=letter.entry_id, max=letter.entry_id, count=1)
+        stored = {_text(k): v for k, v in raw[0][1].items()} if raw else {}
+        entry: dict[Any, Any] = {  # byte for byte, as the original entry had them
+            k[len(FIELD_PREFIX):].encode("utf-8", "surrogateescape"): v
+            for k, v in stored.items() if k.startswith(FIELD_PREFIX)
+        }
+        if not letter.data_missing:
+            entry[b"data"] = stored.get("data", letter.data)
+        new_id = await self.redis.xadd(self.action_stream, entry)
         await self.redis.xdel(self.stream, letter.entry_id)
         return text(new_id)
 
@@ -158,7 +248,10 @@ class DeadLetterQueue:
             if not entries:
                 return replayed
             for entry_id, fields in entries:
-                await self._move_back(_parse(entry_id, fields))
+                letter = _parse(entry_id, fields)
+                if letter.truncated:  # an oversize body cannot be replayed: left in place
+                    continue
+                await self._move_back(letter)
                 replayed += 1
             start = "(" + text(entries[-1][0])
 

@@ -44,16 +44,20 @@ from actionbus.streams import text
 
 __all__ = [
     "DELIVERIES_KEY",
+    "FIRST_ENTRY_KEY",
     "DelayedEntry",
     "DelayedQueue",
     "MoveReport",
     "deliveries_of",
+    "retry_payload",
     "seconds_until",
     "to_epoch_ms",
     "with_deliveries",
+    "without_bookkeeping",
 ]
 
 DELIVERIES_KEY = "actionbus_deliveries"
+FIRST_ENTRY_KEY = "actionbus_first_entry"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # KEYS[1] delayed set, KEYS[2] stream. ARGV[1] now in epoch ms ('' = the server's clock),
@@ -162,6 +166,28 @@ def with_deliveries(payload: bytes | str, deliveries: int) -> str:
     obj["metadata"] = {**(metadata if isinstance(metadata, dict) else {}),
                        DELIVERIES_KEY: int(deliveries)}
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def retry_payload(payload: bytes | str, deliveries: int, entry_id: str) -> str:
+    """``with_deliveries`` plus the stream entry id of the first attempt (kept if set)."""
+    obj = json.loads(with_deliveries(payload, deliveries))
+    obj["metadata"].setdefault(FIRST_ENTRY_KEY, entry_id)
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def without_bookkeeping(payload: bytes | str) -> tuple[str, str | None]:
+    """The action JSON without the retry keys (an emptied ``metadata`` dropped), and the
+    first attempt's entry id: what a dead letter keeps, so a replay starts afresh."""
+    obj = _load_object(payload)
+    metadata = obj.get("metadata")
+    first = None
+    if isinstance(metadata, dict):
+        metadata.pop(DELIVERIES_KEY, None)
+        found = metadata.pop(FIRST_ENTRY_KEY, None)
+        first = found if isinstance(found, str) else None
+        if not metadata:
+            del obj["metadata"]
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")), first
 
 
 def deliveries_of(action: DomainAction) -> int:

@@ -14,6 +14,7 @@
     ├── ConsumerGroupError          a consumer group could not be created or used
     ├── HandlerError                a handler is missing, registered twice, or has a bad signature
     ├── ActionRejected              an action that can never succeed: dead-lettered, not retried
+    ├── HandlerTimeout              a handler overran its timeout and was cancelled (retried)
     ├── DeadLetterError             a dead letter could not be found or replayed
     ├── DelayedActionError          a delayed action or schedule that cannot be used as given
     ├── InvalidReply                a reply arrived that is not a valid DomainActionResponse
@@ -39,6 +40,7 @@ __all__ = [
     "DelayedActionError",
     "EmbeddedRedisError",
     "HandlerError",
+    "HandlerTimeout",
     "InvalidActionError",
     "InvalidNameError",
     "InvalidReply",
@@ -51,6 +53,8 @@ __all__ = [
     "StateConflictError",
     "StateError",
     "StateTypeError",
+    "UnknownActionType",
+    "WorkerFailedError",
 ]
 
 
@@ -131,6 +135,19 @@ class ActionRejected(ActionBusError):
         self.error_code = error_code
 
 
+class UnknownActionType(HandlerError, ActionRejected):
+    """No handler (and no ``handle_action`` override) for an action's type: it is
+    dead-lettered at once as ``unknown_action_type`` (a waiting caller gets the error)."""
+
+    def __init__(self, message: str) -> None:
+        ActionRejected.__init__(self, message, error_code="unknown_action_type")
+
+
+class HandlerTimeout(ActionBusError):
+    """A handler ran longer than its timeout and was cancelled: one failed attempt, retried
+    or dead-lettered like any failure (a waiting caller gets this error at once)."""
+
+
 class DeadLetterError(ActionBusError):
     """A dead letter could not be found or replayed."""
 
@@ -171,3 +188,11 @@ class InvalidReply(ActionBusError):
         self.raw = raw
         self.reason = reason
         self.correlation_id = correlation_id
+
+
+class WorkerFailedError(ActionBusError):
+    """A worker's background loop died for good; the worker stopped (``.cause`` says why)."""
+
+    def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause

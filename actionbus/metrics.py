@@ -53,6 +53,9 @@ _HELP = {
     "expired_skipped": "Requests skipped or left unanswered because their caller gave up.",
     "duplicates_skipped": "Redelivered actions an idempotent handler had already done.",
     "reclaimed": "Entries taken over from consumers that stopped.",
+    "bad_input": "Entries refused as input (malformed, oversize, unknown type, bad data).",
+    "large_entries_seen": "Entries large enough to lower the read count.",
+    "dead_letters_trimmed": "Dead letters dropped by retention (length or age).",
 }
 _LABELS = ["service", "instance"]
 logger = logging.getLogger("actionbus.metrics")

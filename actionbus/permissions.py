@@ -38,12 +38,13 @@ _SCRIPTS = ("evalsha", "script|load")  # redis-py runs Lua with EVALSHA, loading
 _REPLY_WAIT = ("brpop", "rpop", "del")
 
 ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
-    "client": ("ping", "xadd", *_REPLY_WAIT),
+    "client": ("ping", "xadd", *_REPLY_WAIT, "zadd", "time", *_SCRIPTS),  # zadd…: delayed sends
     "worker": (
         "ping", "xadd", "xreadgroup", "xgroup|create", "xgroup|delconsumer", "xack",
         "xclaim", "xpending", "xlen", "xinfo|groups", "xinfo|consumers", "xtrim",
         "lpush", "expire", "get", "set", *_SCRIPTS,
-        "hset", "hdel", "hgetall", "incrby",  # presence heartbeat and throughput counter
+        "time", "zadd", "zrange", "zrangebyscore", "zrem", "hget", "hset", "hmget",  # mover
+        "hdel", "hgetall", "incrby",  # presence heartbeat and throughput counter
     ),
     "state": ("ping", "get", "set", "del", *_SCRIPTS),
     "cli": (
@@ -56,8 +57,9 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 """Commands each role needs on keys matching ``~{prefix}:{environment}:*``."""
 
-OPTIONAL_COMMANDS: dict[str, tuple[str, ...]] = {"worker": ("config|get",)}
-"""Used when granted: the worker's start-up eviction-policy warning (``CONFIG GET``)."""
+OPTIONAL_COMMANDS: dict[str, tuple[str, ...]] = {"worker": ("config|get", "xrange", "xdel")}
+"""Used when granted: the worker's start-up eviction-policy warning (``CONFIG GET``), and
+trimming past entries stuck pending (``XRANGE``/``XDEL``; skipped without them)."""
 
 CHECK_COMMANDS: tuple[str, ...] = ("acl|whoami", "acl|dryrun")
 """Let a user run :func:`check_permissions` on itself (optional; without them it is skipped)."""
@@ -134,24 +136,29 @@ def _sample(command: str, key: str) -> list[str]:
         "rpop": ["RPOP", key],
         "del": ["DEL", key],
         "get": ["GET", key],
+        "time": ["TIME"],
+        "zadd": ["ZADD", key, "0", "m"],
+        "zrange": ["ZRANGE", key, "0", "0"],
+        "zrangebyscore": ["ZRANGEBYSCORE", key, "-inf", "0"],
+        "zrem": ["ZREM", key, "m"],
+        "hget": ["HGET", key, "f"],
+        "hset": ["HSET", key, "f", "v"],
+        "hmget": ["HMGET", key, "f"],
         "set": ["SET", key, "v"],
         "evalsha": ["EVALSHA", "0" * 40, "1", key],
-        "hset": ["HSET", key, "f", "v"],
         "hdel": ["HDEL", key, "f"],
         "hgetall": ["HGETALL", key],
         "incrby": ["INCRBY", key, "1"],
         "scan": ["SCAN", "0"],
         "mget": ["MGET", key],
         "zcard": ["ZCARD", key],
-        "zrange": ["ZRANGE", key, "0", "-1"],
-        "zrem": ["ZREM", key, "m"],
         "multi": ["MULTI"],
         "exec": ["EXEC"],
     }
     return forms[command]
 
 
-_KEYLESS = frozenset({"ping", "script|load", "config|get", "scan", "multi", "exec"})
+_KEYLESS = frozenset({"ping", "script|load", "config|get", "time", "scan", "multi", "exec"})
 
 
 async def check_permissions(

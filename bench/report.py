@@ -89,6 +89,9 @@ TARGETS = (
     Target("worker RSS growth 100k -> 1M actions < 10 (%)", "long.rss_growth", None, "<", 10),
     Target("stream length after trim within retention (entries above) = 0",
            "long.over_retention", None, "<=", 0),
+    Target("delayed send >= 0.5x plain send_action_async", "delayed.send", "raw", ">=", 0.5),
+    Target("mover lateness p99 at 10k due/s (worst rep) < 100 ms", "delayed.late.p99", None,
+           "<", 100),
 )
 
 

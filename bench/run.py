@@ -31,6 +31,10 @@ Scenarios:
 5. ``--long`` only: worker RSS and stream length at 100k and 1M actions (200k with
    ``--quick``) with ``stream_retention=100_000``; the targets need RSS growth < 10%
    and, after the worker's next maintenance round, a stream within its retention.
+6. Delayed: ``send_action_async(delay=)`` one by one vs plain ``send_action_async`` (shown
+   in the raw column, so ab/raw is delayed/plain); then 10,000 due per second for 3 s (1 s
+   with ``--quick``) loaded into a delayed set and moved by one worker's mover: lateness
+   (moved-at minus due-at, by Redis' clock) p50 and p99.
 
 Reading the table: each cell is the median of the repetitions (3 by default, 1 with
 ``--quick``) with (min-max); ``ab/raw`` and ``ab/FS`` divide
@@ -61,6 +65,7 @@ from common import RESULTS_DIR, Config, quiet_logging, run
 from procs import cpu_count
 from redis.asyncio import Redis
 from report import Results, table, write_json
+from scenarios_delayed import run_delayed
 from scenarios_drain import run_drain
 from scenarios_long import run_long
 from scenarios_rpc import run_burst, run_rpc
@@ -76,8 +81,9 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     3: ("pseudo-sync round trip", run_rpc),
     4: ("1,000 concurrent pseudo-sync calls", run_burst),
     5: ("1M actions: worker RSS and stream length", run_long),
+    6: ("delayed sends and mover lateness", run_delayed),
 }
-DEFAULT_SCENARIOS = (1, 2, 3, 4)
+DEFAULT_SCENARIOS = (1, 2, 3, 4, 6)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -224,3 +225,46 @@ async def test_concurrent_sends_to_many_services_all_land(cluster: Any) -> None:
     lengths = [await cluster.client_.xlen(QM.get_service_action_stream(f"svc{i}"))
                for i in range(7)]
     assert sum(lengths) == 300
+
+
+async def test_delayed_send_retry_and_schedule_on_cluster(cluster: Any, eventually: Any) -> None:
+    """On 3 masters: a delayed send fires, a failed attempt retries via the delayed set, and
+    a schedule ticks (each tick once) — the scripts' keys share the service's slot."""
+    from datetime import timedelta
+
+    svc = f"timed{uuid.uuid4().hex[:6]}"
+    seen: list[DomainAction] = []
+    failures: list[int] = []
+    ticks: list[str] = []
+
+    async def later(action: DomainAction, data: Any) -> None:
+        seen.append(action)
+
+    async def flaky(action: DomainAction, data: Any) -> None:
+        if len(failures) < 2:
+            failures.append(1)
+            raise RuntimeError("try again")
+        seen.append(action)
+
+    async def tick(action: DomainAction, data: Any) -> None:
+        ticks.append(str(action.metadata["actionbus_tick"]))
+
+    workers = [cluster.worker(svc) for _ in range(2)]
+    for worker in workers:
+        worker.register(f"{svc}.job.later", later)
+        worker.register(f"{svc}.job.flaky", flaky)
+        worker.register(f"{svc}.clock.tick", tick)
+        worker.schedule(action_type=f"{svc}.clock.tick", every=timedelta(milliseconds=200))
+        await worker.start()
+    client = cluster.client("orders")
+    await client.send_action_async(
+        DomainAction(action_type=f"{svc}.job.later", target_service=svc), delay=0.2)
+    await client.send_action_async(
+        DomainAction(action_type=f"{svc}.job.flaky", target_service=svc))
+    await eventually(lambda: len(seen) == 2 and len(set(ticks)) >= 3, timeout=15)
+    for worker in workers:
+        await worker.stop(grace=0.5)
+    assert len(failures) == 2
+    assert len(ticks) == len(set(ticks))
+    flaky_done = next(a for a in seen if a.action_type.endswith("flaky"))
+    assert flaky_done.metadata["actionbus_deliveries"] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from actionbus import (
     InvalidNameError,
     QueueManager,
 )
-from actionbus.dead_letters import dead_letter_fields
+from actionbus.dead_letters import dead_letter_fields, trim_dead_letters
 
 QM = QueueManager("dev")
 DEAD = QM.get_dead_letter_stream("inventory")
@@ -215,3 +216,30 @@ async def test_dead_letter_calls_raise_library_errors_when_redis_is_down(
                 await call
     finally:
         await redis.aclose()
+
+
+async def test_trim_dead_letters_by_length_and_age(conn: Any) -> None:
+    """trim_dead_letters keeps the newest max_len letters and drops older than max_age_s."""
+    now_ms = int(time.time() * 1000)
+    for age_s in (7200, 5400, 60, 30, 10):
+        await conn.xadd(DEAD, {"data": str(age_s)}, id=f"{now_ms - age_s * 1000}-0")
+    assert await trim_dead_letters(conn, DEAD, None, 3600) == 2
+    assert await trim_dead_letters(conn, DEAD, 2, None) == 1
+    assert [f[b"data"] for _, f in await conn.xrange(DEAD)] == [b"30", b"10"]
+    assert await trim_dead_letters(conn, DEAD, None, None) == 0
+
+
+def test_dead_letter_fields_keep_the_entry_and_bound_oversize() -> None:
+    """Other fields are kept as field.<name>; an oversize body keeps its head, length, hash."""
+    fields = dead_letter_fields(
+        data=None, reason="malformed", error_type="MissingField", error_message="m",
+        deliveries=1, original_id="1-1", stream=MAIN, consumer="c",
+        entry={b"action": b"x", "n": "1"})
+    assert (fields["data"], fields["data_missing"]) == ("", "true")
+    assert (fields[b"field.action"], fields[b"field.n"]) == (b"x", "1")
+    big = dead_letter_fields(
+        data="é" * 100, reason="oversize", error_type="PayloadTooLarge", error_message="m" * 9000,
+        deliveries=1, original_id="1-1", stream=MAIN, consumer="c", max_body=10)
+    assert big["data"] == ("é" * 5).encode()
+    assert (big["data_length"], big["truncated"]) == ("200", "true")
+    assert len(big["error_message"]) == 2000

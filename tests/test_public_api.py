@@ -32,11 +32,11 @@ INTERNAL = {
     "actionbus.connection": {
         "close_redis_client", "connection_options", "create_redis_client", "ping_or_raise",
     },
-    "actionbus.dead_letters": {"dead_letter_fields"},  # the worker's writer
+    "actionbus.dead_letters": {"dead_letter_fields", "trim_dead_letters"},  # worker's upkeep
     # Result types of DelayedQueue and the helpers the worker's retry path uses.
     "actionbus.delayed": {
         "DelayedEntry", "MoveReport", "deliveries_of", "seconds_until", "to_epoch_ms",
-        "with_deliveries",
+        "with_deliveries", "retry_payload", "without_bookkeeping",
     },
     "actionbus.models.actions": {"format_timestamp", "utc_now"},
     # The tick machinery the worker loop calls; users declare Schedule objects.
@@ -46,16 +46,27 @@ INTERNAL = {
     "actionbus.streams": {"ensure_group", "is_busygroup", "is_nogroup", "text"},
     "actionbus.workers.maintenance": {
         "check_eviction_policy", "remove_gone_consumers", "safe_trim", "safe_trim_id",
+        "trim_around_pending",
     },
     "actionbus.workers.output": {"OutputBatcher"},
+    "actionbus.workers.ownership": {"ConsumerLease"},  # taken by BaseWorker.start()
     "actionbus.workers.pipeline": {  # the built-in layers and the chain builder
         "ExpiryLayer", "IdempotencyLayer", "LoggingLayer", "MetricsLayer", "Pipeline",
-        "ReplyLayer", "Skipped", "StepFailed", "TracingLayer", "ValidationLayer", "chain",
+        "ReplyLayer", "Skipped", "StepFailed", "TimeoutLayer", "TracingLayer", "ValidationLayer",
+        "chain",
     },
-    "actionbus.workers.policy": {"Bury", "ReplyError", "Retry", "error_detail"},  # decisions
-    "actionbus.workers.reader": {"StreamReader"},
-    "actionbus.workers.results": {"Prepared", "callback_for", "is_waiting", "prepare"},
-    "actionbus.workers.upkeep": {"Upkeep", "maintain"},
+    "actionbus.workers.mover": {"Mover"},
+    "actionbus.workers.policy": {  # decisions and failure-path helpers
+        "Bury", "ReplyError", "Retry", "error_detail", "safe_text",
+    },
+    "actionbus.workers.reader": {"StreamReader", "spread"},
+    "actionbus.workers.failures": {"describe", "is_transient"},  # the error classifier
+    "actionbus.workers.health": {"Health", "SlowCommands"},  # collectors behind .health
+    "actionbus.workers.supervisor": {"supervise"},  # runs the worker's loops
+    "actionbus.workers.results": {
+        "Prepared", "callback_for", "callback_refusal", "is_expired", "is_waiting", "prepare",
+    },
+    "actionbus.workers.upkeep": {"Upkeep", "maintain", "trim"},
     "actionbus.workers.processing": {"ActionProcessor"},
     "actionbus.workers.reclaim": {
         "Claimed", "claim_abandoned", "claim_own_pending", "heartbeat", "reclaim_for_retry",

@@ -53,7 +53,8 @@ def redis_cli(url: str, *args: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "name",
-    ["quickstart", "connections", "state", "typed-state", "delayed", "pipeline", "inspect"],
+    ["quickstart", "connections", "state", "typed-state", "delayed", "delayed-worker", "pipeline",
+     "inspect"],
 )
 def test_python_examples_run(redis_url: str, name: str) -> None:
     """Each Python example of the README runs to completion against a real Redis."""

@@ -11,7 +11,8 @@ import logging
 import math
 import uuid
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from pydantic_core import PydanticSerializationError
@@ -29,9 +30,11 @@ from actionbus.clients.replies import ReplyListener
 from actionbus.clients.sender import StreamWriter
 from actionbus.config import CommonAppSettings
 from actionbus.connection import AnyRedis
+from actionbus.delayed import DelayedQueue
 from actionbus.exceptions import (
     ActionBusError,
     ConfigurationError,
+    DelayedActionError,
     InvalidActionError,
     InvalidNameError,
     PayloadTooLargeError,
@@ -109,6 +112,7 @@ class BaseRedisClient:
         )
         self._layers: list[PublishLayer] = [tracing_layer]
         self._chain: PublishNext = build_chain(self._layers, self._write)
+        self._delayed: dict[str, DelayedQueue] = {}
 
     @property
     def response_queue(self) -> str:
@@ -213,9 +217,65 @@ class BaseRedisClient:
         except CLIENT_FAILURES as exc:
             raise self._send_error(action, stream, exc) from exc
 
-    async def send_action_async(self, action: DomainAction) -> str:
-        """Fire and forget: append ``action`` to its target's stream; return the entry id."""
-        return await self._chain(self._copy(action))
+    async def _write_later(
+        self, delay: timedelta | float | None, at: datetime | None, action: DomainAction,
+    ) -> str:
+        """Innermost step of a delayed send: encode, then ZADD to the target's delayed set."""
+        _, payload = self._encode(action)
+        self._check_open()
+        queue = self._delayed.get(action.target)
+        if queue is None:
+            queue = DelayedQueue(self.redis, self.queue_manager, action.target)
+            if len(self._delayed) < 1000:
+                self._delayed[action.target] = queue
+        try:
+            if at is not None:
+                await queue.add(payload, at)
+            else:
+                await queue.add_after(payload, delay or 0)
+        except ActionBusError:
+            raise
+        except CLIENT_FAILURES as exc:
+            raise self._send_error(action, queue.key, exc) from exc
+        return str(action.action_id)
+
+    def _chain_for(
+        self, delay: timedelta | float | None, at: datetime | None,
+    ) -> PublishNext:
+        """The publish chain: plain XADD, or (``delay``/``at``) the delayed set."""
+        if delay is None and at is None:
+            return self._chain
+        if delay is not None and at is not None:
+            raise DelayedActionError("give delay= or at=, not both; nothing was sent")
+        if at is not None and not isinstance(at, datetime):
+            raise DelayedActionError(f"at= must be an aware datetime, got {at!r}")
+        if at is not None and at.tzinfo is None:
+            raise DelayedActionError(
+                f"at={at.isoformat()} has no timezone; nothing was sent: pass an aware "
+                "datetime (e.g. datetime.now(UTC) + timedelta(minutes=5))"
+            )
+        if delay is not None:
+            seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+            if (isinstance(seconds, bool) or not isinstance(seconds, int | float)
+                    or not math.isfinite(seconds) or seconds < 0):
+                raise DelayedActionError(
+                    f"delay must be zero or a positive number of seconds (or a timedelta), "
+                    f"got {delay!r}; nothing was sent"
+                )
+        return build_chain(self._layers, partial(self._write_later, delay, at))
+
+    async def send_action_async(
+        self, action: DomainAction, *, delay: timedelta | float | None = None,
+        at: datetime | None = None,
+    ) -> str:
+        """Fire and forget: append ``action`` to its target's stream; return the entry id.
+
+        With ``delay`` (seconds or timedelta, by the Redis server's clock) or ``at`` (an
+        aware datetime) the action waits in the target's delayed set and enters its stream
+        when due; then its action id is returned (for ``DelayedQueue.cancel``).
+        """
+        chain = self._chain_for(delay, at)
+        return await chain(self._copy(action))
 
     async def send_actions_async(self, actions: Iterable[DomainAction]) -> list[str]:
         """Send many actions in pipelined round trips; return their entry ids in order.
@@ -274,13 +334,18 @@ class BaseRedisClient:
         action: DomainAction,
         callback_event_name: str,
         callback_context: str | None = None,
+        *,
+        delay: timedelta | float | None = None,
+        at: datetime | None = None,
     ) -> str:
         """Send ``action``; when done, the target sends a ``callback_event_name`` action back.
 
         The callback is an ordinary ``DomainAction`` appended to this service's own stream,
         so it is handled by this service's workers even if they were down when it was sent.
-        ``callback_context`` is carried in ``metadata["callback_context"]``.
+        ``callback_context`` is carried in ``metadata["callback_context"]``. ``delay``/``at``
+        as for ``send_action_async``.
         """
+        chain = self._chain_for(delay, at)
         self._check(action)
         check_action_type(callback_event_name, "callback_event_name")
         metadata = dict(action.metadata)
@@ -295,7 +360,7 @@ class BaseRedisClient:
             ),
             correlation_id=action.correlation_id or str(action.action_id),
         )
-        return await self._chain(copy)
+        return await chain(copy)
 
     async def close(self) -> None:
         """Stop the reply listener and delete this client's response list."""

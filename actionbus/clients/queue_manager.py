@@ -124,6 +124,10 @@ class QueueManager:
         """The marker that records a guarded handler already ran for ``action_id``."""
         return self._key(service, IDEMPOTENCY, action_id)
 
+    def get_consumer_lease_key(self, service: str, lease_id: str) -> str:
+        """The lease a running worker holds on its consumer name: ``…:{service}:consumers:<id>``."""
+        return self._build_key(service, "consumers", lease_id)
+
     def get_delayed_set(self, service: str) -> str:
         """The sorted set of a service's delayed actions: ``…:{service}:delayed:main``.
 

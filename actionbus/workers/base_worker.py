@@ -13,29 +13,43 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from types import TracebackType
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 from pydantic import BaseModel
+from redis.asyncio import RedisCluster
 
 from actionbus.backoff import OutageLog
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.redis_manager import RedisManager
 from actionbus.config import CommonAppSettings
 from actionbus.connection import AnyRedis
-from actionbus.dead_letters import DeadLetterQueue
-from actionbus.exceptions import ClientNotInitializedError, ConfigurationError, HandlerError
+from actionbus.dead_letters import DeadLetterQueue, trim_dead_letters
+from actionbus.exceptions import (
+    ClientNotInitializedError,
+    ConfigurationError,
+    HandlerError,
+    UnknownActionType,
+    WorkerFailedError,
+)
 from actionbus.models.actions import DomainAction, check_service_name
+from actionbus.permissions import check_permissions
+from actionbus.schedule import Schedule
 from actionbus.streams import ensure_group
 from actionbus.workers import presence
 from actionbus.workers.context import WorkerContext
+from actionbus.workers.health import Health, HealthStatus, SlowCommands
 from actionbus.workers.maintenance import check_eviction_policy
+from actionbus.workers.mover import Mover
 from actionbus.workers.output import OutputBatcher
+from actionbus.workers.ownership import ConsumerLease
 from actionbus.workers.pipeline import Layer, Pipeline
 from actionbus.workers.policy import FailurePolicy
 from actionbus.workers.processing import ActionProcessor
@@ -51,6 +65,7 @@ from actionbus.workers.routing import (
 )
 from actionbus.workers.settings import WorkerSettings
 from actionbus.workers.stats import WorkerStats
+from actionbus.workers.supervisor import supervise
 from actionbus.workers.upkeep import Upkeep, maintain
 
 __all__ = ["BaseWorker"]
@@ -106,6 +121,8 @@ class BaseWorker:
         self.before_ack: Callable[[str], None] | None = None
         """Fault-injection seam for tests: called with each entry id before its ack is queued."""
         self._layers: list[Layer] = []
+        self.schedules: list[Schedule] = []
+        """Periodic actions this worker ticks (``schedule()``), with the delayed-set mover."""
         self._fallback = Route("*", self._call_hook)
         self._processor: ActionProcessor | None = None
         self._reader: StreamReader | None = None
@@ -115,22 +132,28 @@ class BaseWorker:
         self._stopping = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
         self._upkeep: Upkeep | None = None
+        self._lease: ConsumerLease | None = None  # one process per consumer name
         self._outage = OutageLog(
             logger, f"worker {self.service_name}/{self.consumer}", self.settings.outage_log_every_s
         )
+        self._output_outage = OutageLog(  # its own: reads may work while writes fail (OOM)
+            logger, f"worker {self.service_name}/{self.consumer} output",
+            self.settings.outage_log_every_s,
+        )
+        self._health = Health(logger, f"worker {self.service_name}/{self.consumer}")
 
     # -- handlers -------------------------------------------------------------------
 
     @overload
     def register(
         self, action_type: str, handler: ModelHandler[M, Any], *, data_model: type[M],
-        idempotent: bool = False,
+        idempotent: bool = False, timeout: float | timedelta | None = None,
     ) -> None: ...
 
     @overload
     def register(
         self, action_type: str, handler: DictHandler[Any], *, data_model: None = None,
-        idempotent: bool = False,
+        idempotent: bool = False, timeout: float | timedelta | None = None,
     ) -> None: ...
 
     def register(
@@ -140,24 +163,30 @@ class BaseWorker:
         *,
         data_model: type[BaseModel] | None = None,
         idempotent: bool = False,
+        timeout: float | timedelta | None = None,
     ) -> None:
         """Route ``action_type`` to ``async def handler(action, data)``.
 
         ``data_model`` validates ``action.data`` first (a mismatch is dead-lettered, not
         retried) and the handler gets the model (``data: Order``); without it, the dict.
         ``idempotent=True`` records each completed ``action_id`` so a redelivered action
-        is acknowledged without running the handler again.
+        is acknowledged without running the handler again. ``timeout`` (seconds or
+        timedelta; default ``WorkerSettings.handler_timeout_s``) cancels an overrunning
+        handler: a failed attempt with ``HandlerTimeout``.
         """
-        self.registry.add(action_type, handler, data_model=data_model, idempotent=idempotent)
+        self.registry.add(action_type, handler, data_model=data_model, idempotent=idempotent,
+                          timeout=timeout)
 
     @overload
     def handler(
-        self, action_type: str, *, data_model: type[M], idempotent: bool = False
+        self, action_type: str, *, data_model: type[M], idempotent: bool = False,
+        timeout: float | timedelta | None = None,
     ) -> Callable[[ModelHandler[M, R]], ModelHandler[M, R]]: ...
 
     @overload
     def handler(
-        self, action_type: str, *, data_model: None = None, idempotent: bool = False
+        self, action_type: str, *, data_model: None = None, idempotent: bool = False,
+        timeout: float | timedelta | None = None,
     ) -> Callable[[DictHandler[R]], DictHandler[R]]: ...
 
     def handler(
@@ -166,14 +195,40 @@ class BaseWorker:
         *,
         data_model: type[BaseModel] | None = None,
         idempotent: bool = False,
+        timeout: float | timedelta | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator form of ``register()``."""
 
         def decorate(fn: Handler) -> Handler:
-            self.registry.add(action_type, fn, data_model=data_model, idempotent=idempotent)
+            self.registry.add(action_type, fn, data_model=data_model, idempotent=idempotent,
+                              timeout=timeout)
             return fn
 
         return decorate
+
+    def schedule(
+        self,
+        cron: str | None = None,
+        action_type: str = "",
+        *,
+        every: timedelta | None = None,
+        data: dict[str, Any] | None = None,
+        name: str = "",
+        missed: Literal["skip", "fire_once"] = "fire_once",
+        grace: timedelta = timedelta(seconds=60),
+    ) -> Schedule:
+        """Send ``action_type`` to this service periodically: ``schedule("*/5 * * * *", t)``
+        or ``schedule(action_type=t, every=timedelta(...))``. Each tick fires once however
+        many workers run (see ``actionbus.schedule``). Add schedules before ``start()``."""
+        if self._loops:
+            raise HandlerError("add schedules before start(); the worker is running")
+        added = Schedule(action_type=action_type, cron=cron, every=every, data=data or {},
+                         name=name, missed=missed, grace=grace)
+        if any(s.name == added.name for s in self.schedules):
+            raise ConfigurationError(f"a schedule named {added.name!r} already exists; "
+                                     "give each a distinct name=")
+        self.schedules.append(added)
+        return added
 
     def use(self, layer: Layer) -> None:
         """Add a pipeline layer ``async def __call__(action, data, call_next)``.
@@ -198,7 +253,7 @@ class BaseWorker:
         Return a dict, a Pydantic model, a ``DomainActionResponse`` or ``None``; raise to
         fail (``ActionRejected`` for failures that retrying cannot fix).
         """
-        raise HandlerError(
+        raise UnknownActionType(
             f"service {self.service_name!r} has no handler for {action.action_type!r}; "
             f"registered: {', '.join(self.registry.action_types) or 'none'}"
         )
@@ -221,8 +276,21 @@ class BaseWorker:
 
     @property
     def in_flight(self) -> int:
-        """Actions being handled (or waiting for a retry) right now."""
+        """Actions being handled right now (or waiting for an in-slot retry)."""
         return len(self._tasks)
+
+    @property
+    def health(self) -> HealthStatus:
+        """Healthy unless Redis refused an operation (``NOPERM``, ``WRONGTYPE`` …) or a
+        background loop died; ``in_outage`` while Redis is unreachable."""
+        return self._health.status(
+            in_outage=self._outage.in_outage or self._output_outage.in_outage
+        )
+
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the worker stopped for good (a background loop died), else ``None``."""
+        return self._health.failed
 
     @property
     def context(self) -> WorkerContext:
@@ -232,6 +300,7 @@ class BaseWorker:
             consumer=self.consumer, settings=self.settings, queues=self.queue_manager,
             dead_stream=self.queue_manager.get_dead_letter_stream(self.service_name),
             reply_ttl=self.app_settings.response_ttl_seconds,
+            max_payload_bytes=self.app_settings.max_payload_bytes,
         )
 
     # -- lifecycle ------------------------------------------------------------------
@@ -252,11 +321,24 @@ class BaseWorker:
             self._manager = RedisManager(self.app_settings)
             self._redis = await self._manager.initialize()
         redis = self._redis
-        await ensure_group(redis, self.stream, self.group)
-        await check_eviction_policy(redis)
+        try:
+            await ensure_group(redis, self.stream, self.group)
+            if self.settings.check_permissions:
+                await check_permissions(redis, "worker", [self.stream, self.context.dead_stream])
+            await check_eviction_policy(redis)
+            self._lease = await ConsumerLease.take(redis, self.context)  # last: nothing to undo
+        except BaseException:
+            if self._manager is not None:  # our own connection: do not leak it
+                manager, self._manager, self._redis = self._manager, None, None
+                with contextlib.suppress(Exception):
+                    await manager.close()
+            raise
+        self._health.failed = None
         ctx = self.context
+        slow = SlowCommands(self._health, float(self.app_settings.redis_socket_timeout))
         output = self._output = OutputBatcher(
-            redis, self.stream, self.group, self._outage, before_ack=self.before_ack
+            redis, self.stream, self.group, self._output_outage, before_ack=self.before_ack,
+            health=self._health, dead_stream=ctx.dead_stream, consumer=self.consumer,
         )
         output.start()
         pipeline = Pipeline(ctx, redis, self.stats, self._layers)
@@ -270,20 +352,54 @@ class BaseWorker:
         reader = self._reader = StreamReader(
             ctx, redis, [self.stream], spawn=self._spawn, in_flight=lambda: len(self._tasks),
             owned=lambda: processor.owned, unacknowledged=output.unacknowledged,
-            stats=self.stats, outage=self._outage, after_batch=upkeep.maybe_trim,
+            stats=self.stats, outage=self._outage, after_batch=upkeep.maybe_trim, slow=slow,
+            health=self._health, read_limit=lambda: processor.read_limit,
         )
+        mover = Mover(ctx, redis, schedules=self.schedules, outage=self._outage)
+        stopping = self._stopping
         self._loops = [
-            asyncio.create_task(reader.run(self._stopping), name=f"actionbus-read:{self.stream}"),
-            asyncio.create_task(upkeep.run(), name=f"actionbus-upkeep:{self.stream}"),
-            asyncio.create_task(presence.run(ctx, redis, self.stats), name="actionbus-presence"),
+            self._supervised("read", lambda: reader.run(stopping)),
+            self._supervised("recovery", lambda: reader.run_recovery(stopping)),
+            self._supervised("upkeep", upkeep.run),
+            self._supervised("mover", mover.run),
+            self._supervised("output", output.run),
+            self._supervised("presence", lambda: presence.run(ctx, redis, self.stats)),
         ]
         logger.info(
             "worker %s consuming %s as %s/%s (handlers: %s)", self.service_name, self.stream,
             self.group, self.consumer, ", ".join(self.registry.action_types) or "subclass hook",
         )
 
+    def _supervised(
+        self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]
+    ) -> asyncio.Task[None]:
+        """A background loop under ``supervise()``: restarted after errors; if it dies for
+        good, the worker stops and ``run()`` raises ``WorkerFailedError``."""
+        return asyncio.create_task(
+            supervise(f"worker {self.service_name} {name} loop", loop,
+                      on_death=self._loop_died, on_error=self._after_loop_error),
+            name=f"actionbus-{name}:{self.stream}",
+        )
+
+    def _loop_died(self, exc: BaseException) -> None:
+        self._health.died(exc)
+        self._stopping.set()
+
+    async def _after_loop_error(self, exc: BaseException) -> None:
+        """On Redis Cluster, move the client's default node (where redis-py resolves the
+        keys of commands like XREADGROUP) to another primary, in case it was the one lost."""
+        redis = self._redis
+        if isinstance(redis, RedisCluster):
+            current = redis.get_default_node()
+            others = [n for n in redis.get_primaries() if n is not current]
+            if others:
+                redis.set_default_node(random.choice(others))
+
     async def stop(self, grace: float | None = None) -> None:
-        """Stop reading; give in-flight handlers ``grace`` seconds; leave the rest pending."""
+        """Stop reading; give in-flight handlers ``grace`` seconds; leave the rest pending.
+
+        Never raises a Redis client error: a failure while closing is logged.
+        """
         if not self._loops:
             return
         grace = self.settings.shutdown_grace_s if grace is None else grace
@@ -306,9 +422,15 @@ class BaseWorker:
                 )
         if self._output is not None:
             await self._output.close(timeout=0.5)
+        if self._lease is not None:
+            await self._lease.release()
         if self._manager is not None:
-            await self._manager.close()
-            self._manager, self._redis = None, None
+            manager, self._manager, self._redis = self._manager, None, None
+            try:
+                await manager.close()
+            except Exception as exc:  # stop() never raises a client error
+                logger.warning("worker %s/%s: closing the Redis connection failed (%s: %s)",
+                               self.service_name, self.consumer, type(exc).__name__, exc)
         logger.info("worker %s/%s stopped (%s)", self.service_name, self.consumer, self.stats)
 
     async def run(self) -> None:
@@ -323,6 +445,13 @@ class BaseWorker:
             await self.start()
             await self._stopping.wait()
             await self.stop()
+            if self._health.failed is not None:
+                failed = self._health.failed
+                raise WorkerFailedError(
+                    f"worker {self.service_name}/{self.consumer} stopped: a background loop "
+                    f"died ({type(failed).__name__}: {failed}); see the log for the traceback",
+                    cause=failed,
+                ) from failed
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -348,6 +477,8 @@ class BaseWorker:
 
     def _spawn(self, stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
         assert self._processor is not None
+        if entry_id in self._processor.owned:
+            return  # already being handled (a recovery raced a read)
         self._processor.claim(entry_id)
         coro = self._processor.process(entry_id, fields, deliveries)
         if _EAGER_TASKS:  # Python 3.12+: run until the first real wait, without a hop
@@ -367,5 +498,9 @@ class BaseWorker:
             logger.error("action task failed unexpectedly", exc_info=task.exception())
 
     async def maintain(self) -> None:
-        """Trim fully processed entries beyond the retention and remove gone consumers."""
+        """Trim fully processed entries beyond the retention, remove gone consumers, and
+        trim dead letters (``dead_letter_max_len`` / ``dead_letter_max_age_s``)."""
         await maintain(self.redis_client, self.context)
+        s, ctx = self.settings, self.context
+        self.stats.dead_letters_trimmed += await trim_dead_letters(
+            self.redis_client, ctx.dead_stream, s.dead_letter_max_len, s.dead_letter_max_age_s)

@@ -31,6 +31,8 @@ class WorkerContext:
     queues: QueueManager
     dead_stream: str
     reply_ttl: int
+    max_payload_bytes: int = 1_048_576
+    """Entries whose ``data`` is larger are dead-lettered as ``oversize`` before decoding."""
 
     def idempotency_key(self, action_id: str) -> str:
         """The marker key recording that ``action_id`` was handled by this service."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
@@ -10,7 +11,10 @@ from redis.exceptions import RedisError, ResponseError
 from actionbus.connection import AnyRedis
 from actionbus.streams import text
 
-__all__ = ["check_eviction_policy", "remove_gone_consumers", "safe_trim", "safe_trim_id"]
+__all__ = [
+    "check_eviction_policy", "remove_gone_consumers", "safe_trim", "safe_trim_id",
+    "trim_around_pending",
+]
 
 logger = logging.getLogger("actionbus.worker")
 
@@ -60,6 +64,58 @@ async def safe_trim(redis: AnyRedis, stream: str, retention: int) -> int:
     if cut is None:
         return 0
     return int(await redis.xtrim(stream, minid=cut, approximate=False))
+
+
+async def trim_around_pending(
+    redis: AnyRedis, stream: str, retention: int, *, stuck_after_ms: int, max_delete: int = 1000
+) -> int:
+    """When trimming is blocked by old pending entries, delete the processed ones after them.
+
+    ``safe_trim`` stops at the oldest pending entry; one entry stuck there (a handler that
+    keeps failing while Redis is at ``maxmemory``) would keep every later entry, so memory
+    never frees. If the stream is over ``retention`` and its oldest pending entry is older
+    than ``stuck_after_ms`` (by its id's time), this ``XDEL``-s up to ``max_delete`` of the
+    oldest entries that every group received and acknowledged; pending entries are kept
+    whole. ``XDEL`` and ``XTRIM`` are allowed at ``maxmemory``. Returns how many it deleted.
+    """
+    excess = int(await redis.xlen(stream)) - retention
+    if excess <= 0:
+        return 0
+    groups = await redis.xinfo_groups(stream)
+    if not groups:
+        return 0
+    names = [text(g["name"]) for g in groups]
+    delivered = min((text(g["last-delivered-id"]) for g in groups), key=_id_key)
+    oldest: list[str] = []
+    for name in names:
+        summary = await redis.xpending(stream, name)
+        if summary.get("min"):
+            oldest.append(text(summary["min"]))
+    if not oldest:
+        return 0
+    first = min(oldest, key=_id_key)
+    now_ms = int(time.time() * 1000)  # TIME is not in the worker's ACL; the bound is long
+    if now_ms - _id_key(first)[0] < stuck_after_ms:
+        return 0
+    want = min(excess, max_delete)
+    entries: Any = await redis.xrange(stream, first, delivered, count=want + 1000)
+    ids = [text(e[0]) for e in entries]
+    if not ids:
+        return 0
+    pending: set[str] = set()
+    for name in names:
+        rows: Any = await redis.xpending_range(stream, name, min=ids[0], max=ids[-1],
+                                               count=len(ids))
+        pending.update(text(r["message_id"]) for r in rows)
+    doomed = [i for i in ids if i not in pending][:want]
+    if not doomed:
+        return 0
+    removed = int(await redis.xdel(stream, *doomed))
+    logger.warning(
+        "trimming %s was blocked by entries pending since %s: deleted %d processed entries "
+        "after them (pending entries kept)", stream, first, removed,
+    )
+    return removed
 
 
 async def remove_gone_consumers(

@@ -5,7 +5,7 @@ function of the same shape) that calls ``await call_next(action, data)`` at most
 and returns its result, or returns without calling it to short-circuit. Per action the
 chain is, from the outside in::
 
-    metrics -> logging -> expiry -> idempotency -> reply -> tracing -> validation
+    metrics -> logging -> expiry -> idempotency -> reply -> tracing -> validation -> timeout
         -> user layers (in worker.use() order: the first used is the outermost)
         -> the handler
 
@@ -16,6 +16,7 @@ handler raises is one failed attempt (``FailurePolicy.decide``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,18 +26,19 @@ from typing import Any, Literal, Protocol
 from redis.exceptions import RedisError
 
 from actionbus.connection import AnyRedis
-from actionbus.models.actions import DomainAction, utc_now
+from actionbus.exceptions import HandlerTimeout
+from actionbus.models.actions import DomainAction
 from actionbus.tracing import process_span
 from actionbus.workers.context import WorkerContext
-from actionbus.workers.results import Prepared, is_waiting, prepare
+from actionbus.workers.results import Prepared, is_expired, is_waiting, prepare
 from actionbus.workers.routing import Route
 from actionbus.workers.stats import WorkerStats
 from actionbus.workers.timings import timings_for
 
 __all__ = [
     "CallNext", "ExpiryLayer", "IdempotencyLayer", "Layer", "LoggingLayer", "MetricsLayer",
-    "Pipeline",
-    "ReplyLayer", "Skipped", "StepFailed", "TracingLayer", "ValidationLayer", "chain",
+    "Pipeline", "ReplyLayer", "Skipped", "StepFailed", "TimeoutLayer", "TracingLayer",
+    "ValidationLayer", "chain",
 ]
 
 logger = logging.getLogger("actionbus.worker")
@@ -147,10 +149,14 @@ class LoggingLayer:
 
 
 class ExpiryLayer:
-    """Skips an action whose pseudo-sync caller stopped waiting (``expires_at`` passed)."""
+    """Skips an action whose pseudo-sync caller stopped waiting (``expires_at`` passed
+    more than ``skew_s`` ago: callers' clocks may run a little ahead)."""
+
+    def __init__(self, skew_s: float = 0.0) -> None:
+        self.skew_s = skew_s
 
     async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
-        if action.expires_at is not None and utc_now() > action.expires_at:
+        if action.expires_at is not None and is_expired(action.expires_at, self.skew_s):
             logger.info(
                 "skipped %s (%s): its caller stopped waiting at %s",
                 action.action_id, action.action_type, action.expires_at.isoformat(),
@@ -220,6 +226,44 @@ class ValidationLayer:
         return await call_next(action, self.route.parse_data(action))
 
 
+class TimeoutLayer:
+    """Cancels the inner chain after ``timeout`` seconds (``HandlerTimeout``); without a
+    timeout, warns once when it runs longer than ``warn_after`` seconds."""
+
+    def __init__(self, timeout: float | None, warn_after: float) -> None:
+        self.timeout = timeout
+        self.warn_after = warn_after
+
+    async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
+        if self.timeout is None:
+            warning = asyncio.get_running_loop().call_later(
+                self.warn_after, _warn_slow, action, self.warn_after)
+            try:
+                return await call_next(action, data)
+            finally:
+                warning.cancel()
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                return await call_next(action, data)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError
+            raise HandlerTimeout(
+                f"handler for {action.action_type} {action.action_id} ran longer than its "
+                f"timeout of {self.timeout:g}s and was cancelled; raise the timeout "
+                "(register(..., timeout=) or WorkerSettings.handler_timeout_s) if it needs more"
+            ) from exc
+
+
+def _warn_slow(action: DomainAction, seconds: float) -> None:
+    logger.warning(
+        "handler for %s (%s) has been running for %.0fs without a timeout; it stays "
+        "pending on this worker (set register(..., timeout=) to bound it)",
+        action.action_id, action.action_type, seconds,
+    )
+
+
 class Pipeline:
     """Builds (and caches) the chain of each route: built-in layers, user layers, handler."""
 
@@ -238,15 +282,20 @@ class Pipeline:
 
     def layers(self, route: Route) -> list[Layer]:
         """Every layer ``route``'s handler runs in, outermost first."""
+        skew = self.ctx.settings.clock_skew_s
         layers: list[Layer] = [
             MetricsLayer(self.stats, self.ctx.service), LoggingLayer(self.ctx.service),
-            ExpiryLayer(),
+            ExpiryLayer(skew),
         ]
         if route.idempotent:
             layers.append(IdempotencyLayer(self.redis, self.ctx))
         layers += [ReplyLayer(self.ctx), TracingLayer(self.ctx.stream)]
         if route.data_model is not None:
             layers.append(ValidationLayer(route))
+        settings = self.ctx.settings
+        warn = settings.slow_handler_warn_s or 2 * settings.claim_idle_ms / 1000
+        layers.append(TimeoutLayer(
+            route.timeout if route.timeout is not None else settings.handler_timeout_s, warn))
         return layers + list(self.user_layers)
 
     async def run(self, route: Route, action: DomainAction) -> Prepared | Skipped:

@@ -16,13 +16,20 @@ from redis.exceptions import RedisError
 
 from actionbus.connection import AnyRedis
 from actionbus.dead_letters import dead_letter_fields
+from actionbus.delayed import DELIVERIES_KEY, deliveries_of, without_bookkeeping
 from actionbus.exceptions import InvalidNameError
-from actionbus.models.actions import DomainAction, DomainActionResponse, utc_now
+from actionbus.models.actions import DomainAction, DomainActionResponse
 from actionbus.workers.context import Dispatch, WorkerContext
 from actionbus.workers.output import OutputBatcher
 from actionbus.workers.pipeline import Pipeline, Skipped, StepFailed
-from actionbus.workers.policy import Bury, FailurePolicy, ReplyError, Retry
-from actionbus.workers.results import Prepared, callback_for
+from actionbus.workers.policy import (
+    Bury,
+    FailurePolicy,
+    ReplyError,
+    Retry,
+    safe_text,
+)
+from actionbus.workers.results import Prepared, callback_for, callback_refusal, is_expired
 from actionbus.workers.stats import WorkerStats
 
 __all__ = ["ActionProcessor"]
@@ -30,6 +37,19 @@ __all__ = ["ActionProcessor"]
 logger = logging.getLogger("actionbus.worker")
 
 _DATA_KEYS = (b"data", "data")
+_ENTRY_SLACK = 65_536
+"""Room for field names and other fields beyond ``max_payload_bytes`` of ``data``."""
+_LARGE_MEMORY_S = 60.0
+"""The read limit is lifted this long after the last large entry."""
+
+
+def _size(value: Any, limit: int) -> int:
+    """Bytes of a field name or value (exact up to ``limit``, a lower bound above)."""
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, str):
+        return len(value) if len(value) > limit else len(value.encode("utf-8", "replace"))
+    return 0
 
 
 class _Malformed(Exception):
@@ -61,6 +81,10 @@ class ActionProcessor:
         self.stats = stats
         self.policy = policy
         self._started: dict[str, float] = {}
+        self._large_until = 0.0
+        self.read_limit = 0
+        """When > 0, read at most this many entries at once: large entries were seen
+        within the last minute (``WorkerSettings.read_budget_bytes``)."""
 
     @property
     def owned(self) -> set[str]:
@@ -85,20 +109,20 @@ class ActionProcessor:
         self._started.setdefault(entry_id, time.monotonic())
         try:
             raw = next((fields[k] for k in _DATA_KEYS if k in fields), None)
-            try:
-                action = self._decode(raw)
-            except _Malformed as bad:
-                self._bury(entry_id, raw, self.policy.malformed(bad.error_type, bad.message),
-                           deliveries)
+            action = self._admit(entry_id, fields, raw, deliveries)
+            if action is None:
                 return
-            refused = self.policy.admit(deliveries)
-            if refused is not None:
-                self._bury(entry_id, raw, refused, deliveries)
+            prior = deliveries_of(action)  # used before a retry through the delayed set
+            if prior:
+                deliveries += prior
+                refused = self.policy.admit(deliveries)
+                if refused is not None:
+                    self._bury(entry_id, fields, refused, deliveries, action)
                 return
             while True:
-                retry = await self._attempt(entry_id, raw, action, deliveries)
+                retry = await self._attempt(entry_id, fields, action, deliveries)
                 if retry is None or not await self.policy.retry(
-                    self.redis, self.ctx, entry_id, retry
+                    self.redis, self.ctx, entry_id, retry, raw, deliveries
                 ):
                     return
                 deliveries += 1
@@ -107,8 +131,63 @@ class ActionProcessor:
                 "Redis error while handling %s (%s); it stays pending and will be retried",
                 entry_id, type(exc).__name__,
             )
+        except Exception as exc:  # a bug here must not leave the entry pending forever
+            self._bury(entry_id, fields, Bury("internal_error", type(exc).__name__,
+                                              safe_text(exc)), deliveries)
         finally:
             self._started.pop(entry_id, None)
+
+    def _admit(
+        self, entry_id: str, fields: dict[Any, Any], raw: bytes | str | None, deliveries: int
+    ) -> DomainAction | None:
+        """The decoded action, or ``None`` once the entry is buried (before any attempt)."""
+        refused = self.policy.admit(deliveries)  # also for entries that never decode
+        if refused is None:
+            refused = self._check_size(fields, raw)
+            if refused is not None:
+                self._bury(entry_id, fields, refused, deliveries,
+                           max_body=self.ctx.settings.dead_letter_body_bytes)
+                return None
+        if refused is not None:
+            self._bury(entry_id, fields, refused, deliveries)
+            return None
+        try:
+            action = self._decode(raw)
+            refusal = callback_refusal(self.ctx, action)
+            if refusal is not None:
+                self._bury(entry_id, fields, self.policy.forbidden_callback(refusal),
+                           deliveries)
+                return None
+        except _Malformed as bad:
+            self._bury(entry_id, fields, self.policy.malformed(bad.error_type, bad.message),
+                       deliveries)
+            return None
+        except Exception as exc:  # e.g. OverflowError from a year-9999 timestamp
+            self._bury(entry_id, fields, self.policy.malformed(
+                "InvalidAction", f"{type(exc).__name__}: {safe_text(exc)}"), deliveries)
+            return None
+        return action
+
+    def _check_size(self, fields: dict[Any, Any], raw: bytes | str | None) -> Bury | None:
+        """``Bury`` an entry above ``max_payload_bytes`` before decoding it; note large ones."""
+        limit = self.ctx.max_payload_bytes
+        size = sum(_size(k, limit) + _size(v, limit) for k, v in fields.items())
+        self._note_size(size)
+        data = 0 if raw is None else _size(raw, limit)
+        if data > limit or size > limit + _ENTRY_SLACK:
+            return self.policy.oversize(max(data, size), limit)
+        return None
+
+    def _note_size(self, size: int) -> None:
+        """Keep ``read_limit`` so one read brings at most ``read_budget_bytes``."""
+        settings, now = self.ctx.settings, time.monotonic()
+        if size * settings.batch_size > settings.read_budget_bytes:
+            self.stats.large_entries_seen += 1
+            limit = max(1, settings.read_budget_bytes // max(size, 1))
+            self.read_limit = min(self.read_limit or settings.batch_size, limit)
+            self._large_until = now + _LARGE_MEMORY_S
+        elif self.read_limit and now > self._large_until:
+            self.read_limit = 0
 
     def _decode(self, raw: bytes | str | None) -> DomainAction:
         if raw is None:
@@ -118,11 +197,11 @@ class ActionProcessor:
         except ValidationError as exc:
             kind = "InvalidJSON" if any(e["type"] == "json_invalid" for e in exc.errors()) \
                 else "InvalidAction"
-            raise _Malformed(kind, str(exc)) from exc
+            raise _Malformed(kind, safe_text(exc)) from exc
         try:
             self._check_reply_target(action)
         except InvalidNameError as exc:
-            raise _Malformed("InvalidReplyTarget", str(exc)) from exc
+            raise _Malformed("InvalidReplyTarget", safe_text(exc)) from exc
         return action
 
     def _check_reply_target(self, action: DomainAction) -> None:
@@ -134,7 +213,7 @@ class ActionProcessor:
             self.ctx.queues.check_response_queue(action.callback_queue_name)
 
     async def _attempt(
-        self, entry_id: str, raw: bytes | str | None, action: DomainAction, deliveries: int
+        self, entry_id: str, fields: dict[Any, Any], action: DomainAction, deliveries: int
     ) -> Retry | None:
         """One delivery: ``None`` when finished (acked or buried), else the ``Retry``."""
         try:
@@ -149,9 +228,9 @@ class ActionProcessor:
             if isinstance(decision, Retry):
                 return decision
             if isinstance(decision, ReplyError):
-                self._reply_error(entry_id, action, decision)
+                self._reply_error(entry_id, action, decision, fields, deliveries)
             else:
-                self._bury(entry_id, raw, decision, deliveries, action)
+                self._bury(entry_id, fields, decision, deliveries, action)
             return None
         if isinstance(outcome, Skipped):
             if outcome.reply is not None and action.callback_queue_name:
@@ -163,7 +242,7 @@ class ActionProcessor:
 
     def _succeeded(self, entry_id: str, action: DomainAction, outcome: Prepared) -> None:
         if outcome.reply is not None and action.callback_queue_name:
-            if action.expires_at is not None and utc_now() > action.expires_at:
+            if is_expired(action.expires_at, self.ctx.settings.clock_skew_s):
                 self.stats.expired_skipped += 1
                 logger.info("dropped the reply to %s: its caller stopped waiting",
                             action.action_id)
@@ -173,46 +252,79 @@ class ActionProcessor:
             self.output.xadd(outcome.callback[0], {"data": outcome.callback[1]})
         self.output.ack(entry_id)
 
-    def _reply_error(self, entry_id: str, action: DomainAction, decision: ReplyError) -> None:
-        """The caller is waiting: it gets the error now instead of a timeout."""
+    def _reply_error(
+        self, entry_id: str, action: DomainAction, decision: ReplyError,
+        fields: dict[Any, Any], deliveries: int,
+    ) -> None:
+        """The caller is waiting: it gets the error now instead of a timeout; bad input
+        (``decision.bury``) is dead-lettered too."""
         self.stats.error_replies += 1
         if decision.send and action.callback_queue_name:
-            error = DomainActionResponse.for_action(action, error=decision.error)
-            self.output.reply(action.callback_queue_name,
-                              error.model_dump_json(exclude_none=True), self.ctx.reply_ttl)
-        self.output.ack(entry_id)
+            try:
+                error = DomainActionResponse.for_action(action, error=decision.error)
+                self.output.reply(action.callback_queue_name,
+                                  error.model_dump_json(exclude_none=True), self.ctx.reply_ttl)
+            except Exception as exc:  # pragma: no cover - for_action gets valid values
+                logger.error("could not build the error reply to %s: %s", action.action_id,
+                             safe_text(exc))
+        if decision.bury is not None:
+            self._bury(entry_id, fields, decision.bury, deliveries)
+        else:
+            self.output.ack(entry_id)
 
     def _bury(
         self,
         entry_id: str,
-        raw: bytes | str | None,
+        fields: dict[Any, Any],
         why: Bury,
         deliveries: int,
         action: DomainAction | None = None,
+        *,
+        max_body: int | None = None,
     ) -> None:
-        """Move an entry to the dead-letter stream with its reason, then acknowledge it."""
+        """Move an entry to the dead-letter stream with its reason, then acknowledge it.
+
+        Never raises: whatever the entry or the error holds, the entry is buried and acked.
+        """
         self.stats.dead_lettered += 1
+        if why.bad_input:
+            self.stats.bad_input += 1
+        message = safe_text(why.message)
         logger.error(
             "dead-lettered %s from %s after %d deliver%s (%s: %s: %.300s)",
             entry_id, self.ctx.stream, deliveries, "y" if deliveries == 1 else "ies",
-            why.reason, why.error_type, why.message,
+            why.reason, why.error_type, message,
         )
-        self.output.xadd(
-            self.ctx.dead_stream,
-            dead_letter_fields(
-                data=raw if raw is not None else "",
-                reason=why.reason,
-                error_type=why.error_type,
-                error_message=why.message,
-                deliveries=deliveries,
-                original_id=entry_id,
-                stream=self.ctx.stream,
+        raw = next((fields[k] for k in _DATA_KEYS if k in fields), None)
+        original_id = entry_id
+        if action is not None and raw is not None and DELIVERIES_KEY in action.metadata:
+            try:  # retried through the delayed set: bury the action as first sent
+                raw, first = without_bookkeeping(raw)
+                original_id = first or entry_id
+            except Exception as exc:
+                logger.debug("kept the retry bookkeeping of %s: %s", entry_id, safe_text(exc))
+        try:
+            letter = dead_letter_fields(
+                data=raw, reason=why.reason, error_type=why.error_type, error_message=message,
+                deliveries=deliveries, original_id=original_id, stream=self.ctx.stream,
+                consumer=self.ctx.consumer, entry=fields, max_body=max_body,
+            )
+        except Exception as exc:  # last resort: still bury, with what can be written
+            letter = dead_letter_fields(
+                data=None, reason=why.reason, error_type=why.error_type,
+                error_message=f"{message} (entry not copied: {type(exc).__name__})",
+                deliveries=deliveries, original_id=original_id, stream=self.ctx.stream,
                 consumer=self.ctx.consumer,
-            ),
-        )
+            )
+        self.output.xadd(self.ctx.dead_stream, letter)
         if why.failure_callback is not None and action is not None:
-            failure = DomainActionResponse.for_action(action, error=why.failure_callback)
-            callback = callback_for(self.ctx, action, failure)
+            try:
+                failure = DomainActionResponse.for_action(action, error=why.failure_callback)
+                callback = callback_for(self.ctx, action, failure)
+            except Exception as exc:
+                logger.error("could not build the failure callback of %s: %s",
+                             action.action_id, safe_text(exc))
+                callback = None
             if callback is not None:
                 self.output.xadd(callback[0], {"data": callback[1]})
         self.output.ack(entry_id)

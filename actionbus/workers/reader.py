@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,10 +22,12 @@ from actionbus.backoff import Backoff, OutageLog
 from actionbus.connection import AnyRedis
 from actionbus.streams import ensure_group, is_nogroup, text
 from actionbus.workers.context import WorkerContext
+from actionbus.workers.failures import is_transient
+from actionbus.workers.health import Health, SlowCommands
 from actionbus.workers.reclaim import claim_abandoned, claim_own_pending
 from actionbus.workers.stats import WorkerStats
 
-__all__ = ["Spawn", "StreamReader"]
+__all__ = ["Spawn", "StreamReader", "spread"]
 
 logger = logging.getLogger("actionbus.worker")
 
@@ -31,8 +35,18 @@ Spawn = Callable[[str, str, dict[Any, Any], int], None]
 """``spawn(stream, entry_id, fields, deliveries)``: start handling one entry."""
 
 
+def spread(consumer: str) -> float:
+    """A fraction in [0, 1) fixed per consumer name: offsets the first reclaim of each
+    worker so workers started together do not reclaim in lockstep."""
+    return zlib.crc32(consumer.encode()) / 2**32
+
+
 class StreamReader:
-    """Feeds entries of ``streams`` to ``spawn`` as long as slots are free."""
+    """Feeds entries of ``streams`` to ``spawn`` as long as slots are free.
+
+    Two loops: ``run()`` only reads; ``run_recovery()`` re-takes this consumer's lost
+    deliveries and reclaims abandoned entries beside it, so reading never waits on them.
+    """
 
     def __init__(
         self,
@@ -47,8 +61,14 @@ class StreamReader:
         stats: WorkerStats,
         outage: OutageLog,
         after_batch: Callable[[], None] = lambda: None,
+        slow: SlowCommands | None = None,
+        health: Health | None = None,
+        read_limit: Callable[[], int] = lambda: 0,
     ) -> None:
         self.ctx = ctx
+        self.read_limit = read_limit
+        """Entries one read may bring (0: no limit beyond ``batch_size``); lowered by the
+        processor once large entries are seen, so one read stays within its byte budget."""
         self.redis = redis
         self.streams = tuple(streams)
         self.spawn = spawn
@@ -58,8 +78,14 @@ class StreamReader:
         self.stats = stats
         self.outage = outage
         self.after_batch = after_batch
+        self.slow = slow or SlowCommands(None, 5.0)
+        self.health = health
         self.slot_free = asyncio.Event()
         """Set by the worker whenever a task finishes."""
+        self.recover_now = asyncio.Event()
+        """Set after a read that may have lost entries: recovery runs at once."""
+        self.recover_now.set()  # at start, our own pending entries are taken back first
+        self._reading = asyncio.Lock()  # a read in flight and "recover own" never overlap
 
     def free(self) -> int:
         """Slots free for new entries."""
@@ -70,9 +96,7 @@ class StreamReader:
         settings = self.ctx.settings
         backoff = Backoff(cap=2.0)
         offsets = dict.fromkeys(self.streams, ">")
-        next_reclaim = 0.0
-        recover_own = True  # at start, and after any failed read (its entries may be ours)
-        slow_read = settings.block_ms / 1000 + 1.0
+        block = settings.block_ms / 1000
         while not stopping.is_set():
             free = self.free()
             if free <= 0:
@@ -80,46 +104,92 @@ class StreamReader:
                 await self.slot_free.wait()
                 continue
             try:
-                if recover_own:
-                    await self.recover_own(free)
-                    recover_own = False
-                    continue
-                if time.monotonic() >= next_reclaim:
-                    next_reclaim = time.monotonic() + settings.reclaim_interval_s
-                    await self.recover_own(free)
-                    await self.reclaim(self.free())
-                    free = self.free()
-                    if free <= 0:
-                        continue
                 started = time.monotonic()
-                reply: Any = await self.redis.xreadgroup(
-                    self.ctx.group, self.ctx.consumer, offsets,  # type: ignore[arg-type]
-                    count=min(free, settings.batch_size), block=settings.block_ms,
-                )
-                if time.monotonic() - started > slow_read:
+                async with self._reading:
+                    reply: Any = await self.redis.xreadgroup(
+                        self.ctx.group, self.ctx.consumer, offsets,  # type: ignore[arg-type]
+                        count=min(free, self.read_limit() or settings.batch_size),
+                        block=settings.block_ms,
+                    )
+                    for stream, entries in reply or ():
+                        for entry_id, fields in entries:
+                            self.spawn(text(stream), text(entry_id), fields, 1)
+                took = time.monotonic() - started
+                if took > block + 1.0:
                     # Far longer than a block: the connection hung and redis-py retried the
                     # read on a new one. The lost read may have delivered entries to us.
-                    recover_own = True
+                    self.recover_now.set()
+                self.slow.check("XREADGROUP", took - block)
                 self.outage.success()
                 backoff.reset()
             except ResponseError as exc:
                 if is_nogroup(exc):
                     await self.recreate_groups()
                     continue
-                logger.error("reading %s failed: %s", ", ".join(self.streams), exc)
+                if not is_transient(exc):
+                    self._refused("XREADGROUP", exc)
+                else:
+                    self.outage.failure(exc)
                 await asyncio.sleep(backoff.next_delay())
                 continue
             except (RedisError, OSError) as exc:
                 self.outage.failure(exc)
-                recover_own = True
+                self.recover_now.set()
                 await asyncio.sleep(backoff.next_delay())
                 continue
-            for stream, entries in reply or ():
-                for entry_id, fields in entries:
-                    self.spawn(text(stream), text(entry_id), fields, 1)
-                # Let the new tasks run (and send their replies) before the next read.
+            if reply:  # let the new tasks run (and send their replies) before the next read
                 await asyncio.sleep(0)
             self.after_batch()
+
+    async def run_recovery(self, stopping: asyncio.Event) -> None:
+        """Beside ``run()``: take back our lost deliveries, reclaim abandoned entries.
+
+        Runs at start, after a failed or hung read, and every ``reclaim_interval_s`` *
+        uniform(0.5, 1.5); the first reclaim is offset by a hash of the consumer name.
+        """
+        interval = self.ctx.settings.reclaim_interval_s
+        backoff = Backoff(cap=2.0)
+        next_reclaim = time.monotonic() + interval * spread(self.ctx.consumer)
+        while not stopping.is_set():
+            delay = max(0.0, next_reclaim - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.recover_now.wait(), delay)
+            recover = self.recover_now.is_set()
+            self.recover_now.clear()
+            if self.free() <= 0:
+                next_reclaim = max(next_reclaim, time.monotonic() + min(interval, 0.5))
+                if recover:
+                    self.recover_now.set()
+                    await asyncio.sleep(min(interval, 0.5))
+                continue
+            try:
+                started = time.monotonic()
+                async with self._reading:
+                    await self.recover_own(self.free())
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + interval * random.uniform(0.5, 1.5)
+                    await self.reclaim(self.free())
+                self.slow.check("recovery (XPENDING/XCLAIM)", time.monotonic() - started)
+                backoff.reset()
+            except ResponseError as exc:
+                if is_nogroup(exc):
+                    await self.recreate_groups()
+                elif not is_transient(exc):
+                    self._refused("XPENDING/XCLAIM", exc)
+                await asyncio.sleep(backoff.next_delay())
+                self.recover_now.set()
+            except (RedisError, OSError) as exc:
+                self.outage.failure(exc)
+                await asyncio.sleep(backoff.next_delay())
+                self.recover_now.set()
+
+    def _refused(self, what: str, exc: BaseException) -> None:
+        """Redis refused a read-side command (e.g. NOPERM): log once, mark unhealthy."""
+        operation = f"{what} {', '.join(self.streams)}"
+        if self.health is not None:
+            self.health.refused(operation, exc)
+        else:
+            logger.error("%s failed: %s", operation, exc)
 
     async def recreate_groups(self) -> None:
         """Recreate missing consumer groups (Redis restarted empty, or a stream was deleted)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pydantic_core import to_json
@@ -15,7 +16,7 @@ from actionbus.tracing import trace_carrier
 from actionbus.workers.context import WorkerContext
 from actionbus.workers.routing import is_response, result_data
 
-__all__ = ["Prepared", "callback_for", "is_waiting", "prepare"]
+__all__ = ["Prepared", "callback_for", "callback_refusal", "is_expired", "is_waiting", "prepare"]
 
 logger = logging.getLogger("actionbus.worker")
 
@@ -26,6 +27,16 @@ class Prepared:
 
     reply: str | None
     callback: tuple[str, str] | None
+
+
+def is_expired(expires_at: Any, skew_s: float) -> bool:
+    """True if ``expires_at`` (UTC datetime or ``None``) passed more than ``skew_s`` ago."""
+    if expires_at is None:
+        return False
+    try:
+        return bool(utc_now() - timedelta(seconds=skew_s) > expires_at)
+    except (OverflowError, TypeError):
+        return False
 
 
 def is_waiting(action: DomainAction) -> bool:
@@ -43,9 +54,9 @@ def _success_reply_json(action: DomainAction, data: dict[str, Any]) -> str:
         "success": True,
         "timestamp": utc_now(),
         "data": data,
+        "trace_id": action.trace_id,
+        "error": None,
     }
-    if action.trace_id is not None:
-        reply["trace_id"] = action.trace_id
     return to_json(reply).decode()
 
 
@@ -75,6 +86,39 @@ def prepare(ctx: WorkerContext, action: DomainAction, result: Any) -> Prepared:
         ) from exc
 
 
+def callback_refusal(ctx: WorkerContext, action: DomainAction) -> str | None:
+    """Why the callback ``action`` asks for is not allowed (``None`` if it is, or if none).
+
+    The rule (no confused deputy): a callback goes to the requesting action's
+    ``origin_service`` stream, with a ``callback_action_type`` in that service's namespace.
+    Other target services need ``WorkerSettings.callback_targets`` (``"*"``: any service,
+    any type).
+    """
+    if action.callback_action_type is None:
+        return None
+    allowed = ctx.settings.callback_targets
+    origin = action.origin_service
+    queue = action.callback_queue_name
+    target = ctx.queues.parse(queue).service if queue else origin
+    if target is None:
+        return None  # nowhere to send it: logged when the callback is built
+    if "*" in allowed:
+        return None
+    if target != origin and target not in allowed:
+        return (
+            f"callback to service {target!r} refused: callbacks go to the requesting action's "
+            f"origin_service ({origin!r}); list {target!r} in WorkerSettings.callback_targets "
+            "to allow it"
+        )
+    namespace = action.callback_action_type.split(".", 1)[0]
+    if namespace != target:
+        return (
+            f"callback_action_type {action.callback_action_type!r} refused: a callback sent to "
+            f"{target!r} must have a type of that service ('{target}.…')"
+        )
+    return None
+
+
 def callback_for(
     ctx: WorkerContext, action: DomainAction, response: DomainActionResponse
 ) -> tuple[str, str] | None:
@@ -95,12 +139,11 @@ def callback_for(
         "response_to": action.action_type,
         "response_to_action_id": str(action.action_id),
         "success": response.success,
+        "callback_context": action.metadata.get("callback_context"),
+        "error": None if response.error is None else response.error.model_dump(
+            mode="json", exclude_none=True),
     }
-    if "callback_context" in action.metadata:
-        metadata["callback_context"] = action.metadata["callback_context"]
     metadata.update(trace_carrier(action))  # the callback's handler joins the same trace
-    if response.error is not None:
-        metadata["error"] = response.error.model_dump(exclude_none=True)
     callback = DomainAction(
         action_type=action.callback_action_type,
         target_service=qm.parse(stream).service,

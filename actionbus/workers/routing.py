@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -33,6 +34,8 @@ class Route:
     handler: Handler
     data_model: type[BaseModel] | None = None
     idempotent: bool = False
+    timeout: float | None = None
+    """Seconds before the handler is cancelled (``None``: the worker's default)."""
 
     def parse_data(self, action: DomainAction) -> Any:
         """Validate ``action.data`` against the route's model; ``ActionRejected`` if it fails."""
@@ -61,6 +64,7 @@ class HandlerRegistry:
         *,
         data_model: type[BaseModel] | None = None,
         idempotent: bool = False,
+        timeout: float | timedelta | None = None,
     ) -> Route:
         """Register ``handler`` for ``action_type``; ``HandlerError`` on a bad declaration."""
         try:
@@ -77,7 +81,14 @@ class HandlerRegistry:
             isinstance(data_model, type) and issubclass(data_model, BaseModel)
         ):
             raise HandlerError(f"data_model for {action_type!r} must be a Pydantic model class")
-        route = Route(action_type, handler, data_model, idempotent)
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if seconds is not None and not (isinstance(seconds, int | float) and seconds > 0):
+            raise HandlerError(
+                f"timeout for {action_type!r} must be a positive number of seconds or a "
+                f"timedelta, got {timeout!r}"
+            )
+        route = Route(action_type, handler, data_model, idempotent,
+                      None if seconds is None else float(seconds))
         self._routes[action_type] = route
         return route
 

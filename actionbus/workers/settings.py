@@ -36,12 +36,62 @@ class WorkerSettings(BaseSettings):
         100_000, ge=1, description="Above this many entries, fully processed ones are trimmed "
         "(checked every maintenance interval and every retention/10 acknowledgements)."
     )
+    trim_stuck_after_s: float | None = Field(
+        600.0, ge=0, description="When entries pending longer than this block trimming, "
+        "delete the processed entries after them (pending ones are kept; None: never)."
+    )
     maintenance_interval_s: float = Field(10.0, gt=0, description="Trim and consumer cleanup.")
     consumer_gone_after_s: float = Field(
         3600.0, gt=0, description="Idle consumers with nothing pending are removed after this."
     )
     idempotency_ttl_s: int = Field(86_400, ge=1, description="How long duplicates are detected.")
     outage_log_every_s: float = Field(30.0, gt=0, description="Log an outage at most this often.")
+    check_permissions: bool = Field(
+        True, description="At start, check with ACL DRYRUN that the Redis user may run every "
+        "command a worker needs; refuse to start (PermissionsError) naming each missing one."
+    )
+
+    clock_skew_s: float = Field(
+        1.0, ge=0, description="Tolerated difference between a caller's and this worker's "
+        "clocks: an action counts as expired only this long after its expires_at."
+    )
+    callback_targets: list[str] = Field(
+        default_factory=list, description="Services (besides the request's origin_service) "
+        "whose streams may receive this worker's callbacks; '*' allows any service."
+    )
+    consumer_lease_ttl_s: float = Field(
+        15.0, gt=0, description="The consumer-name lease: a second process with the same "
+        "consumer_name waits this long for it, then refuses to start."
+    )
+    dead_letter_max_len: int | None = Field(
+        100_000, ge=1, description="Keep at most this many dead letters (oldest trimmed)."
+    )
+    dead_letter_max_age_s: float | None = Field(
+        30 * 86_400.0, gt=0, description="Trim dead letters older than this (default 30 days)."
+    )
+    dead_letter_body_bytes: int = Field(
+        65_536, ge=0, description="Of an oversize entry, the dead letter keeps this many bytes."
+    )
+    read_budget_bytes: int = Field(
+        16 * 1_048_576, ge=1, description="Once large entries are seen, one read asks for at "
+        "most this many bytes' worth of them (fewer entries per read for a minute)."
+    )
+
+    retry_in_slot: bool = Field(
+        False, description="Old behaviour: a retry waits its backoff inside a concurrency slot "
+        "(default: acknowledged and re-added to the delayed set, the slot freed at once)."
+    )
+    delayed_poll_s: float = Field(
+        0.05, gt=0, le=60, description="The mover's longest sleep: bounds delayed-action lateness."
+    )
+    delayed_batch: int = Field(500, ge=1, description="Due delayed actions moved per script.")
+    handler_timeout_s: float | None = Field(
+        None, gt=0, description="Default handler timeout (None = none); register(timeout=) wins."
+    )
+    slow_handler_warn_s: float | None = Field(
+        None, gt=0, description="Warn once about a handler running this long without a "
+        "timeout (None = 2 x claim_idle_ms)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:

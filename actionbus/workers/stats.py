@@ -18,6 +18,11 @@ class WorkerStats:
     expired_skipped: int = 0
     duplicates_skipped: int = 0
     reclaimed: int = 0
+    bad_input: int = 0
+    """Entries refused as input (malformed, oversize, unknown type, invalid data…)."""
+    large_entries_seen: int = 0
+    """Entries so large that a full read of them would exceed ``read_budget_bytes``."""
+    dead_letters_trimmed: int = 0
 
     def __str__(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))

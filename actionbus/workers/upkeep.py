@@ -12,10 +12,11 @@ from redis.exceptions import RedisError, ResponseError
 from actionbus.backoff import OutageLog
 from actionbus.connection import AnyRedis
 from actionbus.workers.context import WorkerContext
-from actionbus.workers.maintenance import remove_gone_consumers, safe_trim
+from actionbus.workers.failures import is_transient
+from actionbus.workers.maintenance import remove_gone_consumers, safe_trim, trim_around_pending
 from actionbus.workers.reclaim import heartbeat
 
-__all__ = ["Upkeep", "maintain"]
+__all__ = ["Upkeep", "maintain", "trim"]
 
 logger = logging.getLogger("actionbus.worker")
 
@@ -24,12 +25,31 @@ async def maintain(redis: AnyRedis, ctx: WorkerContext) -> None:
     """Trim fully processed entries beyond the retention and remove gone consumers."""
     settings = ctx.settings
     if settings.stream_retention is not None:
-        removed = await safe_trim(redis, ctx.stream, settings.stream_retention)
+        removed = await trim(redis, ctx)
         if removed:
             logger.debug("trimmed %d processed entries from %s", removed, ctx.stream)
     await remove_gone_consumers(
         redis, ctx.stream, ctx.group, ctx.consumer, int(settings.consumer_gone_after_s * 1000),
     )
+
+
+async def trim(redis: AnyRedis, ctx: WorkerContext) -> int:
+    """``safe_trim``, then, if old pending entries block it, ``trim_around_pending``."""
+    settings = ctx.settings
+    if settings.stream_retention is None:
+        return 0
+    removed = await safe_trim(redis, ctx.stream, settings.stream_retention)
+    if settings.trim_stuck_after_s is not None:
+        try:
+            removed += await trim_around_pending(
+                redis, ctx.stream, settings.stream_retention,
+                stuck_after_ms=int(settings.trim_stuck_after_s * 1000),
+            )
+        except ResponseError as exc:  # e.g. no +xrange +xdel in the ACL: trim as before
+            if is_transient(exc):
+                raise
+            logger.info("trimming past stuck entries of %s skipped: %s", ctx.stream, exc)
+    return removed
 
 
 class Upkeep:
@@ -70,9 +90,8 @@ class Upkeep:
         self.trim_task = asyncio.create_task(self._trim(), name=f"actionbus-trim:{self.ctx.stream}")
 
     async def _trim(self) -> None:
-        assert self.ctx.settings.stream_retention is not None
         try:
-            await safe_trim(self.redis, self.ctx.stream, self.ctx.settings.stream_retention)
+            await trim(self.redis, self.ctx)
         except (RedisError, OSError) as exc:
             logger.debug("trimming %s skipped: %s", self.ctx.stream, exc)
         finally:

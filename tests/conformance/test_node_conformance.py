@@ -181,9 +181,6 @@ async def test_pseudo_sync_from_node_gets_its_reply(svc: Service, node: Node) ->
     assert reply["action_id"] != result["sent"]["action_id"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "workers/processing.py _success_reply_json omits trace_id and error when empty "
-    "(worker refactor: emit them as null); remove this mark then"))
 async def test_success_reply_matches_the_schema(svc: Service, node: Node) -> None:
     """A success reply carries every documented field (strict schema)."""
     result = await node("call", stream=svc.worker.stream,
@@ -332,6 +329,12 @@ def _cases(qm: QueueManager) -> dict[str, tuple[dict[str, str], str, str]]:
         "data not an object": (action(data=[1]), "malformed", "InvalidAction"),
         "timestamp not a date": (action(timestamp="yesterday"), "malformed", "InvalidAction"),
         "timestamp as a boolean": (action(timestamp=True), "malformed", "InvalidAction"),
+        "expires_at overflowing UTC": (
+            action(expires_at="9999-12-31T23:59:59-14:00"), "malformed", "InvalidAction"),
+        "callback to a service other than the origin": (
+            action(origin_service="node", callback_action_type="payroll.salary.set",
+                   callback_queue_name=qm.get_service_action_stream("payroll")),
+            "callback_not_allowed", "CallbackNotAllowed"),
         "reply target outside the namespace": (
             action(callback_queue_name="elsewhere:prod:x:responses:y"),
             "malformed", "InvalidReplyTarget"),
@@ -376,9 +379,6 @@ async def test_every_malformed_case_is_dead_lettered_with_its_reason(
     assert after["reply"]["success"] is True
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "today an unknown action_type is retried until max_deliveries (HandlerError); the "
-    "hardening work dead-letters it at once as unknown_action_type"))
 async def test_unknown_action_type_is_dead_lettered_at_once(svc: Service, node: Node) -> None:
     """An action type no handler knows is buried at once with reason unknown_action_type."""
     sent = await node("xadd", entries=[{"stream": svc.worker.stream,
@@ -388,9 +388,6 @@ async def test_unknown_action_type_is_dead_lettered_at_once(svc: Service, node: 
         "unknown_action_type", "1")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "today the worker handles entries above max_payload_bytes; the hardening work "
-    "dead-letters them as oversize"))
 async def test_oversize_entry_is_dead_lettered(svc: Service, node: Node) -> None:
     """An entry above max_payload_bytes is buried with reason oversize, not handled."""
     big = json.dumps({"action_type": "inventory.stock.note", "data": {"x": "y" * 1_100_000}})
@@ -459,5 +456,6 @@ def test_rejection_table_lists_every_case() -> None:
     for name, (_, reason, error_type) in _cases(QueueManager("dev")).items():
         assert any(r == f"`{reason}`" and (f"`{error_type}`" in e or "exception's class" in e)
                    for r, e in rows), f"{name}: {reason}/{error_type} not in the table"
-    assert ["`unknown_action_type`", "—"] in rows
-    assert ["`oversize`", "—"] in rows
+    assert ["`unknown_action_type`", "`UnknownActionType`"] in rows
+    assert ["`oversize`", "`PayloadTooLarge`"] in rows
+    assert ["`callback_not_allowed`", "`CallbackNotAllowed`"] in rows

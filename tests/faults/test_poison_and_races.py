@@ -102,7 +102,8 @@ async def test_callers_that_time_out_get_none_and_leave_no_keys(redis_url: str) 
     """Scenario 6: 200 calls with a 0.2 s timeout to a 0.5 s handler: all None, no keys left."""
     redis = monitor(redis_url)
     worker = BaseWorker(settings_for(redis_url, SERVICE),
-                        worker_settings=WorkerSettings(block_ms=100, concurrency=50))
+                        worker_settings=WorkerSettings(block_ms=100, concurrency=50,
+                                                       clock_skew_s=0))
 
     @worker.handler("faults.job.run")
     async def slow(action: DomainAction, data: dict[str, int]) -> dict[str, int]:

@@ -2,7 +2,9 @@
 
 Config keys: ``url``, ``service``, ``sleep`` (seconds per action), ``fail`` (always raise),
 ``crash_before_ack`` (exit at the first acknowledgement, after the side effect),
-``idempotent``, ``log_file``, ``worker`` (WorkerSettings fields). Every handled action
+``idempotent``, ``log_file``, ``worker`` (WorkerSettings fields), ``crash_in_retry``
+(``"before"``/``"after"``: exit at the first retry, before or after it is parked in the
+delayed set and acknowledged). Every handled action
 does ``HINCRBY faults:handled <i> 1``; with ``trace`` it also logs start/end to a list.
 Prints ``READY`` once consuming.
 """
@@ -49,6 +51,18 @@ async def main(config: dict[str, Any]) -> None:
             os._exit(17)  # the side effect happened; the ack never will
 
         worker.before_ack = crash  # the worker's fault-injection seam
+
+    if config.get("crash_in_retry"):
+        real_retry = worker.policy.retry
+
+        async def crashing_retry(*args: Any, **kwargs: Any) -> bool:
+            if config["crash_in_retry"] == "before":
+                os._exit(17)  # failed attempt not yet parked nor acknowledged
+            result = await real_retry(*args, **kwargs)
+            os._exit(17)  # parked and acknowledged; the process dies before anything else
+            return result
+
+        worker.policy.retry = crashing_retry  # type: ignore[method-assign]
 
     await worker.start()
     print("READY", flush=True)

@@ -55,3 +55,20 @@ def check(worker: BaseWorker) -> None:
     @worker.handler("orders.order.ship", data_model=Order)  # type: ignore[arg-type]
     async def ship(action: DomainAction, data: Refund) -> None:
         return None
+
+
+def check_timeouts(worker: BaseWorker) -> None:
+    """Never called: ``timeout=`` keeps the typed overloads (seconds or timedelta)."""
+    from datetime import timedelta
+
+    @worker.handler("orders.order.slow", data_model=Order, timeout=2.5)
+    async def slow(action: DomainAction, data: Order) -> None:
+        return None
+
+    assert_type(slow, Callable[[DomainAction, Order], Awaitable[None]])
+
+    async def raw(action: DomainAction, data: dict[str, Any]) -> None:
+        return None
+
+    worker.register("orders.raw.slow", raw, timeout=timedelta(seconds=3))
+    worker.register("orders.raw.bad", raw, timeout="3s")  # type: ignore[call-overload]

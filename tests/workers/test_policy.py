@@ -171,7 +171,8 @@ def test_policy_admits_up_to_max_deliveries_and_buries_malformed() -> None:
     assert refused is not None
     assert (refused.reason, refused.error_type) == (
         "max_deliveries", "Abandoned")
-    assert POLICY.malformed("InvalidJSON", "x") == Bury("malformed", "InvalidJSON", "x")
+    assert POLICY.malformed("InvalidJSON", "x") == Bury("malformed", "InvalidJSON", "x",
+                                                         bad_input=True)
 
 
 async def test_policy_retry_gives_up_on_a_vanished_entry(redis_client: Any) -> None:
@@ -187,3 +188,25 @@ async def test_policy_retry_gives_up_on_a_vanished_entry(redis_client: Any) -> N
     assert pending["times_delivered"] == 2
     await redis_client.xdel(ctx.stream, entry_id)
     assert await POLICY.retry(redis_client, ctx, entry_id, Retry(0)) is False
+
+
+class _Unprintable(Exception):
+    error_code = property(lambda self: 1 / 0)
+
+    def __str__(self) -> str:
+        raise ValueError("no")
+
+
+def test_error_detail_never_raises() -> None:
+    """error_detail turns any exception into a valid ErrorDetail: odd codes, bad __str__, huge."""
+    detail = error_detail(_Unprintable())
+    assert (detail.error_type, detail.error_code) == ("_Unprintable", None)
+    assert "unprintable" in detail.message
+    big = error_detail(ActionRejected("x" * 100_000, error_code="c"))
+    assert len(big.message) < 4100
+    odd = RuntimeError("m")
+    odd.error_code = {"nested": [1]}  # type: ignore[attr-defined]
+    assert error_detail(odd).error_code == "{'nested': [1]}"
+    num = RuntimeError("m")
+    num.error_code = 503  # type: ignore[attr-defined]
+    assert error_detail(num).error_code == "503"

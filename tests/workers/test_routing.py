@@ -118,13 +118,15 @@ async def test_subclass_handle_action_hook(bus: Any, eventually: Any) -> None:
 
 
 async def test_unhandled_action_type_ends_in_dead_letters(bus: Any, eventually: Any) -> None:
-    """Without a handler or hook an action fails naming the type and is finally dead-lettered."""
-    worker = bus.worker("inventory", max_deliveries=2)
+    """Without a handler or hook an action is dead-lettered at once as unknown_action_type."""
+    worker = bus.worker("inventory", max_deliveries=5)
     worker.register("inventory.item.known", noop)
     await worker.start()
     await bus.client("orders").send_action_async(DomainAction(action_type="inventory.item.other"))
     [letter] = await eventually(lambda: dead_letters_of(worker))
-    assert letter.error_type == "HandlerError"
+    assert (letter.reason, letter.deliveries) == ("unknown_action_type", 1)
+    assert letter.error_type == "UnknownActionType"
+    assert worker.stats.failed_attempts == 1
     assert "inventory.item.other" in letter.error_message
     assert "inventory.item.known" in letter.error_message
 

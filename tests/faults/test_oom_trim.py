@@ -1,0 +1,119 @@
+"""Redis at maxmemory (noeviction) with one stuck pending entry: trimming still frees memory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError
+
+from actionbus import BaseWorker, CommonAppSettings, DomainAction
+from actionbus.embedded import RedisServer
+from actionbus.workers import WorkerSettings
+from actionbus.workers.failures import is_transient
+from actionbus.workers.upkeep import maintain
+
+
+async def test_one_stuck_entry_does_not_block_trimming_at_maxmemory(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """An entry pending since long before keeps its data, and the processed entries after
+    it are deleted, so a server refusing writes with OOM accepts them again."""
+    redis: Any = Redis.from_url(fresh_redis_server.url)
+    worker = BaseWorker(
+        CommonAppSettings(_env_file=None, service_name="oom", redis_url=fresh_redis_server.url),
+        redis, worker_settings=WorkerSettings(stream_retention=100, trim_stuck_after_s=0),
+    )
+    ctx = worker.context
+    try:
+        await redis.xgroup_create(ctx.stream, ctx.group, id="0", mkstream=True)
+        for _ in range(3):
+            pipe = redis.pipeline(transaction=False)
+            for i in range(1000):
+                pipe.xadd(ctx.stream, {"data": f"{i}:" + "x" * 1000})
+            await pipe.execute()
+        read: Any = await redis.xreadgroup(ctx.group, "c1", {ctx.stream: ">"}, count=3000)
+        ids = [entry_id for entry_id, _ in read[0][1]]
+        stuck = ids[0]
+        await redis.xack(ctx.stream, ctx.group, *ids[1:])  # all done but the first
+        used = int((await redis.info("memory"))["used_memory"])
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", used + 200_000)
+        refused = None
+        for i in range(2000):  # fill up to maxmemory
+            try:
+                await redis.set(f"filler:{i}", "y" * 10_000)
+            except OutOfMemoryError as exc:
+                refused = exc
+                break
+        assert refused is not None
+        assert is_transient(refused)  # an outage for the worker's output: retried
+        rounds = 0
+        pushed = False
+        while not pushed and rounds < 5:  # bounded: a few maintenance rounds
+            rounds += 1
+            await maintain(redis, ctx)
+            try:
+                await redis.lpush("actionbus:dev:{caller}:responses:x", "z" * 10_000)
+                pushed = True
+            except OutOfMemoryError:
+                pass
+        length = await redis.xlen(ctx.stream)
+        print(f"writes accepted again after {rounds} maintenance round(s); stream "
+              f"{len(ids)} -> {length} entries; stuck entry kept: "
+              f"{bool(await redis.xrange(ctx.stream, stuck, stuck))}")
+        assert pushed
+        assert await redis.xrange(ctx.stream, stuck, stuck)  # the stuck entry, whole
+        assert int((await redis.xpending(ctx.stream, ctx.group))["pending"]) == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_an_oom_refused_reply_never_lets_its_ack_through(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """While Redis refuses the reply with OOM the request stays pending (retried with
+    backoff, the worker in outage); once memory frees, the reply lands, then the ack."""
+    redis: Any = Redis.from_url(fresh_redis_server.url)
+    settings = CommonAppSettings(_env_file=None, service_name="oomack",
+                                 redis_url=fresh_redis_server.url)
+    worker = BaseWorker(settings, redis, worker_settings=WorkerSettings(
+        block_ms=100, check_permissions=False))
+
+    async def answer(action: DomainAction, data: Any) -> dict[str, Any]:
+        return {"ok": True}
+
+    worker.register("oomack.item.get", answer)
+    reply_to = worker.queue_manager.get_response_queue("caller", "r1")
+    try:
+        await redis.xgroup_create(worker.stream, worker.group, id="0", mkstream=True)
+        action = DomainAction(action_type="oomack.item.get", data={},
+                              callback_queue_name=reply_to)
+        await redis.xadd(worker.stream, {"data": action.model_dump_json(exclude_none=True)})
+        used = int((await redis.info("memory"))["used_memory"])
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", used + 200_000)
+        with contextlib.suppress(OutOfMemoryError):
+            for i in range(2000):
+                await redis.set(f"filler:{i}", "y" * 10_000)
+        await worker.start()
+        deadline = time.monotonic() + 15
+        while not worker.health.in_outage:  # barrier: the reply was refused at least once
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        pending_in_outage = int((await redis.xpending(worker.stream, worker.group))["pending"])
+        await redis.config_set("maxmemory", 0)  # memory available again
+        while int((await redis.xpending(worker.stream, worker.group))["pending"]):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        replies = await redis.lrange(reply_to, 0, -1)
+        print(f"pending while OOM: {pending_in_outage}; replies after memory freed: "
+              f"{len(replies)}")
+        assert pending_in_outage == 1
+        assert len(replies) == 1
+    finally:
+        await worker.stop(grace=0.5)
+        await redis.aclose()

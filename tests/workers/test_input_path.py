@@ -1,0 +1,359 @@
+"""The worker's input path (issues 17, 14, 13): whatever an entry holds, it is handled or
+buried with its reason, and the worker keeps going."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from actionbus import (
+    ActionRejected,
+    BaseWorker,
+    CommonAppSettings,
+    ConfigurationError,
+    DeadLetterError,
+    DomainAction,
+    DomainActionResponse,
+)
+from actionbus.models.actions import format_timestamp, utc_now
+from tests.conftest import fast_worker_settings
+from tests.workers.helpers import QM, dead_letters_of, drained, noop, xadd_raw
+
+STREAM = QM.get_service_action_stream("inventory")
+
+
+async def _pop_reply(redis: Any, queue: str) -> DomainActionResponse:
+    popped = await redis.brpop([queue], timeout=5)
+    assert popped is not None, f"no reply on {queue}"
+    return DomainActionResponse.model_validate_json(popped[1])
+
+
+def _marker_worker(bus: Any, **settings: Any) -> tuple[BaseWorker, list[str]]:
+    """An inventory worker whose inventory.item.mark handler records data['m']."""
+    worker = bus.worker("inventory", **settings)
+    marks: list[str] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        marks.append(data["m"])
+
+    return worker, marks
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("expires_at", "9999-12-31T23:59:59-14:00"),
+    ("timestamp", "0001-01-01T00:00:00+14:00"),
+])
+async def test_timestamp_overflow_is_buried_not_retried_forever(
+    bus: Any, eventually: Any, field: str, value: str
+) -> None:
+    """A timestamp whose UTC conversion overflows is dead-lettered at once as malformed."""
+    worker, marks = _marker_worker(bus)
+    await worker.start()
+    bad = await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.mark",
+                                                  "data": {"m": "bad"}, field: value})
+    await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.mark",
+                                            "data": {"m": "after"}})
+    await eventually(lambda: marks == ["after"])
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert (letter.original_id, letter.reason, letter.error_type) == (
+        bad, "malformed", "InvalidAction")
+    assert "OverflowError" in letter.error_message
+    await eventually(lambda: drained(bus.redis, "inventory"))
+
+
+async def test_delivery_cap_applies_before_decoding(bus: Any, eventually: Any) -> None:
+    """An entry delivered more than max_deliveries times is buried as such, even undecodable."""
+    worker = bus.worker("inventory", max_deliveries=2, claim_idle_ms=100,
+                        reclaim_interval_s=0.05)
+    await bus.redis.xgroup_create(STREAM, "inventory", id="0", mkstream=True)
+    entry = await xadd_raw(bus.redis, "inventory", "{not json")
+    await bus.redis.xreadgroup("inventory", "crashed", {STREAM: ">"}, count=1)
+    await bus.redis.xclaim(STREAM, "inventory", "crashed", 0, [entry], retrycount=5)
+    await worker.start()
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert (letter.reason, letter.error_type) == ("max_deliveries", "Abandoned")
+    assert letter.data == "{not json"
+
+
+class _Hostile(Exception):
+    """An exception whose every attribute fights back."""
+
+    def __init__(self, code: Any) -> None:
+        super().__init__("x")
+        self.error_code = code
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ refuses")
+
+
+class _Huge(ActionRejected):
+    def __init__(self) -> None:
+        super().__init__("m" * 5_000_000, error_code="huge")
+
+
+@pytest.mark.parametrize("make_exc", [
+    lambda: _Hostile(object()), lambda: _Hostile(503), lambda: _Hostile(["a", 1]), _Huge,
+])
+async def test_hostile_exceptions_still_reply_and_bury(
+    bus: Any, eventually: Any, make_exc: Callable[[], Exception]
+) -> None:
+    """Unprintable errors, odd error codes and huge messages still give a reply and a letter."""
+    worker = bus.worker("inventory", max_deliveries=1)
+    runs: list[str] = []
+
+    @worker.handler("inventory.item.boom")
+    async def boom(action: DomainAction, data: dict[str, Any]) -> None:
+        runs.append(str(action.action_id))
+        raise make_exc()
+
+    await worker.start()
+    queue = QM.get_response_queue("caller", "hostile")
+    await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.boom",
+                                            "callback_queue_name": queue})
+    reply = await _pop_reply(bus.redis, queue)
+    assert reply.success is False
+    assert reply.error is not None
+    assert len(reply.error.message) < 5000
+    await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.boom"})
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert letter.reason in ("max_deliveries", "rejected")
+    assert len(runs) == 2
+    await eventually(lambda: drained(bus.redis, "inventory"))
+
+
+async def test_integer_error_code_reaches_caller_and_callback(bus: Any, eventually: Any) -> None:
+    """error_code = 503 gives an error reply ("503") at once, and a failure callback; one run."""
+    worker = bus.worker("inventory", max_deliveries=1)
+    runs: list[str] = []
+
+    class Unavailable(Exception):
+        error_code = 503
+
+    @worker.handler("inventory.item.boom")
+    async def boom(action: DomainAction, data: dict[str, Any]) -> None:
+        runs.append(str(action.action_id))
+        raise Unavailable("down")
+
+    orders = bus.worker("orders")
+    callbacks: list[DomainAction] = []
+
+    @orders.handler("orders.item.failed")
+    async def failed(action: DomainAction, data: dict[str, Any]) -> None:
+        callbacks.append(action)
+
+    await worker.start()
+    await orders.start()
+    queue = QM.get_response_queue("caller", "int-code")
+    await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.boom",
+                                            "callback_queue_name": queue})
+    reply = await _pop_reply(bus.redis, queue)
+    assert reply.error is not None
+    assert reply.error.error_code == "503"
+    await xadd_raw(bus.redis, "inventory", {
+        "action_type": "inventory.item.boom", "origin_service": "orders",
+        "callback_action_type": "orders.item.failed",
+        "metadata": {"callback_context": "ctx-1"}})
+    [callback] = await eventually(lambda: callbacks)
+    assert callback.metadata["error"] == {"error_type": "Unavailable", "error_code": "503",
+                                          "message": "down", "details": None}
+    assert callback.metadata["callback_context"] == "ctx-1"
+    assert len(runs) == 2
+
+
+async def test_entry_without_data_keeps_every_field(bus: Any, eventually: Any) -> None:
+    """A dead letter of an entry with no data field keeps all its fields; replay restores them."""
+    worker = bus.worker("inventory")
+    await worker.start()
+    original = await bus.redis.xadd(STREAM, {"action": "x", "blob": b"\xff\x00raw"})
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert (letter.reason, letter.error_type, letter.data_missing) == (
+        "malformed", "MissingField", True)
+    assert letter.fields["action"] == "x"
+    await worker.stop()
+    await worker.dead_letters.replay(letter.entry_id)
+    [(_, fields)] = await bus.redis.xrange(STREAM, min=f"({original.decode()}", max="+")
+    assert fields == {b"action": b"x", b"blob": b"\xff\x00raw"}
+
+
+async def test_oversize_entry_is_buried_before_decoding(
+    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """An entry above max_payload_bytes is buried as oversize with a bounded, hashed body."""
+    worker = BaseWorker(make_settings(service_name="inventory", max_payload_bytes=10_000), conn,
+                        worker_settings=fast_worker_settings(dead_letter_body_bytes=1000,
+                                                             batch_size=50,
+                                                             read_budget_bytes=100_000))
+    marks: list[int] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        marks.append(len(data["m"]))
+
+    await worker.start()
+    try:
+        big = json.dumps({"action_type": "inventory.item.mark", "data": {"m": "y" * 20_000}})
+        await conn.xadd(STREAM, {"data": big})
+        await conn.xadd(STREAM, {"data": json.dumps(
+            {"action_type": "inventory.item.mark", "data": {"m": "ok"}})})
+        await eventually(lambda: marks == [2])
+        [letter] = await eventually(lambda: dead_letters_of(worker))
+        assert (letter.reason, letter.truncated, letter.data_length) == ("oversize", True,
+                                                                        len(big))
+        assert letter.data == big[:1000]
+        assert letter.data_sha256 == hashlib.sha256(big.encode()).hexdigest()
+        assert worker._processor is not None
+        assert worker._processor.read_limit == 100_000 // (len(big) + 4)
+        assert worker.stats.bad_input == 1
+        with pytest.raises(DeadLetterError, match="oversize"):
+            await worker.dead_letters.replay(letter.entry_id)
+    finally:
+        await worker.stop()
+
+
+async def test_invalid_pseudo_sync_request_is_replied_and_buried(
+    bus: Any, eventually: Any
+) -> None:
+    """Unknown type or bad data from a waiting caller: an error reply AND a dead letter."""
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.typed")
+    async def typed(action: DomainAction, data: dict[str, Any]) -> None:
+        if "sku" not in data:
+            raise ActionRejected("no sku", error_code="invalid_data")
+
+    await worker.start()
+    queue = QM.get_response_queue("caller", "bad")
+    await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.nope",
+                                            "callback_queue_name": queue})
+    reply = await _pop_reply(bus.redis, queue)
+    assert reply.error is not None
+    assert reply.error.error_code == "unknown_action_type"
+    await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.typed",
+                                            "callback_queue_name": queue})
+    reply = await _pop_reply(bus.redis, queue)
+    assert reply.error is not None
+    assert reply.error.error_code == "invalid_data"
+    letters = await eventually(lambda: _at_least(worker, 2))
+    assert [x.reason for x in letters] == ["unknown_action_type", "rejected"]
+    assert worker.stats.bad_input == 2
+
+
+async def _at_least(worker: BaseWorker, n: int) -> list[Any] | None:
+    letters = await dead_letters_of(worker)
+    return letters if len(letters) >= n else None
+
+
+@pytest.mark.parametrize("fields", [
+    {"origin_service": "inv", "callback_action_type": "payroll.salary.set",
+     "callback_queue_name": QM.get_service_action_stream("payroll")},
+    {"origin_service": "orders", "callback_action_type": "payroll.salary.set"},
+    {"callback_action_type": "payroll.salary.set",
+     "callback_queue_name": QM.get_service_action_stream("payroll")},
+])
+async def test_callback_to_another_service_is_refused(
+    bus: Any, eventually: Any, fields: dict[str, Any]
+) -> None:
+    """A callback outside the origin service's stream and namespace is buried, never sent."""
+    worker, marks = _marker_worker(bus)
+    await worker.start()
+    await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.mark",
+                                            "data": {"m": "forged"}, **fields})
+    await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.mark",
+                                            "data": {"m": "after"}})
+    await eventually(lambda: marks == ["after"])
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert (letter.reason, letter.error_type) == ("callback_not_allowed", "CallbackNotAllowed")
+    assert await bus.redis.xlen(QM.get_service_action_stream("payroll")) == 0
+    assert await bus.redis.xlen(QM.get_service_action_stream("orders")) == 0
+
+
+async def test_callback_targets_allow_list(bus: Any, eventually: Any) -> None:
+    """A service listed in callback_targets may receive callbacks of its own namespace."""
+    worker, marks = _marker_worker(bus, callback_targets=["payroll"])
+    await worker.start()
+    payroll = QM.get_service_action_stream("payroll")
+    await xadd_raw(bus.redis, "inventory", {
+        "action_type": "inventory.item.mark", "data": {"m": "ok"}, "origin_service": "inv",
+        "callback_action_type": "payroll.salary.set", "callback_queue_name": payroll})
+    await eventually(lambda: bus.redis.xlen(payroll))
+    assert marks == ["ok"]
+
+
+async def test_small_clock_skew_is_tolerated(bus: Any, eventually: Any) -> None:
+    """A request whose expires_at passed less than clock_skew_s ago is still answered."""
+    worker, marks = _marker_worker(bus, clock_skew_s=30)
+    await worker.start()
+    queue = QM.get_response_queue("caller", "skew")
+    past = format_timestamp(utc_now() - timedelta(seconds=5))
+    await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.mark",
+                                            "data": {"m": "late"}, "callback_queue_name": queue,
+                                            "expires_at": past})
+    reply = await _pop_reply(bus.redis, queue)
+    assert reply.success is True
+    assert marks == ["late"]
+
+
+async def test_two_processes_with_one_consumer_name(bus: Any) -> None:
+    """A second worker with a running worker's consumer name refuses to start."""
+    first = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=0.5)
+    first.register("inventory.item.x", noop)
+    await first.start()
+    second = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=0.5)
+    with pytest.raises(ConfigurationError, match=r"consumer name .*same.* is in use"):
+        await second.start()
+    await first.stop()
+    third = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=0.5)
+    await third.start()  # the name was released
+
+
+async def test_maintenance_trims_dead_letters_and_counts_them(bus: Any, eventually: Any) -> None:
+    """worker.maintain() keeps dead_letter_max_len letters and counts the dropped ones."""
+    worker = bus.worker("inventory", dead_letter_max_len=2)
+    await worker.start()
+    for i in range(5):
+        await xadd_raw(bus.redis, "inventory", f"not json {i}")
+    await eventually(lambda: _at_least(worker, 5))
+    await worker.maintain()
+    assert [x.data for x in await dead_letters_of(worker)] == ["not json 3", "not json 4"]
+    assert worker.stats.dead_letters_trimmed == 3
+
+
+async def test_reads_shrink_once_large_entries_are_seen(
+    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """After a large entry, each read asks for at most read_budget_bytes' worth of entries."""
+    worker = BaseWorker(make_settings(service_name="inventory", max_payload_bytes=100_000), conn,
+                        worker_settings=fast_worker_settings(batch_size=50,
+                                                             read_budget_bytes=60_000))
+    marks: list[int] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        marks.append(len(data["m"]))
+
+    await worker.start()
+    try:
+        big = json.dumps({"action_type": "inventory.item.mark", "data": {"m": "y" * 20_000}})
+        await conn.xadd(STREAM, {"data": big})
+        await eventually(lambda: marks == [20_000])
+        assert worker._processor is not None
+        limit = worker._processor.read_limit
+        assert 1 <= limit <= 3
+        await conn.config_resetstat()
+        small = json.dumps({"action_type": "inventory.item.mark", "data": {"m": "ok"}})
+        async with conn.pipeline(transaction=False) as pipe:
+            for _ in range(30):
+                pipe.xadd(STREAM, {"data": small})
+            await pipe.execute()
+        await eventually(lambda: len(marks) == 31)
+        stats = await conn.info("commandstats")
+        reads = stats["cmdstat_xreadgroup"]["calls"]
+        assert reads >= 30 // limit  # one read of 50 would have taken them all at once
+    finally:
+        await worker.stop()

@@ -1,0 +1,178 @@
+"""The output path: a write Redis refuses fails alone; permissions checked at start."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    ClusterDownError,
+    ConnectionError,
+    NoPermissionError,
+    OutOfMemoryError,
+    RedisClusterException,
+    ResponseError,
+    TimeoutError,
+    TryAgainError,
+)
+
+from actionbus import BaseWorker, DomainAction, PermissionsError
+from actionbus.workers.failures import is_transient
+from tests.conftest import fast_worker_settings
+from tests.workers.helpers import QM, Settings, drained, xadd_raw
+
+
+@pytest.mark.parametrize(("exc", "transient"), [
+    (ConnectionError("Error 111 connecting"), True),
+    (TimeoutError("Timeout reading"), True),
+    (OSError("reset"), True),
+    (BusyLoadingError("Redis is loading the dataset in memory"), True),
+    (ResponseError("BUSY Redis is busy running a script"), True),
+    (TryAgainError("Multiple keys request during rehashing of slot"), True),
+    (ClusterDownError("The cluster is down"), True),
+    (OutOfMemoryError("command not allowed when used memory > 'maxmemory'"), True),
+    (RedisClusterException("Redis Cluster cannot be connected"), True),
+    (AttributeError("'NoneType' object has no attribute 'writelines'"), True),
+    (ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
+    (NoPermissionError("this user has no permissions to run the 'lpush' command"), False),
+    (AuthenticationError("WRONGPASS invalid username-password pair"), False),
+    (ResponseError("NOAUTH Authentication required."), False),
+    (ResponseError("ERR unknown command 'xautoclaim'"), False),
+    (ResponseError("ERR wrong number of arguments for 'xadd' command"), False),
+    (ValueError("a bug"), False),
+])
+def test_is_transient_table(exc: BaseException, transient: bool) -> None:
+    """Outages are transient (retry with backoff); refusals and bugs are not."""
+    assert is_transient(exc) is transient
+
+
+def request(service: str, reply_to: str, n: int) -> dict[str, Any]:
+    action = DomainAction(action_type=f"{service}.item.get", data={"n": n},
+                          origin_service="caller", callback_queue_name=reply_to)
+    return json.loads(action.model_dump_json(exclude_none=True))  # type: ignore[no-any-return]
+
+
+async def test_wrongtype_reply_target_fails_alone(
+    bus: Any, eventually: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply to a key of the wrong type is dead-lettered as undeliverable (original kept),
+    the worker is marked unhealthy, and every other reply is written once and acknowledged."""
+    caplog.set_level(logging.ERROR, "actionbus.worker")
+    victim = QM.get_response_queue("victim", "str")
+    good = QM.get_response_queue("caller", "good")
+    await bus.redis.set(victim, "not a list")
+    worker = bus.worker("inventory")
+    worker.register("inventory.item.get", answer)
+    await worker.start()
+    bad_id = await xadd_raw(bus.redis, "inventory", request("inventory", victim, 0))
+    for n in range(1, 6):
+        await xadd_raw(bus.redis, "inventory", request("inventory", good, n))
+    await eventually(lambda: drained(bus.redis, "inventory"), timeout=10)
+    # Positive barrier: one more request answered means later rounds ran.
+    await xadd_raw(bus.redis, "inventory", request("inventory", good, 99))
+    await eventually(lambda: _len_is(bus.redis, good, 6), timeout=10)
+    replies = [json.loads(r) for r in await bus.redis.lrange(good, 0, -1)]
+    letters = await worker.dead_letters.list()
+    print(f"good replies: {len(replies)} (want 6); dead letters: "
+          f"{[(d.reason, d.original_id) for d in letters]}; health: {worker.health}")
+    assert sorted(r["data"]["n"] for r in replies) == [1, 2, 3, 4, 5, 99]
+    assert await bus.redis.get(victim) == b"not a list"
+    assert [(d.reason, d.original_id) for d in letters] == [("undeliverable", bad_id)]
+    assert json.loads(letters[0].data)["data"] == {"n": 0}  # the original request, whole
+    health = worker.health
+    assert not health.healthy
+    assert sum(health.refused.values()) == 1
+    assert sum("Redis refused" in r.message for r in caplog.records) == 1  # logged once
+
+
+async def answer(action: DomainAction, data: Any) -> dict[str, Any]:
+    return {"n": data["n"]}
+
+
+async def _len_is(redis: Any, key: str, n: int) -> bool:
+    return int(await redis.llen(key)) >= n
+
+
+@pytest_asyncio.fixture
+async def no_lpush_user(redis_url: str) -> AsyncIterator[str]:
+    """An ACL user that may run everything except LPUSH; removed after the test."""
+    name = f"nolpush-{uuid.uuid4().hex[:6]}"
+    admin = Redis.from_url(redis_url)
+    await admin.execute_command("ACL", "SETUSER", name, "on", ">pw", "~*", "&*", "+@all",
+                                "-lpush")
+    try:
+        yield redis_url.replace("redis://", f"redis://{name}:pw@", 1)
+    finally:
+        await admin.execute_command("ACL", "DELUSER", name)
+        await admin.aclose()
+
+
+async def test_start_refuses_without_a_needed_permission(
+    no_lpush_user: str, make_settings: Settings
+) -> None:
+    """start() raises PermissionsError naming each missing permission (here: lpush)."""
+    worker = BaseWorker(make_settings(redis_url=no_lpush_user, service_name="inventory"),
+                        worker_settings=fast_worker_settings())
+    try:
+        with pytest.raises(PermissionsError) as caught:
+            await worker.start()
+    finally:
+        await worker.stop()
+    print(f"missing: {caught.value.missing}")
+    assert any(cmd == "lpush" for cmd, _ in caught.value.missing)
+
+
+async def test_noperm_reply_is_not_an_outage(
+    no_lpush_user: str, make_settings: Settings, redis_client: Any, eventually: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With check_permissions off, a refused LPUSH dead-letters that reply once, names the
+    missing permission, marks the worker unhealthy and acknowledges the entry."""
+    caplog.set_level(logging.WARNING, "actionbus.worker")
+    worker = BaseWorker(make_settings(redis_url=no_lpush_user, service_name="inventory"),
+                        worker_settings=fast_worker_settings(check_permissions=False))
+    worker.register("inventory.item.get", answer)
+    await worker.start()
+    try:
+        reply_to = QM.get_response_queue("caller", "x")
+        for n in range(3):
+            await xadd_raw(redis_client, "inventory", request("inventory", reply_to, n))
+        await eventually(lambda: drained(redis_client, "inventory"), timeout=10)
+        letters = await worker.dead_letters.list()
+        print(f"dead letters: {len(letters)}; health: {worker.health}")
+        assert [d.reason for d in letters] == ["undeliverable"] * 3
+        assert not worker.health.healthy
+        assert any("lpush" in p for p in worker.health.problems)
+        assert not any("unavailable" in r.message for r in caplog.records)
+        assert sum("lpush" in r.message and "Redis refused" in r.message
+                   for r in caplog.records) == 1
+    finally:
+        await worker.stop()
+
+
+async def test_stop_never_raises_a_client_error(make_settings: Settings) -> None:
+    """stop() logs a failure to close its Redis connection instead of raising it."""
+    worker = BaseWorker(make_settings(service_name="inventory"),
+                        worker_settings=fast_worker_settings())
+    await worker.start()
+    manager = worker._manager
+    assert manager is not None
+
+    async def broken_close() -> None:
+        raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+    real_close = manager.close
+    manager.close = broken_close  # type: ignore[method-assign]
+    try:
+        await worker.stop()  # must not raise
+        assert worker._manager is None
+    finally:
+        await real_close()
