@@ -118,7 +118,7 @@ class ActionProcessor:
                 refused = self.policy.admit(deliveries)
                 if refused is not None:
                     self._bury(entry_id, fields, refused, deliveries, action)
-                return
+                    return
             while True:
                 retry = await self._attempt(entry_id, fields, action, deliveries)
                 if retry is None or not await self.policy.retry(
