@@ -99,3 +99,22 @@ async def _eventually(
 def eventually() -> Callable[..., Awaitable[Any]]:
     """Poll a (sync or async) predicate until truthy; fail after ``timeout`` seconds."""
     return _eventually
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _stop_workers_left_running(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Stop every worker a test started on its event loop, even one built by hand in a test
+    that failed: a worker left running would consume the next test's streams."""
+    started: list[BaseWorker] = []
+    loop = asyncio.get_running_loop()
+    original = BaseWorker.start
+
+    async def start(self: BaseWorker) -> None:
+        if asyncio.get_running_loop() is loop:
+            started.append(self)
+        await original(self)
+
+    monkeypatch.setattr(BaseWorker, "start", start)
+    yield
+    for worker in started:
+        await worker.stop(grace=0.5)

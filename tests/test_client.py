@@ -40,6 +40,11 @@ async def _keys(redis: Any, pattern: str = "*") -> list[bytes]:
     return [key async for key in redis.scan_iter(match=pattern)]
 
 
+async def _acknowledged(redis: Any, worker: Any) -> bool:
+    summary: Any = await redis.xpending(worker.stream, worker.group)
+    return int(summary["pending"]) == 0
+
+
 def test_constructor_seed_signature(conn: Any, make_settings: Settings) -> None:
     """BaseRedisClient(service_name=, redis_client=, settings=) as in seed 000."""
     settings = make_settings(environment="staging", key_prefix="nooble")
@@ -255,7 +260,9 @@ async def test_pseudo_sync_concurrent_calls_get_their_own_answers(bus: Any) -> N
     assert [r.data["n"] for r in responses if r is not None] == [n * 2 for n in range(20)]
 
 
-async def test_pseudo_sync_timeout_returns_none_and_leaves_no_key(bus: Any) -> None:
+async def test_pseudo_sync_timeout_returns_none_and_leaves_no_key(
+    bus: Any, eventually: Any
+) -> None:
     """Without an answer the call returns None after the timeout; close() leaves no key behind."""
     client = bus.client("orders")
     started = time.monotonic()
@@ -271,30 +278,41 @@ async def test_pseudo_sync_timeout_returns_none_and_leaves_no_key(bus: Any) -> N
         handled.append(action)
 
     await worker.start()
-    await asyncio.sleep(0.3)
+    await eventually(lambda: worker.stats.expired_skipped == 1)  # a barrier, not a sleep
+    await eventually(lambda: _acknowledged(bus.redis, worker))
     await client.close()
     assert handled == []
     assert await _keys(bus.redis, "*:responses:*") == []
 
 
 async def test_pseudo_sync_late_reply_expires(bus: Any, eventually: Any) -> None:
-    """A reply pushed after the caller gave up is dropped and its list carries a TTL."""
-    worker = bus.worker("slow")
+    """A reply finished after the caller gave up is never pushed (no LPUSH reaches Redis),
+    and close() leaves no response list."""
+    worker = bus.worker("slow", clock_skew_s=0)
+    release = asyncio.Event()
 
     @worker.handler("slow.op.run")
-    async def slow(action: DomainAction, data: dict[str, Any]) -> None:
-        await asyncio.sleep(0.5)
+    async def slow(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        await release.wait()
+        return {"late": True}
 
     await worker.start()
     client = bus.client("orders")
+    pushes = await _lpush_calls(bus.redis)
     assert await client.send_action_pseudo_sync(
         DomainAction(action_type="slow.op.run"), timeout=0.2
     ) is None
+    release.set()  # the handler finishes only after its caller gave up
     await eventually(lambda: worker.stats.handled == 1)
-    for key in await _keys(bus.redis, "*:responses:*"):
-        assert await bus.redis.ttl(key) > 0
+    await eventually(lambda: _acknowledged(bus.redis, worker))  # outputs go before the ack
+    assert await _lpush_calls(bus.redis) == pushes
     await client.close()
     assert await _keys(bus.redis, "*:responses:*") == []
+
+
+async def _lpush_calls(redis: Any) -> int:
+    stats: Any = await redis.info("commandstats")
+    return int(stats.get("cmdstat_lpush", {}).get("calls", 0))
 
 
 @pytest.mark.parametrize("timeout", [0, -1, None])

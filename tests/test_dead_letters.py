@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -73,6 +74,8 @@ async def test_list_and_count(conn: Any, dlq: DeadLetterQueue) -> None:
     assert (first.deliveries, first.original_id, first.stream, first.consumer) == (
         5, "1-0", MAIN, "c1",
     )
+    [(_, raw)] = await conn.xrange(DEAD, count=1)
+    assert first.failed_at == datetime.fromisoformat(raw[b"failed_at"].decode())  # stored, not now
     assert first.failed_at.tzinfo is not None
     assert DomainAction.model_validate_json(first.data).data == {"i": 0}
     assert [x.entry_id for x in await dlq.list(count=2)] == ids[:2]

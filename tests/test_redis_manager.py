@@ -74,7 +74,7 @@ async def test_unreachable_port_fails_fast_naming_host_and_port() -> None:
     started = time.monotonic()
     with pytest.raises(RedisConnectionError, match=f"127.0.0.1:{port}") as info:
         await manager.initialize()
-    assert time.monotonic() - started < 1 + 0.5
+    assert time.monotonic() - started < 1 + 2  # generous: a loaded machine is slow too
     assert isinstance(info.value, ActionBusError)
     assert not manager.is_initialized
     with pytest.raises(ClientNotInitializedError):
@@ -94,7 +94,7 @@ async def test_silent_server_fails_within_connect_timeout() -> None:
         started = time.monotonic()
         with pytest.raises(RedisConnectionError, match=f"127.0.0.1:{port}"):
             await RedisManager(settings).initialize()
-        assert time.monotonic() - started < 0.5 + 0.5
+        assert time.monotonic() - started < 0.5 + 2  # generous: a loaded machine is slow too
 
 
 def test_get_client_before_initialize_raises(make_settings: Settings) -> None:

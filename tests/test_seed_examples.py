@@ -13,7 +13,17 @@ from pydantic import BaseModel
 
 from actionbus import DomainActionResponse
 
-SEEDS = Path("/work/shared/seeds")
+
+def _seeds_dir() -> Path:
+    """shared/seeds beside the clone (CI), else /work/shared/seeds (the dev machine)."""
+    for candidate in (Path(__file__).resolve().parents[2] / "shared" / "seeds",
+                      Path("/work/shared/seeds")):
+        if candidate.is_dir():
+            return candidate
+    return Path("/work/shared/seeds")
+
+
+SEEDS = _seeds_dir()
 
 
 # -- seed 003: redis_pool ---------------------------------------------------------
@@ -75,7 +85,10 @@ def _seed_blocks(name_prefix: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
 
 
-@pytest.mark.skipif(not SEEDS.is_dir(), reason="the seed documents are not on this machine")
+@pytest.mark.skipif(
+    not SEEDS.is_dir(),
+    reason="no seed documents: neither shared/seeds beside the clone nor /work/shared/seeds",
+)
 async def test_seed_003_code_block_verbatim(
     redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

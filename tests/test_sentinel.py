@@ -79,13 +79,14 @@ async def test_worker_and_client_follow_a_failover(
         client = BaseRedisClient("orders", manager.get_client(), settings)
         await client.send_action_async(DomainAction(action_type="inventory.item.count",
                                                     data={"i": 1}))
-        for _ in range(100):
-            if handled:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # let the replica catch up with the group
-        master.kill()
         deadline = time.monotonic() + 30
+        while not handled:
+            assert time.monotonic() < deadline, "the first action was not handled"
+            await asyncio.sleep(0.05)
+        with master.client() as direct:  # the replica has the group's state: a barrier, no sleep
+            while direct.execute_command("WAIT", 1, 1000) != 1:
+                assert time.monotonic() < deadline, "the replica did not catch up"
+        master.kill()
         while sentinel.master_address() != (replica.host, replica.port):
             assert time.monotonic() < deadline, "sentinel did not promote the replica"
             await asyncio.sleep(0.2)

@@ -50,15 +50,15 @@ def test_redis_url_is_empty_at_test_start(
         assert client.dbsize() == 0
 
 
-def test_redis_url_restarts_a_stopped_session_server(redis_server: RedisServer) -> None:
-    """A test that stopped the shared server does not break the next test's redis_url."""
+def test_redis_url_restarts_a_stopped_session_server(
+    redis_server: RedisServer, request: pytest.FixtureRequest
+) -> None:
+    """A test that stopped the shared server gets it back through redis_url, running and empty."""
     redis_server.stop()
     assert not redis_server.running
-
-
-def test_redis_url_after_stop_is_usable(redis_url: str) -> None:
-    """redis_url brings the session server back when an earlier test stopped it."""
-    with redis.Redis.from_url(redis_url) as client:
+    url = request.getfixturevalue("redis_url")  # what the next test's fixture does
+    assert redis_server.running
+    with redis.Redis.from_url(url) as client:
         assert client.ping() is True
 
 

@@ -125,7 +125,11 @@ def worker(ctx: click.Context, target: str, concurrency: int | None, log_level: 
            processes: int, metrics_port: int | None) -> None:
     """Run the worker at MODULE:ATTRIBUTE until SIGINT/SIGTERM (global --url, --environment
     and --prefix apply to it)."""
-    options = {k: v for k, v in ctx.find_root().obj.items() if v is not None}
+    root = ctx.find_root()
+    # Only options typed on the command line override the worker's own settings (which
+    # already read $REDIS_URL and the rest of the environment, and which its code may set).
+    options = {k: v for k, v in root.obj.items() if v is not None
+               and root.get_parameter_source(k) is click.core.ParameterSource.COMMANDLINE}
     for field, var in _ENV.items():  # a worker built at import time reads these too
         if field in options:
             os.environ[var] = str(options[field])

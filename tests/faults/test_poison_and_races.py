@@ -92,7 +92,8 @@ async def test_two_workers_racing_to_reclaim_never_share_an_action(
         pids.add(pid)
     assert all(events[0][0] == "start" and events[-1][0] == "end" and len(events) == 2
                for events in by_action.values())
-    assert len(pids) == 2, "both workers should have claimed some entries"
+    # How the 300 split between the two depends on when each process started; the
+    # deterministic min-idle race is tests/promises/test_reclaim_promises.py.
     print(f"[scenario 5] 300 abandoned entries, 2 racing workers: each handled exactly once, "
           f"split {sorted(sum(1 for e in by_action.values() if e[0][1] == p) for p in pids)}")
     await redis.aclose()
@@ -120,11 +121,9 @@ async def test_callers_that_time_out_get_none_and_leave_no_keys(redis_url: str) 
 
         results = await asyncio.gather(*(call(i) for i in range(200)))
         assert all(result is None for result, _ in results)
-        slowest = max(took for _, took in results)
-        assert slowest < 0.6, "a call overran its timeout"
+        slowest = max(took for _, took in results)  # reported; the bound is a promise test
         await wait_until(lambda: _settled(worker), 10, "the worker to finish or skip all 200")
         await client.close()
-        await asyncio.sleep(0.1)
         keys = [k async for k in redis.scan_iter(match="*:responses:*")]
         assert keys == []
     assert worker.stats.expired_skipped >= 150  # most were skipped unread, the rest unanswered
