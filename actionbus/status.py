@@ -24,8 +24,9 @@ from actionbus.streams import text
 from actionbus.workers.presence import handled_per_second, presence_key
 
 __all__ = [
-    "NotPendingError", "PendingEntry", "ServiceStatus", "dead_letter_pending",
-    "discover_services", "pending_entries", "retry_pending", "service_status",
+    "NotPendingError", "PendingEntry", "ScheduleState", "ServiceStatus", "dead_letter_pending",
+    "discover_services", "pending_entries", "retry_pending", "schedule_states",
+    "service_status",
 ]
 
 
@@ -39,6 +40,26 @@ class PendingEntry(BaseModel):
     deliveries: int
     idle_ms: int
     group: str
+
+
+class ScheduleState(BaseModel):
+    """A periodic action of a service (``worker.schedule``) and the last tick it fired."""
+
+    name: str
+    last_tick_ms: int | None
+
+
+async def schedule_states(
+    redis: AnyRedis, queues: QueueManager, service: str
+) -> list[ScheduleState]:
+    """The service's schedules as its workers recorded them, by name."""
+    recorded: Any = await redis.hgetall(queues.get_schedules_key(service))
+    states = []
+    for name, tick in recorded.items():
+        value = text(tick)
+        states.append(ScheduleState(name=text(name),
+                                    last_tick_ms=int(value) if value.isdigit() else None))
+    return sorted(states, key=lambda state: state.name)
 
 
 class ServiceStatus(BaseModel):

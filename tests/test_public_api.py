@@ -75,8 +75,9 @@ INTERNAL = {
     # Operations (issue 9): used from their own module by the CLI, the dashboard, metrics.
     "actionbus.logconfig": {"KeyValueFormatter", "configure_logging"},
     "actionbus.status": {
-        "NotPendingError", "PendingEntry", "ServiceStatus", "dead_letter_pending",
-        "discover_services", "pending_entries", "retry_pending", "service_status",
+        "NotPendingError", "PendingEntry", "ScheduleState", "ServiceStatus",
+        "dead_letter_pending", "discover_services", "pending_entries", "retry_pending",
+        "schedule_states", "service_status",
     },
     "actionbus.workers.presence": {
         "handled_key", "handled_per_second", "presence_key", "read_presence", "run",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -15,7 +16,13 @@ from actionbus.cli.app import console, emit_json, main, queues, settings
 from actionbus.cli.basic import unknown_service
 from actionbus.clients.redis_manager import RedisManager
 from actionbus.inspect import inspect_service
-from actionbus.status import ServiceStatus, discover_services, pending_entries, service_status
+from actionbus.status import (
+    ServiceStatus,
+    discover_services,
+    pending_entries,
+    schedule_states,
+    service_status,
+)
 
 __all__ = ["age", "status"]
 
@@ -71,8 +78,10 @@ async def _collect(manager: RedisManager, service: str | None) -> dict[str, Any]
         for g in info.groups for c in g.consumers
     ]
     pending = [e.model_dump(mode="json") for e in await pending_entries(redis, qm, service, 10)]
+    schedules = [state.model_dump(mode="json")
+                 for state in await schedule_states(redis, qm, service)]
     return {"where": where, "services": [row.model_dump(mode="json")], "consumers": consumers,
-            "oldest_pending": pending}
+            "oldest_pending": pending, "schedules": schedules}
 
 
 def _render(report: dict[str, Any]) -> RenderableType:
@@ -92,6 +101,16 @@ def _render(report: dict[str, Any]) -> RenderableType:
             entries.add_row(e["entry_id"], e["action_type"], e["action_id"], e["consumer"],
                             str(e["deliveries"]), age(e["idle_ms"]))
         parts += [consumers, entries]
+        if report.get("schedules"):
+            schedules = Table(title="schedules", title_justify="left")
+            schedules.add_column("schedule")
+            schedules.add_column("last tick (UTC)")
+            for sch in report["schedules"]:
+                tick = sch["last_tick_ms"]
+                shown = "-" if tick is None else datetime.fromtimestamp(
+                    tick / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+                schedules.add_row(sch["name"], shown)
+            parts.append(schedules)
     return Group(*parts)
 
 

@@ -118,3 +118,16 @@ def test_send_prints_the_action_id_and_warns_without_a_group(redis_url: str) -> 
     assert "Warning: service 'inventory' has no consumer group" in result.stderr
     sent = json.loads(redis.xrange(STREAM)[0][1][b"data"])
     assert result.stdout.strip() == sent["action_id"]
+
+
+def test_status_service_lists_its_schedules(redis_url: str) -> None:
+    """`status SERVICE` lists the service's periodic actions with the last tick they fired."""
+    redis = Redis.from_url(redis_url)
+    _backlog(redis)
+    redis.hset(QM.get_schedules_key("inventory"), mapping={"nightly-count": 1796083200000})
+    result = cli("--url", redis_url, "status", "inventory")
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if "nightly-count" in line)
+    assert "2026-12-01 00:00:00" in row
+    report = json.loads(cli("--url", redis_url, "status", "inventory", "--json").stdout)
+    assert report["schedules"] == [{"name": "nightly-count", "last_tick_ms": 1796083200000}]
