@@ -2,18 +2,22 @@
 
 Every retry loop uses ``Backoff``: the worker's read loop and output batcher, the reply
 listener, redis-py's connection ``Retry`` (``Backoff`` is a redis-py ``AbstractBackoff``)
-and, without jitter, the delay between a failed action's attempts.
+and, without jitter, the delay between a failed action's attempts. ``cancel_and_wait``
+ends such loops for good.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from redis.backoff import AbstractBackoff
 
-__all__ = ["Backoff", "OutageLog", "exponential"]
+__all__ = ["Backoff", "OutageLog", "cancel_and_wait", "exponential"]
 
 
 def exponential(base: float, cap: float, attempt: int) -> float:
@@ -94,3 +98,22 @@ class OutageLog:
             )
         self._since = None
         self.failures = 0
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, again_after: float = 0.5) -> None:
+    """Cancel ``tasks`` and wait until each has ended, cancelling again one that runs on.
+
+    Code under a loop can swallow a cancellation (redis-py's per-write ``asyncio.wait_for``
+    on Python 3.11 returns normally when it arrives just as the write ends); the loop then
+    goes on and a plain ``gather`` would wait for it forever. Outcomes are retrieved, not
+    raised.
+    """
+    tasks = list(tasks)
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again_after)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" at exit

@@ -6,10 +6,11 @@
 - ``WaitingRedisCluster`` and ``WaitingSentinelConnectionPool`` give Redis Cluster and
   Sentinel the same semantics: with ``max_connections`` commands in flight, the next one
   waits up to ``redis_pool_timeout`` instead of failing with "Too many connections".
-- Its connections write with a cheap deadline: with ``socket_timeout`` set, redis-py
-  wraps every write in ``asyncio.wait_for``, which creates a task per command. Here the
-  write runs under ``asyncio.timeout`` instead; an expired write still disconnects and
-  raises redis-py's ``TimeoutError``. Reads keep redis-py's own socket timeout.
+- Its connections and the cluster's write with a cheap deadline: with ``socket_timeout``
+  set, redis-py wraps every write in ``asyncio.wait_for``, which creates a task per
+  command (and, on Python 3.11, can swallow a cancellation). Here the write runs under
+  ``asyncio.timeout`` instead; an expired write still disconnects and raises redis-py's
+  ``TimeoutError``. Reads keep redis-py's own socket timeout.
 """
 
 from __future__ import annotations
@@ -191,6 +192,14 @@ class WaitingRedisCluster(RedisCluster):
     def __init__(self, *args: Any, pool_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._gate = _Gate(int(kwargs.get("max_connections", 100)), pool_timeout)
+        # Deadline writes here too: redis-py's per-write ``asyncio.wait_for`` on Python 3.11
+        # returns normally when a cancellation arrives just as the write ends, so a
+        # cancelled worker loop would run on (and ``stop()`` wait for it forever).
+        # ``connection_kwargs`` is the dict the nodes manager builds every node from.
+        deadline: Any = _with_deadline_writes(self.connection_kwargs["connection_class"])
+        self.connection_kwargs["connection_class"] = deadline
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = deadline
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         """Run one command once a connection slot is free."""

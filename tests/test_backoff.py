@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 from redis.backoff import AbstractBackoff
 
 from actionbus import CommonAppSettings, WorkerSettings
-from actionbus.backoff import Backoff, exponential
+from actionbus.backoff import Backoff, cancel_and_wait, exponential
 from actionbus.connection import connection_options
 
 
@@ -59,3 +60,24 @@ def test_backoff_drives_redis_py_retries() -> None:
     backoff = next(v for v in vars(retry).values() if isinstance(v, AbstractBackoff))
     assert isinstance(backoff, Backoff)
     assert 0.05 <= backoff.compute(1) <= 0.1
+
+
+async def test_cancel_and_wait_cancels_again_a_task_that_swallowed_it() -> None:
+    """A loop that swallows its first cancellation (as redis-py's per-write wait_for does on
+    Python 3.11) is cancelled again, so cancel_and_wait returns and the task has ended."""
+    swallowed = asyncio.Event()
+
+    async def loop() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed.is_set():
+                    raise
+                swallowed.set()  # the write completed: the caller goes on
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait([task], again_after=0.05), 10)
+    assert swallowed.is_set()
+    assert task.cancelled()

@@ -268,3 +268,23 @@ async def test_delayed_send_retry_and_schedule_on_cluster(cluster: Any, eventual
     assert len(ticks) == len(set(ticks))
     flaky_done = next(a for a in seen if a.action_type.endswith("flaky"))
     assert flaky_done.metadata["actionbus_deliveries"] == 2
+
+
+async def test_a_cancelled_cluster_command_ends_cancelled(cluster: Any) -> None:
+    """A command cancelled while its write completes raises CancelledError, never returns:
+    redis-py's per-write wait_for (Python 3.11) swallowed it, and a stopped worker's loop ran
+    on, so stop() never returned."""
+    redis = cluster.client_
+    await redis.ping()
+    swallowed = []
+    for steps in range(12):  # each point of the send/read path, in event-loop steps
+        task = asyncio.create_task(redis.ping())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        if task.done():
+            continue
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if not task.cancelled():
+            swallowed.append(steps)
+    assert swallowed == []

@@ -18,6 +18,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from actionbus.pool import (
     MaxConnectionsError,
     WaitingConnectionPool,
+    WaitingRedisCluster,
     WaitingSentinelConnectionPool,
     is_pool_exhausted,
 )
@@ -94,3 +95,16 @@ def test_sentinel_pool_hook_exists() -> None:
     assert _params(SentinelConnectionPool.__init__)[1:3] == ["service_name", "sentinel_manager"]
     mro = WaitingSentinelConnectionPool.__mro__
     assert mro.index(SentinelConnectionPool) < mro.index(BlockingConnectionPool), CONTRACT
+
+
+def test_cluster_connection_class_hook_exists() -> None:
+    """RedisCluster keeps connection_class in connection_kwargs, the very dict its nodes
+    manager builds nodes from, and startup nodes carry connection_class: deadline writes."""
+    cluster = WaitingRedisCluster(host="127.0.0.1", port=7000)
+    assert cluster.nodes_manager.connection_kwargs is cluster.connection_kwargs, CONTRACT
+    deadline = cluster.connection_kwargs["connection_class"]
+    assert issubclass(deadline, Connection), CONTRACT
+    assert deadline is not Connection, CONTRACT
+    assert "send_packed_command" in vars(deadline.__mro__[1]), CONTRACT
+    assert [n.connection_class for n in cluster.nodes_manager.startup_nodes.values()] == \
+        [deadline], CONTRACT

@@ -15,7 +15,7 @@ import actionbus
 # public API. A new class or function in a module's ``__all__`` must either be exported
 # from ``actionbus`` or be added here with the reason.
 INTERNAL = {
-    "actionbus.backoff": {"Backoff", "OutageLog", "exponential"},  # retry-loop helpers
+    "actionbus.backoff": {"Backoff", "OutageLog", "cancel_and_wait", "exponential"},  # loop helpers
     "actionbus.clients.queue_manager": {"KeyParts"},  # result type of QueueManager.parse
     "actionbus.clients.replies": {"ReplyListener"},  # BaseRedisClient's reply reader
     "actionbus.clients.sender": {"StreamWriter"},  # BaseRedisClient's XADD coalescer

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from typing import Any
 
-from actionbus.backoff import Backoff, OutageLog
+from actionbus.backoff import Backoff, OutageLog, cancel_and_wait
 from actionbus.clients.guard import CLIENT_FAILURES
 from actionbus.connection import AnyRedis
 from actionbus.exceptions import InvalidReply
@@ -103,8 +103,6 @@ class ReplyListener:
         """Stop listening, fail no one (waiting calls time out by themselves), drop the list."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
         with contextlib.suppress(*CLIENT_FAILURES):
             await self.redis.delete(self.queue)

@@ -26,7 +26,7 @@ from typing import Any, Literal, overload
 from pydantic import BaseModel
 from redis.asyncio import RedisCluster
 
-from actionbus.backoff import OutageLog
+from actionbus.backoff import OutageLog, cancel_and_wait
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.redis_manager import RedisManager
 from actionbus.config import CommonAppSettings
@@ -407,9 +407,7 @@ class BaseWorker:
         loops, self._loops = self._loops, []
         if self._upkeep is not None and self._upkeep.trim_task is not None:
             loops.append(self._upkeep.trim_task)
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        await cancel_and_wait(loops)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:

@@ -18,6 +18,7 @@ import time
 import uuid
 from typing import Any
 
+from actionbus.backoff import cancel_and_wait
 from actionbus.connection import AnyRedis
 from actionbus.exceptions import ConfigurationError
 from actionbus.workers.context import WorkerContext
@@ -117,9 +118,7 @@ class ConsumerLease:
     async def release(self) -> None:
         """Stop refreshing and free the name (best effort; it lapses after its TTL anyway)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
         with contextlib.suppress(Exception):
             await self._release(keys=[self.key], args=[self.instance])

@@ -15,6 +15,7 @@ from actionbus import (
     DomainAction,
     WorkerSettings,
 )
+from actionbus.workers.mover import Mover
 from tests.workers.helpers import QM, Settings, drained, pending_count
 
 
@@ -196,3 +197,29 @@ async def test_restart_after_stop(bus: Any, eventually: Any) -> None:
     await client.send_action_async(DomainAction(action_type="inventory.item.n", data={"i": 2}))
     await worker.start()
     await eventually(lambda: seen == [1, 2])
+
+
+async def test_stop_ends_a_loop_that_swallowed_its_cancellation(
+    bus: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() returns even when a loop swallows its cancellation once (redis-py's per-write
+    wait_for did, on Python 3.11, in the mover): the loop is cancelled again until it ends."""
+    entered, swallowed = asyncio.Event(), asyncio.Event()
+    original = Mover.round
+
+    async def round_once_deaf(self: Mover) -> float:
+        if swallowed.is_set():
+            return await original(self)
+        entered.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()  # returns as if the round had ended
+        return 0.01
+
+    monkeypatch.setattr(Mover, "round", round_once_deaf)
+    worker = bus.worker("inventory")
+    await worker.start()
+    await asyncio.wait_for(entered.wait(), 10)
+    await asyncio.wait_for(worker.stop(grace=0.5), 10)
+    assert swallowed.is_set()
