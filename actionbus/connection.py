@@ -159,6 +159,11 @@ _SENTINELS: weakref.WeakKeyDictionary[Redis, Sentinel] = weakref.WeakKeyDictiona
 async def close_redis_client(client: AnyRedis) -> None:
     """Close a client from ``create_redis_client`` and, for Sentinel, its sentinel links."""
     await client.aclose()
+    if isinstance(client, RedisCluster):
+        # After a failed command redis-py marks the client for re-initialization, and then
+        # its aclose() closes nothing: the live masters' connections would leak.
+        await client.nodes_manager.aclose()
+        await client.nodes_manager.aclose("startup_nodes")
     sentinel = _SENTINELS.pop(client, None) if isinstance(client, Redis) else None
     if sentinel is not None:
         for link in sentinel.sentinels:

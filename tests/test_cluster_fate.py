@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+from redis.exceptions import ConnectionError as RedisConnError
+from redis.exceptions import RedisClusterException
+
 from actionbus import BaseRedisClient, CommonAppSettings, DomainAction, RedisManager, SendError
 
 ROUNDS = 3
@@ -56,5 +60,44 @@ async def test_dead_master_fails_only_its_own_sends(redis_cluster: Any,
         assert not any(r.outcome_unknown for r in dead)  # refused connections: not sent
     finally:
         await client.close()
+        await manager.close()
+        redis_cluster.start()
+
+
+def _client_ids(node: Any) -> set[int]:
+    """Ids of the clients connected to ``node``, without the connection that asks."""
+    with node.client() as admin:
+        me = admin.client_id()
+        return {int(c["id"]) for c in admin.client_list()} - {me}
+
+
+async def test_a_client_closed_after_a_failed_command_closes_its_connections(
+    redis_cluster: Any, redis_cluster_url: str
+) -> None:
+    """Closed after a command failed on a dead master (redis-py's aclose() then closes
+    nothing), the cluster client still closes its connections to the live masters."""
+    live = redis_cluster.nodes[1:]
+    before = {node.port: _client_ids(node) for node in live}
+    manager = RedisManager(_settings(redis_cluster_url))
+    redis = await manager.initialize()
+    keys: dict[int, str] = {}
+    for i in range(200):
+        keys.setdefault(int(redis.get_node_from_key(f"k{i}").port), f"k{i}")
+    for key in keys.values():
+        await redis.set(key, "1")
+    opened = {node.port: _client_ids(node) - before[node.port] for node in live}
+    assert all(opened.values())  # the client holds a connection to every live master
+    redis_cluster.nodes[0].kill()
+    try:
+        with pytest.raises((RedisConnError, RedisClusterException)):
+            await redis.set(keys[redis_cluster.nodes[0].port], "2")
+        await manager.close()
+        for _ in range(100):  # bounded: the server drops a closed connection at once
+            still = {p: opened[p] & _client_ids(n) for p, n in zip(before, live, strict=True)}
+            if not any(still.values()):
+                break
+            await asyncio.sleep(0.05)
+        assert not any(still.values()), f"connections left open: {still}"
+    finally:
         await manager.close()
         redis_cluster.start()
