@@ -470,8 +470,7 @@ class RedisCluster:
     def _replicate(replica: RedisServer, master: RedisServer, deadline: float) -> None:
         """``CLUSTER REPLICATE`` once the replica has learnt of the master through gossip."""
         with master.client() as conn:
-            raw: Any = conn.cluster("MYID")
-            master_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            master_id = RedisCluster._myid(conn)
         with replica.client() as conn:
             while True:
                 try:
@@ -543,6 +542,36 @@ class RedisCluster:
                     return owner
             time.sleep(0.1)
         raise EmbeddedRedisError(f"no failover of {lost.port} in {self!r} within {timeout}s")
+
+    def move_slot(self, key: str, target: RedisServer, batch: int = 100) -> int:
+        """Reshard ``key``'s hash slot to the master ``target`` while clients keep working
+        (``SETSLOT IMPORTING/MIGRATING``, ``MIGRATE … KEYS``, ``SETSLOT NODE``); return the
+        number of keys moved."""
+        source = self.master_of(key)
+        if source is target:
+            return 0
+        with source.client() as src, target.client() as dst:
+            slot = int(src.cluster("KEYSLOT", key))
+            src_id, dst_id = (self._myid(conn) for conn in (src, dst))
+            dst.cluster("SETSLOT", slot, "IMPORTING", src_id)
+            src.cluster("SETSLOT", slot, "MIGRATING", dst_id)
+            moved = 0
+            while keys := src.cluster("GETKEYSINSLOT", slot, batch):
+                src.execute_command("MIGRATE", target.host, target.port, "", 0, 5000,
+                                    "KEYS", *keys)
+                moved += len(keys)
+            for conn in (dst, src):
+                conn.cluster("SETSLOT", slot, "NODE", dst_id)
+        for node in self.nodes:  # the other masters learn it now, not by gossip later
+            if node.running and node not in (source, target) and self.role_of(node) == "master":
+                with node.client() as conn:
+                    conn.cluster("SETSLOT", slot, "NODE", dst_id)
+        return moved
+
+    @staticmethod
+    def _myid(conn: redis.Redis) -> str:
+        raw: Any = conn.cluster("MYID")
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     def rejoin(self, node: RedisServer, timeout: float = 30.0) -> None:
         """Start a killed node again (it rejoins, as a replica if it lost its slots) and

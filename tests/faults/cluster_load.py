@@ -143,7 +143,9 @@ class Load:
     async def wait_handled(self, timeout: float) -> None:
         """Wait (bounded) until every acknowledged send was handled."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.lost():
+        while self.lost():
+            if time.monotonic() >= deadline:
+                return
             await asyncio.sleep(0.1)
 
     def lost(self, name: str | None = None) -> set[int]:
