@@ -47,6 +47,7 @@ class Producer:
     wait_replicas: int
     acked: set[int] = field(default_factory=set)
     acked_at: dict[int, float] = field(default_factory=dict)
+    entry_ids: dict[int, str] = field(default_factory=dict)
     errors: int = 0
     not_replicated: int = 0
     last_ok: float = 0.0
@@ -104,9 +105,9 @@ class Load:
             i = next(number)
             self.sent_at[i] = time.monotonic()
             try:
-                await client.send_action_async(
+                entry_id = await client.send_action_async(
                     DomainAction(action_type="hot.job.run", data={"i": i}),
-                    wait_replicas=producer.wait_replicas, wait_timeout_ms=500,
+                    wait_replicas=producer.wait_replicas, wait_timeout_ms=100,
                 )
             except NotReplicatedError:
                 producer.not_replicated += 1
@@ -116,6 +117,7 @@ class Load:
             else:
                 producer.acked.add(i)
                 producer.acked_at[i] = time.monotonic()
+                producer.entry_ids[i] = entry_id
                 producer.last_ok = time.monotonic()
             await asyncio.sleep(0.01)
 
@@ -152,6 +154,16 @@ class Load:
         """Acknowledged sends (of producer ``name``, or all) never handled."""
         return {i for p in self.producers if name in (None, p.name) for i in p.acked
                 if i not in self.handled}
+
+    async def missing(self) -> dict[str, int]:
+        """Per producer: acknowledged entries no longer in the stream (newer than its
+        oldest entry, so trimmed ones do not count) — written, then lost by Redis."""
+        entries = await self.workers[0].redis_client.xrange(STREAM)
+        present = {(e[0].decode() if isinstance(e[0], bytes) else e[0]) for e in entries}
+        oldest = min(present, key=_id_key) if present else "0-0"
+        return {p.name: sum(1 for entry in p.entry_ids.values()
+                            if entry not in present and _id_key(entry) > _id_key(oldest))
+                for p in self.producers}
 
     def first_handled_after(self, moment: float) -> float | None:
         """Seconds from ``moment`` until an action sent after it was handled."""
@@ -191,6 +203,11 @@ class Load:
         for manager in self._managers:
             with contextlib.suppress(Exception):
                 await manager.close()
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def move_default_node(redis: Any, port: int) -> None:
