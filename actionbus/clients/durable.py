@@ -29,18 +29,24 @@ _MAX_REDIRECTS = 5
 _REFRESH_TIMEOUT_S = 2.0
 
 
+Acked = int | BaseException
+"""Replicas that acknowledged, or why ``WAIT`` failed (e.g. ``NOPERM``: no ``+wait``)."""
+
+
 async def xadd_and_wait(
     redis: AnyRedis, stream: str, payload: str, replicas: int, timeout_ms: int
-) -> tuple[str, int]:
+) -> tuple[str, Acked]:
     """Append ``{"data": payload}`` to ``stream`` and wait for ``replicas`` replicas (at
-    most ``timeout_ms``); return (entry id, replicas that acknowledged). Raises what
-    redis-py raises when the entry could not be written."""
+    most ``timeout_ms``); return (entry id, replicas that acknowledged or the WAIT's
+    error). Raises what redis-py raises when the entry could not be written."""
     if not isinstance(redis, RedisCluster):
         pipe = redis.pipeline(transaction=False)
         pipe.xadd(stream, {DATA_FIELD: payload})
         pipe.execute_command("WAIT", replicas, timeout_ms)
-        entry_id, acked = await pipe.execute()
-        return text(entry_id), int(acked)
+        added, waited = await pipe.execute(raise_on_error=False)
+        if isinstance(added, BaseException):
+            raise added
+        return text(added), waited if isinstance(waited, BaseException) else int(waited)
     try:
         return await _on_cluster(redis, stream, payload, replicas, timeout_ms)
     except (ConnectionError, TimeoutError, RedisError, OSError):
@@ -50,7 +56,7 @@ async def xadd_and_wait(
 
 async def _on_cluster(
     redis: RedisCluster, stream: str, payload: str, replicas: int, timeout_ms: int
-) -> tuple[str, int]:
+) -> tuple[str, Acked]:
     await redis.initialize()  # no-op unless a failure asked for a topology refresh
     node: ClusterNode | None = redis.get_node_from_key(stream)
     asking = False
@@ -73,7 +79,7 @@ async def _on_cluster(
         if isinstance(added, BaseException):
             raise added
         if isinstance(waited, BaseException):
-            return text(added), 0  # written, but the node could not say (e.g. now a replica)
+            return text(added), waited  # written, but the node could not say
         return text(added), int(waited)
     raise RedisClusterException(f"too many redirects sending to {stream}")
 
@@ -115,12 +121,17 @@ class DurableWriter:
         entry_id, acked = await xadd_and_wait(
             self.redis, stream, payload, self.replicas, self.timeout_ms
         )
+        if isinstance(acked, BaseException):
+            why, acked = f"WAIT failed ({type(acked).__name__}: {acked}), so none of", 0
+        else:
+            why = f"only {acked} of"
         if acked < self.replicas:
             raise NotReplicatedError(
-                f"entry {entry_id} was written to {stream} but only {acked} of "
-                f"{self.replicas} replica(s) confirmed it within {self.timeout_ms} ms: a "
-                "failover of that master now could lose it. It is in the stream; resend "
-                "(same action_id) only if its handler is idempotent, or check replication.",
+                f"entry {entry_id} was written to {stream} but {why} {self.replicas} "
+                f"replica(s) confirmed it within {self.timeout_ms} ms: a failover of that "
+                "master now could lose it. It is in the stream; resend (same action_id) "
+                "only if its handler is idempotent, or check replication (and that the "
+                "Redis user may run WAIT).",
                 entry_id=entry_id, replicas=acked, wanted=self.replicas,
             )
         return entry_id
