@@ -1,7 +1,8 @@
 """Start and stop real ``redis-server`` processes on 127.0.0.1 for demos and tests.
 
 ``RedisServer`` runs one server on a free port with its own temp data dir;
-``RedisCluster`` runs a small Redis Cluster of masters. Both are context managers.
+``RedisCluster`` runs a small Redis Cluster of masters (optionally with replicas);
+``start_replica`` adds a replica to a standalone server. Both are context managers.
 Every server still running when the interpreter exits is killed by an ``atexit`` hook.
 """
 
@@ -31,7 +32,10 @@ from redis.retry import Retry
 
 from actionbus.exceptions import EmbeddedRedisError
 
-__all__ = ["RedisCluster", "RedisSentinel", "RedisServer", "find_redis_server", "free_port"]
+__all__ = [
+    "RedisCluster", "RedisSentinel", "RedisServer", "find_redis_server", "free_port",
+    "start_replica",
+]
 
 _HOST = "127.0.0.1"
 _SLOTS = 16384
@@ -297,6 +301,22 @@ class RedisServer:
         self.cleanup()
 
 
+def start_replica(master: RedisServer, *, timeout: float = 10.0) -> RedisServer:
+    """Start a ``redis-server`` replicating ``master`` and wait until it is in sync."""
+    replica = RedisServer(appendonly=master.appendonly,
+                          extra_args=("--replicaof", master.host, str(master.port)))
+    replica.start(timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(redis.RedisError), replica.client() as conn:
+            if conn.info("replication").get("master_link_status") == "up":
+                return replica
+        if time.monotonic() >= deadline:
+            replica.cleanup()
+            raise EmbeddedRedisError(f"replica of {master!r} did not sync within {timeout}s")
+        time.sleep(0.05)
+
+
 class _ClusterNode(RedisServer):
     """A cluster member: its port is chosen so that the bus port (+10000) is free too."""
 
@@ -304,15 +324,17 @@ class _ClusterNode(RedisServer):
         return _free_cluster_port()
 
 
-def _cluster_view(conn: redis.Redis) -> tuple[bool, frozenset[tuple[str, str]]]:
-    """(state ok and every link up, {(node id, slots)}) as one node sees the cluster."""
+def _cluster_view(conn: redis.Redis) -> tuple[bool, frozenset[tuple[str, str, str]]]:
+    """(state ok and every link up, {(node id, master id, slots)}) as one node sees it."""
     info: dict[str, str] = conn.cluster("INFO")
     nodes: dict[str, dict[str, Any]] = conn.cluster("NODES")
     bad_flags = {"handshake", "fail", "fail?", "noaddr"}
     ok = info.get("cluster_state") == "ok" and all(
         n["connected"] and not bad_flags & set(n["flags"].split(",")) for n in nodes.values()
     )
-    return ok, frozenset((n["node_id"], repr(n["slots"])) for n in nodes.values())
+    return ok, frozenset(
+        (n["node_id"], str(n.get("master_id", "-")), repr(n["slots"])) for n in nodes.values()
+    )
 
 
 class RedisSentinel(RedisServer):
@@ -372,13 +394,28 @@ class RedisSentinel(RedisServer):
 
 
 class RedisCluster:
-    """A local Redis Cluster of ``masters`` masters on 127.0.0.1, no replicas."""
+    """A local Redis Cluster on 127.0.0.1: ``masters`` masters, each with ``replicas`` replicas.
 
-    def __init__(self, *, masters: int = 3, executable: str | None = None) -> None:
-        if masters < 1:
-            raise ValueError("a cluster needs at least one master")
+    ``appendonly=True`` persists every node to an AOF (``appendfsync everysec``). The
+    failover helpers (``kill``, ``master_of``, ``wait_failover``) serve fault tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        masters: int = 3,
+        replicas: int = 0,
+        appendonly: bool = False,
+        executable: str | None = None,
+        node_timeout_ms: int = 2000,
+    ) -> None:
+        if masters < 1 or replicas < 0:
+            raise ValueError("a cluster needs at least one master and zero or more replicas")
         self.masters = masters
+        self.replicas = replicas
+        self.appendonly = appendonly
         self._executable = executable
+        self._node_timeout_ms = node_timeout_ms
         self.nodes: list[RedisServer] = []
 
     def __repr__(self) -> str:
@@ -393,24 +430,27 @@ class RedisCluster:
 
     @property
     def startup_nodes(self) -> list[tuple[str, int]]:
-        """(host, port) of every master."""
+        """(host, port) of every node started (masters first, then replicas)."""
         return [(n.host, n.port) for n in self.nodes]
 
-    def start(self, timeout: float = 20.0) -> Self:
-        """Start the masters, assign slots evenly, join them, wait until all agree."""
+    def start(self, timeout: float = 30.0) -> Self:
+        """Start the nodes, assign slots evenly to the masters, attach the replicas, join
+        them all, wait until every node agrees and every replica is in sync."""
         deadline = time.monotonic() + timeout
         if self.nodes:  # started before: bring stopped nodes back (nodes.conf is kept)
             for node in self.nodes:
                 node.start(max(deadline - time.monotonic(), 1.0))
             self._wait_converged(deadline)
             return self
-        args = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+        args = ("--cluster-enabled", "yes",
+                "--cluster-node-timeout", str(self._node_timeout_ms),
                 "--cluster-config-file", "nodes.conf")  # fmt: skip  # relative to --dir
         try:
-            for _ in range(self.masters):
-                self.nodes.append(_ClusterNode(executable=self._executable, extra_args=args))
+            for _ in range(self.masters * (1 + self.replicas)):
+                self.nodes.append(_ClusterNode(executable=self._executable, extra_args=args,
+                                               appendonly=self.appendonly))
                 self.nodes[-1].start(max(deadline - time.monotonic(), 1.0))
-            for i, node in enumerate(self.nodes):
+            for i, node in enumerate(self.nodes[:self.masters]):
                 slots = range(i * _SLOTS // self.masters, (i + 1) * _SLOTS // self.masters)
                 with node.client() as conn:
                     conn.cluster("SET-CONFIG-EPOCH", i + 1)  # distinct epochs: no collisions
@@ -418,27 +458,132 @@ class RedisCluster:
             with self.nodes[0].client() as conn:
                 for node in self.nodes[1:]:
                     conn.cluster("MEET", node.host, node.port)
+            for j, replica in enumerate(self.nodes[self.masters:]):
+                self._replicate(replica, self.nodes[j % self.masters], deadline)
             self._wait_converged(deadline)
         except BaseException:
             self.cleanup()
             raise
         return self
 
+    @staticmethod
+    def _replicate(replica: RedisServer, master: RedisServer, deadline: float) -> None:
+        """``CLUSTER REPLICATE`` once the replica has learnt of the master through gossip."""
+        with master.client() as conn:
+            master_id = RedisCluster._myid(conn)
+        with replica.client() as conn:
+            while True:
+                try:
+                    conn.cluster("REPLICATE", master_id)
+                    return
+                except redis.ResponseError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.05)
+
     def _wait_converged(self, deadline: float) -> None:
-        views: list[tuple[bool, frozenset[tuple[str, str]]]] = []
+        views: list[tuple[bool, frozenset[tuple[str, str, str]]]] = []
+        expected = len(self.nodes)
         while time.monotonic() < deadline:
             views = []
             for node in self.nodes:
                 with contextlib.suppress(redis.RedisError), node.client() as conn:
-                    views.append(_cluster_view(conn))
+                    view = _cluster_view(conn)
+                    if conn.info("replication").get("role") == "slave" and (
+                        conn.info("replication").get("master_link_status") != "up"
+                    ):
+                        continue  # a replica still syncing
+                    views.append(view)
             if (
-                len(views) == self.masters
-                and all(ok and len(view) == self.masters for ok, view in views)
+                len(views) == expected
+                and all(ok and len(view) == expected for ok, view in views)
                 and len({view for _, view in views}) == 1
             ):
                 return
             time.sleep(0.05)
         raise EmbeddedRedisError(f"cluster {self!r} did not converge: {views}")
+
+    def _live(self) -> RedisServer:
+        for node in self.nodes:
+            if node.running:
+                return node
+        raise EmbeddedRedisError(f"no node of {self!r} is running")
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node that currently owns ``key``'s hash slot, as a live node sees it."""
+        with self._live().client() as conn:
+            slot = int(conn.cluster("KEYSLOT", key))
+            ranges: list[Any] = conn.execute_command("CLUSTER SLOTS")
+        for first, last, master, *_ in ranges:
+            if int(first) <= slot <= int(last):
+                port = int(master[1])
+                return next(n for n in self.nodes if n.port == port)
+        raise EmbeddedRedisError(f"slot {slot} of {key!r} is not served by {self!r}")
+
+    def role_of(self, node: RedisServer) -> str:
+        """``"master"`` or ``"slave"``, as the (running) node itself says."""
+        with node.client() as conn:
+            return str(conn.info("replication")["role"])
+
+    def kill(self, node: RedisServer) -> None:
+        """SIGKILL one node now (a crash); ``node.start()`` brings it back with its data."""
+        node.kill()
+
+    def wait_failover(self, key: str, lost: RedisServer, timeout: float = 30.0) -> RedisServer:
+        """Wait until another running node owns ``key``'s slot (after ``lost``, its old
+        master, was killed) and every running node sees the cluster ``ok``; return it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError, EmbeddedRedisError, StopIteration):
+                owner = self.master_of(key)
+                if owner is not lost and owner.running and all(
+                    self._state(node) == "ok" for node in self.nodes if node.running
+                ):
+                    return owner
+            time.sleep(0.1)
+        raise EmbeddedRedisError(f"no failover of {lost.port} in {self!r} within {timeout}s")
+
+    def move_slot(self, key: str, target: RedisServer, batch: int = 100) -> int:
+        """Reshard ``key``'s hash slot to the master ``target`` while clients keep working
+        (``SETSLOT IMPORTING/MIGRATING``, ``MIGRATE … KEYS``, ``SETSLOT NODE``); return the
+        number of keys moved."""
+        source = self.master_of(key)
+        if source is target:
+            return 0
+        with source.client() as src, target.client() as dst:
+            slot = int(src.cluster("KEYSLOT", key))
+            src_id, dst_id = (self._myid(conn) for conn in (src, dst))
+            dst.cluster("SETSLOT", slot, "IMPORTING", src_id)
+            src.cluster("SETSLOT", slot, "MIGRATING", dst_id)
+            moved = 0
+            while keys := src.cluster("GETKEYSINSLOT", slot, batch):
+                src.execute_command("MIGRATE", target.host, target.port, "", 0, 5000,
+                                    "KEYS", *keys)
+                moved += len(keys)
+            for conn in (dst, src):
+                conn.cluster("SETSLOT", slot, "NODE", dst_id)
+        for node in self.nodes:  # the other masters learn it now, not by gossip later
+            if node.running and node not in (source, target) and self.role_of(node) == "master":
+                with node.client() as conn:
+                    conn.cluster("SETSLOT", slot, "NODE", dst_id)
+        return moved
+
+    @staticmethod
+    def _myid(conn: redis.Redis) -> str:
+        raw: Any = conn.cluster("MYID")
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def rejoin(self, node: RedisServer, timeout: float = 30.0) -> None:
+        """Start a killed node again (it rejoins, as a replica if it lost its slots) and
+        wait until every node agrees and every replica is in sync."""
+        deadline = time.monotonic() + timeout
+        node.start(timeout)
+        self._wait_converged(deadline)
+
+    @staticmethod
+    def _state(node: RedisServer) -> str:
+        with node.client() as conn:
+            return str(conn.cluster("INFO").get("cluster_state"))
 
     def stop(self) -> None:
         """Stop every node; ``start()`` brings them back."""

@@ -10,7 +10,8 @@
     ├── ClientNotInitializedError   a manager used before initialize() or after close()
     ├── SendError                   an action could not be sent (``outcome_unknown``: may it be?)
     │   ├── PayloadTooLargeError    the serialized action is above the configured size limit
-    │   └── InvalidActionError      a bad field, data that is not JSON, NaN
+    │   ├── InvalidActionError      a bad field, data that is not JSON, NaN
+    │   └── NotReplicatedError      written, but fewer replicas than ``wait_replicas`` confirmed
     ├── ConsumerGroupError          a consumer group could not be created or used
     ├── HandlerError                a handler is missing, registered twice, or has a bad signature
     ├── ActionRejected              an action that can never succeed: dead-lettered, not retried
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidActionError",
     "InvalidNameError",
     "InvalidReply",
+    "NotReplicatedError",
     "PayloadTooLargeError",
     "PermissionsError",
     "RedisAuthenticationError",
@@ -117,6 +119,19 @@ class PayloadTooLargeError(SendError):
 class InvalidActionError(SendError, ValueError):
     """The action cannot be sent as it is (a field changed to a bad value, data that is not
     JSON, NaN or infinity); nothing was sent."""
+
+
+class NotReplicatedError(SendError):
+    """The action IS in its stream (``entry_id``) on the master, but only ``replicas`` of
+    the ``wanted`` replicas confirmed it within the wait: a failover of that master now
+    could lose it. ``outcome_unknown`` is False: it was written. Resending makes a
+    duplicate (same ``action_id``), which only idempotent handlers skip."""
+
+    def __init__(self, message: str, *, entry_id: str, replicas: int, wanted: int) -> None:
+        super().__init__(message, outcome_unknown=False)
+        self.entry_id = entry_id
+        self.replicas = replicas
+        self.wanted = wanted
 
 
 class ConsumerGroupError(ActionBusError):

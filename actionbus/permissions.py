@@ -57,9 +57,13 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 """Commands each role needs on keys matching ``~{prefix}:{environment}:*``."""
 
-OPTIONAL_COMMANDS: dict[str, tuple[str, ...]] = {"worker": ("config|get", "xrange", "xdel")}
-"""Used when granted: the worker's start-up eviction-policy warning (``CONFIG GET``), and
-trimming past entries stuck pending (``XRANGE``/``XDEL``; skipped without them)."""
+OPTIONAL_COMMANDS: dict[str, tuple[str, ...]] = {
+    "client": ("wait",),
+    "worker": ("config|get", "xrange", "xdel"),
+}
+"""Used when granted: durable sends (``wait_replicas``: ``WAIT``), the worker's start-up
+eviction-policy warning (``CONFIG GET``), and trimming past entries stuck pending
+(``XRANGE``/``XDEL``; skipped without them)."""
 
 CHECK_COMMANDS: tuple[str, ...] = ("acl|whoami", "acl|dryrun")
 """Let a user run :func:`check_permissions` on itself (optional; without them it is skipped)."""
@@ -137,6 +141,7 @@ def _sample(command: str, key: str) -> list[str]:
         "del": ["DEL", key],
         "get": ["GET", key],
         "time": ["TIME"],
+        "wait": ["WAIT", "0", "0"],
         "zadd": ["ZADD", key, "0", "m"],
         "zrange": ["ZRANGE", key, "0", "0"],
         "zrangebyscore": ["ZRANGEBYSCORE", key, "-inf", "0"],
@@ -158,7 +163,9 @@ def _sample(command: str, key: str) -> list[str]:
     return forms[command]
 
 
-_KEYLESS = frozenset({"ping", "script|load", "config|get", "time", "scan", "multi", "exec"})
+_KEYLESS = frozenset(
+    {"ping", "script|load", "config|get", "time", "wait", "scan", "multi", "exec"}
+)
 
 
 async def check_permissions(

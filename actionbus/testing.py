@@ -13,6 +13,9 @@ point, add ``pytest_plugins = ["actionbus.testing"]`` to the root ``conftest.py`
   and restart (the second persists to an AOF).
 - ``redis_cluster`` (session): a 3-master Redis Cluster; ``redis_cluster_url``: its URL,
   emptied before each test.
+- ``redis_replica_cluster``: a 3-master + 3-replica cluster of the test's own (AOF,
+  ``appendfsync everysec``), to kill nodes of and reshard; ``redis_replicated``: a
+  standalone master of the test's own with one replica in sync.
 
 Servers bind 127.0.0.1 on free ports and are stopped and removed afterwards.
 """
@@ -36,6 +39,8 @@ __all__ = [
     "redis_client",
     "redis_cluster",
     "redis_cluster_url",
+    "redis_replica_cluster",
+    "redis_replicated",
     "redis_server",
     "redis_url",
 ]
@@ -94,6 +99,28 @@ def redis_cluster_url(redis_cluster: RedisCluster) -> str:
         with node.client() as client:
             client.flushall()
     return redis_cluster.url
+
+
+@pytest.fixture
+def redis_replica_cluster() -> Iterator[RedisCluster]:
+    """A 3-master + 3-replica cluster with AOF (everysec) of this test's own, removed after."""
+    from actionbus.embedded import RedisCluster
+
+    with RedisCluster(masters=3, replicas=1, appendonly=True) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_replicated() -> Iterator[RedisServer]:
+    """A standalone master (AOF) of this test's own with one replica in sync; both removed."""
+    from actionbus.embedded import RedisServer, start_replica
+
+    with RedisServer(appendonly=True) as master:
+        replica = start_replica(master)
+        try:
+            yield master
+        finally:
+            replica.cleanup()
 
 
 if importlib.util.find_spec("pytest_asyncio") is not None:

@@ -282,3 +282,32 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_replica_cluster_fails_over_and_rejoins(redis_replica_cluster: RedisCluster) -> None:
+    """The 3+3 fixture runs AOF nodes; a killed master's slot moves to its replica, which
+    holds the key written before, and the old master rejoins as a replica."""
+    cluster = redis_replica_cluster
+    roles = sorted(cluster.role_of(node) for node in cluster.nodes)
+    assert roles == ["master"] * 3 + ["slave"] * 3
+    key = "{hot}:k"
+    master = cluster.master_of(key)
+    with master.client() as conn:
+        assert conn.config_get("appendonly") == {"appendonly": "yes"}
+        conn.set(key, "v")
+        assert conn.execute_command("WAIT", 1, 5000) == 1
+    cluster.kill(master)
+    new = cluster.wait_failover(key, master)
+    assert new is not master
+    with new.client() as conn:
+        assert conn.get(key) == b"v"
+    cluster.rejoin(master)
+    assert cluster.role_of(master) == "slave"
+
+
+def test_replicated_standalone_has_a_synced_replica(redis_replicated: RedisServer) -> None:
+    """The standalone fixture's master has one connected replica acknowledging writes."""
+    with redis_replicated.client() as conn:
+        assert conn.info("replication")["connected_slaves"] == 1
+        conn.set("k", "v")
+        assert conn.execute_command("WAIT", 1, 5000) == 1

@@ -236,3 +236,65 @@ async def test_state_and_client_roles_on_cluster(
         for node in redis_cluster.nodes:
             with node.client() as admin:
                 admin.acl_deluser("actionbus-state", "actionbus-client")
+
+
+async def test_worker_and_client_roles_on_cluster(
+    redis_cluster: Any, redis_cluster_url: str, eventually: Any
+) -> None:
+    """On Redis Cluster, a worker and a client logged in as their ACL users (cluster
+    commands added) handle a send and a pseudo-sync call with nothing refused; a durable
+    send's WAIT runs with the client role's optional +wait, and without it the
+    NotReplicatedError names the refused WAIT."""
+    from actionbus import NotReplicatedError
+
+    for node in redis_cluster.nodes:
+        with node.client() as admin:
+            for role in ("worker", "client"):
+                setuser(admin, acl_setuser(role, password=PASSWORD, cluster=True, check=False))
+            setuser(admin, acl_setuser("client", user="bare-client", password=PASSWORD,
+                                       cluster=True, check=False, optional=False))
+            admin.acl_log_reset()
+    port = redis_cluster.nodes[0].port
+
+    def cluster_settings(user: str, service: str) -> CommonAppSettings:
+        return CommonAppSettings(_env_file=None, service_name=service, redis_cluster=True,
+                                 redis_url=f"redis://{user}:{PASSWORD}@127.0.0.1:{port}/0")
+
+    seen: list[str] = []
+    worker = BaseWorker(cluster_settings("actionbus-worker", "inventory"),
+                        worker_settings=fast_worker_settings(check_permissions=False))
+
+    @worker.handler("inventory.stock.count")
+    async def count(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        seen.append(data["sku"])
+        return {"count": 3}
+
+    await worker.start()
+    try:
+        for user in ("actionbus-client", "bare-client"):
+            s = cluster_settings(user, "orders")
+            async with RedisManager(s) as m:
+                client = BaseRedisClient("orders", m.get_client(), s)
+                try:
+                    with pytest.raises(NotReplicatedError) as caught:  # no replicas here
+                        await client.send_action_async(DomainAction(
+                            action_type="inventory.stock.count", data={"sku": user}),
+                            wait_replicas=1, wait_timeout_ms=50)
+                    assert ("NoPermissionError" in str(caught.value)) is (user == "bare-client")
+                    reply = await client.send_action_pseudo_sync(DomainAction(
+                        action_type="inventory.stock.count", data={"sku": "B"}), timeout=10)
+                    assert reply is not None
+                    assert reply.success, reply
+                finally:
+                    await client.close()
+        await eventually(lambda: {"actionbus-client", "bare-client"} <= set(seen))
+        for node in redis_cluster.nodes:
+            with node.client() as admin:
+                refused = [e for e in admin.acl_log() if e["object"] not in HARMLESS]
+                assert all(e["username"] == "bare-client" and e["object"] == "wait"
+                           for e in refused), refused
+    finally:
+        await worker.stop(grace=0.5)
+        for node in redis_cluster.nodes:
+            with node.client() as admin:
+                admin.acl_deluser("actionbus-worker", "actionbus-client", "bare-client")

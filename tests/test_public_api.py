@@ -86,6 +86,7 @@ INTERNAL = {
     # Public, but used from their own module (tools for tests and demos).
     "actionbus.embedded": {
         "RedisCluster", "RedisSentinel", "RedisServer", "find_redis_server", "free_port",
+        "start_replica",
     },
     # needs the [prometheus] extra
     "actionbus.metrics": {"ClientMetrics", "QueueMetrics", "WorkerMetrics"},

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic_core import PydanticSerializationError
 
 from actionbus.clients.batch import send_batch
+from actionbus.clients.durable import DurableWriter, check_durability
 from actionbus.clients.guard import (
     CLIENT_FAILURES,
     check_open,
@@ -206,12 +207,26 @@ class BaseRedisClient:
             outcome_unknown=unknown,
         )
 
-    async def _write(self, action: DomainAction) -> str:
-        """Innermost publish step: validate, encode and XADD the action."""
+    def _durable(
+        self, wait_replicas: int | None, wait_timeout_ms: int | None
+    ) -> DurableWriter | None:
+        """The writer that WAITs for replicas (call arguments over settings), or None."""
+        replicas, timeout_ms = check_durability(
+            self.settings.wait_replicas if wait_replicas is None else wait_replicas,
+            self.settings.wait_timeout_ms if wait_timeout_ms is None else wait_timeout_ms,
+        )
+        return DurableWriter(self.redis, replicas, timeout_ms) if replicas else None
+
+    async def _write(
+        self, action: DomainAction, durable: DurableWriter | StreamWriter | None = None
+    ) -> str:
+        """Innermost publish step: validate, encode and XADD the action (then WAIT for
+        replicas when ``durable`` is given or ``settings.wait_replicas`` is set)."""
         stream, payload = self._encode(action)
         self._check_open()
+        writer = durable or self._durable(None, None) or self._writer
         try:
-            return await self._writer.xadd(stream, payload)
+            return await writer.xadd(stream, payload)
         except ActionBusError:
             raise
         except CLIENT_FAILURES as exc:
@@ -241,10 +256,15 @@ class BaseRedisClient:
 
     def _chain_for(
         self, delay: timedelta | float | None, at: datetime | None,
+        wait_replicas: int | None = None, wait_timeout_ms: int | None = None,
     ) -> PublishNext:
-        """The publish chain: plain XADD, or (``delay``/``at``) the delayed set."""
+        """The publish chain: plain XADD (with a WAIT for replicas when asked), or
+        (``delay``/``at``) the delayed set."""
         if delay is None and at is None:
-            return self._chain
+            if wait_replicas is None and wait_timeout_ms is None:
+                return self._chain
+            writer = self._durable(wait_replicas, wait_timeout_ms) or self._writer
+            return build_chain(self._layers, partial(self._write, durable=writer))
         if delay is not None and at is not None:
             raise DelayedActionError("give delay= or at=, not both; nothing was sent")
         if at is not None and not isinstance(at, datetime):
@@ -266,29 +286,39 @@ class BaseRedisClient:
 
     async def send_action_async(
         self, action: DomainAction, *, delay: timedelta | float | None = None,
-        at: datetime | None = None,
+        at: datetime | None = None, wait_replicas: int | None = None,
+        wait_timeout_ms: int | None = None,
     ) -> str:
         """Fire and forget: append ``action`` to its target's stream; return the entry id.
 
         With ``delay`` (seconds or timedelta, by the Redis server's clock) or ``at`` (an
         aware datetime) the action waits in the target's delayed set and enters its stream
         when due; then its action id is returned (for ``DelayedQueue.cancel``).
+
+        ``wait_replicas=n`` (default ``settings.wait_replicas``) returns only after ``n``
+        replicas have the entry (``WAIT``, at most ``wait_timeout_ms``); fewer raise
+        ``NotReplicatedError`` (the entry is written). Not applied to delayed sends.
         """
-        chain = self._chain_for(delay, at)
+        chain = self._chain_for(delay, at, wait_replicas, wait_timeout_ms)
         return await chain(self._copy(action))
 
-    async def send_actions_async(self, actions: Iterable[DomainAction]) -> list[str]:
+    async def send_actions_async(
+        self, actions: Iterable[DomainAction], *, wait_replicas: int | None = None,
+        wait_timeout_ms: int | None = None,
+    ) -> list[str]:
         """Send many actions in pipelined round trips; return their entry ids in order.
 
         Every action passes the publish layers and is validated and encoded before
         anything is sent. On a cluster, each node's share is sent on its own.
+        ``wait_replicas``/``wait_timeout_ms`` as for ``send_action_async``.
         """
+        durable = self._durable(wait_replicas, wait_timeout_ms)
         return await send_batch(
             [self._copy(action) for action in actions],
             layers=self._layers,
             encode=self._encode,
             before_write=self._check_open,
-            writer=self._writer,
+            writer=durable or self._writer,
             send_error=self._send_error,
         )
 
@@ -337,15 +367,17 @@ class BaseRedisClient:
         *,
         delay: timedelta | float | None = None,
         at: datetime | None = None,
+        wait_replicas: int | None = None,
+        wait_timeout_ms: int | None = None,
     ) -> str:
         """Send ``action``; when done, the target sends a ``callback_event_name`` action back.
 
         The callback is an ordinary ``DomainAction`` appended to this service's own stream,
         so it is handled by this service's workers even if they were down when it was sent.
         ``callback_context`` is carried in ``metadata["callback_context"]``. ``delay``/``at``
-        as for ``send_action_async``.
+        as for ``send_action_async``, and ``wait_replicas``/``wait_timeout_ms`` too.
         """
-        chain = self._chain_for(delay, at)
+        chain = self._chain_for(delay, at, wait_replicas, wait_timeout_ms)
         self._check(action)
         check_action_type(callback_event_name, "callback_event_name")
         metadata = dict(action.metadata)

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from actionbus.clients.durable import DurableWriter
 from actionbus.clients.layers import PublishLayer, PublishNext, build_chain
 from actionbus.clients.sender import StreamWriter
 from actionbus.exceptions import ActionBusError, SendError
@@ -27,7 +28,7 @@ async def send_batch(
     layers: Sequence[PublishLayer],
     encode: Callable[[DomainAction], tuple[str, str]],
     before_write: Callable[[], None],
-    writer: StreamWriter,
+    writer: StreamWriter | DurableWriter,
     send_error: Callable[[DomainAction, str, BaseException], SendError],
 ) -> list[str]:
     """Send ``actions`` (the client's copies); return their entry ids in order."""

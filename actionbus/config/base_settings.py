@@ -130,6 +130,13 @@ class CommonAppSettings(BaseSettings):
     max_payload_bytes: int = Field(
         1_048_576, ge=256, description="Largest serialized action accepted by send methods."
     )
+    wait_replicas: int = Field(
+        0, ge=0, description="Default for sends: after the XADD, WAIT until this many replicas "
+        "have the entry (0: do not wait); fewer raises NotReplicatedError.",
+    )
+    wait_timeout_ms: int = Field(
+        1000, ge=1, description="Longest wait for wait_replicas, in milliseconds."
+    )
     response_ttl_seconds: int = Field(
         60, ge=1, description="TTL of pseudo-sync response lists, so late replies leave no key."
     )
