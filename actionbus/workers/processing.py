@@ -91,6 +91,10 @@ class ActionProcessor:
         """Entries this worker is handling or about to retry."""
         return set(self._started)
 
+    def owns(self, entry_id: str) -> bool:
+        """Is ``entry_id`` being handled (or about to be retried) by this worker?"""
+        return entry_id in self._started
+
     def older_than(self, seconds: float) -> list[str]:
         """Entries in progress for longer than ``seconds`` (they need a heartbeat)."""
         limit = time.monotonic() - seconds
