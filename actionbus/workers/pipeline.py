@@ -17,8 +17,8 @@ handler raises is one failed attempt (``FailurePolicy.decide``).
 from __future__ import annotations
 
 import asyncio
-import time
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
