@@ -67,6 +67,7 @@ from redis.asyncio import Redis
 from report import Results, table, write_json
 from scenarios_delayed import run_delayed
 from scenarios_drain import run_drain
+from scenarios_lanes import run_hol, run_load
 from scenarios_long import run_long
 from scenarios_rpc import run_burst, run_rpc
 from scenarios_send import run_send
@@ -82,8 +83,10 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     4: ("1,000 concurrent pseudo-sync calls", run_burst),
     5: ("1M actions: worker RSS and stream length", run_long),
     6: ("delayed sends and mover lateness", run_delayed),
+    7: ("head-of-line: pseudo-sync behind a backlog, with and without lanes", run_hol),
+    8: ("pseudo-sync under 10k and 25k fire-and-forget/s, with and without lanes", run_load),
 }
-DEFAULT_SCENARIOS = (1, 2, 3, 4, 6)
+DEFAULT_SCENARIOS = (1, 2, 3, 4, 6, 7, 8)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

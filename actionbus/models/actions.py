@@ -110,6 +110,7 @@ else:
     _WireId = Annotated[
         Annotated[str, Field(coerce_numbers_to_str=True)]
         | Annotated[uuid.UUID, AfterValidator(str)],
+        Field(union_mode="left_to_right"),  # a string stays exactly as written
         WithJsonSchema({"type": "string"}),
     ]
 _UtcTime = Annotated[

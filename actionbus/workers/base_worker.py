@@ -42,7 +42,7 @@ from actionbus.models.actions import DomainAction, check_service_name
 from actionbus.permissions import check_permissions
 from actionbus.schedule import Schedule
 from actionbus.streams import ensure_group
-from actionbus.workers.context import WorkerContext
+from actionbus.workers.context import WorkerContext, entry_key
 from actionbus.workers.eager import EagerRunner
 from actionbus.workers.health import Health, HealthStatus, SlowCommands
 from actionbus.workers.maintenance import check_eviction_policy
@@ -65,7 +65,7 @@ from actionbus.workers.routing import (
 from actionbus.workers.settings import WorkerSettings
 from actionbus.workers.stats import WorkerStats
 from actionbus.workers.supervisor import supervise
-from actionbus.workers.upkeep import Upkeep, maintain
+from actionbus.workers.upkeep import Upkeep, announce_lanes, maintain
 
 __all__ = ["BaseWorker"]
 
@@ -298,6 +298,8 @@ class BaseWorker:
             dead_stream=self.queue_manager.get_dead_letter_stream(self.service_name),
             reply_ttl=self.app_settings.response_ttl_seconds,
             max_payload_bytes=self.app_settings.max_payload_bytes,
+            lanes=tuple(self.queue_manager.get_lane_streams(self.service_name))
+            if self.settings.lanes else (),
         )
 
     # -- lifecycle ------------------------------------------------------------------
@@ -319,10 +321,13 @@ class BaseWorker:
             self._redis = await self._manager.initialize()
         redis = self._redis
         try:
-            await ensure_group(redis, self.stream, self.group)
+            streams = list(self.context.lanes or (self.stream,))
+            for stream in streams:
+                await ensure_group(redis, stream, self.group)
             if self.settings.check_permissions:
-                await check_permissions(redis, "worker", [self.stream, self.context.dead_stream])
+                await check_permissions(redis, "worker", [*streams, self.context.dead_stream])
             await check_eviction_policy(redis)
+            await announce_lanes(redis, self.context)  # senders may route to lanes now
             self._lease = await ConsumerLease.take(redis, self.context)  # last: nothing to undo
         except BaseException:
             if self._manager is not None:  # our own connection: do not leak it
@@ -347,7 +352,8 @@ class BaseWorker:
             acknowledged=lambda: output.acknowledged, maintain=self.maintain, outage=self._outage,
         )
         reader = self._reader = StreamReader(
-            ctx, redis, [self.stream], spawn=self._spawn, in_flight=lambda: self._active,
+            ctx, redis, ctx.lanes or [self.stream], spawn=self._spawn,
+            in_flight=lambda: self._active,
             owned=lambda: processor.owned, unacknowledged=output.unacknowledged,
             stats=self.stats, outage=self._outage, after_batch=upkeep.maybe_trim, slow=slow,
             health=self._health, read_limit=lambda: processor.read_limit,
@@ -484,11 +490,12 @@ class BaseWorker:
     def _spawn(self, stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
         processor = self._processor
         assert processor is not None
-        if processor.owns(entry_id):
+        key = entry_key(self.stream, stream, entry_id)
+        if processor.owns(key):
             return  # already being handled (a recovery raced a read)
-        processor.claim(entry_id)
+        processor.claim(key)
         self._active += 1
-        self._runner.submit(lambda: processor.process(entry_id, fields, deliveries))
+        self._runner.submit(lambda: processor.process(key, fields, deliveries))
 
     def _entry_done(self) -> None:
         self._active -= 1
