@@ -244,8 +244,9 @@ async def ping_or_raise(client: AnyRedis, settings: CommonAppSettings) -> None:
             hint = " If that port speaks TLS, use a rediss:// URL (or redis_ssl=true)."
         else:
             hint = ""
+        timed_out = isinstance(exc, TimeoutError | RedisTimeoutError)  # not for a refusal
+        within = f" within {settings.redis_socket_connect_timeout}s" if timed_out else ""
         raise RedisConnectionError(
-            f"cannot reach Redis at {where} within "
-            f"{settings.redis_socket_connect_timeout}s: {detail}. Check that the server "
+            f"cannot reach Redis at {where}{within}: {detail}. Check that the server "
             f"runs and REDIS_URL/redis_host/redis_port point at it.{hint}"
         ) from exc

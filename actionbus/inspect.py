@@ -16,6 +16,7 @@ from actionbus.clients.queue_manager import QueueManager
 from actionbus.connection import AnyRedis
 from actionbus.dead_letters import DeadLetterQueue
 from actionbus.streams import text
+from actionbus.workers.presence import read_presence
 
 __all__ = ["ConsumerInfo", "GroupInfo", "ServiceInfo", "inspect_service"]
 
@@ -30,6 +31,9 @@ class ConsumerInfo(BaseModel):
     """Since its last attempted interaction (read, claim, heartbeat)."""
     inactive_ms: int | None = None
     """Since its last successful interaction (Redis 7.2+; ``None`` before or if never)."""
+    alive: bool | None = None
+    """From the workers' presence heartbeat: ``True`` alive, ``False`` gone (stopped or
+    killed), ``None`` for a consumer that never wrote one."""
 
 
 class GroupInfo(BaseModel):
@@ -55,6 +59,12 @@ class ServiceInfo(BaseModel):
     length: int
     groups: list[GroupInfo] = []
     dead_letters: int = 0
+    waiting: int = 0
+    """Entries not yet delivered to any group (the largest group lag; all entries if no group)."""
+    pending: int = 0
+    """Entries delivered and not yet acknowledged, over all groups."""
+    exists: bool = True
+    """``False`` when the service has no stream, no dead letters and no live worker."""
 
 
 def _optional_int(value: Any) -> int | None:
@@ -97,4 +107,21 @@ async def inspect_service(redis: AnyRedis, queues: QueueManager, service: str) -
         groups: Any = await redis.xinfo_groups(stream)
         info.groups = [await _group(redis, stream, raw, now_ms) for raw in groups]
     info.dead_letters = await DeadLetterQueue(redis, queues, service).count()
+    presence = await read_presence(redis, queues, service)
+    for group in info.groups:
+        for consumer in group.consumers:
+            consumer.alive = presence.get(consumer.name, False if presence else None)
+    info.pending = sum(g.pending for g in info.groups)
+    lags = [await _lag(redis, stream, g) for g in info.groups]
+    info.waiting = max(lags) if lags else info.length
+    info.exists = bool(info.length or info.groups or info.dead_letters or presence)
     return info
+
+
+async def _lag(redis: AnyRedis, stream: str, group: GroupInfo) -> int:
+    if group.lag is not None:
+        return group.lag
+    # Redis cannot tell the lag after deletions in the middle of the stream: count them.
+    after: Any = await redis.xrange(stream, min=f"({group.last_delivered_id}", max="+",
+                                    count=100_000)
+    return len(after)

@@ -45,11 +45,15 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         "xclaim", "xpending", "xlen", "xinfo|groups", "xinfo|consumers", "xtrim",
         "lpush", "expire", "get", "set", *_SCRIPTS,
         "time", "zadd", "zrange", "zrangebyscore", "zrem", "hget", "hset", "hmget",  # mover
+        "hdel", "hgetall", "incrby",  # presence heartbeat and throughput counter
     ),
     "state": ("ping", "get", "set", "del", *_SCRIPTS),
     "cli": (
         "ping", "xadd", "xlen", "xinfo|groups", "xinfo|consumers", "exists", "xrange",
-        "xrevrange", "xdel", *_REPLY_WAIT,
+        "xdel", *_REPLY_WAIT,
+        # status, pending and dead-letter operations (issue 9)
+        "scan", "hgetall", "mget", "zcard", "zrange", "zrem", "xrevrange", "xpending", "xack",
+        "multi", "exec",
     ),
 }  # fmt: skip
 """Commands each role needs on keys matching ``~{prefix}:{environment}:*``."""
@@ -143,11 +147,19 @@ def _sample(command: str, key: str) -> list[str]:
         "hmget": ["HMGET", key, "f"],
         "set": ["SET", key, "v"],
         "evalsha": ["EVALSHA", "0" * 40, "1", key],
+        "hdel": ["HDEL", key, "f"],
+        "hgetall": ["HGETALL", key],
+        "incrby": ["INCRBY", key, "1"],
+        "scan": ["SCAN", "0"],
+        "mget": ["MGET", key],
+        "zcard": ["ZCARD", key],
+        "multi": ["MULTI"],
+        "exec": ["EXEC"],
     }
     return forms[command]
 
 
-_KEYLESS = frozenset({"ping", "script|load", "config|get", "time"})
+_KEYLESS = frozenset({"ping", "script|load", "config|get", "time", "scan", "multi", "exec"})
 
 
 async def check_permissions(

@@ -61,11 +61,12 @@ def test_info_describes_stream_groups_and_dead_letters(redis_url: str) -> None:
     assert report["dead_letters"] == 1
 
 
-def test_info_of_an_unknown_service_is_empty(redis_url: str) -> None:
-    """`info` on a service with no stream reports zero, not an error."""
+def test_info_of_an_unknown_service_is_an_error(redis_url: str) -> None:
+    """`info` on a service with no keys (a typo) exits 1 naming the services that exist."""
+    Redis.from_url(redis_url).xadd(STREAM, {"data": "{}"})
     code, out = _cli(redis_url, "info", "nobody")
-    assert code == 0, out
-    assert json.loads(out)["length"] == 0
+    assert code == 1, out
+    assert "no service 'nobody' in actionbus:dev (services there: inventory)" in out
 
 
 def test_dead_letters_list_and_replay(redis_url: str) -> None:
@@ -73,9 +74,9 @@ def test_dead_letters_list_and_replay(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
     redis.xadd(DEAD, {"data": '{"action_type": "inventory.a.b"}', "reason": "rejected",
                       "deliveries": "1"})
-    code, out = _cli(redis_url, "dead-letters", "list", "inventory")
+    code, out = _cli(redis_url, "dead-letters", "list", "inventory", "--json")
     assert code == 0, out
-    assert json.loads(out.splitlines()[0])["reason"] == "rejected"
+    assert json.loads(out)[0]["reason"] == "rejected"
     code, out = _cli(redis_url, "dead-letters", "replay", "inventory", "--all")
     assert code == 0, out
     assert "replayed 1" in out

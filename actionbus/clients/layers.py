@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from actionbus.models.actions import DomainAction
-from actionbus.tracing import inject_context
+from actionbus.tracing import publish_span
 
 __all__ = ["PublishLayer", "PublishNext", "build_chain", "tracing_layer"]
 
@@ -32,9 +32,10 @@ class PublishLayer(Protocol):
 
 
 async def tracing_layer(action: DomainAction, call_next: PublishNext) -> str:
-    """Built-in: carry the current trace context in the action (no-op unless enabled)."""
-    inject_context(action)
-    return await call_next(action)
+    """Built-in: send inside a PRODUCER span whose context the action carries (no-op
+    unless tracing is enabled)."""
+    with publish_span(action):
+        return await call_next(action)
 
 
 def build_chain(layers: Sequence[PublishLayer], innermost: PublishNext) -> PublishNext:

@@ -42,6 +42,7 @@ from actionbus.models.actions import DomainAction, check_service_name
 from actionbus.permissions import check_permissions
 from actionbus.schedule import Schedule
 from actionbus.streams import ensure_group
+from actionbus.workers import presence
 from actionbus.workers.context import WorkerContext, entry_key
 from actionbus.workers.eager import EagerRunner
 from actionbus.workers.health import Health, HealthStatus, SlowCommands
@@ -366,6 +367,7 @@ class BaseWorker:
             self._supervised("upkeep", upkeep.run),
             self._supervised("mover", mover.run),
             self._supervised("output", output.run),
+            self._supervised("presence", lambda: presence.run(ctx, redis, self.stats)),
         ]
         logger.info(
             "worker %s consuming %s as %s/%s (handlers: %s)", self.service_name, self.stream,

@@ -5,7 +5,7 @@ function of the same shape) that calls ``await call_next(action, data)`` at most
 and returns its result, or returns without calling it to short-circuit. Per action the
 chain is, from the outside in::
 
-    metrics -> expiry -> idempotency -> reply -> tracing -> validation -> timeout
+    metrics -> logging -> expiry -> idempotency -> reply -> tracing -> validation -> timeout
         -> user layers (in worker.use() order: the first used is the outermost)
         -> the handler
 
@@ -33,11 +33,12 @@ from actionbus.workers.context import WorkerContext
 from actionbus.workers.results import Prepared, is_expired, is_waiting, prepare
 from actionbus.workers.routing import Route
 from actionbus.workers.stats import WorkerStats
+from actionbus.workers.timings import timings_for
 
 __all__ = [
-    "CallNext", "ExpiryLayer", "IdempotencyLayer", "Layer", "MetricsLayer", "Pipeline",
-    "ReplyLayer", "Skipped", "StepFailed", "TimeoutLayer", "TracingLayer", "ValidationLayer",
-    "chain",
+    "CallNext", "ExpiryLayer", "IdempotencyLayer", "Layer", "LoggingLayer", "MetricsLayer",
+    "Pipeline", "ReplyLayer", "Skipped", "StepFailed", "TimeoutLayer", "TracingLayer",
+    "ValidationLayer", "chain",
 ]
 
 logger = logging.getLogger("actionbus.worker")
@@ -87,20 +88,63 @@ def chain(layers: Sequence[Layer], endpoint: CallNext) -> CallNext:
 
 
 class MetricsLayer:
-    """Counts handled, expired and duplicate actions in ``WorkerStats``."""
+    """Counts handled, expired and duplicate actions in ``WorkerStats`` and times each
+    handler run by action type and outcome (``timings_for(service)``)."""
 
-    def __init__(self, stats: WorkerStats) -> None:
+    def __init__(self, stats: WorkerStats, service: str = "") -> None:
         self.stats = stats
+        self.timings = timings_for(service)
 
     async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
-        result = await call_next(action, data)
+        started = time.perf_counter()
+        try:
+            result = await call_next(action, data)
+        except Exception:
+            self.timings.observe(action.action_type, "failed", time.perf_counter() - started)
+            raise
         if isinstance(result, Skipped):
             if result.reason == "expired":
                 self.stats.expired_skipped += 1
             else:
                 self.stats.duplicates_skipped += 1
+            outcome: str = result.reason
         else:
             self.stats.handled += 1
+            outcome = "handled"
+        self.timings.observe(action.action_type, outcome, time.perf_counter() - started)
+        return result
+
+
+class LoggingLayer:
+    """One DEBUG line per handled action and an INFO line per failed attempt, each with
+    the action's fields as ``extra`` (type, id, correlation id, duration, outcome)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    def _extra(self, action: DomainAction, started: float, outcome: str) -> dict[str, Any]:
+        return {
+            "service": self.service, "action_type": action.action_type,
+            "action_id": str(action.action_id), "correlation_id": action.correlation_id,
+            "trace_id": action.trace_id, "outcome": outcome,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+
+    async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
+        started = time.perf_counter()
+        try:
+            result = await call_next(action, data)
+        except Exception as exc:
+            extra = self._extra(action, started, "failed")
+            extra["error_type"] = type(exc).__name__
+            logger.info("%s %s failed: %s: %.200s", action.action_type, action.action_id,
+                        type(exc).__name__, exc, extra=extra)
+            raise
+        if logger.isEnabledFor(logging.DEBUG):
+            outcome = result.reason if isinstance(result, Skipped) else "handled"
+            extra = self._extra(action, started, outcome)
+            logger.debug("%s %s %s in %.1f ms", action.action_type, action.action_id, outcome,
+                         extra["duration_ms"], extra=extra)
         return result
 
 
@@ -262,7 +306,10 @@ class Pipeline:
     def layers(self, route: Route) -> list[Layer]:
         """Every layer ``route``'s handler runs in, outermost first."""
         skew = self.ctx.settings.clock_skew_s
-        layers: list[Layer] = [MetricsLayer(self.stats), ExpiryLayer(skew)]
+        layers: list[Layer] = [
+            MetricsLayer(self.stats, self.ctx.service), LoggingLayer(self.ctx.service),
+            ExpiryLayer(skew),
+        ]
         if route.idempotent:
             layers.append(IdempotencyLayer(self.redis, self.ctx))
         layers += [ReplyLayer(self.ctx), TracingLayer(self.ctx.stream)]

@@ -12,6 +12,7 @@ from pydantic_core import to_json
 
 from actionbus.exceptions import ActionRejected
 from actionbus.models.actions import DomainAction, DomainActionResponse, utc_now
+from actionbus.tracing import trace_carrier
 from actionbus.workers.context import WorkerContext
 from actionbus.workers.routing import is_response, result_data
 
@@ -142,6 +143,7 @@ def callback_for(
         "error": None if response.error is None else response.error.model_dump(
             mode="json", exclude_none=True),
     }
+    metadata.update(trace_carrier(action))  # the callback's handler joins the same trace
     callback = DomainAction(
         action_type=action.callback_action_type,
         target_service=qm.parse(stream).service,

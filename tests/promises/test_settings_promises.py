@@ -123,4 +123,4 @@ def test_a_scrape_shows_every_documented_counter(make_worker: Any) -> None:
     registry.register(WorkerMetrics([worker]))
     text = generate_latest(registry).decode()
     for value, family in enumerate(COUNTERS, start=1):
-        assert f'{family}{{consumer="c1",service="metrics"}} {float(value)}' in text, family
+        assert f'{family}{{instance="c1",service="metrics"}} {float(value)}' in text, family

@@ -148,7 +148,7 @@ async def test_concurrent_start_runs_one_set_of_loops(
         for task in orphans:
             task.cancel()
         await asyncio.gather(*orphans, return_exceptions=True)
-    assert running == 5  # read, recovery, upkeep, mover, output
+    assert running == 6  # read, recovery, upkeep, mover, output, presence
     assert left == []
 
 

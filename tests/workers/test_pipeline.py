@@ -13,6 +13,7 @@ from actionbus.workers.pipeline import (
     CallNext,
     ExpiryLayer,
     IdempotencyLayer,
+    LoggingLayer,
     MetricsLayer,
     Pipeline,
     ReplyLayer,
@@ -117,18 +118,19 @@ async def test_chain_runs_layers_outermost_first() -> None:
 
 
 def test_builtin_layers_wrap_user_layers_in_documented_order() -> None:
-    """metrics, expiry, idempotency, reply, tracing, validation, timeout, then user layers."""
+    """metrics, logging, expiry, idempotency, reply, tracing, validation, timeout, then user
+    layers."""
     worker = BaseWorker(CommonAppSettings(service_name="inventory"))
     users = [Recorder("a", []), Recorder("b", [])]
     pipeline = Pipeline(worker.context, None, WorkerStats(), users)  # type: ignore[arg-type]
     route = Route("inventory.item.reserve", noop, Reserve, idempotent=True)
     kinds = [type(layer) for layer in pipeline.layers(route)]
-    assert kinds == [MetricsLayer, ExpiryLayer, IdempotencyLayer, ReplyLayer, TracingLayer,
-                     ValidationLayer, TimeoutLayer, Recorder, Recorder]
+    assert kinds == [MetricsLayer, LoggingLayer, ExpiryLayer, IdempotencyLayer, ReplyLayer,
+                     TracingLayer, ValidationLayer, TimeoutLayer, Recorder, Recorder]
     assert pipeline.layers(route)[-2:] == users
     plain = [type(layer) for layer in pipeline.layers(Route("inventory.x.y", noop))]
-    assert plain == [MetricsLayer, ExpiryLayer, ReplyLayer, TracingLayer, TimeoutLayer,
-                     Recorder, Recorder]
+    assert plain == [MetricsLayer, LoggingLayer, ExpiryLayer, ReplyLayer, TracingLayer,
+                     TimeoutLayer, Recorder, Recorder]
 
 
 async def test_user_layers_wrap_the_handler_with_validated_data(bus: Any) -> None:

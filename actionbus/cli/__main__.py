@@ -1,0 +1,5 @@
+"""``python -m actionbus.cli``."""
+
+from actionbus.cli import main
+
+main()

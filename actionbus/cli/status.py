@@ -1,0 +1,149 @@
+"""``actionbus status [SERVICE] [--watch] [--json]``: every service of a namespace at a glance."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+
+from actionbus.cli.app import console, emit_json, main, queues, settings
+from actionbus.cli.basic import unknown_service
+from actionbus.clients.redis_manager import RedisManager
+from actionbus.inspect import inspect_service
+from actionbus.status import (
+    ServiceStatus,
+    discover_services,
+    pending_entries,
+    schedule_states,
+    service_status,
+)
+
+__all__ = ["age", "status"]
+
+
+def age(ms: int | None) -> str:
+    """``1h02m``, ``3m05s``, ``4.2s`` or ``-``."""
+    if ms is None:
+        return "-"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _overview(rows: list[ServiceStatus], where: str) -> Table:
+    table = Table(title=f"actionbus services in {where}", title_justify="left")
+    for column in ("service", "waiting", "pending", "oldest pending", "dead letters", "delayed",
+                   "consumers alive/gone", "handled/s (1m)", "last error"):
+        table.add_column(column, justify="left" if column in ("service", "last error")
+                         else "right", overflow="fold")
+    for r in rows:
+        table.add_row(r.service, str(r.waiting), str(r.pending), age(r.oldest_pending_age_ms),
+                      str(r.dead_letters), str(r.delayed),
+                      f"{r.consumers_alive}/{r.consumers_gone}", f"{r.handled_per_s:.2f}",
+                      r.last_error or "-")
+    return table
+
+
+async def _collect(manager: RedisManager, service: str | None) -> dict[str, Any]:
+    redis, qm = manager.get_client(), queues(manager)
+    known = await discover_services(redis, qm)
+    s = manager.settings
+    where = f"{s.key_prefix}:{s.environment}"
+    if service is None:
+        if not known:
+            raise click.ClickException(
+                f"no services found in {where}. Check --url, --environment and --prefix."
+            )
+        return {"where": where, "services": [
+            (await service_status(redis, qm, name)).model_dump(mode="json") for name in known
+        ]}
+    if service not in known:
+        raise unknown_service(service, manager, known)
+    info = await inspect_service(redis, qm, service)
+    row = await service_status(redis, qm, service, info)
+    consumers = [
+        {"group": g.name, "name": c.name, "alive": c.alive, "pending": c.pending,
+         "idle_ms": c.idle_ms}
+        for g in info.groups for c in g.consumers
+    ]
+    pending = [e.model_dump(mode="json") for e in await pending_entries(redis, qm, service, 10)]
+    schedules = [state.model_dump(mode="json")
+                 for state in await schedule_states(redis, qm, service)]
+    return {"where": where, "services": [row.model_dump(mode="json")], "consumers": consumers,
+            "oldest_pending": pending, "schedules": schedules}
+
+
+def _render(report: dict[str, Any]) -> RenderableType:
+    rows = [ServiceStatus.model_validate(r) for r in report["services"]]
+    parts: list[RenderableType] = [_overview(rows, report["where"])]
+    if "consumers" in report:
+        consumers = Table(title="consumers", title_justify="left")
+        for column in ("group", "consumer", "state", "pending", "idle"):
+            consumers.add_column(column)
+        for c in report["consumers"]:
+            state = {True: "alive", False: "gone", None: "unknown"}[c["alive"]]
+            consumers.add_row(c["group"], c["name"], state, str(c["pending"]), age(c["idle_ms"]))
+        entries = Table(title="oldest pending entries", title_justify="left")
+        for column in ("entry id", "action type", "action id", "consumer", "deliveries", "idle"):
+            entries.add_column(column)
+        for e in report["oldest_pending"]:
+            entries.add_row(e["entry_id"], e["action_type"], e["action_id"], e["consumer"],
+                            str(e["deliveries"]), age(e["idle_ms"]))
+        parts += [consumers, entries]
+        if report.get("schedules"):
+            schedules = Table(title="schedules", title_justify="left")
+            schedules.add_column("schedule")
+            schedules.add_column("last tick (UTC)")
+            for sch in report["schedules"]:
+                tick = sch["last_tick_ms"]
+                shown = "-" if tick is None else datetime.fromtimestamp(
+                    tick / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+                schedules.add_row(sch["name"], shown)
+            parts.append(schedules)
+    return Group(*parts)
+
+
+@main.command()
+@click.argument("service", required=False)
+@click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+def status(
+    ctx: click.Context, service: str | None, watch: bool, interval: float, as_json: bool
+) -> None:
+    """Waiting, pending, dead letters, delayed, consumers and throughput of every service
+    (with SERVICE: also its consumers and oldest pending entries)."""
+
+    async def once() -> dict[str, Any]:
+        async with RedisManager(settings(ctx)) as manager:
+            return await _collect(manager, service)
+
+    async def watching() -> None:
+        async with RedisManager(settings(ctx)) as manager:
+            report = await _collect(manager, service)
+            with Live(_render(report), console=console(), auto_refresh=False) as live:
+                while True:
+                    await asyncio.sleep(interval)
+                    live.update(_render(await _collect(manager, service)), refresh=True)
+
+    if watch:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(watching())
+        return
+    report = asyncio.run(once())
+    if as_json:
+        emit_json(report)
+    else:
+        console().print(_render(report))

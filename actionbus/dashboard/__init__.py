@@ -1,0 +1,1 @@
+"""A small web dashboard (``pip install 'actionbus[dashboard]'``; ``actionbus dashboard``)."""

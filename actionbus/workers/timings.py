@@ -1,0 +1,60 @@
+"""Per-action-type handler timings and outcomes, kept in process for the metrics collector.
+
+The pipeline's metrics layer calls ``timings_for(service).observe(action_type, outcome,
+seconds)``; ``actionbus.metrics`` turns the totals into a Prometheus histogram and outcome
+counters at scrape time. No dependency on prometheus-client here.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+__all__ = ["BUCKETS", "Timings", "timings_for"]
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Upper bounds (seconds) of the handler duration histogram."""
+
+
+@dataclass
+class _Series:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+
+
+class Timings:
+    """Durations by action type and outcome counts by (action type, outcome)."""
+
+    def __init__(self) -> None:
+        self.durations: dict[str, _Series] = {}
+        self.outcomes: dict[tuple[str, str], int] = {}
+
+    def observe(self, action_type: str, outcome: str, seconds: float) -> None:
+        """Record one handler run."""
+        series = self.durations.get(action_type)
+        if series is None:
+            series = self.durations[action_type] = _Series()
+        series.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        series.total += seconds
+        key = (action_type, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+    def cumulative(self, action_type: str) -> tuple[list[tuple[str, float]], float]:
+        """Prometheus-style cumulative buckets (``le`` -> count, ``+Inf`` last) and the sum."""
+        series = self.durations[action_type]
+        out, running = [], 0
+        for bound, count in zip((*[str(b) for b in BUCKETS], "+Inf"), series.counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out, series.total
+
+
+_BY_SERVICE: dict[str, Timings] = {}
+
+
+def timings_for(service: str) -> Timings:
+    """The process-wide timings of ``service``'s handlers."""
+    timings = _BY_SERVICE.get(service)
+    if timings is None:
+        timings = _BY_SERVICE[service] = Timings()
+    return timings
