@@ -96,8 +96,11 @@ async def drain_once(
     children's CPU µs per entry (user + system, from the go signal to the end)."""
     await admin.delete(stream)
     await admin.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    lanes = role == "ab-worker+lanes"  # the same worker reading its priority lanes
+    role = "ab-worker" if lanes else role
     options = (
-        ("--service", TARGET) if role == "ab-worker" else ("--stream", stream, "--group", GROUP)
+        ("--service", TARGET, *(("--lanes",) if lanes else ())) if role == "ab-worker"
+        else ("--stream", stream, "--group", GROUP)
     )
     with Children(role, cfg.url, processes, *options, gated=True) as children:
         await preload(admin, stream, n)  # meanwhile the children import and connect
@@ -128,6 +131,8 @@ async def run_drain(cfg: Config, results: Results) -> None:
     plan: list[tuple[str, str, str, str, int, str, Preload, int]] = [
         ("drain.1", one, "raw", "raw-drain", 1, RAW_STREAM, jsons, cfg.drain_n),
         ("drain.1", one, "actionbus", "ab-worker", 1, AB_STREAM, jsons, cfg.drain_n),
+        ("drain.1.lanes", "drain, 1 process, ab reading lanes", "actionbus", "ab-worker+lanes",
+         1, AB_STREAM, jsons, cfg.drain_n),
         ("drain.1", one, "faststream", "fs-drain", 1, FS_STREAM, fs, cfg.drain_n_faststream),
         ("drain.2", two, "raw", "raw-drain", 2, RAW_STREAM, jsons, cfg.drain_n),
         ("drain.2", two, "actionbus", "ab-worker", 2, AB_STREAM, jsons, cfg.drain_n),

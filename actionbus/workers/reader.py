@@ -31,6 +31,11 @@ __all__ = ["Spawn", "StreamReader", "spread"]
 
 logger = logging.getLogger("actionbus.worker")
 
+_EMPTY_HIGH_S = 0.001
+"""A lane found empty is not read again for this long (the most urgent lane)…"""
+_EMPTY_S = 0.02
+"""…or this long (the other lanes); a blocking read of every lane resets both."""
+
 Spawn = Callable[[str, str, dict[Any, Any], int], None]
 """``spawn(stream, entry_id, fields, deliveries)``: start handling one entry."""
 
@@ -87,6 +92,7 @@ class StreamReader:
         self.recover_now.set()  # at start, our own pending entries are taken back first
         self._reading = asyncio.Lock()  # a read in flight and "recover own" never overlap
         self._credits = [0] * len(self.streams)  # weighted lanes: smooth round robin
+        self._empty_until = [0.0] * len(self.streams)
         weights = tuple(ctx.settings.lane_weights)
         self._weights = (weights + (1,) * len(self.streams))[:len(self.streams)]
 
@@ -169,8 +175,9 @@ class StreamReader:
 
         Strict: each lane in order takes what is left. Weighted: first the lane chosen by
         ``_first_lane`` takes its share (at least one), then the lanes in order take the
-        rest. Nothing in any lane: one blocking read of one entry from each lane there is
-        room for (so a read never brings more entries than free slots).
+        rest (that lane included). A lane found empty is skipped for a moment. Nothing in
+        any lane: one blocking read of one entry from each lane there is room for (so a
+        read never brings more entries than free slots).
         """
         settings, ctx = self.ctx.settings, self.ctx
         order = list(range(len(self.streams)))
@@ -178,18 +185,25 @@ class StreamReader:
         if settings.lane_mode == "weighted":
             first = self._first_lane()
             share = -(-count * self._weights[first] // sum(self._weights))
-            order.insert(0, order.pop(first))
+            order.insert(0, first)  # its share first, then every lane in order (it too)
             quota[first] = max(1, share)
         got = 0
+        now = time.monotonic()
         for position, lane in enumerate(order):
             want = min(count - got, quota[lane] if position == 0 else count)
             if want <= 0:
                 break
+            if self._empty_until[lane] > now:
+                continue  # it was empty a moment ago: spare the round trip
             reply = await self.redis.xreadgroup(
                 ctx.group, ctx.consumer, {self.streams[lane]: ">"}, count=want)
-            got += self._spawn_all(reply)
+            spawned = self._spawn_all(reply)
+            if not spawned:
+                self._empty_until[lane] = now + (_EMPTY_HIGH_S if lane == 0 else _EMPTY_S)
+            got += spawned
         if got:
             return True
+        self._empty_until = [0.0] * len(self.streams)  # the blocking read looks at all
         room = {stream: ">" for stream in self.streams[:count]}
         reply = await self.redis.xreadgroup(
             ctx.group, ctx.consumer, room, count=1,  # type: ignore[arg-type]
