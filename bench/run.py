@@ -35,6 +35,13 @@ Scenarios:
    in the raw column, so ab/raw is delayed/plain); then 10,000 due per second for 3 s (1 s
    with ``--quick``) loaded into a delayed set and moved by one worker's mover: lateness
    (moved-at minus due-at, by Redis' clock) p50 and p99.
+7. Head-of-line (``scenarios_lanes.py``): pseudo-sync behind a 50,000-action backlog
+   (10,000 with ``--quick``), first call and 20 more, raw vs actionbus without and with lanes.
+8. Sequential pseudo-sync while a producer process adds 10k or 25k fire-and-forget/s to
+   the same service, against idle; raw vs actionbus without and with lanes.
+
+Scenario 2 also reports each consumer's CPU µs per action (``/proc``), and a drain by a
+worker reading priority lanes.
 
 Reading the table: each cell is the median of the repetitions (3 by default, 1 with
 ``--quick``) with (min-max); ``ab/raw`` and ``ab/FS`` divide
