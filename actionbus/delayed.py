@@ -217,12 +217,16 @@ def _case_blind(value: str) -> str:
 class DelayedQueue:
     """Add, inspect, cancel and move one service's delayed actions."""
 
-    def __init__(self, redis: AnyRedis, queue_manager: QueueManager, service: str) -> None:
+    def __init__(
+        self, redis: AnyRedis, queue_manager: QueueManager, service: str,
+        lane: str | None = None,
+    ) -> None:
         self.redis = redis
         self.service = service
         self.queue_manager = queue_manager
-        self.key = queue_manager.get_delayed_set(service)
-        self.stream = queue_manager.get_service_action_stream(service)
+        self.key = queue_manager.get_delayed_set(service, lane)
+        """``lane`` (``high``/``low``): that lane's own set, moved into the lane's stream."""
+        self.stream = queue_manager.get_lane_stream(service, lane)
         self._move = redis.register_script(_MOVE_DUE)
         self._retry = redis.register_script(_RETRY_LATER)
         self._add_after = redis.register_script(_ADD_AFTER)

@@ -38,7 +38,8 @@ _SCRIPTS = ("evalsha", "script|load")  # redis-py runs Lua with EVALSHA, loading
 _REPLY_WAIT = ("brpop", "rpop", "del")
 
 ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
-    "client": ("ping", "xadd", *_REPLY_WAIT, "zadd", "time", *_SCRIPTS),  # zadd…: delayed sends
+    "client": ("ping", "xadd", *_REPLY_WAIT, "zadd", "time", *_SCRIPTS,  # zadd…: delayed sends
+               "get"),  # get: the lanes descriptor of a target
     "worker": (
         "ping", "xadd", "xreadgroup", "xgroup|create", "xgroup|delconsumer", "xack",
         "xclaim", "xpending", "xlen", "xinfo|groups", "xinfo|consumers", "xtrim",

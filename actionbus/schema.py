@@ -96,6 +96,7 @@ def _strict(schema: dict[str, Any], required: Iterable[str] | None = None) -> di
             continue
         for option in prop.get("anyOf", [prop]):
             if option.get("type") == "string":
+                option.pop("pattern", None)  # the model's own constraint: written last
                 option["pattern"] = pattern
                 option.pop("format", None)
     return schema

@@ -96,6 +96,8 @@ async def ab_worker(args: argparse.Namespace) -> None:
         options["maintenance_interval_s"] = args.maintenance
     if args.concurrency is not None:
         options["concurrency"] = args.concurrency
+    if args.lanes:
+        options["lanes"] = True
     worker = BaseWorker(
         app_settings(args.url, args.service), worker_settings=WorkerSettings(**options)
     )
@@ -176,10 +178,36 @@ async def faststream_sub(args: argparse.Namespace, *, respond: bool) -> None:
             await broker.stop()
 
 
+async def producer(args: argparse.Namespace) -> None:
+    """Add ``--rate`` entries per second to ``--stream`` (pipelines every 10 ms) until
+    SIGTERM: raw requests naming a sink list (raw side) or actions of ``--service``."""
+    from common import raw_json
+
+    async with Redis.from_url(args.url) as redis:
+        await wait_for_go(args.url, args.go)
+        stop = stop_event()
+        per_tick, tick = max(1, args.rate // 100), 0.01
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while not stop.is_set():
+            pipe = redis.pipeline(transaction=False)
+            for _ in range(per_tick):
+                if not args.raw:
+                    payload = DomainAction(action_type=f"{args.service}.item.process",
+                                           origin_service="bench-producer").model_dump_json()
+                else:
+                    payload = raw_json("benchload", reply_to="bench:load:sink")
+                pipe.xadd(args.stream, {"data": payload})
+            await pipe.execute()
+            next_at += tick
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "role", choices=["ab-worker", "raw-drain", "raw-responder", "fs-drain", "fs-responder"]
+        "role", choices=["ab-worker", "raw-drain", "raw-responder", "fs-drain", "fs-responder",
+                         "producer"]
     )
     parser.add_argument("--url", required=True)
     parser.add_argument("--service", default="benchdrain", help="ab-worker: its service")
@@ -190,6 +218,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--maintenance", type=float, help="ab-worker: maintenance_interval_s")
     parser.add_argument("--concurrency", type=int, help="ab-worker: concurrency")
     parser.add_argument("--profile", help="write pyinstrument reports to this path")
+    parser.add_argument("--lanes", action="store_true", help="ab-worker: read priority lanes")
+    parser.add_argument("--raw", action="store_true", help="producer: raw requests, not actions")
+    parser.add_argument("--rate", type=int, default=10_000, help="producer: entries per second")
     return parser.parse_args(argv)
 
 
@@ -199,6 +230,8 @@ def main() -> None:
     role: str = args.role
     if role == "ab-worker":
         run(ab_worker(args))
+    elif role == "producer":
+        run(producer(args))
     elif role.startswith("raw-"):
         run(raw_loop(args, respond=role == "raw-responder"))
     else:

@@ -63,6 +63,12 @@ class Child:
                     return int(line.split()[1]) / 1024
         raise RuntimeError(f"no VmRSS for pid {self.pid}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the child used so far (Linux ``/proc``)."""
+        with open(f"/proc/{self.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM, wait (SIGKILL after ``timeout``), reap; return the exit code."""
         if self.proc.poll() is None:
@@ -101,6 +107,10 @@ class Children(contextlib.AbstractContextManager["Children"]):
         """Release every gated child at once."""
         assert self.go_key is not None
         await redis.lpush(self.go_key, *["1"] * len(self.items))
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by all the children together."""
+        return sum(child.cpu_seconds() for child in self.items)
 
     def stop(self) -> list[int]:
         """Stop and reap every child; return their exit codes."""

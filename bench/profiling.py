@@ -110,6 +110,45 @@ def summarize_pyinstrument(path: Path, top: int = TOP) -> str:
     return "\n".join(parts)
 
 
+COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ack and replies (output batcher)", ("workers/output.py",)),
+    ("decode/validate", ("models/actions.py", "pydantic", "_decode", "_check_size", "_admit",
+                         "json/", "<genexpr>  actionbus/workers/processing.py")),
+    ("Redis I/O (redis-py, socket)", ("redis/", "actionbus/pool.py", "actionbus/connection",
+                                      "asyncio/streams.py", "hiredis")),
+    ("handler and pipeline layers", ("workers/pipeline.py", "workers/results.py",
+                                     "workers/routing.py", "bench/children.py", "noop")),
+    ("scheduling (event loop, eager runner, read loop)", (
+        "asyncio/", "workers/eager.py", "workers/base_worker.py", "workers/reader.py",
+        "workers/supervisor.py", "<built-in>", "uvloop")),
+    ("processing bookkeeping", ("workers/processing.py", "workers/policy.py")),
+)
+
+
+def components(path: Path, n: int) -> str:
+    """Self time per component of the consume path, from the flat self-time list, as
+    shares and as CPU µs per action (the profile's CPU time split by those shares)."""
+    shares: Counter[str] = Counter()
+    text = Path(f"{path}.self").read_text()
+    cpu = float(text.split("CPU time:", 1)[1].split()[0]) if "CPU time:" in text else 0.0
+    for line in text.splitlines():
+        head, _, rest = line.strip().partition("% ")
+        try:
+            share = float(head)
+        except ValueError:
+            continue
+        name = next((n for n, marks in COMPONENTS if any(m in rest for m in marks)), "other")
+        shares[name] += share
+    total = sum(shares.values()) or 1.0
+    out = [f"{path.name}: self time per component ({cpu:.2f}s CPU for {n:,} actions = "
+           f"{cpu / n * 1e6:.1f} µs/action, profiler overhead included)"]
+    out += [f"  {share / total:6.1%}  {cpu / n * 1e6 * share / total:5.1f} µs  {name}"
+            for name, share in shares.most_common()]
+    text = "\n".join(out)
+    Path(f"{path}.components").write_text(text + "\n")
+    return text
+
+
 def child_options(tool: str, out: Path) -> tuple[str, ...]:
     return ("--profile", str(out)) if tool == "pyinstrument" else ()
 
@@ -198,7 +237,12 @@ def main() -> int:
                                     args.rate))
         else:
             out = run(profile_rpc(server.url, args.side, args.n or 5_000, args.tool, args.rate))
-    print(summarize_py_spy(out) if args.tool == "py-spy" else summarize_pyinstrument(out))
+    if args.tool == "py-spy":
+        print(summarize_py_spy(out))
+    else:
+        print(summarize_pyinstrument(out))
+        if args.what == "drain":
+            print(components(out, args.n or 100_000))
     return 0
 
 

@@ -35,6 +35,13 @@ Scenarios:
    in the raw column, so ab/raw is delayed/plain); then 10,000 due per second for 3 s (1 s
    with ``--quick``) loaded into a delayed set and moved by one worker's mover: lateness
    (moved-at minus due-at, by Redis' clock) p50 and p99.
+7. Head-of-line (``scenarios_lanes.py``): pseudo-sync behind a 50,000-action backlog
+   (10,000 with ``--quick``), first call and 20 more, raw vs actionbus without and with lanes.
+8. Sequential pseudo-sync while a producer process adds 10k or 25k fire-and-forget/s to
+   the same service, against idle; raw vs actionbus without and with lanes.
+
+Scenario 2 also reports each consumer's CPU µs per action (``/proc``), and a drain by a
+worker reading priority lanes.
 
 Reading the table: each cell is the median of the repetitions (3 by default, 1 with
 ``--quick``) with (min-max); ``ab/raw`` and ``ab/FS`` divide
@@ -67,6 +74,7 @@ from redis.asyncio import Redis
 from report import Results, table, write_json
 from scenarios_delayed import run_delayed
 from scenarios_drain import run_drain
+from scenarios_lanes import run_hol, run_load
 from scenarios_long import run_long
 from scenarios_rpc import run_burst, run_rpc
 from scenarios_send import run_send
@@ -82,8 +90,10 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     4: ("1,000 concurrent pseudo-sync calls", run_burst),
     5: ("1M actions: worker RSS and stream length", run_long),
     6: ("delayed sends and mover lateness", run_delayed),
+    7: ("head-of-line: pseudo-sync behind a backlog, with and without lanes", run_hol),
+    8: ("pseudo-sync under 10k and 25k fire-and-forget/s, with and without lanes", run_load),
 }
-DEFAULT_SCENARIOS = (1, 2, 3, 4, 6)
+DEFAULT_SCENARIOS = (1, 2, 3, 4, 6, 7, 8)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -91,18 +91,23 @@ async def drained(redis: Redis, stream: str, n: int) -> bool:
 async def drain_once(
     cfg: Config, admin: Redis, role: str, processes: int, stream: str, preload: Preload,
     n: int,
-) -> float:
-    """One timed drain of ``n`` entries by ``processes`` children; returns entries/s."""
+) -> tuple[float, float]:
+    """One timed drain of ``n`` entries by ``processes`` children: entries/s and the
+    children's CPU µs per entry (user + system, from the go signal to the end)."""
     await admin.delete(stream)
     await admin.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    lanes = role == "ab-worker+lanes"  # the same worker reading its priority lanes
+    role = "ab-worker" if lanes else role
     options = (
-        ("--service", TARGET) if role == "ab-worker" else ("--stream", stream, "--group", GROUP)
+        ("--service", TARGET, *(("--lanes",) if lanes else ())) if role == "ab-worker"
+        else ("--stream", stream, "--group", GROUP)
     )
     with Children(role, cfg.url, processes, *options, gated=True) as children:
         await preload(admin, stream, n)  # meanwhile the children import and connect
         if (length := await admin.xlen(stream)) != n:
             raise RuntimeError(f"pre-loaded {length} entries into {stream}, expected {n}")
         children.wait_ready()
+        cpu = children.cpu_seconds()
         start = time.perf_counter()
         await children.go(admin)
         await wait_until(
@@ -110,8 +115,9 @@ async def drain_once(
             what=f"draining {n} entries with {processes} {role}",
         )
         elapsed = time.perf_counter() - start
+        cpu = children.cpu_seconds() - cpu
     await admin.delete(stream)
-    return n / elapsed
+    return n / elapsed, cpu / n * 1e6
 
 
 async def run_drain(cfg: Config, results: Results) -> None:
@@ -125,6 +131,8 @@ async def run_drain(cfg: Config, results: Results) -> None:
     plan: list[tuple[str, str, str, str, int, str, Preload, int]] = [
         ("drain.1", one, "raw", "raw-drain", 1, RAW_STREAM, jsons, cfg.drain_n),
         ("drain.1", one, "actionbus", "ab-worker", 1, AB_STREAM, jsons, cfg.drain_n),
+        ("drain.1.lanes", "drain, 1 process, ab reading lanes", "actionbus", "ab-worker+lanes",
+         1, AB_STREAM, jsons, cfg.drain_n),
         ("drain.1", one, "faststream", "fs-drain", 1, FS_STREAM, fs, cfg.drain_n_faststream),
         ("drain.2", two, "raw", "raw-drain", 2, RAW_STREAM, jsons, cfg.drain_n),
         ("drain.2", two, "actionbus", "ab-worker", 2, AB_STREAM, jsons, cfg.drain_n),
@@ -132,8 +140,10 @@ async def run_drain(cfg: Config, results: Results) -> None:
     try:
         for rep in range(cfg.reps):
             for key, label, side, role, processes, stream, preload, n in alternate(plan, rep):
-                rate = await drain_once(cfg, admin, role, processes, stream, preload, n)
+                rate, cpu_us = await drain_once(cfg, admin, role, processes, stream, preload, n)
                 results.add(2, key, label, "msg/s", side, rate)
+                results.add(2, f"{key}.cpu", f"{label.split(' (')[0]}: CPU per action", "µs",
+                            side, cpu_us)
         dead = await admin.xlen(QueueManager().get_dead_letter_stream(TARGET))
         results.note("drain_n", {"raw_actionbus": cfg.drain_n,
                                  "faststream": cfg.drain_n_faststream})

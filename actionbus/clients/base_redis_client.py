@@ -7,6 +7,7 @@ encodes its own copy, so one object can be sent again, or in another pattern.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import uuid
@@ -25,6 +26,7 @@ from actionbus.clients.guard import (
     describe_failure,
     outcome_unknown,
 )
+from actionbus.clients.lanes import LaneRouter, check_priority
 from actionbus.clients.layers import PublishLayer, PublishNext, build_chain, tracing_layer
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.replies import ReplyListener
@@ -52,6 +54,10 @@ from actionbus.models.actions import (
 __all__ = ["BaseRedisClient"]
 
 logger = logging.getLogger("actionbus.client")
+
+_LANES: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "actionbus_lanes", default=None)
+"""Within one send: target service -> the priority lane its action goes to."""
 
 
 def _non_finite(value: Any) -> bool:
@@ -114,6 +120,7 @@ class BaseRedisClient:
         self._layers: list[PublishLayer] = [tracing_layer]
         self._chain: PublishNext = build_chain(self._layers, self._write)
         self._delayed: dict[str, DelayedQueue] = {}
+        self._router = LaneRouter(redis_client, self.queue_manager, settings.lanes_cache_s)
 
     @property
     def response_queue(self) -> str:
@@ -174,7 +181,7 @@ class BaseRedisClient:
         """Stream name and JSON of ``action`` (the client's copy), after every check."""
         self._validate(action)
         what = f"action {action.action_id} ({action.action_type})"
-        stream = self.queue_manager.get_service_action_stream(action.target)
+        stream = self.queue_manager.get_lane_stream(action.target, self._lane(action))
         try:
             payload = action.model_dump_json(exclude_none=True)
         except (PydanticSerializationError, ValueError, TypeError) as exc:
@@ -196,6 +203,33 @@ class BaseRedisClient:
                 "Store large data elsewhere and send a reference, or raise the limit."
             )
         return stream, payload
+
+    @staticmethod
+    def _lane(action: DomainAction) -> str | None:
+        lanes = _LANES.get()
+        return None if lanes is None else lanes.get(action.target)
+
+    async def _in_lanes(
+        self, actions: list[DomainAction], priority: str | None, chain: PublishNext | None,
+        writer: DurableWriter | StreamWriter | None = None,
+    ) -> Any:
+        """Run the send with each target's lane for ``priority`` known to ``_encode``."""
+        lanes: dict[str, str] = {}
+        for target in {action.target for action in actions}:
+            lane = await self._router.lane(target, priority)
+            if lane is not None:
+                lanes[target] = lane
+        token = _LANES.set(lanes or None)
+        try:
+            if chain is not None:
+                return await chain(actions[0])
+            return await send_batch(
+                actions, layers=self._layers, encode=self._encode,
+                before_write=self._check_open, writer=writer or self._writer,
+                send_error=self._send_error,
+            )
+        finally:
+            _LANES.reset(token)
 
     def _send_error(self, action: DomainAction, stream: str, exc: BaseException) -> SendError:
         unknown = outcome_unknown(exc)
@@ -238,7 +272,9 @@ class BaseRedisClient:
         """Innermost step of a delayed send: encode, then ZADD to the target's delayed set."""
         _, payload = self._encode(action)
         self._check_open()
-        queue = self._delayed.get(action.target)
+        lane = self._lane(action)
+        queue = self._delayed.get(action.target) if lane is None else DelayedQueue(
+            self.redis, self.queue_manager, action.target, lane)
         if queue is None:
             queue = DelayedQueue(self.redis, self.queue_manager, action.target)
             if len(self._delayed) < 1000:
@@ -286,33 +322,45 @@ class BaseRedisClient:
 
     async def send_action_async(
         self, action: DomainAction, *, delay: timedelta | float | None = None,
-        at: datetime | None = None, wait_replicas: int | None = None,
-        wait_timeout_ms: int | None = None,
+        at: datetime | None = None, priority: str | None = None,
+        wait_replicas: int | None = None, wait_timeout_ms: int | None = None,
     ) -> str:
         """Fire and forget: append ``action`` to its target's stream; return the entry id.
 
         With ``delay`` (seconds or timedelta, by the Redis server's clock) or ``at`` (an
         aware datetime) the action waits in the target's delayed set and enters its stream
         when due; then its action id is returned (for ``DelayedQueue.cancel``).
+        ``priority`` (``"high"``, ``"normal"``, ``"low"``) picks the target's lane when
+        its workers read lanes (else its main stream; see README "Priority lanes").
 
         ``wait_replicas=n`` (default ``settings.wait_replicas``) returns only after ``n``
         replicas have the entry (``WAIT``, at most ``wait_timeout_ms``); fewer raise
         ``NotReplicatedError`` (the entry is written). Not applied to delayed sends.
         """
         chain = self._chain_for(delay, at, wait_replicas, wait_timeout_ms)
-        return await chain(self._copy(action))
+        check_priority(priority)
+        if priority is None:
+            return await chain(self._copy(action))
+        result: str = await self._in_lanes([self._copy(action)], priority, chain)
+        return result
 
     async def send_actions_async(
-        self, actions: Iterable[DomainAction], *, wait_replicas: int | None = None,
-        wait_timeout_ms: int | None = None,
+        self, actions: Iterable[DomainAction], *, priority: str | None = None,
+        wait_replicas: int | None = None, wait_timeout_ms: int | None = None,
     ) -> list[str]:
         """Send many actions in pipelined round trips; return their entry ids in order.
 
         Every action passes the publish layers and is validated and encoded before
         anything is sent. On a cluster, each node's share is sent on its own.
-        ``wait_replicas``/``wait_timeout_ms`` as for ``send_action_async``.
+        ``priority`` and ``wait_replicas``/``wait_timeout_ms`` as for
+        ``send_action_async``.
         """
         durable = self._durable(wait_replicas, wait_timeout_ms)
+        if check_priority(priority) is not None:
+            ids: list[str] = await self._in_lanes(
+                [self._copy(action) for action in actions], priority, None,
+                writer=durable or self._writer)
+            return ids
         return await send_batch(
             [self._copy(action) for action in actions],
             layers=self._layers,
@@ -326,16 +374,19 @@ class BaseRedisClient:
         check_open(self.redis, f"client of service {self.service_name!r}")
 
     async def send_action_pseudo_sync(
-        self, action: DomainAction, timeout: float = 30
+        self, action: DomainAction, timeout: float = 30, *, priority: str | None = None,
     ) -> DomainActionResponse | None:
         """Send ``action`` and wait up to ``timeout`` seconds for its response.
 
         Returns the ``DomainActionResponse`` (``success=False`` with an ``error`` when the
         handler failed) or ``None`` when the timeout passes. The timeout bounds the whole
         call, the write included. The action carries its ``expires_at`` so a worker that
-        picks it up later skips it.
+        picks it up later skips it. It goes to the target's ``priority`` lane (default
+        ``settings.pseudo_sync_priority``, ``"high"``) when the target's workers read
+        lanes, else to its main stream.
         """
         seconds = _check_timeout(timeout)
+        check_priority(priority)
         self._check(action)
         copy = self._copy(
             action,
@@ -348,7 +399,8 @@ class BaseRedisClient:
         future = self._replies.expect(correlation_id)
         try:
             async with asyncio.timeout(seconds):
-                await self._chain(copy)
+                await self._in_lanes(
+                    [copy], priority or self.settings.pseudo_sync_priority, self._chain)
                 return await future
         except TimeoutError:
             logger.info(
@@ -367,6 +419,7 @@ class BaseRedisClient:
         *,
         delay: timedelta | float | None = None,
         at: datetime | None = None,
+        priority: str | None = None,
         wait_replicas: int | None = None,
         wait_timeout_ms: int | None = None,
     ) -> str:
@@ -375,9 +428,11 @@ class BaseRedisClient:
         The callback is an ordinary ``DomainAction`` appended to this service's own stream,
         so it is handled by this service's workers even if they were down when it was sent.
         ``callback_context`` is carried in ``metadata["callback_context"]``. ``delay``/``at``
-        as for ``send_action_async``, and ``wait_replicas``/``wait_timeout_ms`` too.
+        and ``priority`` as for ``send_action_async`` (the callback comes back to this
+        service's main stream), and ``wait_replicas``/``wait_timeout_ms`` too.
         """
         chain = self._chain_for(delay, at, wait_replicas, wait_timeout_ms)
+        check_priority(priority)
         self._check(action)
         check_action_type(callback_event_name, "callback_event_name")
         metadata = dict(action.metadata)
@@ -392,7 +447,10 @@ class BaseRedisClient:
             ),
             correlation_id=action.correlation_id or str(action.action_id),
         )
-        return await chain(copy)
+        if priority is None:
+            return await chain(copy)
+        result: str = await self._in_lanes([copy], priority, chain)
+        return result
 
     async def close(self) -> None:
         """Stop the reply listener and delete this client's response list."""

@@ -29,6 +29,9 @@ STREAMS, RESPONSES, CALLBACKS, IDEMPOTENCY, STATE, DELAYED, SCHEDULES = (
     "streams", "responses", "callbacks", "idempotency", "state", "delayed", "schedules",
 )
 MAIN, DEAD = "main", "dead"
+LANES = ("high", "normal", "low")
+"""Priority lanes, most urgent first; ``normal`` is the main stream (``streams:main``)."""
+LANES_KIND = "lanes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,25 @@ class QueueManager:
         """
         return self._key(service, STREAMS, MAIN)
 
+    def get_lane_stream(self, service: str, lane: str | None) -> str:
+        """The stream of one priority lane: ``…:{service}:streams:high`` / ``:low``; the
+        ``normal`` lane (or ``None``) is the main stream, ``…:{service}:streams:main``."""
+        if lane is None or lane == "normal":
+            return self.get_service_action_stream(service)
+        if lane not in LANES:
+            raise InvalidNameError(
+                f"priority {lane!r} is not a lane: use one of {', '.join(LANES)}")
+        return self._key(service, STREAMS, lane)
+
+    def get_lane_streams(self, service: str) -> list[str]:
+        """Every lane stream of ``service``, most urgent first (main in the middle)."""
+        return [self.get_lane_stream(service, lane) for lane in LANES]
+
+    def get_lanes_key(self, service: str) -> str:
+        """The descriptor a lane-reading worker keeps alive: ``…:{service}:lanes:main``
+        (value: the lanes it reads, comma-separated; with a TTL)."""
+        return self._key(service, LANES_KIND, MAIN)
+
     def get_dead_letter_stream(self, service: str) -> str:
         """Where a service's failed or malformed actions go: ``…:{service}:streams:dead``."""
         return self._key(service, STREAMS, DEAD)
@@ -128,13 +150,22 @@ class QueueManager:
         """The lease a running worker holds on its consumer name: ``…:{service}:consumers:<id>``."""
         return self._build_key(service, "consumers", lease_id)
 
-    def get_delayed_set(self, service: str) -> str:
-        """The sorted set of a service's delayed actions: ``…:{service}:delayed:main``.
+    def get_delayed_set(self, service: str, lane: str | None = None) -> str:
+        """The sorted set of a service's delayed actions: ``…:{service}:delayed:main``
+        (a lane's retries: ``…:{service}:delayed:high`` / ``:low``).
 
         Members are action JSON, scores the due time in epoch milliseconds; it shares its
         stream's hash slot (see ``actionbus.delayed``).
         """
-        return self._key(service, DELAYED, MAIN)
+        if lane is None or lane == "normal":
+            return self._key(service, DELAYED, MAIN)
+        self.get_lane_stream(service, lane)  # checks the lane
+        return self._key(service, DELAYED, lane)
+
+    def lane_of(self, stream: str) -> str:
+        """The lane an action stream of this namespace is: ``high``, ``normal`` or ``low``."""
+        context = self.parse(stream).context
+        return "normal" if context == MAIN else context
 
     def get_schedules_key(self, service: str) -> str:
         """The hash of a service's periodic actions: schedule name -> last tick (epoch ms)."""

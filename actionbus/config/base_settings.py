@@ -140,6 +140,13 @@ class CommonAppSettings(BaseSettings):
     response_ttl_seconds: int = Field(
         60, ge=1, description="TTL of pseudo-sync response lists, so late replies leave no key."
     )
+    pseudo_sync_priority: Literal["high", "normal", "low"] = Field(
+        "high", description="Lane of pseudo-sync calls without priority= (used only when the "
+        "target's workers read lanes; otherwise its main stream)."
+    )
+    lanes_cache_s: float = Field(
+        5.0, ge=0, description="How long a client trusts what it learnt about a target's lanes."
+    )
 
     @field_validator("service_name", "environment", "key_prefix")
     @classmethod

@@ -13,16 +13,16 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    SerializationInfo,
-    SerializerFunctionWrapHandler,
+    PlainSerializer,
+    WithJsonSchema,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -42,6 +42,8 @@ ACTION_TYPE_PATTERN = rf"{SERVICE_NAME_PATTERN}(\.[A-Za-z0-9_-]{{1,64}}){{1,8}}"
 """``service.entity.verb``: two to nine dot-separated segments, the first a service name."""
 
 _SERVICE_RE = re.compile(SERVICE_NAME_PATTERN)
+_SERVICE_ANCHORED = f"^{SERVICE_NAME_PATTERN}$"
+_ACTION_TYPE_ANCHORED = f"^{ACTION_TYPE_PATTERN}$"
 _ACTION_TYPE_RE = re.compile(ACTION_TYPE_PATTERN)
 
 
@@ -59,8 +61,9 @@ def _as_text(value: Any) -> Any:
 
 def format_timestamp(value: datetime) -> str:
     """The one timestamp form writers emit: RFC 3339 UTC, microseconds, ``Z``."""
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.tzinfo is not UTC:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"  # "+00:00" -> "Z"
 
 
 def _empty_if_null(value: Any) -> Any:
@@ -93,36 +96,69 @@ def _read_uuid(value: Any) -> Any:
     return value
 
 
+def _utc(value: datetime) -> datetime:
+    """Naive timestamps are UTC; aware ones are converted to UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# The checks below run inside pydantic-core (no Python call per field for the usual
+# input): a string id passes as is, an integer becomes its text, only a ``UUID`` object
+# goes through Python; names are pattern constraints, anchored like ``re.fullmatch``.
+if TYPE_CHECKING:
+    _WireId = str
+else:
+    _WireId = Annotated[
+        Annotated[str, Field(coerce_numbers_to_str=True)]
+        | Annotated[uuid.UUID, AfterValidator(str)],
+        Field(union_mode="left_to_right"),  # a string stays exactly as written
+        WithJsonSchema({"type": "string"}),
+    ]
+_UtcTime = Annotated[
+    datetime, AfterValidator(_utc), PlainSerializer(format_timestamp, when_used="json")
+]
+"""A timestamp: read as UTC; written as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (always six digits)."""
+_ServiceName = Annotated[str, Field(pattern=_SERVICE_ANCHORED)]
+_ActionType = Annotated[str, Field(pattern=_ACTION_TYPE_ANCHORED)]
+
+
 class _WireModel(BaseModel):
-    """Base of the wire models: strict writers."""
+    """Base of the wire models: strict writers.
 
-    _wire_times: ClassVar[tuple[str, ...]] = ()
-    """Timestamp fields, written as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    Every declared field is written, ``null`` where empty: ``exclude_none=True`` only
+    drops unknown (extra) fields that are ``None`` (and those of a nested wire model);
+    explicit ``include``/``exclude`` are honoured as given. This is done by turning
+    ``exclude_none`` into an ``exclude`` of those extras, so serializing stays inside
+    pydantic-core (no Python serializer around every model).
+    """
 
-    @model_serializer(mode="wrap")
-    def _emit_every_field(
-        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
-    ) -> Any:
-        """Serialize with every declared field present, ``null`` where empty.
+    def _none_extras(self) -> dict[str, Any] | None:
+        """What ``exclude_none`` may drop: ``None`` extras, and those of nested models."""
+        drop: dict[str, Any] = {}
+        for name, value in (self.__pydantic_extra__ or {}).items():
+            if value is None:
+                drop[name] = True
+        for name in self._nested:
+            value = getattr(self, name)
+            if isinstance(value, _WireModel) and (inner := value._none_extras()):
+                drop[name] = inner
+        return drop or None
 
-        ``exclude_none`` then only drops unknown (extra) fields that are ``None``; explicit
-        ``include``/``exclude`` are honoured as given. In JSON, timestamps always carry six
-        fractional digits (Pydantic leaves them out when the microseconds are zero).
-        """
-        out = handler(self)
-        if info.mode_is_json():
-            for name in self._wire_times:
-                value = out.get(name)
-                if isinstance(value, str) and len(value) != 27:  # not YYYY-MM-DDTHH:MM:SS.ffffffZ
-                    out[name] = format_timestamp(getattr(self, name))
-        if not info.exclude_none or info.include is not None or info.exclude is not None:
-            return out
-        fields = type(self).model_fields
-        if len(out) >= len(fields) and all(name in out for name in fields):
-            return out
-        full = {name: out.get(name) for name in fields}
-        full.update(out)
-        return full
+    _nested: ClassVar[tuple[str, ...]] = ()
+    """Fields holding a wire model (their extras follow the same rule)."""
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        """``BaseModel.model_dump_json`` with the every-field rule (see the class)."""
+        if kwargs.get("exclude_none") and kwargs.get("include") is None \
+                and kwargs.get("exclude") is None:
+            kwargs["exclude_none"], kwargs["exclude"] = False, self._none_extras()
+        return super().model_dump_json(**kwargs)
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        """``BaseModel.model_dump`` with the every-field rule (see the class)."""
+        if kwargs.get("exclude_none") and kwargs.get("include") is None \
+                and kwargs.get("exclude") is None:
+            kwargs["exclude_none"], kwargs["exclude"] = False, self._none_extras()
+        return super().model_dump(**kwargs)
 
 
 def check_service_name(value: str, what: str = "service name") -> str:
@@ -166,58 +202,30 @@ class DomainAction(_WireModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     action_id: uuid.UUID = Field(default_factory=uuid.uuid4)
-    action_type: str
-    timestamp: datetime = Field(default_factory=utc_now)
+    action_type: _ActionType
+    timestamp: _UtcTime = Field(default_factory=utc_now)
 
-    tenant_id: str | None = None
-    session_id: str | None = None
-    task_id: str | None = None
-    user_id: str | None = None
+    tenant_id: _WireId | None = None
+    session_id: _WireId | None = None
+    task_id: _WireId | None = None
+    user_id: _WireId | None = None
 
-    origin_service: str | None = None
-    target_service: str | None = None
-    correlation_id: str | None = None
-    trace_id: str | None = None
+    origin_service: _ServiceName | None = None
+    target_service: _ServiceName | None = None
+    correlation_id: _WireId | None = None
+    trace_id: _WireId | None = None
 
     callback_queue_name: str | None = None
-    callback_action_type: str | None = None
-    expires_at: datetime | None = Field(
+    callback_action_type: _ActionType | None = None
+    expires_at: _UtcTime | None = Field(
         None, description="Set on pseudo-sync requests: after this instant nobody waits."
     )
 
     data: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
-    _ids = field_validator(
-        "tenant_id", "session_id", "task_id", "user_id", "correlation_id", "trace_id",
-        mode="before",
-    )(_as_text)
     _uuid = field_validator("action_id", mode="before")(_read_uuid)
     _objects = field_validator("data", "metadata", mode="before")(_empty_if_null)
-    _wire_times = ("timestamp", "expires_at")
-
-    @field_validator("action_type")
-    @classmethod
-    def _check_action_type(cls, value: str) -> str:
-        return check_action_type(value)
-
-    @field_validator("callback_action_type")
-    @classmethod
-    def _check_callback_type(cls, value: str | None) -> str | None:
-        return None if value is None else check_action_type(value, "callback_action_type")
-
-    @field_validator("origin_service", "target_service")
-    @classmethod
-    def _check_services(cls, value: str | None, info: Any) -> str | None:
-        return None if value is None else check_service_name(value, info.field_name)
-
-    @field_validator("timestamp", "expires_at")
-    @classmethod
-    def _to_utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
     @property
     def target(self) -> str:
         """The service this action is for: ``target_service``, else ``action_type``'s first part."""
@@ -242,20 +250,14 @@ class DomainActionResponse(_WireModel):
     trace_id: str | None = None
     action_type_response_to: str
     success: bool
-    timestamp: datetime = Field(default_factory=utc_now)
+    timestamp: _UtcTime = Field(default_factory=utc_now)
     data: dict[str, Any] = Field(default_factory=dict)
     error: ErrorDetail | None = None
 
+    _nested = ("error",)
     _ids = field_validator("correlation_id", "trace_id", mode="before")(_as_text)
     _uuid = field_validator("action_id", mode="before")(_read_uuid)
     _data = field_validator("data", mode="before")(_empty_if_null)
-
-    @field_validator("timestamp")
-    @classmethod
-    def _to_utc(cls, value: datetime) -> datetime:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-    _wire_times = ("timestamp",)
 
     @model_validator(mode="after")
     def _success_matches_error(self) -> DomainActionResponse:

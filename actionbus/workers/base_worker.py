@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import socket
-import sys
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
@@ -44,7 +43,8 @@ from actionbus.permissions import check_permissions
 from actionbus.schedule import Schedule
 from actionbus.streams import ensure_group
 from actionbus.workers import presence
-from actionbus.workers.context import WorkerContext
+from actionbus.workers.context import WorkerContext, entry_key
+from actionbus.workers.eager import EagerRunner
 from actionbus.workers.health import Health, HealthStatus, SlowCommands
 from actionbus.workers.maintenance import check_eviction_policy
 from actionbus.workers.mover import Mover
@@ -66,14 +66,11 @@ from actionbus.workers.routing import (
 from actionbus.workers.settings import WorkerSettings
 from actionbus.workers.stats import WorkerStats
 from actionbus.workers.supervisor import supervise
-from actionbus.workers.upkeep import Upkeep, maintain
+from actionbus.workers.upkeep import Upkeep, announce_lanes, maintain
 
 __all__ = ["BaseWorker"]
 
 logger = logging.getLogger("actionbus.worker")
-
-_EAGER_TASKS = sys.version_info >= (3, 12)
-
 
 
 def _default_consumer_name() -> str:
@@ -127,7 +124,8 @@ class BaseWorker:
         self._processor: ActionProcessor | None = None
         self._reader: StreamReader | None = None
         self._output: OutputBatcher | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._active = 0  # entries claimed and not finished
+        self._runner = EagerRunner(self._entry_done)
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
@@ -277,7 +275,7 @@ class BaseWorker:
     @property
     def in_flight(self) -> int:
         """Actions being handled right now (or waiting for an in-slot retry)."""
-        return len(self._tasks)
+        return self._active
 
     @property
     def health(self) -> HealthStatus:
@@ -301,6 +299,8 @@ class BaseWorker:
             dead_stream=self.queue_manager.get_dead_letter_stream(self.service_name),
             reply_ttl=self.app_settings.response_ttl_seconds,
             max_payload_bytes=self.app_settings.max_payload_bytes,
+            lanes=tuple(self.queue_manager.get_lane_streams(self.service_name))
+            if self.settings.lanes else (),
         )
 
     # -- lifecycle ------------------------------------------------------------------
@@ -322,10 +322,13 @@ class BaseWorker:
             self._redis = await self._manager.initialize()
         redis = self._redis
         try:
-            await ensure_group(redis, self.stream, self.group)
+            streams = list(self.context.lanes or (self.stream,))
+            for stream in streams:
+                await ensure_group(redis, stream, self.group)
             if self.settings.check_permissions:
-                await check_permissions(redis, "worker", [self.stream, self.context.dead_stream])
+                await check_permissions(redis, "worker", [*streams, self.context.dead_stream])
             await check_eviction_policy(redis)
+            await announce_lanes(redis, self.context)  # senders may route to lanes now
             self._lease = await ConsumerLease.take(redis, self.context)  # last: nothing to undo
         except BaseException:
             if self._manager is not None:  # our own connection: do not leak it
@@ -350,7 +353,8 @@ class BaseWorker:
             acknowledged=lambda: output.acknowledged, maintain=self.maintain, outage=self._outage,
         )
         reader = self._reader = StreamReader(
-            ctx, redis, [self.stream], spawn=self._spawn, in_flight=lambda: len(self._tasks),
+            ctx, redis, ctx.lanes or [self.stream], spawn=self._spawn,
+            in_flight=lambda: self._active,
             owned=lambda: processor.owned, unacknowledged=output.unacknowledged,
             stats=self.stats, outage=self._outage, after_batch=upkeep.maybe_trim, slow=slow,
             health=self._health, read_limit=lambda: processor.read_limit,
@@ -408,16 +412,7 @@ class BaseWorker:
         if self._upkeep is not None and self._upkeep.trim_task is not None:
             loops.append(self._upkeep.trim_task)
         await cancel_and_wait(loops)
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=0.5)
-                logger.warning(
-                    "shutdown grace of %.1fs passed: %d action(s) left unacknowledged for "
-                    "another worker", grace, len(pending),
-                )
+        await self._drain_entries(grace)
         if self._output is not None:
             await self._output.close(timeout=0.5)
         if self._lease is not None:
@@ -473,27 +468,39 @@ class BaseWorker:
 
     # -- loops ----------------------------------------------------------------------
 
-    def _spawn(self, stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
-        assert self._processor is not None
-        if entry_id in self._processor.owned:
-            return  # already being handled (a recovery raced a read)
-        self._processor.claim(entry_id)
-        coro = self._processor.process(entry_id, fields, deliveries)
-        if _EAGER_TASKS:  # Python 3.12+: run until the first real wait, without a hop
-            task: asyncio.Task[None] = asyncio.Task(  # type: ignore[call-arg,unused-ignore]
-                coro, loop=asyncio.get_running_loop(), eager_start=True
+    async def _drain_entries(self, grace: float) -> None:
+        """Give the entries in progress ``grace`` seconds, then cancel the rest."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        runner = self._runner
+        while runner.tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(runner.tasks), timeout=left)
+        if runner.tasks:
+            pending = set(runner.tasks)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=0.5)
+            left_over = self._active
+            logger.warning(
+                "shutdown grace of %.1fs passed: %d action(s) left unacknowledged for "
+                "another worker", grace, left_over,
             )
-        else:
-            task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        runner.drop_queued()
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _spawn(self, stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
+        processor = self._processor
+        assert processor is not None
+        key = entry_key(self.stream, stream, entry_id)
+        if processor.owns(key):
+            return  # already being handled (a recovery raced a read)
+        processor.claim(key)
+        self._active += 1
+        self._runner.submit(lambda: processor.process(key, fields, deliveries))
+
+    def _entry_done(self) -> None:
+        self._active -= 1
         if self._reader is not None:
             self._reader.slot_free.set()
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("action task failed unexpectedly", exc_info=task.exception())
 
     async def maintain(self) -> None:
         """Trim fully processed entries beyond the retention, remove gone consumers, and

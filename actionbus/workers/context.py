@@ -9,10 +9,22 @@ from actionbus.clients.queue_manager import QueueManager
 from actionbus.workers.routing import Route
 from actionbus.workers.settings import WorkerSettings
 
-__all__ = ["Dispatch", "WorkerContext"]
+__all__ = ["Dispatch", "WorkerContext", "entry_key", "split_entry_key"]
 
 Dispatch = Callable[[str], Route]
 """Maps an action type to its route (a fallback route for unregistered types)."""
+
+
+def entry_key(main_stream: str, stream: str, entry_id: str) -> str:
+    """How a worker names an entry it handles: its id for the main stream; for a lane
+    stream ``"<stream> <id>"`` (ids of two streams may be equal)."""
+    return entry_id if stream == main_stream else f"{stream} {entry_id}"
+
+
+def split_entry_key(key: str, main_stream: str) -> tuple[str, str]:
+    """``(stream, entry id)`` of an ``entry_key``."""
+    stream, _, entry_id = key.rpartition(" ")
+    return (stream or main_stream), entry_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +45,13 @@ class WorkerContext:
     reply_ttl: int
     max_payload_bytes: int = 1_048_576
     """Entries whose ``data`` is larger are dead-lettered as ``oversize`` before decoding."""
+
+    lanes: tuple[str, ...] = ()
+    """The streams read, most urgent first, when the worker reads priority lanes."""
+
+    def split(self, key: str) -> tuple[str, str]:
+        """``(stream, entry id)`` of an entry key (see ``entry_key``)."""
+        return split_entry_key(key, self.stream)
 
     def idempotency_key(self, action_id: str) -> str:
         """The marker key recording that ``action_id`` was handled by this service."""

@@ -42,6 +42,10 @@ class Mover:
         self.ctx = ctx
         self.redis = redis
         self.delayed = DelayedQueue(redis, ctx.queues, ctx.service)
+        self.lane_sets = [  # retries of lane entries wait in their lane's own set
+            DelayedQueue(redis, ctx.queues, ctx.service, lane)
+            for lane in ("high", "low") if ctx.lanes
+        ]
         self.schedules = tuple(schedules)
         self.outage = outage
         self.moved = 0
@@ -56,6 +60,12 @@ class Mover:
             self.moved += report.moved
             self.lateness_ms.extend(report.lateness_ms)
             del self.lateness_ms[:-100_000]
+        for lane_set in self.lane_sets:
+            lane_report = await lane_set.move_due_report(settings.delayed_batch)
+            self.moved += lane_report.moved
+            if lane_report.next_due_ms is not None and (
+                    report.next_due_ms is None or lane_report.next_due_ms < report.next_due_ms):
+                report = report._replace(next_due_ms=lane_report.next_due_ms)
         if self.schedules:
             for fired in await tick(self.redis, self.ctx.queues, self.ctx.service,
                                     self.schedules):

@@ -31,6 +31,7 @@ from typing import Any
 from actionbus.backoff import Backoff, OutageLog
 from actionbus.connection import AnyRedis
 from actionbus.dead_letters import dead_letter_fields
+from actionbus.workers.context import split_entry_key
 from actionbus.workers.failures import describe, is_transient
 from actionbus.workers.health import Health
 
@@ -296,13 +297,14 @@ class OutputBatcher:
                     logger.error("the dead letter for %s was refused by Redis; dropped",
                                  unit.entry_id)
                 continue
-            fields = await self._original(unit.entry_id)
+            stream, entry_id = split_entry_key(unit.entry_id, self.stream)
+            fields = await self._original(stream, entry_id)
             data = next((fields[k] for k in (b"data", "data") if k in fields), "")
             message = "; ".join(f"{w.what}: {describe(e)}" for w, e in refused)
             letter = dead_letter_fields(
                 data=data, reason=UNDELIVERABLE, error_type=type(refused[0][1]).__name__,
-                error_message=message, deliveries=0, original_id=unit.entry_id,
-                stream=self.stream, consumer=self.consumer,
+                error_message=message, deliveries=0, original_id=entry_id,
+                stream=stream, consumer=self.consumer,
             )
             for w, _ in refused:
                 if w.reply is not None:
@@ -315,16 +317,16 @@ class OutputBatcher:
             self.undeliverable += 1
             retry.append(unit)  # the dead letter goes out before the ack
 
-    async def _original(self, entry_id: str) -> dict[Any, Any]:
+    async def _original(self, stream: str, entry_id: str) -> dict[Any, Any]:
         """The fields of our pending entry ``entry_id`` (``XCLAIM`` is in the worker's ACL,
         ``XRANGE`` may not be); empty if Redis refuses or the entry is gone."""
         try:
-            claimed: Any = await self.redis.xclaim(self.stream, self.group, self.consumer or
+            claimed: Any = await self.redis.xclaim(stream, self.group, self.consumer or
                                                    "actionbus", 0, [entry_id])
         except Exception as exc:
             if is_transient(exc):
                 raise
-            self.health.refused(f"XCLAIM {self.stream}", exc)
+            self.health.refused(f"XCLAIM {stream}", exc)
             return {}
         return next((dict(f) for _, f in claimed if f is not None), {})
 
@@ -332,13 +334,25 @@ class OutputBatcher:
         ids = [u.entry_id for u in units if u.entry_id is not None]
         if not ids:
             return None
+        by_stream: dict[str, list[str]] = {}
+        for key in ids:  # lane entries are named "<stream> <id>" (context.entry_key)
+            stream, entry_id = split_entry_key(key, self.stream) if " " in key \
+                else (self.stream, key)
+            by_stream.setdefault(stream, []).append(entry_id)
         try:
-            await self.redis.xack(self.stream, self.group, *ids)
+            if len(by_stream) == 1:
+                stream, stream_ids = next(iter(by_stream.items()))
+                await self.redis.xack(stream, self.group, *stream_ids)
+            else:  # the lanes share the service's hash slot: one pipeline
+                pipe = self.redis.pipeline(transaction=False)
+                for stream, stream_ids in by_stream.items():
+                    pipe.xack(stream, self.group, *stream_ids)
+                await pipe.execute()
         except Exception as exc:
             if is_transient(exc):
                 retry.extend(_Unit(u.entry_id) for u in units if u.entry_id is not None)
                 return exc
-            self.health.refused(f"XACK {self.stream}", exc)
+            self.health.refused(f"XACK {', '.join(by_stream)}", exc)
             self._refused_acks.update(ids)  # never re-taken by this consumer's recovery
             if len(self._refused_acks) > 100_000:
                 self._refused_acks.clear()

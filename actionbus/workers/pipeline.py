@@ -228,20 +228,29 @@ class ValidationLayer:
 
 class TimeoutLayer:
     """Cancels the inner chain after ``timeout`` seconds (``HandlerTimeout``); without a
-    timeout, warns once when it runs longer than ``warn_after`` seconds."""
+    timeout, warns once when it runs longer than ``warn_after`` seconds.
+
+    The warning costs no timer per action: running actions are noted in a dict and one
+    sweep, scheduled only while some run, warns about those older than ``warn_after``
+    (within a quarter of it).
+    """
 
     def __init__(self, timeout: float | None, warn_after: float) -> None:
         self.timeout = timeout
         self.warn_after = warn_after
+        self._running: dict[int, tuple[float, DomainAction]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
 
     async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
         if self.timeout is None:
-            warning = asyncio.get_running_loop().call_later(
-                self.warn_after, _warn_slow, action, self.warn_after)
+            key = id(action)
+            self._running[key] = (time.monotonic(), action)
+            if self._sweep is None:
+                self._schedule_sweep()
             try:
                 return await call_next(action, data)
             finally:
-                warning.cancel()
+                self._running.pop(key, None)
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
@@ -254,6 +263,20 @@ class TimeoutLayer:
                 f"timeout of {self.timeout:g}s and was cancelled; raise the timeout "
                 "(register(..., timeout=) or WorkerSettings.handler_timeout_s) if it needs more"
             ) from exc
+
+    def _schedule_sweep(self) -> None:
+        self._sweep = asyncio.get_running_loop().call_later(self.warn_after / 4, self._check)
+
+    def _check(self) -> None:
+        """Warn once about each action running longer than ``warn_after``."""
+        self._sweep = None
+        limit = time.monotonic() - self.warn_after
+        for key, (since, action) in list(self._running.items()):
+            if since <= limit:
+                _warn_slow(action, self.warn_after)
+                self._running[key] = (float("inf"), action)  # warned: never again
+        if self._running:
+            self._schedule_sweep()
 
 
 def _warn_slow(action: DomainAction, seconds: float) -> None:

@@ -211,17 +211,19 @@ class FailurePolicy:
         reclaimed), never lost. With ``retry_in_slot`` (or no ``payload``) the entry stays
         pending on this consumer while we wait, then its delivery count is raised.
         """
+        stream, entry_id = ctx.split(entry_id)  # a lane's entry goes back to its lane
         if payload is not None and not self.settings.retry_in_slot:
-            queue = DelayedQueue(redis, ctx.queues, ctx.service)
+            lane = None if stream == ctx.stream else ctx.queues.lane_of(stream)
+            queue = DelayedQueue(redis, ctx.queues, ctx.service, lane)
             due_ms = int((time.time() + decision.delay) * 1000)
-            if not await queue.retry_later(ctx.stream, ctx.group, entry_id,
+            if not await queue.retry_later(stream, ctx.group, entry_id,
                                            retry_payload(payload, deliveries, entry_id),
                                            due_ms):
                 logger.warning("entry %s was no longer pending when parking its retry; "
                                "someone else finished it", entry_id)
             return False
         await asyncio.sleep(decision.delay)
-        if not await reclaim_for_retry(redis, ctx.stream, ctx.group, ctx.consumer, entry_id):
+        if not await reclaim_for_retry(redis, stream, ctx.group, ctx.consumer, entry_id):
             logger.warning("entry %s vanished before its retry; giving up", entry_id)
             return False
         return True

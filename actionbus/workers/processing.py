@@ -91,6 +91,10 @@ class ActionProcessor:
         """Entries this worker is handling or about to retry."""
         return set(self._started)
 
+    def owns(self, entry_id: str) -> bool:
+        """Is ``entry_id`` being handled (or about to be retried) by this worker?"""
+        return entry_id in self._started
+
     def older_than(self, seconds: float) -> list[str]:
         """Entries in progress for longer than ``seconds`` (they need a heartbeat)."""
         limit = time.monotonic() - seconds
@@ -290,30 +294,31 @@ class ActionProcessor:
         if why.bad_input:
             self.stats.bad_input += 1
         message = safe_text(why.message)
+        stream, raw_id = self.ctx.split(entry_id)
         logger.error(
             "dead-lettered %s from %s after %d deliver%s (%s: %s: %.300s)",
-            entry_id, self.ctx.stream, deliveries, "y" if deliveries == 1 else "ies",
+            raw_id, stream, deliveries, "y" if deliveries == 1 else "ies",
             why.reason, why.error_type, message,
         )
         raw = next((fields[k] for k in _DATA_KEYS if k in fields), None)
-        original_id = entry_id
+        original_id = raw_id
         if action is not None and raw is not None and DELIVERIES_KEY in action.metadata:
             try:  # retried through the delayed set: bury the action as first sent
                 raw, first = without_bookkeeping(raw)
-                original_id = first or entry_id
+                original_id = first or raw_id
             except Exception as exc:
                 logger.debug("kept the retry bookkeeping of %s: %s", entry_id, safe_text(exc))
         try:
             letter = dead_letter_fields(
                 data=raw, reason=why.reason, error_type=why.error_type, error_message=message,
-                deliveries=deliveries, original_id=original_id, stream=self.ctx.stream,
+                deliveries=deliveries, original_id=original_id, stream=stream,
                 consumer=self.ctx.consumer, entry=fields, max_body=max_body,
             )
         except Exception as exc:  # last resort: still bury, with what can be written
             letter = dead_letter_fields(
                 data=None, reason=why.reason, error_type=why.error_type,
                 error_message=f"{message} (entry not copied: {type(exc).__name__})",
-                deliveries=deliveries, original_id=original_id, stream=self.ctx.stream,
+                deliveries=deliveries, original_id=original_id, stream=stream,
                 consumer=self.ctx.consumer,
             )
         self.output.xadd(self.ctx.dead_stream, letter)

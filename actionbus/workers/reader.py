@@ -31,6 +31,11 @@ __all__ = ["Spawn", "StreamReader", "spread"]
 
 logger = logging.getLogger("actionbus.worker")
 
+_EMPTY_HIGH_S = 0.001
+"""A lane found empty is not read again for this long (the most urgent lane)…"""
+_EMPTY_S = 0.02
+"""…or this long (the other lanes); a blocking read of every lane resets both."""
+
 Spawn = Callable[[str, str, dict[Any, Any], int], None]
 """``spawn(stream, entry_id, fields, deliveries)``: start handling one entry."""
 
@@ -86,6 +91,10 @@ class StreamReader:
         """Set after a read that may have lost entries: recovery runs at once."""
         self.recover_now.set()  # at start, our own pending entries are taken back first
         self._reading = asyncio.Lock()  # a read in flight and "recover own" never overlap
+        self._credits = [0] * len(self.streams)  # weighted lanes: smooth round robin
+        self._empty_until = [0.0] * len(self.streams)
+        weights = tuple(ctx.settings.lane_weights)
+        self._weights = (weights + (1,) * len(self.streams))[:len(self.streams)]
 
     def free(self) -> int:
         """Slots free for new entries."""
@@ -105,15 +114,16 @@ class StreamReader:
                 continue
             try:
                 started = time.monotonic()
+                count = min(free, self.read_limit() or settings.batch_size)
                 async with self._reading:
-                    reply: Any = await self.redis.xreadgroup(
-                        self.ctx.group, self.ctx.consumer, offsets,  # type: ignore[arg-type]
-                        count=min(free, self.read_limit() or settings.batch_size),
-                        block=settings.block_ms,
-                    )
-                    for stream, entries in reply or ():
-                        for entry_id, fields in entries:
-                            self.spawn(text(stream), text(entry_id), fields, 1)
+                    if len(self.streams) > 1:
+                        reply: Any = await self._read_lanes(count)
+                    else:
+                        reply = await self.redis.xreadgroup(
+                            self.ctx.group, self.ctx.consumer, offsets,  # type: ignore[arg-type]
+                            count=count, block=settings.block_ms,
+                        )
+                        self._spawn_all(reply)
                 took = time.monotonic() - started
                 if took > block + 1.0:
                     # Far longer than a block: the connection hung and redis-py retried the
@@ -140,6 +150,65 @@ class StreamReader:
             if reply:  # let the new tasks run (and send their replies) before the next read
                 await asyncio.sleep(0)
             self.after_batch()
+
+    def _spawn_all(self, reply: Any) -> int:
+        spawned = 0
+        for stream, entries in reply or ():
+            for entry_id, fields in entries:
+                self.spawn(text(stream), text(entry_id), fields, 1)
+                spawned += 1
+        return spawned
+
+    def _first_lane(self) -> int:
+        """Weighted mode: the lane this read starts with, by smooth weighted round robin
+        over ``lane_weights`` (of every 10 reads with the default 6/3/1: 6 start with
+        high, 3 with normal, 1 with low)."""
+        weights = self._weights
+        for i, weight in enumerate(weights):
+            self._credits[i] += weight
+        chosen = max(range(len(weights)), key=lambda i: self._credits[i])
+        self._credits[chosen] -= sum(weights)
+        return chosen
+
+    async def _read_lanes(self, count: int) -> Any:
+        """Read at most ``count`` entries from the lanes, most urgent first.
+
+        Strict: each lane in order takes what is left. Weighted: first the lane chosen by
+        ``_first_lane`` takes its share (at least one), then the lanes in order take the
+        rest (that lane included). A lane found empty is skipped for a moment. Nothing in
+        any lane: one blocking read of one entry from each lane there is room for (so a
+        read never brings more entries than free slots).
+        """
+        settings, ctx = self.ctx.settings, self.ctx
+        order = list(range(len(self.streams)))
+        quota = {i: count for i in order}
+        if settings.lane_mode == "weighted":
+            first = self._first_lane()
+            share = -(-count * self._weights[first] // sum(self._weights))
+            order.insert(0, first)  # its share first, then every lane in order (it too)
+            quota[first] = max(1, share)
+        got = 0
+        now = time.monotonic()
+        for position, lane in enumerate(order):
+            want = min(count - got, quota[lane] if position == 0 else count)
+            if want <= 0:
+                break
+            if self._empty_until[lane] > now:
+                continue  # it was empty a moment ago: spare the round trip
+            reply = await self.redis.xreadgroup(
+                ctx.group, ctx.consumer, {self.streams[lane]: ">"}, count=want)
+            spawned = self._spawn_all(reply)
+            if not spawned:
+                self._empty_until[lane] = now + (_EMPTY_HIGH_S if lane == 0 else _EMPTY_S)
+            got += spawned
+        if got:
+            return True
+        self._empty_until = [0.0] * len(self.streams)  # the blocking read looks at all
+        room = {stream: ">" for stream in self.streams[:count]}
+        reply = await self.redis.xreadgroup(
+            ctx.group, ctx.consumer, room, count=1,  # type: ignore[arg-type]
+            block=settings.block_ms)
+        return self._spawn_all(reply) > 0
 
     async def run_recovery(self, stopping: asyncio.Event) -> None:
         """Beside ``run()``: take back our lost deliveries, reclaim abandoned entries.
@@ -208,13 +277,24 @@ class StreamReader:
                 return
             claimed = await claim_own_pending(
                 self.redis, stream, self.ctx.group, self.ctx.consumer, count=free,
-                skip=self.owned() | self.unacknowledged(),
+                skip=self._skip(stream, self.owned() | self.unacknowledged()),
             )
             for entry in claimed:
                 logger.info("resuming %s, delivered to this consumer by a lost read",
                             entry.entry_id)
                 self.spawn(stream, entry.entry_id, entry.fields, entry.deliveries)
             free -= len(claimed)
+
+    def _skip(self, stream: str, keys: set[str]) -> set[str]:
+        """The entry ids of ``stream`` among entry keys (lane entries are "<stream> <id>")."""
+        if len(self.streams) == 1:
+            return keys
+        ids = set()
+        for key in keys:
+            key_stream, entry_id = self.ctx.split(key)
+            if key_stream == stream:
+                ids.add(entry_id)
+        return ids
 
     async def reclaim(self, free: int) -> None:
         """Take over entries other consumers abandoned."""
@@ -223,7 +303,8 @@ class StreamReader:
                 return
             claimed = await claim_abandoned(
                 self.redis, stream, self.ctx.group, self.ctx.consumer,
-                min_idle_ms=self.ctx.settings.claim_idle_ms, count=free, skip=self.owned(),
+                min_idle_ms=self.ctx.settings.claim_idle_ms, count=free,
+                skip=self._skip(stream, self.owned()),
             )
             for entry in claimed:
                 self.stats.reclaimed += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -93,10 +95,27 @@ class WorkerSettings(BaseSettings):
         "timeout (None = 2 x claim_idle_ms)."
     )
 
+    lanes: bool = Field(
+        False, description="Read the priority lanes (streams:high, streams:main, streams:low) "
+        "and announce it, so senders route priority= and pseudo-sync calls to them."
+    )
+    lane_mode: Literal["weighted", "strict"] = Field(
+        "weighted", description="strict: a lower lane is read only when the higher ones are "
+        "empty; weighted: each read gives every lane a share (lane_weights), so none starves."
+    )
+    lane_weights: tuple[int, int, int] = Field(
+        (6, 3, 1), description="Shares of one read for high, normal and low (weighted mode)."
+    )
+    lanes_ttl_s: int = Field(
+        30, ge=3, description="TTL of the lanes descriptor (refreshed every third of it)."
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
         if self.retry_backoff_max_s < self.retry_backoff_base_s:
             raise ValueError("retry_backoff_max_s must be >= retry_backoff_base_s")
+        if any(w < 1 for w in self.lane_weights):
+            raise ValueError("lane_weights must be positive integers (high, normal, low)")
         return self
 
     def retry_delay(self, deliveries: int) -> float:

@@ -22,34 +22,49 @@ logger = logging.getLogger("actionbus.worker")
 
 
 async def maintain(redis: AnyRedis, ctx: WorkerContext) -> None:
-    """Trim fully processed entries beyond the retention and remove gone consumers."""
+    """Trim fully processed entries beyond the retention and remove gone consumers
+    (in every lane when the worker reads lanes)."""
     settings = ctx.settings
     if settings.stream_retention is not None:
         removed = await trim(redis, ctx)
         if removed:
             logger.debug("trimmed %d processed entries from %s", removed, ctx.stream)
-    await remove_gone_consumers(
-        redis, ctx.stream, ctx.group, ctx.consumer, int(settings.consumer_gone_after_s * 1000),
-    )
+    for stream in ctx.lanes or (ctx.stream,):
+        await remove_gone_consumers(
+            redis, stream, ctx.group, ctx.consumer, int(settings.consumer_gone_after_s * 1000),
+        )
 
 
 async def trim(redis: AnyRedis, ctx: WorkerContext) -> int:
-    """``safe_trim``, then, if old pending entries block it, ``trim_around_pending``."""
+    """``safe_trim``, then, if old pending entries block it, ``trim_around_pending``;
+    each lane is trimmed to the same retention."""
     settings = ctx.settings
     if settings.stream_retention is None:
         return 0
-    removed = await safe_trim(redis, ctx.stream, settings.stream_retention)
-    if settings.trim_stuck_after_s is not None:
-        try:
-            removed += await trim_around_pending(
-                redis, ctx.stream, settings.stream_retention,
-                stuck_after_ms=int(settings.trim_stuck_after_s * 1000),
-            )
-        except ResponseError as exc:  # e.g. no +xrange +xdel in the ACL: trim as before
-            if is_transient(exc):
-                raise
-            logger.info("trimming past stuck entries of %s skipped: %s", ctx.stream, exc)
+    removed = 0
+    for stream in ctx.lanes or (ctx.stream,):
+        removed += await safe_trim(redis, stream, settings.stream_retention)
+        if settings.trim_stuck_after_s is not None:
+            try:
+                removed += await trim_around_pending(
+                    redis, stream, settings.stream_retention,
+                    stuck_after_ms=int(settings.trim_stuck_after_s * 1000),
+                )
+            except ResponseError as exc:  # e.g. no +xrange +xdel in the ACL: trim as before
+                if is_transient(exc):
+                    raise
+                logger.info("trimming past stuck entries of %s skipped: %s", stream, exc)
     return removed
+
+
+async def announce_lanes(redis: AnyRedis, ctx: WorkerContext) -> None:
+    """Keep the lanes descriptor alive: senders route by priority only while it exists."""
+    if ctx.lanes:
+        await redis.set(ctx.queues.get_lanes_key(ctx.service), ",".join(LANES_READ),
+                        ex=ctx.settings.lanes_ttl_s)
+
+
+LANES_READ = ("high", "normal", "low")
 
 
 class Upkeep:
@@ -101,13 +116,21 @@ class Upkeep:
         """Heartbeats for long-running actions, then trimming and consumer cleanup."""
         settings, ctx = self.ctx.settings, self.ctx
         beat = settings.claim_idle_ms / 3000
+        if ctx.lanes:  # the lanes descriptor is refreshed well within its TTL
+            beat = min(beat, settings.lanes_ttl_s / 3)
         next_maintenance = time.monotonic() + settings.maintenance_interval_s
         while True:
             await asyncio.sleep(min(beat, settings.maintenance_interval_s))
             try:
-                await heartbeat(
-                    self.redis, ctx.stream, ctx.group, ctx.consumer, self.in_progress(beat)
-                )
+                by_stream: dict[str, list[str]] = {}
+                for key in self.in_progress(beat):
+                    stream, entry_id = ctx.split(key)
+                    by_stream.setdefault(stream, []).append(entry_id)
+                for stream in by_stream or (ctx.stream,):
+                    await heartbeat(
+                        self.redis, stream, ctx.group, ctx.consumer, by_stream.get(stream, [])
+                    )
+                await announce_lanes(self.redis, ctx)
                 if time.monotonic() >= next_maintenance:
                     next_maintenance = time.monotonic() + settings.maintenance_interval_s
                     await self.maintain()

@@ -1,0 +1,142 @@
+"""The eager consume path (workers/eager.py): same guarantees as one task per entry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import Any
+
+from actionbus import DomainAction, HandlerTimeout
+from actionbus.workers.eager import EagerRunner
+
+_SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="")
+
+
+async def test_handler_raising_before_its_first_await_is_retried(
+    bus: Any, eventually: Any
+) -> None:
+    """A handler that raises synchronously (no await yet) goes through the failure policy."""
+    worker = bus.worker("eager")
+    attempts: list[int] = []
+
+    @worker.handler("eager.item.flaky")
+    async def flaky(action: DomainAction, data: dict[str, Any]) -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise RuntimeError("not yet")
+
+    await worker.start()
+    await bus.client("orders").send_action_async(DomainAction(action_type="eager.item.flaky"))
+    await eventually(lambda: worker.stats.handled == 1)
+    assert len(attempts) == 3
+    assert worker.stats.failed_attempts == 2
+    assert worker.stats.dead_lettered == 0
+
+
+async def test_handler_that_never_awaits_does_not_starve_the_loop(
+    bus: Any, eventually: Any
+) -> None:
+    """Handlers that never await leave turns to other tasks between read batches."""
+    worker = bus.worker("eager", concurrency=10, batch_size=10)
+    ticks = 0
+    observed: list[int] = []
+
+    @worker.handler("eager.item.spin")
+    async def spin(action: DomainAction, data: dict[str, Any]) -> None:
+        observed.append(ticks)
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    client = bus.client("orders")
+    await client.send_actions_async(
+        [DomainAction(action_type="eager.item.spin") for _ in range(200)]
+    )
+    side = asyncio.create_task(ticker())
+    try:
+        await worker.start()
+        await eventually(lambda: worker.stats.handled == 200)
+    finally:
+        side.cancel()
+    assert len(set(observed)) >= 200 // 10  # the ticker ran between (at least) every batch
+
+
+async def test_concurrency_limit_holds_and_each_handler_has_its_own_task(
+    bus: Any, eventually: Any
+) -> None:
+    """At most ``concurrency`` handlers run at once, each in a task of its own."""
+    worker = bus.worker("eager", concurrency=3)
+    release = asyncio.Event()
+    running: set[asyncio.Task[Any] | None] = set()
+    peak = 0
+    started = 0
+
+    @worker.handler("eager.item.wait")
+    async def wait(action: DomainAction, data: dict[str, Any]) -> None:
+        nonlocal peak, started
+        task = asyncio.current_task()
+        assert task not in running
+        running.add(task)
+        started += 1
+        peak = max(peak, len(running))
+        await release.wait()
+        running.discard(task)
+
+    await bus.client("orders").send_actions_async(
+        [DomainAction(action_type="eager.item.wait") for _ in range(10)]
+    )
+    await worker.start()
+    await eventually(lambda: started == 3)
+    for _ in range(20):  # a fourth one would start within a few loop turns
+        await asyncio.sleep(0.005)
+    assert started == 3
+    assert worker.in_flight == 3
+    release.set()
+    await eventually(lambda: worker.stats.handled == 10)
+    assert peak == 3
+    assert worker.in_flight == 0
+
+
+async def test_timeout_cancels_only_the_overrunning_handler(bus: Any, eventually: Any) -> None:
+    """asyncio.timeout entered before the first await binds to the handler, not the reader."""
+    worker = bus.worker("eager", max_deliveries=1)
+    done: list[str] = []
+
+    @worker.handler("eager.item.slow", timeout=0.2)
+    async def slow(action: DomainAction, data: dict[str, Any]) -> None:
+        await asyncio.sleep(30)
+
+    @worker.handler("eager.item.fast")
+    async def fast(action: DomainAction, data: dict[str, Any]) -> None:
+        done.append(data["n"])
+
+    await worker.start()
+    client = bus.client("orders")
+    await client.send_action_async(DomainAction(action_type="eager.item.slow"))
+    await eventually(lambda: worker.stats.dead_lettered == 1)
+    for n in range(3):  # the read loop still reads after the timeout fired
+        await client.send_action_async(DomainAction(action_type="eager.item.fast", data={"n": n}))
+    await eventually(lambda: len(done) == 3)
+    letters = await worker.dead_letters.list()
+    assert letters[0].error_type == HandlerTimeout.__name__
+
+
+async def test_each_job_runs_in_its_own_context() -> None:
+    """A context variable set by one job is not seen by the next (as with tasks)."""
+    seen: list[str] = []
+    finished = asyncio.Event()
+
+    async def job(name: str) -> None:
+        seen.append(_SEEN.get())
+        _SEEN.set(name)
+        if name == "last":
+            finished.set()
+
+    runner = EagerRunner(lambda: None)
+    for name in ("a", "b", "last"):
+        runner.submit(lambda name=name: job(name))  # type: ignore[misc]
+    await asyncio.wait_for(finished.wait(), 5)
+    assert seen == ["", "", ""]

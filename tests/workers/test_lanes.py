@@ -1,0 +1,201 @@
+"""Priority lanes: urgent work passes bulk work; every guarantee holds in every lane."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from actionbus import ActionRejected, DomainAction, DomainActionResponse
+from tests.workers.helpers import QM
+
+HIGH = QM.get_lane_stream("lanes", "high")
+MAIN = QM.get_service_action_stream("lanes")
+LOW = QM.get_lane_stream("lanes", "low")
+
+
+def raw_action(n: int, kind: str = "bulk") -> str:
+    """An action's JSON as a foreign producer writes it."""
+    return DomainAction(action_type=f"lanes.item.{kind}", data={"n": n}).model_dump_json()
+
+
+async def test_urgent_entries_sent_after_a_backlog_are_handled_first(
+    bus: Any, eventually: Any
+) -> None:
+    """priority='high' actions sent behind a bulk backlog are handled before the backlog."""
+    worker = bus.worker("lanes", lanes=True, lane_mode="strict", concurrency=1)
+    order: list[str] = []
+    first = asyncio.Event()
+    release = asyncio.Event()
+
+    @worker.handler("lanes.item.bulk")
+    async def bulk(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append(f"bulk{data['n']}")
+        first.set()
+        await release.wait()
+
+    @worker.handler("lanes.item.urgent")
+    async def urgent(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append(f"urgent{data['n']}")
+
+    await worker.start()
+    client = bus.client("orders")
+    await client.send_actions_async(
+        [DomainAction(action_type="lanes.item.bulk", data={"n": n}) for n in range(30)])
+    await asyncio.wait_for(first.wait(), 5)
+    await client.send_actions_async(
+        [DomainAction(action_type="lanes.item.urgent", data={"n": n}) for n in range(5)],
+        priority="high",
+    )
+    release.set()
+    await eventually(lambda: len(order) == 35)
+    assert order[0] == "bulk0"
+    assert order[1:6] == [f"urgent{n}" for n in range(5)]
+    assert await bus.redis.xlen(HIGH) == 5
+
+
+async def test_weighted_mode_gives_the_lowest_lane_its_share(bus: Any, eventually: Any) -> None:
+    """With a full high lane, the weighted default still hands the low lane some reads
+    (raw XADDs to the documented lane keys, as a foreign sender would)."""
+    for n in range(40):
+        await bus.redis.xadd(HIGH, {"data": raw_action(n, "urgent")})
+        await bus.redis.xadd(LOW, {"data": raw_action(n, "bulk")})
+    worker = bus.worker("lanes", lanes=True, concurrency=1)
+    order: list[str] = []
+
+    @worker.handler("lanes.item.bulk")
+    async def bulk(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append("low")
+
+    @worker.handler("lanes.item.urgent")
+    async def urgent(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append("high")
+
+    await worker.start()
+    await eventually(lambda: len(order) >= 30)
+    assert 2 <= order[:30].count("low") <= 10  # 1 of every 10 reads with weights 6/3/1
+    await eventually(lambda: len(order) == 80)  # and everything in the end
+
+
+async def test_pseudo_sync_uses_the_high_lane_of_a_lane_reading_service(bus: Any) -> None:
+    """Without priority=, a pseudo-sync call goes to the high lane when the target reads lanes."""
+    worker = bus.worker("lanes", lanes=True)
+
+    @worker.handler("lanes.item.ask")
+    async def ask(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    await worker.start()
+    reply = await bus.client("orders").send_action_pseudo_sync(
+        DomainAction(action_type="lanes.item.ask"), timeout=5)
+    assert reply is not None
+    assert reply.success
+    assert await bus.redis.xlen(HIGH) == 1
+    assert await bus.redis.xlen(MAIN) == 0
+
+
+async def test_pseudo_sync_to_a_main_only_service_uses_its_main_stream(bus: Any) -> None:
+    """A service answering from the main stream only (a raw responder) keeps answering."""
+    redis = bus.redis
+
+    async def responder() -> None:
+        last = "0"
+        while True:
+            reply = await redis.xread({MAIN: last}, count=10, block=100)
+            for _, entries in reply or ():
+                for entry_id, fields in entries:
+                    last = entry_id
+                    action = DomainAction.model_validate_json(fields[b"data"])
+                    response = DomainActionResponse.for_action(action, data={"raw": True})
+                    assert action.callback_queue_name is not None
+                    await redis.lpush(action.callback_queue_name, response.model_dump_json())
+
+    task = asyncio.create_task(responder())
+    try:
+        reply = await bus.client("orders").send_action_pseudo_sync(
+            DomainAction(action_type="lanes.item.ask"), timeout=5, priority="high")
+    finally:
+        task.cancel()
+    assert reply is not None
+    assert reply.data == {"raw": True}
+    assert not await redis.exists(HIGH)
+
+
+async def test_a_failed_lane_entry_is_retried_in_its_lane(bus: Any, eventually: Any) -> None:
+    """A retry of a high-lane action goes back to the high lane (through its delayed set)."""
+    worker = bus.worker("lanes", lanes=True)
+    attempts: list[int] = []
+
+    @worker.handler("lanes.item.flaky")
+    async def flaky(action: DomainAction, data: dict[str, Any]) -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("once")
+
+    await worker.start()
+    await bus.client("orders").send_action_async(
+        DomainAction(action_type="lanes.item.flaky"), priority="high")
+    await eventually(lambda: worker.stats.handled == 1)
+    assert len(attempts) == 2
+    assert await bus.redis.xlen(HIGH) == 2  # the first delivery and the retry
+    assert await bus.redis.xlen(MAIN) == 0
+
+
+async def test_a_lane_entry_is_dead_lettered_with_its_lane(bus: Any, eventually: Any) -> None:
+    """A buried low-lane action lands in the service's one dead stream, naming its lane."""
+    worker = bus.worker("lanes", lanes=True)
+
+    @worker.handler("lanes.item.bad")
+    async def bad(action: DomainAction, data: dict[str, Any]) -> None:
+        raise ActionRejected("no")
+
+    await worker.start()
+    entry_id = await bus.client("orders").send_action_async(
+        DomainAction(action_type="lanes.item.bad"), priority="low")
+    await eventually(lambda: worker.stats.dead_lettered == 1)
+    [letter] = await worker.dead_letters.list()
+    assert letter.stream == LOW
+    assert letter.original_id == entry_id
+    pending = await bus.redis.xpending(LOW, "lanes")
+    assert pending["pending"] == 0
+
+
+async def test_entries_left_by_a_stopped_worker_are_reclaimed_in_every_lane(
+    bus: Any, eventually: Any
+) -> None:
+    """Entries of each lane left pending by a worker that stopped mid-drain are reclaimed
+    by another worker and handled, none lost (equal entry ids in two lanes included)."""
+    hang = asyncio.Event()
+    seen: list[tuple[str, int]] = []
+    first = bus.worker("lanes", lanes=True, consumer_name="first")
+
+    @first.handler("lanes.item.bulk")
+    async def stuck(action: DomainAction, data: dict[str, Any]) -> None:
+        await hang.wait()
+
+    for n, stream in enumerate((HIGH, MAIN, LOW)):
+        await bus.redis.xadd(stream, {"data": raw_action(n)}, id="1-1")
+    await first.start()
+    await eventually(lambda: first.in_flight == 3)
+    await first.stop(grace=0)
+    second = bus.worker("lanes", lanes=True, consumer_name="second", claim_idle_ms=100,
+                        reclaim_interval_s=0.1)
+
+    @second.handler("lanes.item.bulk")
+    async def handled(action: DomainAction, data: dict[str, Any]) -> None:
+        seen.append(("lane", data["n"]))
+
+    await second.start()
+    await eventually(lambda: len(seen) == 3)
+    assert sorted(n for _, n in seen) == [0, 1, 2]
+    for stream in (HIGH, MAIN, LOW):
+        assert (await bus.redis.xpending(stream, "lanes"))["pending"] == 0
+
+
+async def test_lanes_descriptor_is_kept_alive(bus: Any) -> None:
+    """A lane-reading worker announces its lanes in the documented descriptor key."""
+    worker = bus.worker("lanes", lanes=True, lanes_ttl_s=10)
+    await worker.start()
+    key = QM.get_lanes_key("lanes")
+    assert json.dumps((await bus.redis.get(key)).decode()) == '"high,normal,low"'
+    assert 0 < await bus.redis.ttl(key) <= 10
