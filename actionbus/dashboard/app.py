@@ -32,6 +32,7 @@ from actionbus.status import (
     dead_letter_pending,
     discover_services,
     pending_entries,
+    schedule_states,
     service_status,
 )
 from actionbus.streams import text
@@ -125,7 +126,9 @@ def create_app(settings: CommonAppSettings, *, read_only: bool = False,
         raw: Any = await redis.xrevrange(qm.get_service_action_stream(name), count=20)
         recent = [(text(i), text(f.get(b"data", f.get("data", "")))) for i, f in raw]
         letters = await DeadLetterQueue(redis, qm, name).list(count=50)
-        body = pages.service_page(row, info, pending, recent, letters[::-1], state.read_only)
+        schedules = await schedule_states(redis, qm, name)
+        body = pages.service_page(row, info, pending, recent, letters[::-1], state.read_only,
+                                  schedules)
         return HTMLResponse(pages.layout(name, body, state.where, state.read_only))
 
     async def entry(request: Request) -> Response:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 from urllib.parse import quote
 
 from actionbus.dead_letters import DeadLetter
 from actionbus.inspect import ServiceInfo
-from actionbus.status import PendingEntry, ServiceStatus
+from actionbus.status import PendingEntry, ScheduleState, ServiceStatus
 
 __all__ = [
     "action_fields", "age", "e", "entry_page", "layout", "overview", "overview_table",
@@ -126,8 +127,10 @@ def action_fields(data: str) -> tuple[str, str]:
 def service_page(
     row: ServiceStatus, info: ServiceInfo, pending: list[PendingEntry],
     recent: list[tuple[str, str]], letters: list[DeadLetter], read_only: bool,
+    schedules: Sequence[ScheduleState] = (),
 ) -> str:
-    """Consumers, pending entries, recent actions, dead letters and their actions."""
+    """Consumers, pending entries, recent actions, schedules, dead letters and their
+    actions."""
     svc = _u(row.service)
     parts = [overview_table([row], {})]
     parts.append("<h2>Consumers</h2><table id='consumers'><tr><th class='l'>group</th>"
@@ -157,7 +160,16 @@ def service_page(
         parts.append(f"<tr><td class='l'><a href='/services/{svc}/entries/{_u(entry_id)}'>"
                      f"{e(entry_id)}</a></td><td class='l'>{e(action_type)}</td>"
                      f"<td class='l'>{e(action_id)}</td></tr>")
-    parts.append("</table><h2>Dead letters</h2>")
+    parts.append("</table>")
+    if schedules:
+        parts.append("<h2>Schedules</h2><table id='schedules'><tr><th class='l'>schedule</th>"
+                     "<th class='l'>last tick (UTC)</th></tr>")
+        for sch in schedules:
+            tick = "-" if sch.last_tick_ms is None else datetime.fromtimestamp(
+                sch.last_tick_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            parts.append(f"<tr><td class='l'>{e(sch.name)}</td><td class='l'>{tick}</td></tr>")
+        parts.append("</table>")
+    parts.append("<h2>Dead letters</h2>")
     if not read_only:
         parts.append(
             f"<form id='bulk' method='post' action='/services/{svc}/dead/replay' "

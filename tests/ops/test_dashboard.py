@@ -85,6 +85,7 @@ def _setup(redis: Redis) -> list[str]:
                           "error_type": "ActionRejected", "error_message": XSS,
                           "deliveries": "1"})
     redis.hset(presence_key(QM, "inventory"), "c1", int(time.time() * 1000) + 600_000)
+    redis.hset(QM.get_schedules_key("inventory"), "nightly-count", 1796083200000)
     return stuck
 
 
@@ -120,6 +121,7 @@ def test_pages_render_the_numbers_and_actions_work(redis_url: str) -> None:
             assert page.locator("#consumers").inner_text().count("alive") == 1
             assert XSS in page.locator("#dead").inner_text()
             assert page.evaluate("window.pwned") is None
+            assert "nightly-count\t2026-12-01 00:00:00" in page.locator("#schedules").inner_text()
             page.screenshot(path=str(ARTIFACTS / "dashboard-service.png"), full_page=True)
 
             page.click(f"#pending a:text('{stuck[0]}')")
