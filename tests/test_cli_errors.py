@@ -72,7 +72,7 @@ def test_http_url() -> None:
 
 def test_non_json_sentinels() -> None:
     """A REDIS_SENTINELS that is not JSON says lists are JSON, with an example."""
-    result = run("info", "inventory", env={"REDIS_SENTINELS": "10.0.0.5:26379"})
+    result = run("info", "inventory", env={"REDIS_SENTINELS": "127.0.0.9:26379"})
     assert_one_line(result, "redis_sentinels", "JSON")
 
 

@@ -115,16 +115,16 @@ def test_precedence_kwargs_then_env_then_dotenv(
 def test_explicit_redis_url_wins_over_fields() -> None:
     """An explicitly given redis_url is used even when the individual fields are set."""
     settings = make(
-        redis_url="redis://10.0.0.5:7000/4", redis_host="other", redis_port=1234, redis_db=9
+        redis_url="redis://127.0.0.9:7000/4", redis_host="other", redis_port=1234, redis_db=9
     )
-    assert settings.effective_redis_url == "redis://10.0.0.5:7000/4"
+    assert settings.effective_redis_url == "redis://127.0.0.9:7000/4"
 
 
 def test_redis_url_from_env_wins_over_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     """REDIS_URL from the environment also wins over REDIS_HOST/REDIS_PORT."""
-    monkeypatch.setenv("REDIS_URL", "redis://10.0.0.5:7000/4")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.9:7000/4")
     monkeypatch.setenv("REDIS_HOST", "ignored")
-    assert make().effective_redis_url == "redis://10.0.0.5:7000/4"
+    assert make().effective_redis_url == "redis://127.0.0.9:7000/4"
 
 
 def test_empty_redis_url_falls_back_to_fields(monkeypatch: pytest.MonkeyPatch) -> None:
