@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -25,9 +26,30 @@ from actionbus.workers.presence import handled_per_second, presence_key
 
 __all__ = [
     "NotPendingError", "PendingEntry", "ScheduleState", "ServiceStatus", "dead_letter_pending",
-    "discover_services", "pending_entries", "retry_pending", "schedule_states",
-    "service_status",
+    "discover_services", "format_age", "format_tick", "pending_entries", "retry_pending",
+    "schedule_states", "service_status",
 ]
+
+
+def format_age(ms: int | None) -> str:
+    """A short age for people: ``4.2s``, ``3m05s``, ``1h02m`` or ``-``."""
+    if ms is None:
+        return "-"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def format_tick(ms: int | None) -> str:
+    """An epoch-millisecond time as ``YYYY-MM-DD HH:MM:SS`` (UTC), or ``-``."""
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class PendingEntry(BaseModel):

@@ -79,8 +79,8 @@ INTERNAL = {
     "actionbus.logconfig": {"KeyValueFormatter", "configure_logging"},
     "actionbus.status": {
         "NotPendingError", "PendingEntry", "ScheduleState", "ServiceStatus",
-        "dead_letter_pending", "discover_services", "pending_entries", "retry_pending",
-        "schedule_states", "service_status",
+        "dead_letter_pending", "discover_services", "format_age", "format_tick",
+        "pending_entries", "retry_pending", "schedule_states", "service_status",
     },
     "actionbus.workers.presence": {
         "handled_key", "handled_per_second", "presence_key", "read_presence", "run",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -19,26 +18,16 @@ from actionbus.inspect import inspect_service
 from actionbus.status import (
     ServiceStatus,
     discover_services,
+    format_tick,
     pending_entries,
     schedule_states,
     service_status,
 )
+from actionbus.status import format_age as age
 
 __all__ = ["age", "status"]
 
 
-def age(ms: int | None) -> str:
-    """``1h02m``, ``3m05s``, ``4.2s`` or ``-``."""
-    if ms is None:
-        return "-"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, sec = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{sec:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _overview(rows: list[ServiceStatus], where: str) -> Table:
@@ -106,10 +95,7 @@ def _render(report: dict[str, Any]) -> RenderableType:
             schedules.add_column("schedule")
             schedules.add_column("last tick (UTC)")
             for sch in report["schedules"]:
-                tick = sch["last_tick_ms"]
-                shown = "-" if tick is None else datetime.fromtimestamp(
-                    tick / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-                schedules.add_row(sch["name"], shown)
+                schedules.add_row(sch["name"], format_tick(sch["last_tick_ms"]))
             parts.append(schedules)
     return Group(*parts)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from html import escape
 from typing import Any
 from urllib.parse import quote
 
 from actionbus.dead_letters import DeadLetter
 from actionbus.inspect import ServiceInfo
-from actionbus.status import PendingEntry, ScheduleState, ServiceStatus
+from actionbus.status import PendingEntry, ScheduleState, ServiceStatus, format_tick
+from actionbus.status import format_age as age
 
 __all__ = [
     "action_fields", "age", "e", "entry_page", "layout", "overview", "overview_table",
@@ -47,18 +47,6 @@ def _u(value: str) -> str:
     return quote(value, safe="")
 
 
-def age(ms: int | None) -> str:
-    """A short age: ``4.2s``, ``3m05s``, ``1h02m`` or ``-``."""
-    if ms is None:
-        return "-"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, sec = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{sec:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def layout(title: str, body: str, where: str, read_only: bool) -> str:
@@ -165,9 +153,8 @@ def service_page(
         parts.append("<h2>Schedules</h2><table id='schedules'><tr><th class='l'>schedule</th>"
                      "<th class='l'>last tick (UTC)</th></tr>")
         for sch in schedules:
-            tick = "-" if sch.last_tick_ms is None else datetime.fromtimestamp(
-                sch.last_tick_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-            parts.append(f"<tr><td class='l'>{e(sch.name)}</td><td class='l'>{tick}</td></tr>")
+            parts.append(f"<tr><td class='l'>{e(sch.name)}</td>"
+                         f"<td class='l'>{format_tick(sch.last_tick_ms)}</td></tr>")
         parts.append("</table>")
     parts.append("<h2>Dead letters</h2>")
     if not read_only:
