@@ -143,16 +143,19 @@ async def test_boolean_timeout_is_refused(bus: Any) -> None:
             DomainAction(action_type="calc.number.double"), timeout=True)
 
 
-async def test_closed_manager_client_refuses_to_send(make_settings: Any) -> None:
+async def test_closed_manager_client_refuses_to_send(
+    make_settings: Any, fresh_redis_server: Any
+) -> None:
     """After RedisManager.close() its client refuses sends (library error), not reconnecting."""
-    manager = RedisManager(make_settings())
+    url = fresh_redis_server.url  # its own server: other tests' connections do not count
+    manager = RedisManager(make_settings(redis_url=url))
     redis = await manager.initialize()
-    client = BaseRedisClient("orders", redis, make_settings(service_name="orders"))
+    client = BaseRedisClient("orders", redis, make_settings(service_name="orders", redis_url=url))
     await manager.close()
     action = DomainAction(action_type="calc.number.double")
     with pytest.raises(ClientNotInitializedError, match="closed"):
         await client.send_action_async(action)
     with pytest.raises(ClientNotInitializedError):
         await client.send_actions_async([action])
-    async with Redis.from_url(make_settings().effective_redis_url) as observer:
+    async with Redis.from_url(url) as observer:
         assert len(await observer.client_list()) == 1  # only the observer: nothing reconnected
