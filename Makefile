@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint bench bench-long install dev clean mutation
+.PHONY: demo test test-quick lint bench bench-long install dev clean mutation
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required (python3.11/3.12/3.13 on PATH)"; exit 1; }
@@ -36,6 +36,11 @@ lint: dev
 
 test: dev lint
 	$(BIN)/python -m pytest
+
+# Day-to-day subset (about a minute): no fault, cluster, browser or Node tests. CI runs `test`.
+test-quick: dev
+	$(BIN)/python -m pytest -q -x --ignore=tests/faults --ignore=tests/conformance \
+		--ignore=tests/ops/test_dashboard.py -k "not cluster and not sentinel"
 
 bench: dev
 	$(PIP) install -e '.[bench]'

@@ -110,6 +110,7 @@ async def test_raw_redis_cli_answer_reaches_a_pseudo_sync_caller(redis_url: str)
     """A service that answers by hand as the README shows completes a pseudo-sync call."""
     settings = CommonAppSettings(service_name="orders", redis_url=redis_url)
     create, read, lpush, expire, xack = cli_lines("raw-answer")
+    redis_cli(redis_url, "DEL", create[2])  # the shared server: start without others' entries
     redis_cli(redis_url, *create)
     async with RedisManager(settings) as manager:
         client = BaseRedisClient("orders", manager.get_client(), settings)

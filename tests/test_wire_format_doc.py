@@ -132,6 +132,7 @@ async def test_redis_cli_answer_completes_a_pseudo_sync_call(
         client = BaseRedisClient("orders", manager.get_client(), settings)
         qm = client.queue_manager
         create, read, *_ = cli_lines("wire-answer", qm)
+        redis_cli(redis_url, "DEL", create[2])  # shared server: start without others' entries
         redis_cli(redis_url, *create)
         call = asyncio.create_task(client.send_action_pseudo_sync(
             DomainAction(action_type="billing.invoice.create", correlation_id="c-9"), timeout=10))
