@@ -210,7 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "producer"]
     )
     parser.add_argument("--url", required=True)
-    parser.add_argument("--service", default="benchdrain", help="ab-worker: its service")
+    parser.add_argument("--service", default="benchdrain",
+                        help="ab-worker: its service; producer: the service of its actions")
     parser.add_argument("--stream", help="raw/fs: the stream to consume")
     parser.add_argument("--group", help="raw/fs: the consumer group")
     parser.add_argument("--go", help="wait for a token on this list before consuming")

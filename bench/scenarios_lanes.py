@@ -155,7 +155,8 @@ async def load_once(cfg: Config, redis: Redis, rate: int, side: str, lanes: bool
             for _ in range(20):  # warm up
                 await call()
             stream = RAW_STREAM if raw else QM.get_service_action_stream(LOAD)
-            options = ("--stream", stream, "--rate", str(rate), *(("--raw",) if raw else ()))
+            options = ("--stream", stream, "--rate", str(rate), "--service", LOAD,
+                       *(("--raw",) if raw else ()))
             producer = Child("producer", cfg.url, *options) if rate else None
             try:
                 if producer is not None:
