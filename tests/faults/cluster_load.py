@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,3 +217,11 @@ def move_default_node(redis: Any, port: int) -> None:
     node = redis.get_node(host="127.0.0.1", port=port)
     assert node is not None
     redis.set_default_node(node)
+
+
+async def until(check: Callable[[], object], timeout: float, what: str = "the condition") -> None:
+    """Poll ``check`` every 50 ms until truthy; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        await asyncio.sleep(0.05)

@@ -12,6 +12,8 @@ from actionbus.config import CommonAppSettings
 from actionbus.embedded import RedisCluster
 from actionbus.workers import WorkerSettings
 
+from .cluster_load import until
+
 
 def settings(url: str, service: str) -> CommonAppSettings:
     return CommonAppSettings(_env_file=None, service_name=service, redis_cluster=True,
@@ -39,10 +41,10 @@ async def test_worker_consumes_again_after_a_full_cluster_outage(
         try:
             await client.send_action_async(DomainAction(action_type="outage.item.n",
                                                         data={"i": 0}))
-            await _until(lambda: handled == [0], 10)
+            await until(lambda: handled == [0], 10)
             for node in redis_cluster.nodes:
                 node.kill()
-            await _until(lambda: worker.health.in_outage, 20)  # the worker saw it
+            await until(lambda: worker.health.in_outage, 20)  # the worker saw it
             await asyncio.to_thread(redis_cluster.start)
             started = time.monotonic()
             sent = False
@@ -52,17 +54,10 @@ async def test_worker_consumes_again_after_a_full_cluster_outage(
                                                                 data={"i": 1}))
                     sent = True
                 await asyncio.sleep(0.1)
-            await _until(lambda: 1 in handled, 30)
+            await until(lambda: 1 in handled, 30)
             print(f"handled again {time.monotonic() - started:.1f}s after the restart; "
                   f"loops alive: {worker.failed is None}")
             assert worker.failed is None
         finally:
             await client.close()
             await worker.stop(grace=0.5)
-
-
-async def _until(check: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout}s"
-        await asyncio.sleep(0.05)

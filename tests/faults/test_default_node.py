@@ -9,7 +9,7 @@ from typing import Any
 from actionbus import BaseRedisClient, BaseWorker, DomainAction, RedisManager, WorkerSettings
 from actionbus.embedded import RedisCluster
 
-from .cluster_load import STREAM, move_default_node, settings
+from .cluster_load import STREAM, move_default_node, settings, until
 
 
 async def test_worker_reads_on_after_its_default_node_fails_over(
@@ -37,22 +37,15 @@ async def test_worker_reads_on_after_its_default_node_fails_over(
         client = BaseRedisClient("sender", manager.get_client(), settings(cluster.url, "sender"))
         try:
             await client.send_action_async(DomainAction(action_type="hot.job.run", data={"i": 0}))
-            await _until(lambda: handled == [0], 10)
+            await until(lambda: handled == [0], 10)
             cluster.kill(victim)
             await asyncio.to_thread(cluster.wait_failover, victim_key, victim, 30)
             killed = time.monotonic()
             await client.send_action_async(DomainAction(action_type="hot.job.run", data={"i": 1}))
-            await _until(lambda: 1 in handled, 30)
+            await until(lambda: 1 in handled, 30)
             print(f"\nhandled again {time.monotonic() - killed:.1f}s after the default node's "
                   "failover")
             assert worker.failed is None
         finally:
             await client.close()
             await worker.stop(grace=0.5)
-
-
-async def _until(check: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout}s"
-        await asyncio.sleep(0.05)

@@ -9,7 +9,7 @@ import time
 
 from actionbus.embedded import RedisCluster
 
-from .cluster_load import STREAM, Load, move_default_node
+from .cluster_load import STREAM, Load, move_default_node, until
 
 
 async def test_failover_of_the_busy_master_under_load(
@@ -31,7 +31,7 @@ async def test_failover_of_the_busy_master_under_load(
         master = cluster.master_of(STREAM)
         for worker in load.workers:  # worst case: the slot owner is the default node too
             move_default_node(worker.redis_client, master.port)
-        await _until(lambda: len(load.handled) >= 50, 20, "traffic before the kill")
+        await until(lambda: len(load.handled) >= 50, 20, "traffic before the kill")
         replica = next(n for n in cluster.nodes if n is not master and n.running
                        and cluster.role_of(n) == "slave" and _replicates(n, master.port))
         assert replica.pid is not None
@@ -43,12 +43,12 @@ async def test_failover_of_the_busy_master_under_load(
         finally:
             os.kill(replica.pid, signal.SIGCONT)
         await asyncio.to_thread(cluster.wait_failover, STREAM, master, 30)
-        await _until(lambda: load.resumed("plain", killed_at) is not None, 30,
+        await until(lambda: load.resumed("plain", killed_at) is not None, 30,
                      "plain sends to resume")
         await asyncio.to_thread(cluster.rejoin, master)  # the new master gets a replica
-        await _until(lambda: load.resumed("durable", killed_at) is not None, 30,
+        await until(lambda: load.resumed("durable", killed_at) is not None, 30,
                      "sends with wait_replicas=1 to resume")
-        await _until(lambda: load.first_handled_after(killed_at + 0.1) is not None and
+        await until(lambda: load.first_handled_after(killed_at + 0.1) is not None and
                      load.first_handled_after(time.monotonic()) is None and
                      len([i for i, at in load.sent_at.items() if at > killed_at
                           and i in load.handled]) >= 50, 30, "handling to resume")
@@ -71,10 +71,3 @@ async def test_failover_of_the_busy_master_under_load(
 def _replicates(node: object, port: int) -> bool:
     with node.client() as conn:  # type: ignore[attr-defined]
         return int(conn.info("replication")["master_port"]) == port
-
-
-async def _until(check: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        await asyncio.sleep(0.05)

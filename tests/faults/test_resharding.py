@@ -7,7 +7,7 @@ import time
 
 from actionbus.embedded import RedisCluster
 
-from .cluster_load import STREAM, Load
+from .cluster_load import STREAM, Load, until
 
 
 async def test_moving_the_busy_slot_under_load_loses_nothing(
@@ -24,16 +24,16 @@ async def test_moving_the_busy_slot_under_load_loses_nothing(
         await load.start()
         source = cluster.master_of(STREAM)
         target = next(n for n in cluster.nodes[:3] if n is not source)
-        await _until(lambda: len(load.handled) >= 50, 20, "traffic before the move")
+        await until(lambda: len(load.handled) >= 50, 20, "traffic before the move")
         started = time.monotonic()
         moved = await asyncio.to_thread(cluster.move_slot, STREAM, target)
         took = time.monotonic() - started
         assert cluster.master_of(STREAM) is target
-        await _until(lambda: load.resumed("plain", started + took) is not None and
+        await until(lambda: load.resumed("plain", started + took) is not None and
                      load.resumed("durable", started + took) is not None, 30,
                      "sends after the move")
         after = time.monotonic()
-        await _until(lambda: load.first_handled_after(after) is not None, 30,
+        await until(lambda: load.first_handled_after(after) is not None, 30,
                      "handling after the move")
         await load.stop_producing()
         await load.wait_handled(20)
@@ -48,10 +48,3 @@ async def test_moving_the_busy_slot_under_load_loses_nothing(
         raise
     finally:
         await load.close()
-
-
-async def _until(check: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        await asyncio.sleep(0.05)
