@@ -23,6 +23,8 @@ from actionbus import (
     SendError,
 )
 
+pytestmark = pytest.mark.backends
+
 Settings = Callable[..., CommonAppSettings]
 QM = QueueManager("dev")
 
@@ -114,13 +116,17 @@ async def test_send_action_async_keeps_given_origin(bus: Any) -> None:
 async def test_send_actions_async_batch(bus: Any) -> None:
     """send_actions_async sends all actions, in order, returning their entry ids."""
     client = bus.client("orders")
+    services = ["inv", "bill", "inv"] * 10  # on a cluster: many entries per node, in order
     actions = [DomainAction(action_type=f"{svc}.item.n", data={"i": i})
-               for i, svc in enumerate(["inv", "bill", "inv"])]
+               for i, svc in enumerate(services)]
     ids = await client.send_actions_async(actions)
-    assert len(ids) == 3
+    assert len(ids) == 30
     assert all(isinstance(i, str) for i in ids)
-    assert [e["data"]["i"] for e in await _entries(bus.redis, "inv")] == [0, 2]
-    assert [e["data"]["i"] for e in await _entries(bus.redis, "bill")] == [1]
+    inv = [i for i, svc in enumerate(services) if svc == "inv"]
+    assert [e["data"]["i"] for e in await _entries(bus.redis, "inv")] == inv
+    assert [e["data"]["i"] for e in await _entries(bus.redis, "bill")] == list(range(1, 30, 3))
+    inv_ids = [ids[i] for i in inv]
+    assert sorted(inv_ids, key=lambda e: tuple(map(int, e.split("-")))) == inv_ids
     assert await client.send_actions_async([]) == []
 
 

@@ -24,6 +24,8 @@ from actionbus.models.actions import format_timestamp, utc_now
 from tests.conftest import fast_worker_settings
 from tests.workers.helpers import QM, dead_letters_of, drained, noop, xadd_raw
 
+pytestmark = pytest.mark.backends
+
 STREAM = QM.get_service_action_stream("inventory")
 
 

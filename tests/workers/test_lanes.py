@@ -6,8 +6,12 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from actionbus import ActionRejected, DomainAction, DomainActionResponse
 from tests.workers.helpers import QM
+
+pytestmark = pytest.mark.backends
 
 HIGH = QM.get_lane_stream("lanes", "high")
 MAIN = QM.get_service_action_stream("lanes")

@@ -19,6 +19,8 @@ from actionbus.workers.maintenance import (
 )
 from tests.workers.helpers import QM, drained, noop
 
+pytestmark = pytest.mark.backends
+
 STREAM = "actionbus:dev:{upkeep}:streams:main"
 
 

@@ -29,6 +29,8 @@ from actionbus.workers.failures import is_transient
 from tests.conftest import fast_worker_settings
 from tests.workers.helpers import QM, Settings, drained, xadd_raw
 
+pytestmark = pytest.mark.backends
+
 
 @pytest.mark.parametrize(("exc", "transient"), [
     (ConnectionError("Error 111 connecting"), True),

@@ -26,6 +26,8 @@ from actionbus.workers.routing import Route
 from actionbus.workers.stats import WorkerStats
 from tests.workers.helpers import QM, Reserve, dead_letters_of, drained, noop, xadd_raw
 
+pytestmark = pytest.mark.backends
+
 
 async def test_expired_pseudo_sync_request_skipped_and_acked(bus: Any, eventually: Any) -> None:
     """A request whose expires_at passed is acknowledged without running the handler."""

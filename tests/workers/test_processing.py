@@ -10,6 +10,8 @@ import pytest
 from actionbus import BaseRedisClient, BaseWorker, DomainAction, WorkerSettings
 from tests.workers.helpers import QM, Reserve, Settings, dead_letters_of, drained, noop, xadd_raw
 
+pytestmark = pytest.mark.backends
+
 
 async def test_data_model_mismatch_dead_lettered_without_retry(
     bus: Any, eventually: Any

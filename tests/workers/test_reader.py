@@ -6,11 +6,15 @@ import asyncio
 import logging
 from typing import Any
 
+import pytest
+
 from actionbus import BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
 from actionbus.backoff import OutageLog
 from actionbus.workers.reader import StreamReader
 from actionbus.workers.stats import WorkerStats
 from tests.workers.helpers import QM
+
+pytestmark = pytest.mark.backends
 
 
 async def test_concurrency_bound_respected(bus: Any, eventually: Any) -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from actionbus.workers.reclaim import claim_abandoned, claim_own_pending, reclaim_for_retry
 from tests.workers.helpers import QM
+
+pytestmark = pytest.mark.backends
 
 STREAM = QM.get_service_action_stream("inventory")
 GROUP = "inventory"
