@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-
 from redis.asyncio import Redis, RedisCluster
 
 from actionbus import BaseRedisClient, BaseWorker, CommonAppSettings, RedisManager, WorkerSettings
@@ -49,7 +48,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def bus_url(backend: str, request: pytest.FixtureRequest) -> str:
     """The emptied URL of this test's backend: the session server or the session cluster."""
-    return str(request.getfixturevalue("redis_cluster_url" if backend == "cluster" else "redis_url"))
+    name = "redis_cluster_url" if backend == "cluster" else "redis_url"
+    return str(request.getfixturevalue(name))
 
 
 @pytest.fixture

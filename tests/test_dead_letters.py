@@ -20,6 +20,8 @@ from actionbus import (
 )
 from actionbus.dead_letters import dead_letter_fields, trim_dead_letters
 
+pytestmark = pytest.mark.backends
+
 QM = QueueManager("dev")
 DEAD = QM.get_dead_letter_stream("inventory")
 MAIN = QM.get_service_action_stream("inventory")

@@ -5,7 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from actionbus import ConsumerInfo, QueueManager, ServiceInfo, inspect_service
+
+pytestmark = pytest.mark.backends
 
 QM = QueueManager("dev")
 STREAM = QM.get_service_action_stream("inventory")

@@ -327,7 +327,7 @@ async def test_maintenance_trims_dead_letters_and_counts_them(bus: Any, eventual
 
 
 async def test_reads_shrink_once_large_entries_are_seen(
-    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any, backend: str
 ) -> None:
     """After a large entry, each read asks for at most read_budget_bytes' worth of entries."""
     worker = BaseWorker(make_settings(service_name="inventory", max_payload_bytes=100_000), conn,
@@ -347,14 +347,15 @@ async def test_reads_shrink_once_large_entries_are_seen(
         assert worker._processor is not None
         limit = worker._processor.read_limit
         assert 1 <= limit <= 3
-        await conn.config_resetstat()
+        node = {"target_nodes": conn.get_node_from_key(STREAM)} if backend == "cluster" else {}
+        await conn.config_resetstat(**node)
         small = json.dumps({"action_type": "inventory.item.mark", "data": {"m": "ok"}})
         async with conn.pipeline(transaction=False) as pipe:
             for _ in range(30):
                 pipe.xadd(STREAM, {"data": small})
             await pipe.execute()
         await eventually(lambda: len(marks) == 31)
-        stats = await conn.info("commandstats")
+        stats = await conn.info("commandstats", **node)  # the stream's node on a cluster
         reads = stats["cmdstat_xreadgroup"]["calls"]
         assert reads >= 30 // limit  # one read of 50 would have taken them all at once
     finally:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
-from redis.asyncio import Redis
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -103,18 +101,23 @@ async def _len_is(redis: Any, key: str, n: int) -> bool:
     return int(await redis.llen(key)) >= n
 
 
-@pytest_asyncio.fixture
-async def no_lpush_user(redis_url: str) -> AsyncIterator[str]:
-    """An ACL user that may run everything except LPUSH; removed after the test."""
+@pytest.fixture
+def no_lpush_user(bus_url: str, backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """An ACL user that may run everything except LPUSH (on every node of a cluster);
+    removed after the test."""
     name = f"nolpush-{uuid.uuid4().hex[:6]}"
-    admin = Redis.from_url(redis_url)
-    await admin.execute_command("ACL", "SETUSER", name, "on", ">pw", "~*", "&*", "+@all",
-                                "-lpush")
+    servers = (request.getfixturevalue("redis_cluster").nodes if backend == "cluster"
+               else [request.getfixturevalue("redis_server")])
+    for server in servers:
+        with server.client() as admin:
+            admin.execute_command("ACL", "SETUSER", name, "on", ">pw", "~*", "&*", "+@all",
+                                  "-lpush")
     try:
-        yield redis_url.replace("redis://", f"redis://{name}:pw@", 1)
+        yield bus_url.replace("redis://", f"redis://{name}:pw@", 1)
     finally:
-        await admin.execute_command("ACL", "DELUSER", name)
-        await admin.aclose()
+        for server in servers:
+            with server.client() as admin:
+                admin.execute_command("ACL", "DELUSER", name)
 
 
 async def test_start_refuses_without_a_needed_permission(
