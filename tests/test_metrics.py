@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from actionbus import BaseRedisClient, BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
 from actionbus.connection import create_redis_client
 from actionbus.metrics import WorkerMetrics
+
+pytestmark = pytest.mark.backends
 
 
 async def test_scrape_shows_the_workers_counters(redis_url: str) -> None:
