@@ -136,8 +136,6 @@ class StreamWriter:
 
         async def in_order(items: list[_Item]) -> None:
             for n, (stream, payload, future) in enumerate(items):
-                if future.done():  # its caller stopped waiting: dropped, not written
-                    continue
                 try:
                     entry_id = await self.redis.xadd(stream, {DATA_FIELD: payload})
                 except CLIENT_FAILURES as exc:  # the stream's key or node: fails the rest too

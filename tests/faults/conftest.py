@@ -133,6 +133,8 @@ def job(i: int) -> DomainAction:
 async def send_jobs(url: str, numbers: range, *, cluster: bool = False) -> None:
     """Send ``faults.job.run`` actions numbered ``numbers`` through a real client."""
     redis = (RedisCluster if cluster else Redis).from_url(url)
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()  # see worker_proc: no concurrent first commands
     client = BaseRedisClient("faults-client", redis, settings_for(url, cluster=cluster))
     try:
         actions = [job(i) for i in numbers]

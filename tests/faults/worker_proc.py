@@ -30,6 +30,8 @@ async def main(config: dict[str, Any]) -> None:
                                  redis_cluster=cluster)
     worker = BaseWorker(settings, worker_settings=WorkerSettings(**config.get("worker", {})))
     side = (RedisCluster if cluster else Redis).from_url(config["url"])
+    if isinstance(side, RedisCluster):  # redis-py: concurrent first commands on a cluster
+        await side.initialize()  # client that has no slot map yet fail (AttributeError)
     sleep = float(config.get("sleep", 0))
     pid = os.getpid()
 
