@@ -92,6 +92,12 @@ class Target:
     url: str
     cluster: bool
     server: RedisServer
+    nodes: RedisCluster_ | None = None
+
+    def wait_ready(self) -> None:
+        """On a cluster: wait until every node is up and agrees again (after a restart)."""
+        if self.nodes is not None:
+            self.nodes.start()  # every node runs already: this waits for convergence
 
     def client(self) -> Redis | RedisCluster:
         """A client for the test's own checks, retrying across restarts like the library."""
@@ -108,7 +114,7 @@ def target(backend: str, request: pytest.FixtureRequest) -> Target:
     if backend == "cluster":
         url = request.getfixturevalue("redis_cluster_url")
         cluster: RedisCluster_ = request.getfixturevalue("redis_cluster")
-        return Target(url, True, cluster.master_of(STREAM))
+        return Target(url, True, cluster.master_of(STREAM), cluster)
     server: RedisServer = request.getfixturevalue("fresh_redis_server")
     return Target(server.url, False, server)
 
@@ -119,7 +125,7 @@ def target_aof(backend: str, request: pytest.FixtureRequest) -> Iterator[Target]
     a 3-master cluster (no replicas) whose master of the stream is the one to restart."""
     if backend == "cluster":
         with RedisCluster_(masters=3, appendonly=True) as cluster:
-            yield Target(cluster.url, True, cluster.master_of(STREAM))
+            yield Target(cluster.url, True, cluster.master_of(STREAM), cluster)
         return
     server: RedisServer = request.getfixturevalue("fresh_redis_server_aof")
     yield Target(server.url, False, server)
