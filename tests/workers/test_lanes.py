@@ -6,6 +6,8 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from actionbus import ActionRejected, DomainAction, DomainActionResponse
 from tests.workers.helpers import QM
 
@@ -94,8 +96,12 @@ async def test_pseudo_sync_uses_the_high_lane_of_a_lane_reading_service(bus: Any
     assert await bus.redis.xlen(MAIN) == 0
 
 
-async def test_pseudo_sync_to_a_main_only_service_uses_its_main_stream(bus: Any) -> None:
-    """A service answering from the main stream only (a raw responder) keeps answering."""
+@pytest.mark.parametrize("priority", [None, "high"])
+async def test_pseudo_sync_to_a_main_only_service_uses_its_main_stream(
+    bus: Any, priority: str | None
+) -> None:
+    """A service answering from the main stream only (a raw responder) keeps answering,
+    whether the call names no priority (the high-lane default) or priority='high'."""
     redis = bus.redis
 
     async def responder() -> None:
@@ -113,7 +119,7 @@ async def test_pseudo_sync_to_a_main_only_service_uses_its_main_stream(bus: Any)
     task = asyncio.create_task(responder())
     try:
         reply = await bus.client("orders").send_action_pseudo_sync(
-            DomainAction(action_type="lanes.item.ask"), timeout=5, priority="high")
+            DomainAction(action_type="lanes.item.ask"), timeout=5, priority=priority)
     finally:
         task.cancel()
     assert reply is not None
@@ -199,3 +205,29 @@ async def test_lanes_descriptor_is_kept_alive(bus: Any) -> None:
     key = QM.get_lanes_key("lanes")
     assert json.dumps((await bus.redis.get(key)).decode()) == '"high,normal,low"'
     assert 0 < await bus.redis.ttl(key) <= 10
+
+
+@pytest.mark.parametrize("lane", ["high", "low"])
+async def test_a_delayed_send_enters_its_lane_when_due(
+    bus: Any, eventually: Any, lane: str
+) -> None:
+    """send_action_async(delay=, priority=) to a lane-reading service waits in that lane's
+    delayed set, then enters that lane's stream (not the main one) and is handled."""
+    await bus.redis.set(QM.get_lanes_key("lanes"), "high,normal,low", ex=60)  # as a worker
+    client = bus.client("orders")
+    await client.send_action_async(
+        DomainAction(action_type="lanes.item.later", data={"n": 1}), delay=0.2, priority=lane)
+    assert await bus.redis.zcard(QM.get_delayed_set("lanes", lane)) == 1
+    assert await bus.redis.zcard(QM.get_delayed_set("lanes")) == 0
+    worker = bus.worker("lanes", lanes=True)
+    handled: list[int] = []
+
+    @worker.handler("lanes.item.later")
+    async def later(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    await worker.start()
+    await eventually(lambda: handled == [1])
+    assert await bus.redis.xlen(QM.get_lane_stream("lanes", lane)) == 1
+    assert await bus.redis.xlen(MAIN) == 0
+    assert await bus.redis.zcard(QM.get_delayed_set("lanes", lane)) == 0
