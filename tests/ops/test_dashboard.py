@@ -93,6 +93,12 @@ def _cell(page: Any, row: str, cls: str) -> str:
     return str(page.locator(f"tr[data-service='{row}'] td.{cls}").first.inner_text())
 
 
+def _lane(page: Any, lane: str, cls: str) -> str:
+    """A cell of inventory's row for ``lane`` in the lanes table."""
+    return str(page.locator(
+        f"#lanes tr[data-service='inventory'][data-lane='{lane}'] td.{cls}").inner_text())
+
+
 @pytest.mark.timeout(120)
 def test_pages_render_the_numbers_and_actions_work(redis_url: str) -> None:
     """Overview, service and entry pages show the figures set up (payloads escaped, never
@@ -186,23 +192,19 @@ def test_lane_service_pages_show_each_lane(redis_url: str) -> None:
             page.on("dialog", lambda dialog: dialog.accept())
             page.goto(base)
 
-            def lane(name: str, cls: str) -> str:
-                return str(page.locator(
-                    f"#lanes tr[data-service='inventory'][data-lane='{name}'] td.{cls}"
-                ).inner_text())
-
             assert _cell(page, "inventory", "waiting") == "46"
-            assert [lane(n, "waiting") for n in ("high", "normal", "low")] == ["1", "5", "40"]
-            assert [lane(n, "pending") for n in ("high", "normal", "low")] == ["2", "0", "0"]
-            assert lane("low", "length") == "40"
-            assert lane("low", "delayed") == "1"
-            assert lane("low", "oldest-waiting").startswith("10m0")
+            lanes = ("high", "normal", "low")
+            assert [_lane(page, n, "waiting") for n in lanes] == ["1", "5", "40"]
+            assert [_lane(page, n, "pending") for n in lanes] == ["2", "0", "0"]
+            assert _lane(page, "low", "length") == "40"
+            assert _lane(page, "low", "delayed") == "1"
+            assert _lane(page, "low", "oldest-waiting").startswith("10m0")
             assert page.locator("#lanes tr[data-service='billing']").count() == 0
             page.screenshot(path=str(ARTIFACTS / "dashboard-lanes-overview.png"),
                             full_page=True)
 
             page.click("#services a:text('inventory')")
-            assert lane("high", "pending") == "2"
+            assert _lane(page, "high", "pending") == "2"
             assert page.locator("#pending td.lane").all_inner_texts() == ["high", "high"]
             assert "low" in page.locator("#recent td.lane").all_inner_texts()
             assert page.locator("#consumers").inner_text().count("alive") == 1
