@@ -197,8 +197,7 @@ async def inspect_service(redis: AnyRedis, queues: QueueManager, service: str) -
         for group in lane.groups:
             for consumer in group.consumers:
                 consumer.alive = presence.get(consumer.name, False if presence else None)
-    info.exists = bool(info.length or info.groups or info.dead_letters or presence
-                       or info.lanes)
+    info.exists = bool(info.length or info.groups or info.dead_letters or presence)
     return info
 
 

@@ -39,6 +39,7 @@ def test_status_shows_each_lane_of_a_lane_service_only(redis_url: str) -> None:
     assert result.returncode == 0, result.stderr
     overview = {row[0]: row for row in _rows(result.stdout, "actionbus services in actionbus:dev")}
     assert overview["inventory"][1:3] == ["46", "2"]
+    assert overview["inventory"][3] != "-"  # the high lane's pending entries' age
     assert overview["inventory"][5] == "1"  # the low lane's delayed retry
     assert overview["billing"][1:3] == ["1", "0"]
     lanes = {(row[0], row[1]): row[2:] for row in _rows(result.stdout, "priority lanes")}
