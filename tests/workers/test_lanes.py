@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from actionbus import ActionRejected, DomainAction, DomainActionResponse
+from actionbus import ActionRejected, DeadLetterQueue, DomainAction, DomainActionResponse
+from actionbus.dead_letters import dead_letter_fields
 from tests.workers.helpers import QM
 
 HIGH = QM.get_lane_stream("lanes", "high")
@@ -231,3 +232,27 @@ async def test_a_delayed_send_enters_its_lane_when_due(
     assert await bus.redis.xlen(QM.get_lane_stream("lanes", lane)) == 1
     assert await bus.redis.xlen(MAIN) == 0
     assert await bus.redis.zcard(QM.get_delayed_set("lanes", lane)) == 0
+
+
+async def test_a_lane_dead_letter_is_replayed_into_its_lane_while_lanes_are_read(
+    bus: Any,
+) -> None:
+    """Replaying a low-lane dead letter puts it back into the low lane while the service's
+    lanes descriptor exists, and into the main stream (read by every worker) otherwise."""
+    queue = DeadLetterQueue(bus.redis, QM, "lanes")
+    dead = QM.get_dead_letter_stream("lanes")
+
+    async def bury(n: int) -> str:
+        fields = dead_letter_fields(
+            data=raw_action(n), reason="rejected", error_type="ActionRejected",
+            error_message="no", deliveries=1, original_id=f"1-{n}", stream=LOW, consumer="c")
+        return str((await bus.redis.xadd(dead, fields)).decode())
+
+    unread = await queue.replay(await bury(1))
+    assert [entry_id.decode() for entry_id, _ in await bus.redis.xrange(MAIN)] == [unread]
+    await bus.redis.set(QM.get_lanes_key("lanes"), "high,normal,low", ex=60)
+    read = await queue.replay(await bury(2))
+    [(entry_id, fields)] = await bus.redis.xrange(LOW)
+    assert entry_id.decode() == read
+    assert json.loads(fields[b"data"])["data"] == {"n": 2}
+    assert await bus.redis.xlen(dead) == 0
