@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from actionbus import ActionRejected, DeadLetterQueue, DomainAction, DomainActionResponse
 from actionbus.dead_letters import dead_letter_fields
+from actionbus.models.actions import utc_now
 from tests.workers.helpers import QM
 
 HIGH = QM.get_lane_stream("lanes", "high")
@@ -256,3 +258,56 @@ async def test_a_lane_dead_letter_is_replayed_into_its_lane_while_lanes_are_read
     assert entry_id.decode() == read
     assert json.loads(fields[b"data"])["data"] == {"n": 2}
     assert await bus.redis.xlen(dead) == 0
+
+
+async def test_every_lane_is_trimmed_to_the_retention(bus: Any, eventually: Any) -> None:
+    """With stream_retention, maintenance trims the processed entries of each lane."""
+    worker = bus.worker("lanes", lanes=True, stream_retention=5)
+    handled: list[int] = []
+
+    @worker.handler("lanes.item.bulk")
+    async def bulk(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    for stream in (HIGH, MAIN, LOW):
+        for n in range(20):
+            await bus.redis.xadd(stream, {"data": raw_action(n)})
+    await worker.start()
+    await eventually(lambda: len(handled) == 60)
+
+    async def acknowledged() -> bool:
+        for stream in (HIGH, MAIN, LOW):
+            if (await bus.redis.xpending(stream, "lanes"))["pending"]:
+                return False
+        return True
+
+    await eventually(acknowledged)
+    await worker.maintain()
+    assert [await bus.redis.xlen(stream) <= 5 for stream in (HIGH, MAIN, LOW)] == [True] * 3
+
+
+async def test_deadlines_and_idempotency_hold_across_lanes(bus: Any, eventually: Any) -> None:
+    """An expired request in the high lane is skipped, not run; an idempotent action sent to
+    the high lane and again to the low lane runs once."""
+    worker = bus.worker("lanes", lanes=True)
+    calls: list[str] = []
+
+    @worker.handler("lanes.item.once", idempotent=True)
+    async def once(action: DomainAction, data: dict[str, Any]) -> None:
+        calls.append("once")
+
+    @worker.handler("lanes.item.ask")
+    async def ask(action: DomainAction, data: dict[str, Any]) -> None:
+        calls.append("ask")
+
+    expired = DomainAction(
+        action_type="lanes.item.ask", callback_queue_name=QM.get_response_queue("orders", "x"),
+        expires_at=utc_now() - timedelta(seconds=1))
+    await bus.redis.xadd(HIGH, {"data": expired.model_dump_json()})
+    payload = DomainAction(action_type="lanes.item.once").model_dump_json()
+    await bus.redis.xadd(HIGH, {"data": payload})
+    await worker.start()
+    await eventually(lambda: worker.stats.handled == 1 and worker.stats.expired_skipped == 1)
+    await bus.redis.xadd(LOW, {"data": payload})
+    await eventually(lambda: worker.stats.duplicates_skipped == 1)
+    assert calls == ["once"]
