@@ -1,12 +1,13 @@
 """A worker in its own OS process, for fault tests: ``python worker_proc.py '<json config>'``.
 
 Config keys: ``url``, ``cluster`` (the URL is a Redis Cluster node), ``service``,
-``sleep`` (seconds per action), ``fail`` (always raise), ``crash_before_ack`` (exit at
-the first acknowledgement, after the side effect), ``idempotent``, ``log_file``,
-``worker`` (WorkerSettings fields), ``crash_in_retry`` (``"before"``/``"after"``: exit at
-the first retry, before or after it is parked in the delayed set and acknowledged). Every
-handled action does ``HINCRBY faults:handled <i> 1``; with ``trace`` it also logs
-start/end to a list. Prints ``READY`` once consuming.
+``sleep`` (seconds per action; an action's ``data["sleep"]`` overrides it), ``fail``
+(always raise), ``crash_before_ack`` (exit at the first acknowledgement, after the side
+effect), ``idempotent``, ``log_file``, ``worker`` (WorkerSettings fields),
+``crash_in_retry`` (``"before"``/``"after"``: exit at the first retry, before or after it
+is parked in the delayed set and acknowledged). Every handled action does ``HINCRBY
+faults:handled <i> 1``; with ``trace`` it also logs start/end to a list. Prints ``READY``
+once consuming.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ async def main(config: dict[str, Any]) -> None:
         i = str(data["i"])
         if config.get("trace"):
             await side.rpush("faults:trace", f"start:{i}:{pid}")
-        if sleep:
-            await asyncio.sleep(sleep)
+        pause = float(data.get("sleep", sleep))  # an action's own "sleep" wins
+        if pause:
+            await asyncio.sleep(pause)
         if config.get("fail"):
             raise RuntimeError(f"handler for {i} always fails")
         await side.hincrby("faults:handled", i, 1)
