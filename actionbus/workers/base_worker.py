@@ -490,12 +490,12 @@ class BaseWorker:
     def _spawn(self, stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
         processor = self._processor
         assert processor is not None
-        key = entry_key(self.stream, stream, entry_id)
+        key = entry_id if stream == self.stream else entry_key(self.stream, stream, entry_id)
         if processor.owns(key):
             return  # already being handled (a recovery raced a read)
         processor.claim(key)
         self._active += 1
-        self._runner.submit(lambda: processor.process(key, fields, deliveries))
+        self._runner.submit(processor.process, key, fields, deliveries)
 
     def _entry_done(self) -> None:
         self._active -= 1

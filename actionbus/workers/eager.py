@@ -28,7 +28,7 @@ __all__ = ["EagerRunner"]
 
 logger = logging.getLogger("actionbus.worker")
 
-Job = Callable[[], Coroutine[Any, Any, None]]
+Job = Callable[..., Coroutine[Any, Any, None]]
 
 
 @types.coroutine
@@ -63,7 +63,7 @@ class EagerRunner:
         """Called after each job ends (however it ends)."""
         self.name = name
         self.tasks: set[asyncio.Task[None]] = set()
-        self._queue: deque[Job] = deque()
+        self._queue: deque[tuple[Job, tuple[Any, ...]]] = deque()
         self._runner_waiting = False  # a runner task will still take jobs from the queue
 
     @property
@@ -71,9 +71,9 @@ class EagerRunner:
         """Jobs submitted and not started yet."""
         return len(self._queue)
 
-    def submit(self, job: Job) -> None:
-        """Run ``job()`` soon: in the current runner's turn, or in a new runner task."""
-        self._queue.append(job)
+    def submit(self, job: Job, *args: Any) -> None:
+        """Run ``job(*args)`` soon: in the current runner's turn, or in a new runner task."""
+        self._queue.append((job, args))
         if not self._runner_waiting:
             self._new_runner()
 
@@ -100,7 +100,8 @@ class EagerRunner:
     async def _run(self) -> None:
         queue = self._queue
         while queue:
-            coro = queue.popleft()()
+            job, args = queue.popleft()
+            coro = job(*args)
             ctx = contextvars.copy_context()
             try:
                 pending = ctx.run(coro.send, None)

@@ -105,12 +105,13 @@ class ActionProcessor:
         self._started[entry_id] = time.monotonic()
 
     async def process(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
-        """Handle one entry (``claim()``-ed first), retrying with backoff until done or buried."""
-        await self._process(entry_id, fields, deliveries)
-        await self.output.flush()
+        """Handle one entry (``claim()``-ed first), retrying with backoff until done or buried.
 
-    async def _process(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
-        self._started.setdefault(entry_id, time.monotonic())
+        Its acknowledgement (after its writes) is queued on the output batcher, which sends
+        what every entry finished meanwhile in one round.
+        """
+        if entry_id not in self._started:
+            self._started[entry_id] = time.monotonic()
         try:
             raw = next((fields[k] for k in _DATA_KEYS if k in fields), None)
             action = self._admit(entry_id, fields, raw, deliveries)
@@ -140,6 +141,7 @@ class ActionProcessor:
                                               safe_text(exc)), deliveries)
         finally:
             self._started.pop(entry_id, None)
+            self.output.request_flush()
 
     def _admit(
         self, entry_id: str, fields: dict[Any, Any], raw: bytes | str | None, deliveries: int
@@ -175,7 +177,9 @@ class ActionProcessor:
     def _check_size(self, fields: dict[Any, Any], raw: bytes | str | None) -> Bury | None:
         """``Bury`` an entry above ``max_payload_bytes`` before decoding it; note large ones."""
         limit = self.ctx.max_payload_bytes
-        size = sum(_size(k, limit) + _size(v, limit) for k, v in fields.items())
+        size = 0
+        for key, value in fields.items():
+            size += _size(key, limit) + _size(value, limit)
         self._note_size(size)
         data = 0 if raw is None else _size(raw, limit)
         if data > limit or size > limit + _ENTRY_SLACK:
@@ -184,13 +188,13 @@ class ActionProcessor:
 
     def _note_size(self, size: int) -> None:
         """Keep ``read_limit`` so one read brings at most ``read_budget_bytes``."""
-        settings, now = self.ctx.settings, time.monotonic()
+        settings = self.ctx.settings
         if size * settings.batch_size > settings.read_budget_bytes:
             self.stats.large_entries_seen += 1
             limit = max(1, settings.read_budget_bytes // max(size, 1))
             self.read_limit = min(self.read_limit or settings.batch_size, limit)
-            self._large_until = now + _LARGE_MEMORY_S
-        elif self.read_limit and now > self._large_until:
+            self._large_until = time.monotonic() + _LARGE_MEMORY_S
+        elif self.read_limit and time.monotonic() > self._large_until:
             self.read_limit = 0
 
     def _decode(self, raw: bytes | str | None) -> DomainAction:
