@@ -125,7 +125,7 @@ class BaseWorker:
         self._reader: StreamReader | None = None
         self._output: OutputBatcher | None = None
         self._active = 0  # entries claimed and not finished
-        self._runner = EagerRunner(self._entry_done)
+        self._runner = EagerRunner(self._entry_done, after=self._flush_output)
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
@@ -491,11 +491,14 @@ class BaseWorker:
         processor = self._processor
         assert processor is not None
         key = entry_id if stream == self.stream else entry_key(self.stream, stream, entry_id)
-        if processor.owns(key):
+        if not processor.claim(key):
             return  # already being handled (a recovery raced a read)
-        processor.claim(key)
         self._active += 1
         self._runner.submit(processor.process, key, fields, deliveries)
+
+    async def _flush_output(self) -> None:
+        if self._output is not None:
+            await self._output.flush()
 
     def _entry_done(self) -> None:
         self._active -= 1

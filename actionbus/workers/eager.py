@@ -21,7 +21,7 @@ import contextvars
 import logging
 import types
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 __all__ = ["EagerRunner"]
@@ -58,9 +58,19 @@ def _resume(
 class EagerRunner:
     """Runs submitted jobs eagerly; ``tasks`` are the runner tasks alive now."""
 
-    def __init__(self, on_done: Callable[[], None], *, name: str = "actionbus-entries") -> None:
+    def __init__(
+        self,
+        on_done: Callable[[], None],
+        *,
+        name: str = "actionbus-entries",
+        after: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.on_done = on_done
         """Called after each job ends (however it ends)."""
+        self.after = after
+        """Awaited (never raising) once the jobs that finished eagerly in one runner's turn
+        are done, and after each job that suspended: the worker sends their acks there,
+        one round for a whole read batch of jobs that never suspended."""
         self.name = name
         self.tasks: set[asyncio.Task[None]] = set()
         self._queue: deque[tuple[Job, tuple[Any, ...]]] = deque()
@@ -85,9 +95,9 @@ class EagerRunner:
             self._done()
         return dropped
 
-    def _new_runner(self) -> None:
+    def _new_runner(self, finished: bool = False) -> None:
         self._runner_waiting = True
-        task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+        task = asyncio.get_running_loop().create_task(self._run(finished), name=self.name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -97,7 +107,15 @@ class EagerRunner:
         except Exception:  # pragma: no cover - on_done only sets an event
             logger.exception("bookkeeping after an action failed")
 
-    async def _run(self) -> None:
+    async def _after(self) -> None:
+        if self.after is not None:
+            try:
+                await self.after()
+            except Exception:  # pragma: no cover - the output batcher's flush never raises
+                logger.exception("sending the output of finished actions failed")
+
+    async def _run(self, finished: bool = False) -> None:
+        """Run queued jobs; ``finished``: jobs finished before, their output not sent yet."""
         queue = self._queue
         while queue:
             job, args = queue.popleft()
@@ -106,22 +124,29 @@ class EagerRunner:
             try:
                 pending = ctx.run(coro.send, None)
             except StopIteration:
+                finished = True
                 self._done()
                 continue
             except (Exception, asyncio.CancelledError) as exc:
+                finished = True
                 self._done()
                 if not isinstance(exc, asyncio.CancelledError):
                     logger.error("action task failed unexpectedly", exc_info=exc)
                 continue
             # It suspended: it keeps this task; a new runner takes the rest of the queue.
             self._runner_waiting = False
-            if queue:
-                self._new_runner()
+            if queue or finished:  # the next runner also sends what finished before
+                self._new_runner(finished)
             try:
                 await _resume(coro, ctx, pending)
             except Exception as exc:
                 logger.error("action task failed unexpectedly", exc_info=exc)
             finally:
-                self._done()
+                try:
+                    await self._after()
+                finally:
+                    self._done()
             return
         self._runner_waiting = False
+        if finished:
+            await self._after()

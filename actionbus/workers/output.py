@@ -15,9 +15,9 @@ A write that fails on its own fails alone (``failures.is_transient``):
 If a whole round is refused (a MULTI/EXEC aborted by one command), its units are sent
 again one by one, so the bad one is found and fails alone.
 
-The background task sends a round when woken (``request_flush()``, called as each entry
-finishes: the entries finished in one loop turn share a round), retries failed rounds with
-backoff and sweeps up leftovers; ``flush()`` sends at once from the calling task.
+``flush()`` sends at once from the calling task (the worker's entry runner, once per batch
+of entries finished together); a background task retries failed rounds with backoff and
+sweeps up leftovers.
 """
 
 from __future__ import annotations
@@ -157,12 +157,6 @@ class OutputBatcher:
             self.before_ack(entry_id)
         self._units.append(_Unit(entry_id, self._open))
         self._open = []
-
-    def request_flush(self) -> None:
-        """Have the background task send what is queued soon (once per loop turn, however
-        many entries finished in it), unless a round is already under way (it will)."""
-        if not self._flushing:
-            self._wakeup.set()
 
     async def flush(self) -> None:
         """Send what is queued now, unless a round is already under way (it will)."""

@@ -100,15 +100,20 @@ class ActionProcessor:
         limit = time.monotonic() - seconds
         return [entry_id for entry_id, since in self._started.items() if since < limit]
 
-    def claim(self, entry_id: str) -> None:
-        """Mark an entry as ours from the moment its task is created."""
-        self._started[entry_id] = time.monotonic()
+    def claim(self, entry_id: str) -> bool:
+        """Mark an entry as ours from the moment its task is created; ``False`` (and
+        nothing changed) if it already is."""
+        started = self._started
+        if entry_id in started:
+            return False
+        started[entry_id] = time.monotonic()
+        return True
 
     async def process(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
         """Handle one entry (``claim()``-ed first), retrying with backoff until done or buried.
 
-        Its acknowledgement (after its writes) is queued on the output batcher, which sends
-        what every entry finished meanwhile in one round.
+        Its writes and acknowledgement are queued on the output batcher; the caller sends
+        them (``OutputBatcher.flush()``), once for many entries.
         """
         if entry_id not in self._started:
             self._started[entry_id] = time.monotonic()
@@ -141,7 +146,6 @@ class ActionProcessor:
                                               safe_text(exc)), deliveries)
         finally:
             self._started.pop(entry_id, None)
-            self.output.request_flush()
 
     def _admit(
         self, entry_id: str, fields: dict[Any, Any], raw: bytes | str | None, deliveries: int

@@ -153,10 +153,13 @@ class StreamReader:
 
     def _spawn_all(self, reply: Any) -> int:
         spawned = 0
+        spawn = self.spawn
         for stream, entries in reply or ():
+            name = text(stream)
             for entry_id, fields in entries:
-                self.spawn(text(stream), text(entry_id), fields, 1)
-                spawned += 1
+                spawn(name, entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+                      fields, 1)
+            spawned += len(entries)
         return spawned
 
     def _first_lane(self) -> int:
