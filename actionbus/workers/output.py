@@ -200,12 +200,13 @@ class OutputBatcher:
             with_writes = [u for u in units if u.writes]
             if with_writes:
                 transient = await self._write(with_writes, retry)
-            for unit in units:
-                if not _among(unit, retry):
-                    unit.writes = []  # landed: never sent again, even if a later step fails
-            await self._undeliverable([u for u in units if u.refused and not _among(u, retry)],
-                                      retry)
-            done = [u for u in units if not _among(u, retry)]
+            if with_writes:
+                for unit in with_writes:
+                    if not _among(unit, retry):
+                        unit.writes = []  # landed: never sent again, even if a later step fails
+                await self._undeliverable(
+                    [u for u in with_writes if u.refused and not _among(u, retry)], retry)
+            done = [u for u in units if not _among(u, retry)] if retry else units
             transient = await self._ack(done, retry) or transient
         except BaseException:
             self._requeue(units)
@@ -336,10 +337,15 @@ class OutputBatcher:
         if not ids:
             return None
         by_stream: dict[str, list[str]] = {}
+        main: list[str] = []
         for key in ids:  # lane entries are named "<stream> <id>" (context.entry_key)
-            stream, entry_id = split_entry_key(key, self.stream) if " " in key \
-                else (self.stream, key)
-            by_stream.setdefault(stream, []).append(entry_id)
+            if " " in key:
+                stream, entry_id = split_entry_key(key, self.stream)
+                by_stream.setdefault(stream, []).append(entry_id)
+            else:
+                main.append(key)
+        if main:
+            by_stream.setdefault(self.stream, []).extend(main)
         try:
             if len(by_stream) == 1:
                 stream, stream_ids = next(iter(by_stream.items()))
