@@ -125,7 +125,8 @@ class BaseWorker:
         self._reader: StreamReader | None = None
         self._output: OutputBatcher | None = None
         self._active = 0  # entries claimed and not finished
-        self._runner = EagerRunner(self._entry_done, after=self._flush_output)
+        self._runner = EagerRunner(self._entry_done, after=self._flush_output,
+                                   urgent=self._callers_waiting)
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
@@ -495,6 +496,9 @@ class BaseWorker:
             return  # already being handled (a recovery raced a read)
         self._active += 1
         self._runner.submit(processor.process, key, fields, deliveries)
+
+    def _callers_waiting(self) -> bool:
+        return self._output is not None and self._output.callers_waiting
 
     async def _flush_output(self) -> None:
         if self._output is not None:

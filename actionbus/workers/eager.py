@@ -64,6 +64,7 @@ class EagerRunner:
         *,
         name: str = "actionbus-entries",
         after: Callable[[], Awaitable[None]] | None = None,
+        urgent: Callable[[], bool] = lambda: False,
     ) -> None:
         self.on_done = on_done
         """Called after each job ends (however it ends)."""
@@ -71,6 +72,9 @@ class EagerRunner:
         """Awaited (never raising) once the jobs that finished eagerly in one runner's turn
         are done, and after each job that suspended: the worker sends their acks there,
         one round for a whole read batch of jobs that never suspended."""
+        self.urgent = urgent
+        """True when a job's output must not wait for the rest of the batch (a reply to a
+        waiting caller): ``after`` runs at once and a new runner takes the queue."""
         self.name = name
         self.tasks: set[asyncio.Task[None]] = set()
         self._queue: deque[tuple[Job, tuple[Any, ...]]] = deque()
@@ -124,8 +128,13 @@ class EagerRunner:
             try:
                 pending = ctx.run(coro.send, None)
             except StopIteration:
-                finished = True
                 self._done()
+                if queue and self.urgent():  # send it now; the rest of the queue goes on
+                    self._runner_waiting = False
+                    self._new_runner()
+                    await self._after()
+                    return
+                finished = True
                 continue
             except (Exception, asyncio.CancelledError) as exc:
                 finished = True

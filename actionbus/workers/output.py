@@ -111,6 +111,7 @@ class OutputBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._flushing = False
+        self._replies = 0
         self.acknowledged = 0
         """How many entries this batcher has acknowledged so far."""
         self.undeliverable = 0
@@ -143,6 +144,7 @@ class OutputBatcher:
         Replies to one list queued in the same round go in one ``LPUSH`` and one ``EXPIRE``.
         """
         self._open.append(_Write(f"LPUSH {queue}", reply=(queue, payload, ttl)))
+        self._replies += 1
 
     def xadd(self, stream: str, fields: dict[Any, Any]) -> None:
         """Append an entry (a callback or a dead letter) to a stream."""
@@ -172,7 +174,13 @@ class OutputBatcher:
         finally:
             self._flushing = False
 
+    @property
+    def callers_waiting(self) -> bool:
+        """Replies to waiting callers are queued and not yet being sent."""
+        return self._replies > 0
+
     def _take(self) -> list[_Unit]:
+        self._replies = 0
         units, self._units = self._units, []
         if self._open:
             units.append(_Unit(None, self._open))

@@ -192,6 +192,7 @@ class StreamReader:
             quota[first] = max(1, share)
         got = 0
         now = time.monotonic()
+        read: list[list[Any]] = [[] for _ in self.streams]
         for position, lane in enumerate(order):
             want = min(count - got, quota[lane] if position == 0 else count)
             if want <= 0:
@@ -200,11 +201,14 @@ class StreamReader:
                 continue  # it was empty a moment ago: spare the round trip
             reply = await self.redis.xreadgroup(
                 ctx.group, ctx.consumer, {self.streams[lane]: ">"}, count=want)
-            spawned = self._spawn_all(reply)
-            if not spawned:
+            found = sum(len(entries) for _, entries in reply or ())
+            if not found:
                 self._empty_until[lane] = now + (_EMPTY_HIGH_S if lane == 0 else _EMPTY_S)
-            got += spawned
+            read[lane].extend(reply or ())
+            got += found
         if got:
+            for replies in read:  # the most urgent lane's work starts first, whatever the
+                self._spawn_all(replies)  # weighted order of the reads
             return True
         self._empty_until = [0.0] * len(self.streams)  # the blocking read looks at all
         room = {stream: ">" for stream in self.streams[:count]}
