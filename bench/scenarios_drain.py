@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import breakdown
 from common import (
     DATA,
-    RESULTS_DIR,
     ORIGIN,
+    RESULTS_DIR,
     Config,
     alternate,
     faststream_broker,

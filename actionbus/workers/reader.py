@@ -199,7 +199,7 @@ class StreamReader:
                 break
             if self._empty_until[lane] > now:
                 continue  # it was empty a moment ago: spare the round trip
-            reply = await self.redis.xreadgroup(
+            reply: Any = await self.redis.xreadgroup(
                 ctx.group, ctx.consumer, {self.streams[lane]: ">"}, count=want)
             found = sum(len(entries) for _, entries in reply or ())
             if not found:
