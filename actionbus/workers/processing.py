@@ -37,6 +37,7 @@ __all__ = ["ActionProcessor"]
 logger = logging.getLogger("actionbus.worker")
 
 _DATA_KEYS = (b"data", "data")
+_VALIDATE_JSON = DomainAction.__pydantic_validator__.validate_json
 _ENTRY_SLACK = 65_536
 """Room for field names and other fields beyond ``max_payload_bytes`` of ``data``."""
 _LARGE_MEMORY_S = 60.0
@@ -226,7 +227,7 @@ class ActionProcessor:
         if raw is None:
             raise _Malformed("MissingField", "the entry has no 'data' field")
         try:
-            action = DomainAction.model_validate_json(raw)
+            action: DomainAction = _VALIDATE_JSON(raw)  # model_validate_json, one call less
         except ValidationError as exc:
             kind = "InvalidJSON" if any(e["type"] == "json_invalid" for e in exc.errors()) \
                 else "InvalidAction"
