@@ -174,10 +174,10 @@ class OutputBatcher:
         finally:
             self._flushing = False
 
-    @property
     def callers_waiting(self) -> bool:
-        """Replies to waiting callers are queued and not yet being sent."""
-        return self._replies > 0
+        """Replies to waiting callers are queued and no round is under way (a round under
+        way sends them right after its own)."""
+        return self._replies > 0 and not self._flushing
 
     def _take(self) -> list[_Unit]:
         self._replies = 0

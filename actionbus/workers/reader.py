@@ -86,7 +86,8 @@ class StreamReader:
         self.slow = slow or SlowCommands(None, 5.0)
         self.health = health
         self.slot_free = asyncio.Event()
-        """Set by the worker whenever a task finishes."""
+        """Set by the worker when an entry finishes while ``waiting_for_slot``."""
+        self.waiting_for_slot = False
         self.recover_now = asyncio.Event()
         """Set after a read that may have lost entries: recovery runs at once."""
         self.recover_now.set()  # at start, our own pending entries are taken back first
@@ -110,7 +111,11 @@ class StreamReader:
             free = self.free()
             if free <= 0:
                 self.slot_free.clear()
-                await self.slot_free.wait()
+                self.waiting_for_slot = True
+                try:
+                    await self.slot_free.wait()
+                finally:
+                    self.waiting_for_slot = False
                 continue
             try:
                 started = time.monotonic()

@@ -69,11 +69,11 @@ def prepare(ctx: WorkerContext, action: DomainAction, result: Any) -> Prepared:
     Built only for someone who reads it; a result that cannot be serialized is rejected
     here (``ActionRejected``), inside the handler's error handling.
     """
-    waiting = is_waiting(action)
-    if not waiting and action.callback_action_type is None:
+    if action.callback_queue_name is None and action.callback_action_type is None:
         if result is not None and not isinstance(result, dict) and not is_response(result):
             result_data(result)  # a result of a type no reply could carry is still an error
         return _NOTHING
+    waiting = is_waiting(action)
     data = None if is_response(result) else result_data(result)
     try:
         if waiting and data is not None:
