@@ -317,6 +317,7 @@ def _warn_slow(action: DomainAction, seconds: float) -> None:
 class _Compiled:
     """What ``Pipeline.run`` needs for one route, built once."""
 
+    route: Route
     inner: CallNext  # the user layers around the handler
     timeout: TimeoutLayer
     idempotency: IdempotencyLayer | None
@@ -345,7 +346,7 @@ class Pipeline:
         self._metrics = MetricsLayer(stats, ctx.service)
         self._logging = LoggingLayer(ctx.service)
         self._expiry = ExpiryLayer(ctx.settings.clock_skew_s)
-        self._compiled: dict[Route, _Compiled] = {}
+        self._compiled: dict[int, _Compiled] = {}  # by id(route): a Route hashes in Python
 
     def layers(self, route: Route) -> list[Layer]:
         """Every layer ``route``'s handler runs in, outermost first."""
@@ -365,7 +366,8 @@ class Pipeline:
             route.timeout if route.timeout is not None else settings.handler_timeout_s, warn)
 
     def _compile(self, route: Route) -> _Compiled:
-        compiled = self._compiled[route] = _Compiled(
+        compiled = self._compiled[id(route)] = _Compiled(
+            route=route,
             inner=chain(self.user_layers, route.handler),
             timeout=self._timeout_layer(route),
             idempotency=IdempotencyLayer(self.redis, self.ctx) if route.idempotent else None,
@@ -379,7 +381,9 @@ class Pipeline:
         Metrics and logging see every outcome; then expiry, idempotency, reply, tracing,
         validation and timeout, as ``layers()`` lists them.
         """
-        compiled = self._compiled.get(route) or self._compile(route)
+        compiled = self._compiled.get(id(route))
+        if compiled is None or compiled.route is not route:
+            compiled = self._compile(route)
         started = time.perf_counter()
         try:
             result: Prepared | Skipped
