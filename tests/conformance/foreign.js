@@ -54,7 +54,7 @@ function action(overrides) {
     action_id: uuid(), action_type: null, timestamp: now(),
     tenant_id: null, session_id: null, task_id: null, user_id: null,
     origin_service: null, target_service: null, correlation_id: null, trace_id: null,
-    callback_queue_name: null, callback_action_type: null, expires_at: null,
+    callback_queue_name: null, callback_action_type: null, expires_at: null, ordering_key: null,
     data: {}, metadata: {}, ...overrides,
   };
 }
