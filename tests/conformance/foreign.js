@@ -98,6 +98,23 @@ const commands = {
     return { ids };
   },
 
+  // Ordered sends: for n < cfg.per_key, for each key, XADD action n of the key to the
+  // ordered stream of partition crc32(key) % N (cfg.streams: the N ordered streams).
+  async ordered(redis, cfg) {
+    const zlib = require("zlib");
+    const partitions = {};
+    for (let n = 0; n < cfg.per_key; n++) {
+      for (const key of cfg.keys) {
+        const k = zlib.crc32(Buffer.from(key, "utf8")) % cfg.streams.length;
+        partitions[key] = k;
+        const sent = action({ action_type: cfg.action_type, ordering_key: key,
+                              data: { key, n } });
+        await redis.xadd(cfg.streams[k], "*", "data", JSON.stringify(sent));
+      }
+    }
+    return { partitions };
+  },
+
   // Send one action (a full one built here, merged with cfg.action) and, with cfg.reply_queue,
   // wait for the reply on that list.
   async call(redis, cfg) {
