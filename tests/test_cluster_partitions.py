@@ -49,7 +49,8 @@ async def test_a_partitioned_service_drains_all_masters_in_order_per_key(
     redis_cluster_url: str, eventually: Any
 ) -> None:
     """On the cluster, two workers of a 3-partition service handle 300 unordered actions
-    (100 per partition, each once) and 6 keys x 20 ordered actions in send order."""
+    (100 per partition, each once) and 6 keys x 20 ordered actions, each key's sent in one
+    send_actions_async, in send order."""
     async with RedisManager(settings(redis_cluster_url, SERVICE)) as manager:
         redis = manager.get_client()
         seen: Counter[int] = Counter()
@@ -75,10 +76,10 @@ async def test_a_partitioned_service_drains_all_masters_in_order_per_key(
             await client.send_actions_async(
                 [DomainAction(action_type="inventory.item.count", data={"i": i})
                  for i in range(300)])
-            for n in range(20):
+            for k in range(6):  # one batch per key: a cluster writes its entries in order
                 await client.send_actions_async([
                     DomainAction(action_type="inventory.item.step", ordering_key=f"k{k}",
-                                 data={"key": f"k{k}", "n": n}) for k in range(6)])
+                                 data={"key": f"k{k}", "n": n}) for n in range(20)])
             await eventually(lambda: len(seen) == 300 and sum(map(len, ordered.values())) == 120,
                              timeout=30)
             assert set(seen.values()) == {1}
