@@ -294,10 +294,11 @@ class OrderedConsumer:
             await processor.process(key, fields, deliveries)
             if key in ordering.acked:
                 ordering.acked.discard(key)
+                landed = Backoff(base=0.001, cap=1.0)  # 1 ms steps, slower in an outage
                 while key in ordering.output.unacknowledged() and self.holding:
                     await ordering.output.flush()  # the next one starts once this ack landed
                     if key in ordering.output.unacknowledged():
-                        await asyncio.sleep(backoff.next_delay())
+                        await asyncio.sleep(landed.next_delay())
                 return
             # Not acknowledged: parked for a later retry ("skip"), or a Redis error left it
             # pending here; in the latter case run it again before the key's next one.
