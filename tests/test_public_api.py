@@ -81,8 +81,9 @@ INTERNAL = {
     "actionbus.workers.routing": {"HandlerRegistry", "Route", "result_data"},
     # Operations (issue 9): used from their own module by the CLI, the dashboard, metrics.
     "actionbus.logconfig": {"KeyValueFormatter", "configure_logging"},
+    "actionbus.inspect": {"uses_lanes"},
     "actionbus.status": {
-        "NotPendingError", "PendingEntry", "ScheduleState", "ServiceStatus",
+        "LaneStatus", "NotPendingError", "PendingEntry", "ScheduleState", "ServiceStatus",
         "dead_letter_pending", "discover_services", "format_age", "format_tick",
         "pending_entries", "retry_pending", "schedule_states", "service_status",
     },
