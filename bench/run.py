@@ -76,10 +76,10 @@ from common import RESULTS_DIR, Config, quiet_logging, run
 from procs import cpu_count
 from redis.asyncio import Redis
 from report import Results, table, write_json
+from scenarios_cluster import run_cluster
 from scenarios_delayed import run_delayed
 from scenarios_drain import run_drain
 from scenarios_lanes import run_hol, run_load
-from scenarios_cluster import run_cluster
 from scenarios_long import run_long
 from scenarios_rpc import run_burst, run_rpc
 from scenarios_send import run_send
