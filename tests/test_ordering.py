@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from actionbus import BaseWorker, CommonAppSettings, DomainAction, QueueManager
 from actionbus.exceptions import DelayedActionError
@@ -208,3 +209,36 @@ async def test_stopping_hands_the_stream_over_at_once(
     assert order == list(range(10))
     assert other._ordering is not None
     assert other._ordering.leases == 1
+
+
+async def test_an_ordered_action_left_pending_by_a_redis_error_runs_again_first(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """When carrying out a retry fails with a Redis error (the entry stays pending), the
+    holder runs the entry again before its key's next one; each such run counts as a
+    delivery, so one that keeps failing is dead-lettered and the key goes on."""
+    order: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        if data["n"] == 1:
+            raise RuntimeError("always")
+        order.append(data["n"])
+
+    worker = make_worker(make_settings, handle, max_deliveries=3)
+    calls = 0
+
+    async def broken_retry(*args: Any, **kwargs: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        raise RedisConnectionError("connection lost while parking the retry")
+
+    worker.policy.retry = broken_retry  # type: ignore[method-assign]
+    await worker.start()
+    client = bus.client("caller")
+    for n in range(4):
+        await client.send_action_async(step("a", n))
+    await eventually(lambda: len(order) == 3, timeout=10)
+    assert order == [0, 2, 3]
+    assert calls == 2  # deliveries 1 and 2 failed; the 3rd is the last allowed: buried
+    letters = await worker.dead_letters.list()
+    assert [letter.deliveries for letter in letters] == [3]

@@ -131,7 +131,11 @@ class Partitions:
                            self.ctx.service, exc)
         for k in wanted:
             await ensure_group(self.redis, self._stream(k), self.ctx.group)
-        await self.announce()
+        try:
+            await self.announce()
+        except (RedisError, OSError) as exc:  # e.g. OOM: start anyway (the loop retries)
+            logger.warning("could not announce the partitions of %s yet: %s",
+                           self.ctx.service, exc)
         return wanted
 
     def _stream(self, k: int) -> str:
