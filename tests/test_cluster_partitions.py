@@ -15,6 +15,7 @@ from actionbus import (
     QueueManager,
     RedisManager,
 )
+from actionbus.workers.partitions import probe
 from tests.conftest import fast_worker_settings
 
 QM = QueueManager("dev")
@@ -90,3 +91,14 @@ async def test_a_partitioned_service_drains_all_masters_in_order_per_key(
             for worker in workers:
                 await worker.stop(grace=0.5)
             await client.close()
+
+
+async def test_leftover_partitions_are_found_on_the_cluster(redis_cluster_url: str) -> None:
+    """The probe for partitions beyond a worker's count works across the masters: it finds
+    partition 2 by its stream and partition 4 by its delayed set, nothing else."""
+    async with RedisManager(settings(redis_cluster_url, "probe")) as manager:
+        redis = manager.get_client()
+        await redis.xadd(QM.get_partition_stream(SERVICE, 2), {"data": "{}"})
+        await redis.zadd(QM.get_delayed_set(SERVICE, partition=4), {"{}": 1})
+        assert await probe(redis, QM, SERVICE, 1) == [2, 4]
+        assert await probe(redis, QM, SERVICE, 3) == [4]

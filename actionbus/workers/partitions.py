@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
 from actionbus.backoff import OutageLog
@@ -53,16 +54,24 @@ Supervised = Callable[[str, Callable[[], Coroutine[Any, Any, None]]], "asyncio.T
 async def probe(redis: AnyRedis, queues: QueueManager, service: str, first: int) -> list[int]:
     """Partitions ``first .. MAX_PARTITIONS-1`` of ``service`` that hold anything: stream or
     ordered-stream entries, or delayed actions (one pipelined round of XLEN/ZRANGE)."""
+    found = []
+    if isinstance(redis, RedisCluster):
+        # Plain commands, not a cluster pipeline: redis-py answers a connection error in a
+        # cluster pipeline by closing every node's connections (see clients/sender.py).
+        for k in range(max(1, first), MAX_PARTITIONS):
+            if any(await asyncio.gather(
+                    redis.xlen(queues.get_partition_stream(service, k)),
+                    redis.xlen(queues.get_ordered_stream(service, k)),
+                    redis.zrange(queues.get_delayed_set(service, partition=k), 0, 0))):
+                found.append(k)
+        return found
     partitions = range(max(1, first), MAX_PARTITIONS)
-    if not partitions:
-        return []
     pipe = redis.pipeline(transaction=False)
     for k in partitions:
         pipe.xlen(queues.get_partition_stream(service, k))
         pipe.xlen(queues.get_ordered_stream(service, k))
         pipe.zrange(queues.get_delayed_set(service, partition=k), 0, 0)
-    replies: list[Any] = await pipe.execute()
-    found = []
+    replies: list[Any] = await pipe.execute() if partitions else []
     for i, k in enumerate(partitions):
         stream, ordered, delayed = replies[3 * i: 3 * i + 3]
         if int(stream or 0) or int(ordered or 0) or delayed:
