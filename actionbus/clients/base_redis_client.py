@@ -227,12 +227,11 @@ class BaseRedisClient:
         writer: DurableWriter | StreamWriter | None = None,
     ) -> Any:
         """Run the send with each target's lane for ``priority`` known to ``_encode``."""
-        lanes: dict[str, str] = {}
-        await self._learn(actions)
-        for target in {action.target for action in actions}:
-            lane = await self._router.lane(target, priority)
-            if lane is not None:
-                lanes[target] = lane
+        targets = list({action.target for action in actions})
+        found = await asyncio.gather(  # partitions and lanes learnt in one round trip
+            self._learn(actions), *(self._router.lane(target, priority) for target in targets))
+        lanes = {target: lane for target, lane in zip(targets, found[1:], strict=True)
+                 if lane is not None}
         token = _LANES.set(lanes or None)
         try:
             if chain is not None:

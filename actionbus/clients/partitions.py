@@ -53,7 +53,7 @@ class PartitionRouter:
         self._known: dict[str, tuple[float, int]] = {}
         self._turn: dict[str, int] = {}
         self._warned: set[tuple[str, int]] = set()
-        self._reading: dict[str, asyncio.Future[int]] = {}  # one GET per target at a time
+        self._reading: dict[str, asyncio.Task[int]] = {}  # one GET per target at a time
         self.mismatches = 0
         """How many times a target's workers announced another count than the settings."""
 
@@ -64,24 +64,17 @@ class PartitionRouter:
 
     async def refresh(self, target: str) -> int:
         """Read ``target``'s descriptor; return the count to use (and cache it). Concurrent
-        callers share one read."""
+        callers share one read (its own task: a caller that gives up cancels nobody's)."""
         reading = self._reading.get(target)
-        if reading is not None:
-            return await asyncio.shield(reading)
-        future = self._reading[target] = asyncio.get_running_loop().create_future()
-        try:
-            count = await self._read(target)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
-            else:
-                future.set_exception(exc)
-                future.exception()  # retrieved: no "never retrieved" warning without waiters
-            raise
-        finally:
-            self._reading.pop(target, None)
-        future.set_result(count)
-        return count
+        if reading is None:
+            reading = self._reading[target] = asyncio.create_task(self._read(target))
+            reading.add_done_callback(lambda task: self._done(target, task))
+        return await asyncio.shield(reading)
+
+    def _done(self, target: str, task: asyncio.Task[int]) -> None:
+        self._reading.pop(target, None)
+        if not task.cancelled():
+            task.exception()  # retrieved, even when every caller gave up
 
     async def _read(self, target: str) -> int:
         configured = self.configured.get(target, 1)
