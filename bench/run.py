@@ -44,8 +44,11 @@ Scenarios:
    3 (ordered, 1,000 keys); msg/s, worker CPU and every master's CPU per action; raw:
    one raw consumer of one stream.
 
-Scenario 2 also reports each consumer's CPU µs per action (``/proc``), and a drain by a
-worker reading priority lanes.
+Scenario 2 also reports each consumer's CPU µs per action (``/proc``), a drain by a
+worker reading priority lanes, and where the 1-process drain's CPU per action goes, per
+component (``bench/breakdown.py``: each part of the consume path timed on its own, the
+rest of the measured total being Redis I/O and the event loop), printed and written to
+``bench/results/drain-breakdown.txt`` and the JSON's notes.
 
 Reading the table: each cell is the median of the repetitions (3 by default, 1 with
 ``--quick``) with (min-max); ``ab/raw`` and ``ab/FS`` divide
@@ -72,6 +75,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from breakdown import render
 from common import RESULTS_DIR, Config, quiet_logging, run
 from procs import cpu_count
 from redis.asyncio import Redis
@@ -182,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - wall_start
     print()
     print(table(results))
+    if "drain_breakdown_us" in results.notes:
+        print("\nScenario 2, where the CPU per drained action goes (bench/breakdown.py):")
+        print(render(results.notes["drain_breakdown_us"]))
     print(f"\nwall time {wall:.1f}s; JSON written to {args.json}")
     write_json(results.to_json(round(wall, 1), info), args.json)
     return 0

@@ -137,7 +137,7 @@ class BaseWorker:
         self._reader: StreamReader | None = None
         self._output: OutputBatcher | None = None
         self._active = 0  # entries claimed and not finished
-        self._runner = EagerRunner(self._entry_done)
+        self._runner = EagerRunner(self._entry_done, after=self._flush_output)
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
@@ -363,6 +363,7 @@ class BaseWorker:
             health=self._health, dead_stream=ctx.dead_stream, consumer=self.consumer,
         )
         output.start()
+        self._runner.urgent = output.callers_waiting
         pipeline = Pipeline(ctx, redis, self.stats, self._layers)
         processor = self._processor = ActionProcessor(
             ctx, redis, output, self._dispatch, pipeline, self.stats, self.policy
@@ -525,17 +526,21 @@ class BaseWorker:
     def _spawn(self, stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
         processor = self._processor
         assert processor is not None
-        key = entry_key(self.stream, stream, entry_id)
-        if processor.owns(key):
+        key = entry_id if stream == self.stream else entry_key(self.stream, stream, entry_id)
+        if not processor.claim(key):
             return  # already being handled (a recovery raced a read)
-        processor.claim(key)
         self._active += 1
-        self._runner.submit(lambda: processor.process(key, fields, deliveries))
+        self._runner.submit(processor.process, key, fields, deliveries)
+
+    async def _flush_output(self) -> None:
+        if self._output is not None:
+            await self._output.flush()
 
     def _entry_done(self) -> None:
         self._active -= 1
-        if self._reader is not None:
-            self._reader.slot_free.set()
+        reader = self._reader
+        if reader is not None and reader.waiting_for_slot:
+            reader.slot_free.set()
         if self._partitions is not None:
             self._partitions.slot_freed()
 

@@ -201,7 +201,8 @@ class Partitions:
     def slot_freed(self) -> None:
         """A worker slot was freed: wake the readers waiting for one."""
         for reader in self.readers:
-            reader.slot_free.set()
+            if reader.waiting_for_slot:
+                reader.slot_free.set()
 
     async def run(self) -> None:
         """Announce the count; every maintenance interval, look for partitions holding

@@ -165,8 +165,11 @@ async def test_a_lane_entry_is_dead_lettered_with_its_lane(bus: Any, eventually:
     [letter] = await worker.dead_letters.list()
     assert letter.stream == LOW
     assert letter.original_id == entry_id
-    pending = await bus.redis.xpending(LOW, "lanes")
-    assert pending["pending"] == 0
+
+    async def acked() -> bool:  # the ack follows the dead letter's write round
+        return (await bus.redis.xpending(LOW, "lanes"))["pending"] == 0
+
+    await eventually(acked)
 
 
 async def test_entries_left_by_a_stopped_worker_are_reclaimed_in_every_lane(
@@ -208,6 +211,30 @@ async def test_lanes_descriptor_is_kept_alive(bus: Any) -> None:
     key = QM.get_lanes_key("lanes")
     assert json.dumps((await bus.redis.get(key)).decode()) == '"high,normal,low"'
     assert 0 < await bus.redis.ttl(key) <= 10
+
+
+async def test_work_of_the_most_urgent_lane_starts_first_whatever_lane_is_read_first(
+    bus: Any, eventually: Any
+) -> None:
+    """Weighted reads may start with a lower lane (here normal, the heaviest weight); the
+    entries of one read cycle still start most urgent lane first."""
+    for n in range(5):
+        await bus.redis.xadd(MAIN, {"data": raw_action(n, "bulk")})
+    await bus.redis.xadd(HIGH, {"data": raw_action(0, "urgent")})
+    worker = bus.worker("lanes", lanes=True, lane_weights=(1, 5, 1))
+    order: list[str] = []
+
+    @worker.handler("lanes.item.bulk")
+    async def bulk(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append(f"bulk{data['n']}")
+
+    @worker.handler("lanes.item.urgent")
+    async def urgent(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append("urgent")
+
+    await worker.start()
+    await eventually(lambda: len(order) == 6)
+    assert order == ["urgent", *(f"bulk{n}" for n in range(5))]
 
 
 @pytest.mark.parametrize("lane", ["high", "low"])
