@@ -136,12 +136,16 @@ def job(i: int) -> DomainAction:
     return DomainAction(action_type="faults.job.run", data={"i": i})
 
 
-async def send_jobs(url: str, numbers: range, *, cluster: bool = False) -> None:
-    """Send ``faults.job.run`` actions numbered ``numbers`` through a real client."""
+async def send_jobs(url: str, numbers: range, *, cluster: bool = False,
+                    partitions: int = 1) -> None:
+    """Send ``faults.job.run`` actions numbered ``numbers`` through a real client (to
+    ``partitions`` partitions of the service)."""
     redis = (RedisCluster if cluster else Redis).from_url(url)
     if isinstance(redis, RedisCluster):
         await redis.initialize()  # see worker_proc: no concurrent first commands
-    client = BaseRedisClient("faults-client", redis, settings_for(url, cluster=cluster))
+    settings = settings_for(url, cluster=cluster).model_copy(
+        update={"partitions": {SERVICE: partitions}})
+    client = BaseRedisClient("faults-client", redis, settings)
     try:
         actions = [job(i) for i in numbers]
         for start in range(0, len(actions), 200):
@@ -168,7 +172,10 @@ async def handled_count(redis: Redis | RedisCluster) -> int:
     return int(await redis.hlen("faults:handled"))
 
 
-async def pending_count(redis: Redis | RedisCluster) -> int:
-    """How many entries the group has delivered but not acknowledged."""
-    summary = await redis.xpending(STREAM, SERVICE)
-    return int(summary["pending"])
+async def pending_count(redis: Redis | RedisCluster, partitions: int = 1) -> int:
+    """How many entries the group has delivered but not acknowledged (in every partition)."""
+    total = 0
+    for stream in QueueManager().get_partition_streams(SERVICE, partitions):
+        summary = await redis.xpending(stream, SERVICE)
+        total += int(summary["pending"])
+    return total

@@ -10,8 +10,9 @@ import time
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
+from actionbus.clients import QueueManager
 from tests.faults.conftest import (
-    STREAM,
+    SERVICE,
     Target,
     Workers,
     handled_count,
@@ -21,15 +22,18 @@ from tests.faults.conftest import (
 )
 
 pytestmark = pytest.mark.backends
+QM = QueueManager()
 
 FAST_RECLAIM = {"claim_idle_ms": 500, "reclaim_interval_s": 0.2, "block_ms": 200}
 
 
+@pytest.mark.parametrize("partitions", [1, 3], ids=["p1", "p3"])
 async def test_kill_9_mid_batch_loses_nothing(
-    target: Target, workers: Workers
+    target: Target, workers: Workers, partitions: int
 ) -> None:
-    """Scenario 1: a worker killed with SIGKILL mid-batch; its replacement handles the rest."""
-    url, on = target.url, {"cluster": target.cluster}
+    """Scenario 1: a worker killed with SIGKILL mid-batch; its replacement handles the rest
+    (with 3 partitions: in every partition)."""
+    url, on = target.url, {"cluster": target.cluster, "partitions": partitions}
     redis = target.client()
     first = workers.start(url, **on, sleep=0.005, worker={**FAST_RECLAIM, "concurrency": 16})
     await send_jobs(url, range(1000), **on)
@@ -40,15 +44,17 @@ async def test_kill_9_mid_batch_loses_nothing(
     assert done_before < 1000, "the kill must land mid-batch"
     workers.start(url, **on, worker=FAST_RECLAIM)
     await wait_until(lambda: _at_least(redis, 1000), 30, "all 1000 actions handled")
-    await wait_until(lambda: _pending_is(redis, 0), 10, "the pending list to empty")
+    await wait_until(lambda: _pending_is(redis, 0, partitions), 10, "the pending list to empty")
     counts = await redis.hgetall("faults:handled")
     assert sorted(int(k) for k in counts) == list(range(1000))
     assert all(int(v) >= 1 for v in counts.values())
     twice = sum(1 for v in counts.values() if int(v) > 1)
-    assert await redis.xlen(STREAM) == 1000, "no action was retried: nothing failed"
-    print(f"[scenario 1] {'cluster' if target.cluster else 'standalone'}: killed after "
-          f"{done_before}/1000 handled; all 1000 handled, {twice} handled twice (in flight "
-          "at the kill), 0 pending")
+    lengths = [await redis.xlen(s) for s in QM.get_partition_streams(SERVICE, partitions)]
+    assert sum(lengths) == 1000, "no action was retried: nothing failed"
+    assert all(lengths), lengths  # every partition had its share
+    print(f"[scenario 1] {'cluster' if target.cluster else 'standalone'}, {partitions} "
+          f"partition(s) {lengths}: killed after {done_before}/1000 handled; all 1000 "
+          f"handled, {twice} handled twice (in flight at the kill), 0 pending")
     await redis.aclose()
 
 
@@ -80,19 +86,22 @@ async def test_sigterm_exits_within_grace_and_leaves_work_for_others(
     await redis.aclose()
 
 
+@pytest.mark.parametrize("partitions", [1, 3], ids=["p1", "p3"])
 async def test_idempotent_handler_runs_once_across_a_crash_before_ack(
-    target: Target, workers: Workers
+    target: Target, workers: Workers, partitions: int
 ) -> None:
-    """Scenario 8: a crash between side effect and ack; the redelivery skips the side effect."""
-    url, on = target.url, {"cluster": target.cluster}
+    """Scenario 8: a crash between side effect and ack; the redelivery skips the side effect
+    (with 3 partitions too)."""
+    url, on = target.url, {"cluster": target.cluster, "partitions": partitions}
     redis = target.client()
     crashing = workers.start(url, **on, idempotent=True, crash_before_ack=True, worker=FAST_RECLAIM)
     await send_jobs(url, range(1), **on)
     assert crashing.wait(10) == 17, "the worker must die at its first acknowledgement"
     assert await handled_count(redis) == 1
-    assert await pending_count(redis) == 1
+    assert await pending_count(redis, partitions) == 1
     workers.start(url, **on, idempotent=True, log_file=None, worker=FAST_RECLAIM)
-    await wait_until(lambda: _pending_is(redis, 0), 10, "the redelivered action acknowledged")
+    await wait_until(lambda: _pending_is(redis, 0, partitions), 10,
+                     "the redelivered action acknowledged")
     assert await redis.hget("faults:handled", "0") == b"1", "side effect ran twice"
     print("[scenario 8] crashed before ack; redelivered and acknowledged; side effect ran 1 time")
     await redis.aclose()
@@ -102,8 +111,8 @@ async def _at_least(redis: Redis | RedisCluster, n: int) -> bool:
     return await handled_count(redis) >= n
 
 
-async def _pending_is(redis: Redis | RedisCluster, n: int) -> bool:
-    return await pending_count(redis) == n
+async def _pending_is(redis: Redis | RedisCluster, n: int, partitions: int = 1) -> bool:
+    return await pending_count(redis, partitions) == n
 
 
 async def _started(redis: Redis | RedisCluster, n: int) -> bool:

@@ -1,6 +1,7 @@
 """A worker in its own OS process, for fault tests: ``python worker_proc.py '<json config>'``.
 
-Config keys: ``url``, ``cluster`` (the URL is a Redis Cluster node), ``service``,
+Config keys: ``url``, ``cluster`` (the URL is a Redis Cluster node), ``partitions`` (of
+the service, default 1), ``service``,
 ``sleep`` (seconds per action; an action's ``data["sleep"]`` overrides it), ``fail``
 (always raise), ``crash_before_ack`` (exit at the first acknowledgement, after the side
 effect), ``idempotent``, ``log_file``, ``worker`` (WorkerSettings fields),
@@ -26,9 +27,11 @@ from actionbus import BaseWorker, CommonAppSettings, DomainAction, WorkerSetting
 
 async def main(config: dict[str, Any]) -> None:
     cluster = bool(config.get("cluster"))
-    settings = CommonAppSettings(service_name=config.get("service", "faults"),
+    service = config.get("service", "faults")
+    settings = CommonAppSettings(service_name=service,
                                  redis_url=config["url"], redis_socket_timeout=5,
-                                 redis_cluster=cluster)
+                                 redis_cluster=cluster,
+                                 partitions={service: int(config.get("partitions", 1))})
     worker = BaseWorker(settings, worker_settings=WorkerSettings(**config.get("worker", {})))
     side = (RedisCluster if cluster else Redis).from_url(config["url"])
     if isinstance(side, RedisCluster):  # redis-py: concurrent first commands on a cluster
