@@ -205,6 +205,9 @@ async def test_oversize_entry_is_buried_before_decoding(
         [letter] = await eventually(lambda: dead_letters_of(worker))
         assert (letter.reason, letter.truncated, letter.data_length) == ("oversize", True,
                                                                         len(big))
+        size = len(big) + len("data")  # the entry: field name and value
+        assert (letter.error_type, letter.error_message) == (
+            "PayloadTooLarge", f"the entry is {size} bytes, above max_payload_bytes (10000)")
         assert letter.data == big[:1000]
         assert letter.data_sha256 == hashlib.sha256(big.encode()).hexdigest()
         assert worker._processor is not None
@@ -259,7 +262,8 @@ async def _at_least(worker: BaseWorker, n: int) -> list[Any] | None:
 async def test_callback_to_another_service_is_refused(
     bus: Any, eventually: Any, fields: dict[str, Any]
 ) -> None:
-    """A callback outside the origin service's stream and namespace is buried, never sent."""
+    """A callback outside the origin service's stream and namespace is buried as bad input
+    with the reason it was refused, never sent."""
     worker, marks = _marker_worker(bus)
     await worker.start()
     await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.mark",
@@ -269,6 +273,8 @@ async def test_callback_to_another_service_is_refused(
     await eventually(lambda: marks == ["after"])
     [letter] = await eventually(lambda: dead_letters_of(worker))
     assert (letter.reason, letter.error_type) == ("callback_not_allowed", "CallbackNotAllowed")
+    assert "refused" in letter.error_message  # callback_refusal's reason, e.g. the service
+    assert worker.stats.bad_input == 1
     assert await bus.redis.xlen(QM.get_service_action_stream("payroll")) == 0
     assert await bus.redis.xlen(QM.get_service_action_stream("orders")) == 0
 
