@@ -131,3 +131,31 @@ async def test_reader_waits_for_a_free_slot(redis_client: Any) -> None:
     reader.slot_free.set()
     await asyncio.wait_for(task, 10)
     assert len(spawned) == 1
+
+
+async def test_deleted_stream_gets_its_group_back_and_actions_flow_again(
+    bus: Any, eventually: Any, caplog: Any
+) -> None:
+    """A stream deleted under a running worker (as after Redis restarted empty): the read's
+    NOGROUP recreates the group, logged with group and stream, and later actions are handled."""
+    caplog.set_level(logging.WARNING, "actionbus.worker")
+    worker = bus.worker("inventory")
+    seen: list[str] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        seen.append(data["m"])
+
+    client = bus.client("orders")
+    await worker.start()
+    await client.send_action_async(DomainAction(action_type="inventory.item.mark",
+                                                data={"m": "before"}))
+    await eventually(lambda: seen == ["before"])
+    await bus.redis.delete(worker.stream)
+    await eventually(lambda: any("was missing" in r.getMessage() for r in caplog.records))
+    await client.send_action_async(DomainAction(action_type="inventory.item.mark",
+                                                data={"m": "after"}))
+    await eventually(lambda: seen == ["before", "after"])
+    [line] = [r.getMessage() for r in caplog.records if "was missing" in r.getMessage()]
+    assert line == (f"consumer group inventory on {worker.stream} was missing (Redis restarted "
+                    "empty or the stream was deleted); recreated it")
