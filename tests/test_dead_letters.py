@@ -246,3 +246,20 @@ def test_dead_letter_fields_keep_the_entry_and_bound_oversize() -> None:
     assert big["data"] == ("é" * 5).encode()
     assert (big["data_length"], big["truncated"]) == ("200", "true")
     assert len(big["error_message"]) == 2000
+
+
+async def test_replay_restores_non_utf8_data_and_field_names_byte_for_byte(
+    bus: Any, eventually: Any
+) -> None:
+    """An entry whose data and a field name are not UTF-8 is buried, then replayed with
+    exactly its original bytes (names and values)."""
+    worker = bus.worker("inventory")
+    await worker.start()
+    original = {b"data": b"\xff\xfe not json", b"\xe9tag": b"\x00\xff"}
+    await bus.redis.xadd(MAIN, original)
+    [letter] = await eventually(lambda: worker.dead_letters.list())
+    assert (letter.reason, letter.error_type) == ("malformed", "InvalidJSON")
+    await worker.stop()
+    new_id = await worker.dead_letters.replay(letter.entry_id)
+    [(_, fields)] = await bus.redis.xrange(MAIN, min=new_id, max=new_id)
+    assert fields == original
