@@ -115,8 +115,8 @@ async def test_cluster_wait_replicas_waits_on_the_streams_master(
     redis_replica_cluster: LocalCluster,
 ) -> None:
     """On the cluster the XADD and WAIT go to the node owning the stream's slot: a send
-    returns once its replica has the entry, and reports 0 of 1 while that replica is
-    frozen."""
+    returns its entry id once its replica has the entry, and reports 0 of 1 (with the
+    entry id) while that replica is frozen."""
     cluster = redis_replica_cluster
     master = cluster.master_of(STREAM)
     replica = replica_of(master, cluster.nodes)
@@ -124,14 +124,15 @@ async def test_cluster_wait_replicas_waits_on_the_streams_master(
     client = BaseRedisClient("caller", redis, CommonAppSettings(
         _env_file=None, service_name="caller", redis_url=cluster.url, redis_cluster=True))
     try:
-        await client.send_action_async(action(1), wait_replicas=1)
+        sent = await client.send_action_async(action(1), wait_replicas=1)
         with replica.client() as conn:
             conn.execute_command("READONLY")
             assert conn.xlen(STREAM) == 1
         with frozen(replica), pytest.raises(NotReplicatedError) as caught:
             await client.send_action_async(action(2), wait_replicas=1, wait_timeout_ms=300)
         assert caught.value.replicas == 0
-        assert await redis.xlen(STREAM) == 2
+        ids = [entry_id.decode() for entry_id, _ in await redis.xrange(STREAM)]
+        assert ids == [sent, caught.value.entry_id]  # each send reports its own entry id
     finally:
         await client.close()
         await redis.aclose()
