@@ -232,6 +232,17 @@ async def test_trim_dead_letters_by_length_and_age(conn: Any) -> None:
     assert await trim_dead_letters(conn, DEAD, None, None) == 0
 
 
+async def test_trim_dead_letters_counts_both_trims_at_the_age_boundary(conn: Any) -> None:
+    """max_age_s is exact to well under a minute (a day's limit drops a letter 43 s older
+    than a day and keeps one 43 s younger); with both limits the drops of each add up."""
+    now_ms = int(time.time() * 1000)
+    for age_s in (86_443, 86_357, 30, 20, 10):
+        await conn.xadd(DEAD, {"data": str(age_s)}, id=f"{now_ms - age_s * 1000}-0")
+    assert await trim_dead_letters(conn, DEAD, None, 86_400) == 1
+    assert await trim_dead_letters(conn, DEAD, 2, 3600) == 2
+    assert [f[b"data"] for _, f in await conn.xrange(DEAD)] == [b"20", b"10"]
+
+
 def test_dead_letter_fields_keep_the_entry_and_bound_oversize() -> None:
     """Other fields are kept as field.<name>; an oversize body keeps its head, length, hash."""
     fields = dead_letter_fields(
