@@ -81,3 +81,20 @@ def test_describe_names_what_was_refused(exc: BaseException, described: str) -> 
     """describe(): a NOPERM error text (whatever its class) reads "missing ACL permission";
     others give their type and text, or their type alone when they have no text."""
     assert describe(exc) == described
+
+
+def test_status_reports_a_dead_loop_outage_and_slow_commands() -> None:
+    """A fresh Health is healthy with nothing failed; a loop death makes it unhealthy with
+    ``failed`` and a "stopped:" problem (the first death wins); in_outage and
+    slow_commands are reported as given."""
+    health = Health(logging.getLogger("actionbus.worker"), "w")
+    fresh = health.status()
+    assert (fresh.healthy, fresh.in_outage, fresh.failed, fresh.problems) == (
+        True, False, None, [])
+    health.died(RuntimeError("boom"))
+    health.died(ValueError("later"))
+    health.slow_commands = 2
+    status = health.status(in_outage=True)
+    assert (status.healthy, status.in_outage, status.failed, status.slow_commands) == (
+        False, True, "RuntimeError: boom", 2)
+    assert status.problems == ["stopped: RuntimeError: boom"]
