@@ -222,7 +222,8 @@ async def test_oversize_entry_is_buried_before_decoding(
 async def test_invalid_pseudo_sync_request_is_replied_and_buried(
     bus: Any, eventually: Any
 ) -> None:
-    """Unknown type or bad data from a waiting caller: an error reply AND a dead letter."""
+    """Unknown type or bad data from a waiting caller: an error reply AND a dead letter,
+    each reply counted in error_replies."""
     worker = bus.worker("inventory")
 
     @worker.handler("inventory.item.typed")
@@ -245,6 +246,7 @@ async def test_invalid_pseudo_sync_request_is_replied_and_buried(
     letters = await eventually(lambda: _at_least(worker, 2))
     assert [x.reason for x in letters] == ["unknown_action_type", "rejected"]
     assert worker.stats.bad_input == 2
+    assert worker.stats.error_replies == 2
 
 
 async def _at_least(worker: BaseWorker, n: int) -> list[Any] | None:
