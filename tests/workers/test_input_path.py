@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -365,3 +366,21 @@ async def test_reads_shrink_once_large_entries_are_seen(
         assert reads >= 30 // limit  # one read of 50 would have taken them all at once
     finally:
         await worker.stop()
+
+
+async def test_maintenance_trims_old_dead_letters_and_keeps_counting(bus: Any) -> None:
+    """worker.maintain() drops dead letters older than dead_letter_max_age_s, and
+    dead_letters_trimmed adds up over maintenance rounds."""
+    worker = bus.worker("inventory", dead_letter_max_age_s=3600)
+    await worker.start()
+    dead = QM.get_dead_letter_stream("inventory")
+    now_ms = int(time.time() * 1000)
+    await bus.redis.xadd(dead, {"data": "old"}, id=f"{now_ms - 7_200_000}-0")
+    await bus.redis.xadd(dead, {"data": "new"}, id=f"{now_ms - 60_000}-0")
+    await worker.maintain()
+    assert [x.data for x in await dead_letters_of(worker)] == ["new"]
+    await bus.redis.xadd(dead, {"data": "recent"})
+    worker.settings = worker.settings.model_copy(update={"dead_letter_max_age_s": 30})
+    await worker.maintain()
+    assert [x.data for x in await dead_letters_of(worker)] == ["recent"]
+    assert worker.stats.dead_letters_trimmed == 2
