@@ -224,7 +224,7 @@ async def test_invalid_pseudo_sync_request_is_replied_and_buried(
     bus: Any, eventually: Any
 ) -> None:
     """Unknown type or bad data from a waiting caller: an error reply AND a dead letter,
-    each reply counted in error_replies."""
+    each counted (error_replies, dead_lettered)."""
     worker = bus.worker("inventory")
 
     @worker.handler("inventory.item.typed")
@@ -248,6 +248,7 @@ async def test_invalid_pseudo_sync_request_is_replied_and_buried(
     assert [x.reason for x in letters] == ["unknown_action_type", "rejected"]
     assert worker.stats.bad_input == 2
     assert worker.stats.error_replies == 2
+    assert worker.stats.dead_lettered == 2
 
 
 async def _at_least(worker: BaseWorker, n: int) -> list[Any] | None:
