@@ -213,3 +213,25 @@ def test_timings_cumulative_buckets_end_with_inf() -> None:
     assert buckets[:3] == [("0.001", 0.0), ("0.0025", 0.0), ("0.005", 1.0)]
     assert buckets[-2:] == [("30.0", 1.0), ("+Inf", 2.0)]
     assert total == 100.003
+
+
+async def test_failed_and_handled_runs_are_timed_by_outcome(bus: Any, eventually: Any) -> None:
+    """The metrics see every run: a failed attempt is timed as ``failed``, the retry that
+    succeeds as ``handled`` (the handler's timings by action type and outcome)."""
+    worker = bus.worker("inventory")
+    attempts: list[int] = []
+    timings = timings_for("inventory")
+    before = {o: timings.outcomes.get(("inventory.stock.flaky", o), 0)
+              for o in ("failed", "handled")}
+
+    async def flaky(action: DomainAction, data: dict[str, Any]) -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt fails")
+
+    worker.register("inventory.stock.flaky", flaky)
+    await worker.start()
+    await bus.client("orders").send_action_async(DomainAction(action_type="inventory.stock.flaky"))
+    await eventually(lambda: worker.stats.handled == 1)
+    after = {o: timings.outcomes.get(("inventory.stock.flaky", o), 0) for o in before}
+    assert after == {"failed": before["failed"] + 1, "handled": before["handled"] + 1}
