@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -23,7 +24,9 @@ from redis.exceptions import (
 )
 
 from actionbus import BaseWorker, DomainAction, PermissionsError
+from actionbus.backoff import OutageLog
 from actionbus.workers.failures import is_transient
+from actionbus.workers.output import OutputBatcher
 from tests.conftest import fast_worker_settings
 from tests.workers.helpers import QM, Settings, drained, xadd_raw
 
@@ -181,3 +184,41 @@ async def test_stop_never_raises_a_client_error(make_settings: Settings) -> None
         assert worker._manager is None
     finally:
         await real_close()
+
+
+async def test_failed_round_is_requeued_ahead_of_what_was_queued_meanwhile(
+    fresh_redis_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round Redis refuses transiently (OOM) goes back ahead of a unit queued while it was
+    in flight; nothing is dropped: once Redis accepts writes, both outputs land and both
+    entries are acknowledged. The outage log names the cause."""
+    caplog.set_level(logging.WARNING, "actionbus.worker")
+    redis = Redis.from_url(fresh_redis_server.url)
+    stream, out = QM.get_service_action_stream("inventory"), "out-stream"
+    try:
+        await redis.xgroup_create(stream, "inventory", id="0", mkstream=True)
+        ids = [(await redis.xadd(stream, {"data": "{}"})).decode() for _ in range(2)]
+        await redis.xreadgroup("inventory", "c1", {stream: ">"})
+        batcher = OutputBatcher(redis, stream, "inventory",
+                                OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                                consumer="c1")
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", 1)
+        batcher.xadd(out, {"n": "a"})
+        batcher.ack(ids[0])
+        first = asyncio.create_task(batcher.flush())
+        await asyncio.sleep(0)  # the round of unit a is in flight
+        batcher.xadd(out, {"n": "b"})
+        batcher.ack(ids[1])
+        await first
+        assert batcher.acknowledged == 0
+        assert batcher.unacknowledged() == set(ids)
+        await redis.config_set("maxmemory", 0)
+        await batcher.flush()
+        assert [f[b"n"] for _, f in await redis.xrange(out)] == [b"a", b"b"]
+        assert batcher.acknowledged == 2
+        assert (await redis.xpending(stream, "inventory"))["pending"] == 0
+        assert any("Redis unavailable (OutOfMemoryError" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        await redis.aclose()
