@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -204,6 +205,43 @@ async def test_entries_left_by_a_stopped_worker_are_reclaimed_in_every_lane(
     assert sorted(n for _, n in seen) == [0, 1, 2]
     for stream in (HIGH, MAIN, LOW):
         assert (await bus.redis.xpending(stream, "lanes"))["pending"] == 0
+
+
+async def test_reclaim_fills_the_free_slots_lane_by_lane_and_counts_each_entry(
+    bus: Any, eventually: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With 3 free slots and 5 abandoned entries (2 high, 2 normal, 1 low), one reclaim takes
+    both high ones, then one normal one, counts 3 in stats.reclaimed and logs each."""
+    hang = asyncio.Event()
+
+    async def stuck(action: DomainAction, data: dict[str, Any]) -> None:
+        await hang.wait()
+
+    first = bus.worker("lanes", lanes=True, consumer_name="first")
+    first.register("lanes.item.bulk", stuck)
+    for stream, n in ((HIGH, 2), (MAIN, 2), (LOW, 1)):
+        for i in range(n):
+            await bus.redis.xadd(stream, {"data": raw_action(i)}, id=f"1-{i + 1}")
+    await first.start()
+    await eventually(lambda: first.in_flight == 5)
+    await first.stop(grace=0)
+    second = bus.worker("lanes", lanes=True, consumer_name="second", concurrency=3,
+                        claim_idle_ms=100, reclaim_interval_s=0.1)
+    second.register("lanes.item.bulk", stuck)
+    with caplog.at_level(logging.INFO, logger="actionbus.worker"):
+        await second.start()
+        await eventually(lambda: second.in_flight == 3)  # no slot left: no further reclaim
+    assert second.stats.reclaimed == 3
+
+    async def owners(stream: str) -> list[str]:
+        rows = await bus.redis.xpending_range(stream, "lanes", min="-", max="+", count=10)
+        return [r["consumer"].decode() for r in rows]
+
+    assert await owners(HIGH) == ["second", "second"]
+    assert await owners(MAIN) == ["second", "first"]
+    assert await owners(LOW) == ["first"]
+    assert "reclaimed 1-1 from first (delivery 2)" in caplog.text
+    hang.set()
 
 
 async def test_lanes_descriptor_is_kept_alive(bus: Any) -> None:

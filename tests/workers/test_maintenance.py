@@ -16,6 +16,7 @@ from actionbus.workers.maintenance import (
     remove_gone_consumers,
     safe_trim,
     safe_trim_id,
+    trim_around_pending,
 )
 from tests.workers.helpers import QM, drained, noop
 
@@ -67,6 +68,87 @@ async def test_trim_does_nothing_below_retention(redis_client: Redis) -> None:
     await redis_client.xack(STREAM, "g", *ids)
     assert await safe_trim(redis_client, STREAM, retention=3) == 0
     assert await redis_client.xlen(STREAM) == 3
+
+
+async def _stuck(redis: Redis, n: int, pending: tuple[int, ...], delivered: int) -> list[str]:
+    """``n`` entries; group g delivered the first ``delivered``, all acknowledged but
+    ``pending`` (indexes)."""
+    ids = await _fill(redis, n)
+    await redis.xgroup_create(STREAM, "g", id="0")
+    await redis.xreadgroup("g", "c", {STREAM: ">"}, count=delivered)
+    await redis.xack(STREAM, "g", *[i for k, i in enumerate(ids[:delivered]) if k not in pending])
+    return ids
+
+
+async def _left(redis: Redis) -> list[str]:
+    return [e[0].decode() for e in await redis.xrange(STREAM)]
+
+
+async def test_trim_around_pending_deletes_the_oldest_processed_entries_up_to_the_excess(
+    redis_client: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past a stuck pending entry, exactly ``len - retention`` processed entries go, the
+    oldest first, with a warning naming the stream, the stuck id and the count."""
+    ids = await _stuck(redis_client, 12, pending=(0, 4), delivered=10)
+    with caplog.at_level(logging.WARNING, logger="actionbus.worker"):
+        removed = await trim_around_pending(redis_client, STREAM, 6, stuck_after_ms=0)
+    assert removed == 6
+    assert await _left(redis_client) == [ids[0], ids[4], ids[8], ids[9], ids[10], ids[11]]
+    assert f"trimming {STREAM} was blocked by entries pending since {ids[0]}: deleted 6 " \
+        in caplog.text
+
+
+async def test_trim_around_pending_keeps_pending_and_undelivered_entries(
+    redis_client: Redis,
+) -> None:
+    """However far over retention, pending entries and entries not yet delivered stay."""
+    ids = await _stuck(redis_client, 12, pending=(0, 4), delivered=10)
+    assert await trim_around_pending(redis_client, STREAM, 1, stuck_after_ms=0) == 8
+    assert await _left(redis_client) == [ids[0], ids[4], ids[10], ids[11]]
+
+
+async def test_trim_around_pending_deletes_at_most_max_delete(redis_client: Redis) -> None:
+    """One call deletes no more than ``max_delete`` entries, the oldest processed ones."""
+    ids = await _stuck(redis_client, 12, pending=(0,), delivered=12)
+    assert await trim_around_pending(
+        redis_client, STREAM, 1, stuck_after_ms=0, max_delete=2) == 2
+    assert await _left(redis_client) == [ids[0], *ids[3:]]
+
+
+async def test_trim_around_pending_waits_until_the_entry_is_stuck(redis_client: Redis) -> None:
+    """An oldest pending entry younger than ``stuck_after_ms`` (by its id) blocks nothing."""
+    ids = await _stuck(redis_client, 12, pending=(0,), delivered=12)
+    assert await trim_around_pending(redis_client, STREAM, 1, stuck_after_ms=600_000) == 0
+    assert await _left(redis_client) == ids
+
+
+async def test_trim_around_pending_does_nothing_at_retention(redis_client: Redis) -> None:
+    """A stream at exactly its retention is left alone, even with a stuck entry."""
+    ids = await _stuck(redis_client, 6, pending=(0,), delivered=6)
+    assert await trim_around_pending(redis_client, STREAM, 6, stuck_after_ms=0) == 0
+    assert await _left(redis_client) == ids
+
+
+async def test_trim_around_pending_without_pending_entries_leaves_it_to_safe_trim(
+    redis_client: Redis,
+) -> None:
+    """With nothing pending there is nothing stuck: it deletes nothing."""
+    ids = await _stuck(redis_client, 6, pending=(), delivered=6)
+    assert await trim_around_pending(redis_client, STREAM, 1, stuck_after_ms=0) == 0
+    assert await _left(redis_client) == ids
+
+
+async def test_trim_around_pending_respects_every_group(redis_client: Redis) -> None:
+    """With two groups, it stops at the slower group's last delivered entry and keeps the
+    entries pending in either group."""
+    ids = await _fill(redis_client, 12)
+    await redis_client.xgroup_create(STREAM, "fast", id="0")
+    await redis_client.xgroup_create(STREAM, "slow", id=ids[5])
+    await redis_client.xreadgroup("fast", "c", {STREAM: ">"})
+    await redis_client.xack(STREAM, "fast", *ids[1:])
+    await redis_client.xreadgroup("slow", "c", {STREAM: ">"}, count=2)  # ids[6], ids[7]
+    assert await trim_around_pending(redis_client, STREAM, 1, stuck_after_ms=0) == 5
+    assert await _left(redis_client) == [ids[0], *ids[6:]]
 
 
 async def test_worker_keeps_its_stream_within_retention(redis_url: str) -> None:
