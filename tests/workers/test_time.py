@@ -16,6 +16,7 @@ import pytest
 from actionbus import DelayedQueue, DomainAction, HandlerTimeout
 from actionbus.delayed import DELIVERIES_KEY
 from actionbus.exceptions import DelayedActionError
+from actionbus.workers.pipeline import TimeoutLayer
 from tests.workers.helpers import QM, dead_letters_of, pending_count
 
 pytestmark = pytest.mark.backends
@@ -286,3 +287,59 @@ def test_register_refuses_a_bad_timeout(bus: Any) -> None:
     route = worker.registry.get("inventory.stock.y")
     assert route is not None
     assert route.timeout == 2.0
+
+
+def _slow_warnings(caplog: pytest.LogCaptureFixture, action: DomainAction) -> list[logging.LogRecord]:
+    return [r for r in caplog.records
+            if "without a timeout" in r.getMessage() and str(action.action_id) in r.getMessage()]
+
+
+async def test_slow_handler_warning_comes_only_after_warn_after(
+    eventually: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sweep warns about a running action no sooner than warn_after seconds after it
+    started, naming its id and type."""
+    layer = TimeoutLayer(None, warn_after=0.4)
+    release = asyncio.Event()
+    action = DomainAction(action_type="inventory.stock.slow")
+
+    async def slow(action: DomainAction, data: Any) -> None:
+        await release.wait()
+
+    with caplog.at_level(logging.WARNING, "actionbus.worker"):
+        started = time.time()
+        task = asyncio.create_task(layer(action, {}, slow))
+        [record] = await eventually(lambda: _slow_warnings(caplog, action), timeout=10)
+    release.set()
+    await task
+    assert record.created - started >= 0.4
+    assert f"{action.action_id} ({action.action_type}) has been running" in record.getMessage()
+
+
+async def test_slow_handler_warns_once_per_action_and_sweeps_again_later(
+    eventually: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each slow action is warned about once, however many sweeps pass; once no action runs
+    the sweep stops, and an action started later is swept (and warned about) again."""
+    layer = TimeoutLayer(None, warn_after=0.05)
+    release = asyncio.Event()
+
+    async def slow(action: DomainAction, data: Any) -> None:
+        await release.wait()
+
+    first, second, third = (DomainAction(action_type="inventory.stock.slow") for _ in range(3))
+    with caplog.at_level(logging.WARNING, "actionbus.worker"):
+        running = asyncio.create_task(layer(first, {}, slow))
+        await eventually(lambda: _slow_warnings(caplog, first), timeout=10)
+        later = asyncio.create_task(layer(second, {}, slow))
+        await eventually(lambda: _slow_warnings(caplog, second), timeout=10)  # sweeps went on
+        assert len(_slow_warnings(caplog, first)) == 1
+        release.set()
+        await asyncio.gather(running, later)
+        await eventually(lambda: layer.sweep is None, timeout=10)
+        release.clear()
+        last = asyncio.create_task(layer(third, {}, slow))
+        await eventually(lambda: _slow_warnings(caplog, third), timeout=10)
+        release.set()
+        await last
+    assert len(_slow_warnings(caplog, second)) == 1
