@@ -206,3 +206,27 @@ async def test_idle_lanes_wait_in_one_blocking_read_of_one_entry_per_lane(
     first, _ = [entry_id.decode() for entry_id in await pipe.execute()]
     assert await asyncio.wait_for(task, 10) is True
     assert spawned == [(LANES[2], first)]
+
+
+async def test_weighted_reads_start_by_smooth_round_robin_and_take_their_share(
+    redis_client: Any,
+) -> None:
+    """With every lane full and the default weights 6/3/1, ten reads of 10 start with
+    high, normal, high, high, normal, high, low, high, normal, high; the chosen lane takes
+    its share (6, 3 or 1 of 10) and high, read next, the rest."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+        pipe = redis_client.pipeline(transaction=False)
+        for _ in range(100):
+            pipe.xadd(stream, {"data": "{}"})
+        await pipe.execute()
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    shares = []
+    for _ in range(10):
+        before = len(spawned)
+        assert await reader._read_lanes(10) is True
+        batch = [stream for stream, _ in spawned[before:]]
+        shares.append(tuple(batch.count(stream) for stream in LANES))
+    high, normal, low = (10, 0, 0), (7, 3, 0), (9, 0, 1)
+    assert shares == [high, normal, high, high, normal, high, low, high, normal, high]
