@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from actionbus import ActionRejected, DeadLetterQueue, DomainAction, DomainActionResponse
 from actionbus.dead_letters import dead_letter_fields
 from actionbus.models.actions import utc_now
+from actionbus.workers.upkeep import trim
 from tests.workers.helpers import QM
 
 pytestmark = pytest.mark.backends
@@ -377,6 +379,42 @@ async def test_every_lane_is_trimmed_to_the_retention(bus: Any, eventually: Any)
     await eventually(acknowledged)
     await worker.maintain()
     assert [await bus.redis.xlen(stream) <= 5 for stream in (HIGH, MAIN, LOW)] == [True] * 3
+
+
+async def _stuck_lanes(bus: Any, age_s: float) -> list[list[str]]:
+    """6 entries per lane, ``age_s`` old by their ids, all acknowledged but the first."""
+    start_ms = int((time.time() - age_s) * 1000)
+    ids = []
+    for stream in (HIGH, MAIN, LOW):
+        await bus.redis.xgroup_create(stream, "lanes", id="0", mkstream=True)
+        lane = [(await bus.redis.xadd(stream, {"data": raw_action(n)}, id=f"{start_ms}-{n + 1}")
+                 ).decode() for n in range(6)]
+        await bus.redis.xreadgroup("lanes", "gone", {stream: ">"})
+        await bus.redis.xack(stream, "lanes", *lane[1:])
+        ids.append(lane)
+    return ids
+
+
+async def test_trim_deletes_past_a_stuck_entry_in_every_lane(bus: Any) -> None:
+    """An entry pending for longer than trim_stuck_after_s no longer holds back trimming:
+    in each lane the processed entries beyond the retention go, the stuck one stays."""
+    ids = await _stuck_lanes(bus, age_s=3600)
+    worker = bus.worker("lanes", lanes=True, stream_retention=2, trim_stuck_after_s=60)
+    assert await trim(bus.redis, worker.context) == 12  # 4 per lane
+    for stream, lane in zip((HIGH, MAIN, LOW), ids, strict=True):
+        assert [e[0].decode() for e in await bus.redis.xrange(stream)] == [lane[0], lane[5]]
+
+
+async def test_trim_waits_trim_stuck_after_s_before_deleting_past_an_entry(bus: Any) -> None:
+    """An entry pending for less than trim_stuck_after_s (in seconds) still holds back
+    trimming; without trim_stuck_after_s, or without a retention, nothing is trimmed."""
+    await _stuck_lanes(bus, age_s=5)
+    for settings in ({"stream_retention": 2, "trim_stuck_after_s": 60},
+                     {"stream_retention": 2, "trim_stuck_after_s": None},
+                     {"stream_retention": None, "trim_stuck_after_s": 0}):
+        worker = bus.worker("lanes", lanes=True, **settings)
+        assert await trim(bus.redis, worker.context) == 0
+    assert [await bus.redis.xlen(stream) for stream in (HIGH, MAIN, LOW)] == [6, 6, 6]
 
 
 async def test_deadlines_and_idempotency_hold_across_lanes(bus: Any, eventually: Any) -> None:

@@ -238,6 +238,30 @@ async def test_heartbeat_stops_others_stealing_a_slow_action(redis_url: str) -> 
 
 
 
+async def test_heartbeat_selection_takes_only_entries_running_longer_than_asked(
+    bus: Any, eventually: Any
+) -> None:
+    """older_than(s) lists the entries in progress for more than s seconds: a running entry
+    is in older_than(0) once some time passed, never in older_than(3600)."""
+    worker = bus.worker("inventory")
+    release = asyncio.Event()
+
+    @worker.handler("inventory.item.n")
+    async def hang(action: DomainAction, data: dict[str, object]) -> None:
+        await release.wait()
+
+    await worker.start()
+    await bus.client("orders").send_action_async(DomainAction(action_type="inventory.item.n"))
+    await eventually(lambda: worker.in_flight == 1)
+    processor = worker._processor
+    assert processor is not None
+    await eventually(lambda: len(processor.older_than(0)) == 1)
+    assert processor.older_than(3600) == []
+    release.set()
+    await eventually(lambda: worker.stats.handled == 1)
+    assert processor.older_than(0) == []
+
+
 async def test_busy_stream_is_trimmed_by_volume_not_only_by_time(redis_url: str) -> None:
     """With a long maintenance interval, trimming still follows the acknowledgements."""
     worker = BaseWorker(_settings(redis_url), worker_settings=WorkerSettings(
