@@ -289,7 +289,9 @@ def test_register_refuses_a_bad_timeout(bus: Any) -> None:
     assert route.timeout == 2.0
 
 
-def _slow_warnings(caplog: pytest.LogCaptureFixture, action: DomainAction) -> list[logging.LogRecord]:
+def _slow_warnings(
+    caplog: pytest.LogCaptureFixture, action: DomainAction
+) -> list[logging.LogRecord]:
     return [r for r in caplog.records
             if "without a timeout" in r.getMessage() and str(action.action_id) in r.getMessage()]
 
