@@ -18,6 +18,7 @@ from actionbus.workers.maintenance import (
     safe_trim_id,
     trim_around_pending,
 )
+from actionbus.workers.upkeep import maintain
 from tests.workers.helpers import QM, drained, noop
 
 pytestmark = pytest.mark.backends
@@ -323,6 +324,34 @@ async def test_maintain_removes_gone_consumers(bus: Any, eventually: Any) -> Non
     await worker.maintain()
     names = {c["name"] for c in await bus.redis.xinfo_consumers(stream, "inventory")}
     assert names == {b"alive"}
+
+
+async def test_maintain_keeps_consumers_idle_for_less_than_consumer_gone_after_s(
+    bus: Any,
+) -> None:
+    """consumer_gone_after_s is in seconds: a consumer idle for a moment stays when it is 60."""
+    worker = bus.worker("inventory", consumer_gone_after_s=60)
+    stream = QM.get_service_action_stream("inventory")
+    await bus.redis.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await bus.redis.xgroup_createconsumer(stream, "inventory", "recent")
+    await asyncio.sleep(0.05)
+    await maintain(bus.redis, worker.context)
+    names = {c["name"] for c in await bus.redis.xinfo_consumers(stream, "inventory")}
+    assert names == {b"recent"}
+
+
+async def test_maintain_removes_gone_consumers_from_every_lane(bus: Any) -> None:
+    """With lanes, gone consumers are removed from the group of each lane."""
+    worker = bus.worker("inventory", lanes=True, consumer_gone_after_s=0.01)
+    lanes = worker.context.lanes
+    assert len(lanes) == 3
+    for stream in lanes:
+        await bus.redis.xgroup_create(stream, "inventory", id="0", mkstream=True)
+        await bus.redis.xgroup_createconsumer(stream, "inventory", "gone")
+    await asyncio.sleep(0.05)
+    await maintain(bus.redis, worker.context)
+    for stream in lanes:
+        assert await bus.redis.xinfo_consumers(stream, "inventory") == []
 
 
 async def test_recently_active_consumer_without_pending_is_kept(redis_client: Redis) -> None:
