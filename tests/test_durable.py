@@ -139,6 +139,37 @@ async def test_cluster_wait_replicas_waits_on_the_streams_master(
         await redis.aclose()
 
 
+async def test_cluster_durable_send_follows_ask_while_its_slot_migrates(
+    redis_replica_cluster: LocalCluster,
+) -> None:
+    """While the stream's slot migrates (the stream not yet on the old owner), the old owner
+    answers ASK: the send repeats XADD and WAIT after ASKING on the importing node, where
+    the entry lands once, confirmed by that node's replica."""
+    cluster = redis_replica_cluster
+    source = cluster.master_of(STREAM)
+    target = next(node for node in cluster.nodes
+                  if node is not source and cluster.role_of(node) == "master")
+    with source.client() as src, target.client() as dst:
+        slot = int(src.cluster("KEYSLOT", STREAM))
+        src_id, dst_id = (str(conn.cluster("MYID"), "ascii") for conn in (src, dst))
+        dst.cluster("SETSLOT", slot, "IMPORTING", src_id)
+        src.cluster("SETSLOT", slot, "MIGRATING", dst_id)
+    redis = RedisCluster.from_url(cluster.url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=cluster.url, redis_cluster=True))
+    try:
+        sent = await client.send_action_async(action(1), wait_replicas=1)
+        with target.client() as dst:
+            pipe = dst.pipeline(transaction=False)
+            pipe.execute_command("ASKING")
+            pipe.xrange(STREAM)
+            _, entries = pipe.execute()
+        assert [entry_id.decode() for entry_id, _ in entries] == [sent]
+    finally:
+        await client.close()
+        await redis.aclose()
+
+
 async def test_wait_refused_by_the_acl_reports_the_written_entry(redis_url: str) -> None:
     """A user without +wait: the XADD lands, and the send raises NotReplicatedError naming
     the entry and the refused WAIT (0 replicas confirmed)."""
