@@ -59,6 +59,10 @@ INTERNAL = {
         "chain",
     },
     "actionbus.workers.mover": {"Mover"},
+    # Partitions and ordering keys (issue 10): the hash rule is documented, used from its module.
+    "actionbus.partitions": {"check_partitions", "partition_for_key"},
+    "actionbus.workers.partitions": {"Partitions", "probe"},
+    "actionbus.workers.ordering": {"OrderedConsumer", "Ordering", "ordering_key_of"},
     "actionbus.workers.policy": {  # decisions and failure-path helpers
         "Bury", "ReplyError", "Retry", "error_detail", "safe_text",
     },

@@ -18,6 +18,8 @@ from actionbus import (
 from actionbus.workers.mover import Mover
 from tests.workers.helpers import QM, Settings, drained, pending_count
 
+pytestmark = pytest.mark.backends
+
 
 def test_constructor_rejects_bad_service_name(conn: Any, make_settings: Settings) -> None:
     """A worker for an invalid service name is a ConfigurationError."""
@@ -149,7 +151,8 @@ async def test_concurrent_start_runs_one_set_of_loops(
         for task in orphans:
             task.cancel()
         await asyncio.gather(*orphans, return_exceptions=True)
-    assert running == 6  # read, recovery, upkeep, mover, output, presence
+    # read, recovery, upkeep, mover, output, presence, partitions, ordered output, ordered p0
+    assert running == 9
     assert left == []
 
 
