@@ -16,10 +16,9 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from pydantic_core import PydanticSerializationError
-
 from actionbus.clients.batch import send_batch
 from actionbus.clients.durable import DurableWriter, check_durability
+from actionbus.clients.encoding import ActionEncoder
 from actionbus.clients.guard import (
     CLIENT_FAILURES,
     check_open,
@@ -38,9 +37,6 @@ from actionbus.exceptions import (
     ActionBusError,
     ConfigurationError,
     DelayedActionError,
-    InvalidActionError,
-    InvalidNameError,
-    PayloadTooLargeError,
     SendError,
 )
 from actionbus.models.actions import (
@@ -50,6 +46,7 @@ from actionbus.models.actions import (
     check_service_name,
     utc_now,
 )
+from actionbus.tracing import tracing_enabled
 
 __all__ = ["BaseRedisClient"]
 
@@ -59,16 +56,6 @@ _LANES: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "actionbus_lanes", default=None)
 """Within one send: target service -> the priority lane its action goes to."""
 
-
-def _non_finite(value: Any) -> bool:
-    """Whether ``value`` holds a NaN or infinite float anywhere inside."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple | set | frozenset):
-        return any(_non_finite(v) for v in value)
-    return False
 
 
 def _check_timeout(timeout: object) -> float:
@@ -117,6 +104,7 @@ class BaseRedisClient:
             redis_client,
             self.queue_manager.get_response_queue(self.service_name, uuid.uuid4().hex),
         )
+        self._encoder = ActionEncoder(self.queue_manager, settings)
         self._layers: list[PublishLayer] = [tracing_layer]
         self._chain: PublishNext = build_chain(self._layers, self._write)
         self._delayed: dict[str, DelayedQueue] = {}
@@ -148,61 +136,24 @@ class BaseRedisClient:
             )
 
     def _copy(self, action: DomainAction, **changes: Any) -> DomainAction:
-        """The client's own copy of ``action`` (new metadata dict), origin stamped."""
+        """The client's own copy of ``action`` (new metadata dict), origin stamped.
+
+        A shallow copy with ``changes`` set as they are, without validation: they are
+        the client's own values, and ``_encode`` re-checks every name before writing.
+        """
         self._check(action)
         changes.setdefault("metadata", dict(action.metadata))
         if action.origin_service is None:
             changes["origin_service"] = self.service_name
-        return action.model_copy(update=changes)
+        copy = action.__copy__()
+        copy.__dict__.update(changes)
+        copy.__pydantic_fields_set__.update(changes)
+        return copy
 
-    def _validate(self, action: DomainAction) -> None:
-        """Re-check fields that may have been reassigned after construction."""
-        try:
-            check_action_type(action.action_type)
-        except ValueError as exc:
-            raise InvalidNameError(f"nothing was sent: {exc}") from None
-        what = f"action {action.action_id} ({action.action_type})"
-        try:
-            for field in ("origin_service", "target_service"):
-                value = getattr(action, field)
-                if value is not None:
-                    check_service_name(value, field)
-            if action.callback_action_type is not None:
-                check_action_type(action.callback_action_type, "callback_action_type")
-            if action.callback_queue_name is not None:
-                if action.callback_action_type is not None:
-                    self.queue_manager.check_action_stream(action.callback_queue_name)
-                else:
-                    self.queue_manager.check_response_queue(action.callback_queue_name)
-        except (ValueError, TypeError) as exc:
-            raise InvalidActionError(f"{what} was not sent: {exc}") from None
-
-    def _encode(self, action: DomainAction) -> tuple[str, str]:
-        """Stream name and JSON of ``action`` (the client's copy), after every check."""
-        self._validate(action)
-        what = f"action {action.action_id} ({action.action_type})"
-        stream = self.queue_manager.get_lane_stream(action.target, self._lane(action))
-        try:
-            payload = action.model_dump_json(exclude_none=True)
-        except (PydanticSerializationError, ValueError, TypeError) as exc:
-            raise InvalidActionError(
-                f"{what} was not sent: its content cannot be serialized to JSON ({exc}). "
-                "Put only JSON values (str, int, float, bool, None, lists, dicts) in data."
-            ) from None
-        # Pydantic writes NaN and infinity as null; only then look for them.
-        if "null" in payload and _non_finite(action.model_dump(exclude_none=True)):
-            raise InvalidActionError(
-                f"{what} was not sent: it contains NaN or infinity, which JSON cannot "
-                "carry (it would arrive as null). Send a finite number or None."
-            )
-        size = len(payload.encode()) if not payload.isascii() else len(payload)
-        if size > self.settings.max_payload_bytes:
-            raise PayloadTooLargeError(
-                f"{what} is {size} bytes, above "
-                f"max_payload_bytes={self.settings.max_payload_bytes}; nothing was sent. "
-                "Store large data elsewhere and send a reference, or raise the limit."
-            )
-        return stream, payload
+    def _encode(self, action: DomainAction) -> tuple[str, bytes]:
+        """Stream name (the lane ``_in_lanes`` chose) and wire JSON of ``action`` (the
+        client's copy), after every check."""
+        return self._encoder.encode(action, self._lane(action))
 
     @staticmethod
     def _lane(action: DomainAction) -> str | None:
@@ -213,23 +164,30 @@ class BaseRedisClient:
         self, actions: list[DomainAction], priority: str | None, chain: PublishNext | None,
         writer: DurableWriter | StreamWriter | None = None,
     ) -> Any:
-        """Run the send with each target's lane for ``priority`` known to ``_encode``."""
+        """Run the send (``chain`` for one action, else the batch) with each target's lane
+        for ``priority`` known to ``_encode``."""
         lanes: dict[str, str] = {}
-        for target in {action.target for action in actions}:
-            lane = await self._router.lane(target, priority)
-            if lane is not None:
-                lanes[target] = lane
+        if priority is not None and priority != "normal":
+            for target in {action.target for action in actions}:
+                lane = await self._router.lane(target, priority)
+                if lane is not None:
+                    lanes[target] = lane
         token = _LANES.set(lanes or None)
         try:
             if chain is not None:
                 return await chain(actions[0])
             return await send_batch(
-                actions, layers=self._layers, encode=self._encode,
+                actions, layers=self._layers if self._layered() else (), encode=self._encode,
                 before_write=self._check_open, writer=writer or self._writer,
                 send_error=self._send_error,
             )
         finally:
             _LANES.reset(token)
+
+    def _layered(self) -> bool:
+        """Whether a publish layer would do anything: one was added with ``use()``, or
+        tracing is on. Otherwise a send skips the onion and calls its innermost step."""
+        return len(self._layers) > 1 or tracing_enabled()
 
     def _send_error(self, action: DomainAction, stream: str, exc: BaseException) -> SendError:
         unknown = outcome_unknown(exc)
@@ -295,12 +253,13 @@ class BaseRedisClient:
         wait_replicas: int | None = None, wait_timeout_ms: int | None = None,
     ) -> PublishNext:
         """The publish chain: plain XADD (with a WAIT for replicas when asked), or
-        (``delay``/``at``) the delayed set."""
+        (``delay``/``at``) the delayed set; only that innermost step if no layer is active."""
         if delay is None and at is None:
             if wait_replicas is None and wait_timeout_ms is None:
-                return self._chain
+                return self._chain if self._layered() else self._write
             writer = self._durable(wait_replicas, wait_timeout_ms) or self._writer
-            return build_chain(self._layers, partial(self._write, durable=writer))
+            step: PublishNext = partial(self._write, durable=writer)
+            return build_chain(self._layers, step) if self._layered() else step
         if delay is not None and at is not None:
             raise DelayedActionError("give delay= or at=, not both; nothing was sent")
         if at is not None and not isinstance(at, datetime):
@@ -318,7 +277,8 @@ class BaseRedisClient:
                     f"delay must be zero or a positive number of seconds (or a timedelta), "
                     f"got {delay!r}; nothing was sent"
                 )
-        return build_chain(self._layers, partial(self._write_later, delay, at))
+        step = partial(self._write_later, delay, at)
+        return build_chain(self._layers, step) if self._layered() else step
 
     async def send_action_async(
         self, action: DomainAction, *, delay: timedelta | float | None = None,
@@ -363,7 +323,7 @@ class BaseRedisClient:
             return ids
         return await send_batch(
             [self._copy(action) for action in actions],
-            layers=self._layers,
+            layers=self._layers if self._layered() else (),
             encode=self._encode,
             before_write=self._check_open,
             writer=durable or self._writer,
@@ -399,8 +359,8 @@ class BaseRedisClient:
         future = self._replies.expect(correlation_id)
         try:
             async with asyncio.timeout(seconds):
-                await self._in_lanes(
-                    [copy], priority or self.settings.pseudo_sync_priority, self._chain)
+                await self._in_lanes([copy], priority or self.settings.pseudo_sync_priority,
+                                     self._chain_for(None, None))
                 return await future
         except TimeoutError:
             logger.info(
