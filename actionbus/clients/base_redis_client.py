@@ -58,6 +58,11 @@ _LANES: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
 
 
 
+_new = object.__new__
+_set = object.__setattr__
+"""A copy is built like ``BaseModel.__copy__`` does, without its generic ``copy()`` calls."""
+
+
 def _check_timeout(timeout: object) -> float:
     if (
         isinstance(timeout, bool)
@@ -105,6 +110,7 @@ class BaseRedisClient:
             self.queue_manager.get_response_queue(self.service_name, uuid.uuid4().hex),
         )
         self._encoder = ActionEncoder(self.queue_manager, settings)
+        self._who = f"client of service {self.service_name!r}"
         self._layers: list[PublishLayer] = [tracing_layer]
         self._chain: PublishNext = build_chain(self._layers, self._write)
         self._delayed: dict[str, DelayedQueue] = {}
@@ -145,9 +151,18 @@ class BaseRedisClient:
         changes.setdefault("metadata", dict(action.metadata))
         if action.origin_service is None:
             changes["origin_service"] = self.service_name
-        copy = action.__copy__()
-        copy.__dict__.update(changes)
-        copy.__pydantic_fields_set__.update(changes)
+        if action.__pydantic_private__ is not None:  # a subclass with private attributes
+            copy = action.__copy__()
+            copy.__dict__.update(changes)
+            copy.__pydantic_fields_set__.update(changes)
+            return copy
+        cls = type(action)
+        copy = _new(cls)
+        _set(copy, "__dict__", {**action.__dict__, **changes})
+        extra = action.__pydantic_extra__
+        _set(copy, "__pydantic_extra__", None if extra is None else dict(extra))
+        _set(copy, "__pydantic_fields_set__", action.__pydantic_fields_set__.union(changes))
+        _set(copy, "__pydantic_private__", None)
         return copy
 
     def _encode(self, action: DomainAction) -> tuple[str, bytes]:
@@ -203,10 +218,12 @@ class BaseRedisClient:
         self, wait_replicas: int | None, wait_timeout_ms: int | None
     ) -> DurableWriter | None:
         """The writer that WAITs for replicas (call arguments over settings), or None."""
-        replicas, timeout_ms = check_durability(
-            self.settings.wait_replicas if wait_replicas is None else wait_replicas,
-            self.settings.wait_timeout_ms if wait_timeout_ms is None else wait_timeout_ms,
-        )
+        replicas = self.settings.wait_replicas if wait_replicas is None else wait_replicas
+        timeout_ms = self.settings.wait_timeout_ms if wait_timeout_ms is None else wait_timeout_ms
+        if replicas.__class__ is int and timeout_ms.__class__ is int and replicas == 0 \
+                and timeout_ms >= 1:
+            return None  # the usual case, known valid without check_durability's loop
+        replicas, timeout_ms = check_durability(replicas, timeout_ms)
         return DurableWriter(self.redis, replicas, timeout_ms) if replicas else None
 
     async def _write(
@@ -331,7 +348,7 @@ class BaseRedisClient:
         )
 
     def _check_open(self) -> None:
-        check_open(self.redis, f"client of service {self.service_name!r}")
+        check_open(self.redis, self._who)
 
     async def send_action_pseudo_sync(
         self, action: DomainAction, timeout: float = 30, *, priority: str | None = None,

@@ -3,8 +3,9 @@
 ``ActionEncoder.encode`` re-checks the fields a caller may have reassigned after the
 action was built (names that become key parts or reply addresses), then writes the wire
 JSON (``docs/wire-format.md``: every declared field, ``null`` where empty) as bytes, once,
-straight from pydantic-core. Names already found valid are remembered, so a service that
-sends the same action types again pays a dictionary lookup, not a regular expression.
+straight from pydantic-core. Names already found valid (and the stream they lead to) are
+remembered, so a service that sends the same action types again pays a dictionary
+lookup, not regular expressions.
 
 NaN and infinity have no JSON form: the wire serializer writes them as the ``NaN`` /
 ``Infinity`` constants, so one substring search finds the rare action that might hold
@@ -92,6 +93,7 @@ class ActionEncoder:
         self.queues = queues
         self.settings = settings
         self._known: set[tuple[str, str]] = set()
+        self._streams: dict[tuple[Any, ...], str] = {}
 
     def _name(self, what: str, value: Any) -> None:
         """Check one name field (``what``: ``action_type``, a service field, or a callback
@@ -132,8 +134,17 @@ class ActionEncoder:
     def encode(self, action: DomainAction, lane: str | None) -> tuple[str, bytes]:
         """Stream name (the target's ``lane``, or main stream) and wire JSON of
         ``action``, after every check; raises the library's error saying why not."""
-        self.check(action)
-        stream = self.queues.get_lane_stream(action.target, lane)
+        # Names already checked together, and where they lead: one lookup.
+        key = (action.action_type, action.target_service, action.origin_service,
+               action.callback_action_type, action.callback_queue_name, lane)
+        try:
+            stream = self._streams[key]
+        except (KeyError, TypeError):  # TypeError: a reassigned field is not hashable
+            self.check(action)
+            stream = self.queues.get_lane_stream(action.target, lane)
+            if len(self._streams) >= _MAX_KNOWN:
+                self._streams.clear()
+            self._streams[key] = stream
         payload = wire_json(action)
         if len(payload) > self.settings.max_payload_bytes:
             raise PayloadTooLargeError(
