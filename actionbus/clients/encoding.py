@@ -63,15 +63,21 @@ def _what(action: DomainAction) -> str:
 def wire_json(action: DomainAction) -> bytes:
     """The action's wire JSON (what ``model_dump_json(exclude_none=True)`` writes), as
     bytes. Raises ``InvalidActionError`` when it holds NaN/infinity or no JSON value."""
-    drop = action._none_extras() if action.__pydantic_extra__ else None
-    serializer = _serializer(type(action))
+    cls = type(action)
+    serializer = _SERIALIZERS[cls] if cls in _SERIALIZERS else _serializer(cls)
     try:
         if serializer is None:
             payload = action.model_dump_json(exclude_none=True).encode()
             suspect = b"null" in payload
         else:
-            payload = serializer.to_json(action, exclude=drop)
-            suspect = b"NaN" in payload or b"Infinity" in payload
+            if action.__pydantic_extra__:  # None extras are dropped (the every-field rule)
+                payload = serializer.to_json(action, exclude=action._none_extras())
+            else:
+                payload = serializer.to_json(action)
+            # Most payloads have no capital N or I at all (one memchr each); the others
+            # are searched for the constants.
+            suspect = (b"N" in payload or b"I" in payload) and (
+                b"NaN" in payload or b"Infinity" in payload)
     except (PydanticSerializationError, ValueError, TypeError) as exc:
         raise InvalidActionError(
             f"{_what(action)} was not sent: its content cannot be serialized to JSON ({exc}). "
