@@ -32,7 +32,7 @@ from actionbus.exceptions import (
     UnknownActionType,
     WorkerFailedError,
 )
-from actionbus.inspect import ConsumerInfo, GroupInfo, ServiceInfo, inspect_service
+from actionbus.inspect import ConsumerInfo, GroupInfo, LaneInfo, ServiceInfo, inspect_service
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
 from actionbus.models.parsing import parse_reply
 from actionbus.permissions import acl_setuser, check_permissions
@@ -79,6 +79,7 @@ __all__ = [
     "InvalidActionError",
     "InvalidNameError",
     "InvalidReply",
+    "LaneInfo",
     "Layer",
     "NotReplicatedError",
     "PayloadTooLargeError",

@@ -166,6 +166,8 @@ class DeadLetterQueue:
         self.service = service
         self.stream = queue_manager.get_dead_letter_stream(service)
         self.action_stream = queue_manager.get_service_action_stream(service)
+        self._lanes = frozenset(queue_manager.get_lane_streams(service)) - {self.action_stream}
+        self._lanes_key = queue_manager.get_lanes_key(service)
 
     @_guarded
     async def count(self) -> int:
@@ -202,7 +204,9 @@ class DeadLetterQueue:
     async def replay(self, entry_id: str) -> str:
         """Move one dead letter back to the action stream; return its new entry id.
 
-        The action is appended first and the dead letter deleted after, so a crash in
+        A dead letter of a priority lane goes back to its lane while the service's workers
+        read lanes (the lanes descriptor exists), else to the main stream, which every
+        worker reads. The action is appended first and the dead letter deleted after, so a crash in
         between leaves a duplicate, never a loss.
         """
         return await self._move_back(await self.get(entry_id))
@@ -224,7 +228,10 @@ class DeadLetterQueue:
         }
         if not letter.data_missing:
             entry[b"data"] = stored.get("data", letter.data)
-        new_id = await self.redis.xadd(self.action_stream, entry)
+        target = self.action_stream
+        if letter.stream in self._lanes and await self.redis.exists(self._lanes_key):
+            target = letter.stream  # back to its lane, which a worker still reads
+        new_id = await self.redis.xadd(target, entry)
         await self.redis.xdel(self.stream, letter.entry_id)
         return text(new_id)
 

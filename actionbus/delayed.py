@@ -219,14 +219,17 @@ class DelayedQueue:
 
     def __init__(
         self, redis: AnyRedis, queue_manager: QueueManager, service: str,
-        lane: str | None = None,
+        lane: str | None = None, partition: int = 0,
     ) -> None:
         self.redis = redis
         self.service = service
         self.queue_manager = queue_manager
-        self.key = queue_manager.get_delayed_set(service, lane)
-        """``lane`` (``high``/``low``): that lane's own set, moved into the lane's stream."""
-        self.stream = queue_manager.get_lane_stream(service, lane)
+        self.key = queue_manager.get_delayed_set(service, lane, partition)
+        """``lane`` (``high``/``low``): that lane's own set, moved into the lane's stream;
+        ``partition`` ``k``: partition ``k``'s set, moved into its stream."""
+        self.stream = queue_manager.get_lane_stream(service, lane) if lane not in (
+            None, "normal") else queue_manager.get_partition_stream(service, partition)
+        self._ordered = queue_manager.get_ordered_stream(service, partition)
         self._move = redis.register_script(_MOVE_DUE)
         self._retry = redis.register_script(_RETRY_LATER)
         self._add_after = redis.register_script(_ADD_AFTER)
@@ -331,16 +334,17 @@ class DelayedQueue:
         self, stream: str, group: str, entry_id: str, payload: bytes | str,
         due_at: datetime | int,
     ) -> bool:
-        """Park ``payload`` until ``due_at`` and ``XACK`` ``entry_id`` of ``stream``, atomically.
+        """Park ``payload`` until ``due_at`` and ``XACK`` ``entry_id`` of ``stream`` (this
+        set's stream, or its partition's ordered stream), atomically.
 
         ``payload`` should carry its deliveries (``with_deliveries``). Returns ``False`` and
         writes nothing when the entry is no longer pending in ``group``.
         """
-        if stream != self.stream:
+        if stream != self.stream and stream != self._ordered:  # "skip": ordered -> unordered
             raise DelayedActionError(
                 f"retry_later for {stream!r} on the delayed set of {self.service!r}: a retry "
                 f"goes back to the same service ({self.stream})"
             )
-        acked = await self._retry(keys=[self.key, self.stream],
+        acked = await self._retry(keys=[self.key, stream],
                                   args=[group, entry_id, to_epoch_ms(due_at), payload])
         return bool(acked)

@@ -13,7 +13,8 @@ queues from Redis at scrape time::
 
 (``actionbus worker --metrics-port 9100`` does this.) Labels: ``service`` and a stable
 ``instance`` (default: the worker's ``consumer_name`` setting if set, else the host name),
-never the random consumer name, so a restart continues the same series.
+never the random consumer name, so a restart continues the same series. A service that uses
+priority lanes also gets the ``actionbus_lane_*`` families, labelled ``service`` and ``lane``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import socket
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import fields
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -38,7 +40,7 @@ from actionbus.clients.base_redis_client import BaseRedisClient
 from actionbus.clients.layers import PublishNext
 from actionbus.clients.redis_manager import RedisManager
 from actionbus.models.actions import DomainAction, DomainActionResponse
-from actionbus.status import ServiceStatus, service_status
+from actionbus.status import LaneStatus, ServiceStatus, service_status
 from actionbus.workers.base_worker import BaseWorker
 from actionbus.workers.stats import WorkerStats
 from actionbus.workers.timings import Timings, timings_for
@@ -124,8 +126,41 @@ _GAUGES = {
 }
 
 
+_LANE_GAUGES = {
+    "length": ("actionbus_lane_length", "Entries in the lane's stream."),
+    "waiting": ("actionbus_lane_waiting", "Entries of the lane not yet delivered (lag)."),
+    "pending": ("actionbus_lane_pending", "Lane entries delivered, not yet acknowledged."),
+    "oldest_pending_age_ms": ("actionbus_lane_oldest_pending_age_seconds",
+                              "Age of the lane's oldest pending entry."),
+    "oldest_waiting_age_ms": ("actionbus_lane_oldest_waiting_age_seconds",
+                              "How long the lane's first undelivered entry has waited."),
+    "delayed": ("actionbus_lane_delayed", "Actions waiting in the lane's delayed set."),
+}
+_LANE_READ = ("actionbus_lane_read", "Entries the service's consumer group has read from the "
+              "lane (XINFO GROUPS entries-read).")
+
+
+def _lane_families(rows: list[ServiceStatus]) -> Iterator[Metric]:
+    """The per-lane gauges and read counter (samples only for services that use lanes)."""
+    lanes: list[tuple[str, LaneStatus]] = [(r.service, lane) for r in rows for lane in r.lanes]
+    for key, (name, help_text) in _LANE_GAUGES.items():
+        family = GaugeMetricFamily(name, help_text, labels=["service", "lane"])
+        for service, lane in lanes:
+            value = getattr(lane, key)
+            if key.endswith("_age_ms"):
+                value = 0 if value is None else value / 1000
+            family.add_metric([service, lane.lane], float(value))
+        yield family
+    read = CounterMetricFamily(*_LANE_READ, labels=["service", "lane"])
+    for service, lane in lanes:
+        if lane.entries_read is not None:
+            read.add_metric([service, lane.lane], lane.entries_read)
+    yield read
+
+
 class QueueMetrics(Collector):
-    """Queue gauges of the workers' services, read from Redis when Prometheus scrapes."""
+    """Queue gauges of the workers' services (and of each lane of a service that uses
+    priority lanes), read from Redis when Prometheus scrapes."""
 
     def __init__(self, *workers: BaseWorker) -> None:
         self._workers = list(workers)
@@ -142,9 +177,10 @@ class QueueMetrics(Collector):
         """The families, without reading Redis (called when registering)."""
         for name, help_text in _GAUGES.values():
             yield GaugeMetricFamily(name, help_text, labels=["service"])
+        yield from _lane_families([])
 
     def collect(self) -> Iterator[Metric]:
-        """One gauge family per queue figure, one sample per service."""
+        """One gauge family per queue figure, one sample per service (and per lane)."""
         try:  # the scrape runs in the HTTP server's thread, without an event loop
             rows = asyncio.run(self._read())
         except Exception as exc:
@@ -158,6 +194,7 @@ class QueueMetrics(Collector):
                     value = 0 if value is None else value / 1000
                 family.add_metric([row.service], float(value))
             yield family
+        yield from _lane_families(rows)
 
 
 class ClientMetrics(Collector):
@@ -193,9 +230,10 @@ class ClientMetrics(Collector):
         request = client.send_action_pseudo_sync
         timings = self.requests.setdefault(service, Timings())
 
-        async def timed(action: DomainAction, timeout: float = 30) -> DomainActionResponse | None:
+        async def timed(action: DomainAction, timeout: float = 30,
+                        **options: Any) -> DomainActionResponse | None:
             started = time.perf_counter()
-            response = await request(action, timeout)
+            response = await request(action, timeout, **options)  # priority= included
             outcome = "timeout" if response is None else (
                 "success" if response.success else "error")
             timings.observe(action.action_type, outcome, time.perf_counter() - started)

@@ -54,6 +54,7 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         # status, pending and dead-letter operations (issue 9)
         "scan", "hgetall", "mget", "zcard", "zrange", "zrem", "xrevrange", "xpending", "xack",
         "multi", "exec",
+        "get",  # send: the partitions descriptor of the target (issue 10)
     ),
 }  # fmt: skip
 """Commands each role needs on keys matching ``~{prefix}:{environment}:*``."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from common import app_settings, faststream_broker, quiet_logging, run
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
 from actionbus import BaseWorker, DomainAction, WorkerSettings
@@ -42,12 +42,12 @@ def ready() -> None:
     sys.stdout.flush()
 
 
-async def wait_for_go(url: str, key: str | None) -> None:
+async def wait_for_go(url: str, key: str | None, *, cluster: bool = False) -> None:
     """Block until the parent pushes a token on ``key`` (exit if none comes in time)."""
     ready()
     if key is None:
         return
-    async with Redis.from_url(url) as redis:
+    async with (RedisCluster.from_url(url) if cluster else Redis.from_url(url)) as redis:
         if await redis.blpop([key], timeout=GO_TIMEOUT_S) is None:
             sys.exit(f"no go signal on {key} within {GO_TIMEOUT_S}s")
 
@@ -98,28 +98,32 @@ async def ab_worker(args: argparse.Namespace) -> None:
         options["concurrency"] = args.concurrency
     if args.lanes:
         options["lanes"] = True
+    cluster: dict[str, Any] = {"redis_cluster": True} if args.cluster else {}
+    if args.partitions is not None:
+        cluster["partitions"] = {args.service: args.partitions}
     worker = BaseWorker(
-        app_settings(args.url, args.service), worker_settings=WorkerSettings(**options)
+        app_settings(args.url, args.service, **cluster), worker_settings=WorkerSettings(**options)
     )
     worker.register(f"{args.service}.item.process", noop)
-    await wait_for_go(args.url, args.go)
+    await wait_for_go(args.url, args.go, cluster=args.cluster)
     with maybe_profiled(args.profile):
         await worker.run()
 
 
 async def raw_loop(args: argparse.Namespace, *, respond: bool) -> None:
-    async with Redis.from_url(args.url) as redis:
+    client = RedisCluster.from_url(args.url) if args.cluster else Redis.from_url(args.url)
+    async with client as redis:
         await redis.ping()
         with contextlib.suppress(ResponseError):  # BUSYGROUP: the parent made it already
             await redis.xgroup_create(args.stream, args.group, id="0", mkstream=True)
-        await wait_for_go(args.url, args.go)  # until then SIGTERM simply ends the process
+        await wait_for_go(args.url, args.go, cluster=args.cluster)  # SIGTERM ends it until then
         stop = stop_event()
         with maybe_profiled(args.profile):
             await consume(redis, args, respond=respond, stop=stop)
 
 
 async def consume(
-    redis: Redis, args: argparse.Namespace, *, respond: bool, stop: asyncio.Event
+    redis: Redis | RedisCluster, args: argparse.Namespace, *, respond: bool, stop: asyncio.Event
 ) -> None:
     """The raw consumer loop: read a batch, decode it, answer (responder), acknowledge."""
     consumer = f"raw-{os.getpid()}"
@@ -220,6 +224,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="ab-worker: concurrency")
     parser.add_argument("--profile", help="write pyinstrument reports to this path")
     parser.add_argument("--lanes", action="store_true", help="ab-worker: read priority lanes")
+    parser.add_argument("--cluster", action="store_true", help="ab-worker/raw: a Redis Cluster")
+    parser.add_argument("--partitions", type=int, help="ab-worker: its service's partitions")
     parser.add_argument("--raw", action="store_true", help="producer: raw requests, not actions")
     parser.add_argument("--rate", type=int, default=10_000, help="producer: entries per second")
     return parser.parse_args(argv)

@@ -39,9 +39,16 @@ Scenarios:
    (10,000 with ``--quick``), first call and 20 more, raw vs actionbus without and with lanes.
 8. Sequential pseudo-sync while a producer process adds 10k or 25k fire-and-forget/s to
    the same service, against idle; raw vs actionbus without and with lanes.
+9. Partitions (``scenarios_cluster.py``): on a 3-master cluster started for it, N actions
+   of one service drained by 2 worker processes with partitions = 1, 2, 3 (unordered) and
+   3 (ordered, 1,000 keys); msg/s, worker CPU and every master's CPU per action; raw:
+   one raw consumer of one stream.
 
-Scenario 2 also reports each consumer's CPU µs per action (``/proc``), and a drain by a
-worker reading priority lanes.
+Scenario 2 also reports each consumer's CPU µs per action (``/proc``), a drain by a
+worker reading priority lanes, and where the 1-process drain's CPU per action goes, per
+component (``bench/breakdown.py``: each part of the consume path timed on its own, the
+rest of the measured total being Redis I/O and the event loop), printed and written to
+``bench/results/drain-breakdown.txt`` and the JSON's notes.
 
 Reading the table: each cell is the median of the repetitions (3 by default, 1 with
 ``--quick``) with (min-max); ``ab/raw`` and ``ab/FS`` divide
@@ -68,10 +75,12 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from breakdown import render
 from common import RESULTS_DIR, Config, quiet_logging, run
 from procs import cpu_count
 from redis.asyncio import Redis
 from report import Results, table, write_json
+from scenarios_cluster import run_cluster
 from scenarios_delayed import run_delayed
 from scenarios_drain import run_drain
 from scenarios_lanes import run_hol, run_load
@@ -92,8 +101,9 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     6: ("delayed sends and mover lateness", run_delayed),
     7: ("head-of-line: pseudo-sync behind a backlog, with and without lanes", run_hol),
     8: ("pseudo-sync under 10k and 25k fire-and-forget/s, with and without lanes", run_load),
+    9: ("one service on a 3-master cluster: partitions 1, 2, 3, ordered", run_cluster),
 }
-DEFAULT_SCENARIOS = (1, 2, 3, 4, 6, 7, 8)
+DEFAULT_SCENARIOS = (1, 2, 3, 4, 6, 7, 8, 9)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -176,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - wall_start
     print()
     print(table(results))
+    if "drain_breakdown_us" in results.notes:
+        print("\nScenario 2, where the CPU per drained action goes (bench/breakdown.py):")
+        print(render(results.notes["drain_breakdown_us"]))
     print(f"\nwall time {wall:.1f}s; JSON written to {args.json}")
     write_json(results.to_json(round(wall, 1), info), args.json)
     return 0

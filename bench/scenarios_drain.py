@@ -11,9 +11,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+import breakdown
 from common import (
     DATA,
     ORIGIN,
+    RESULTS_DIR,
     Config,
     alternate,
     faststream_broker,
@@ -38,6 +40,8 @@ AB_STREAM = QueueManager().get_service_action_stream(TARGET)
 RAW_STREAM = "bench:drain:raw"
 FS_STREAM = "bench:drain:faststream"
 GROUP = TARGET
+BREAKDOWN = RESULTS_DIR / "drain-breakdown.txt"
+"""Where scenario 2 writes its per-component breakdown (also in the JSON's notes)."""
 
 Preload = Callable[[Redis, str, int], Awaitable[None]]
 
@@ -120,6 +124,26 @@ async def drain_once(
     return n / elapsed, cpu / n * 1e6
 
 
+async def add_breakdown(cfg: Config, results: Results) -> None:
+    """Where the 1-process drain's CPU per action goes, per component (``breakdown.py``),
+    scaled to this run's measured totals; printed, noted and written to ``BREAKDOWN``."""
+    cpu = results.figures.get("drain.1.cpu")
+    ab = cpu.summary("actionbus") if cpu else None
+    raw = cpu.summary("raw") if cpu else None
+    if ab is None or raw is None:
+        return
+    payloads = action_payloads(breakdown.BATCH)
+    rounds = 20 if cfg.quick else 100
+    parts = await breakdown.measure(TARGET, payloads, rounds)
+    rows = breakdown.breakdown(parts, breakdown.measure_raw(payloads, rounds), ab.median,
+                               raw.median)
+    results.note("drain_breakdown_us", rows)
+    text = breakdown.render(rows)
+    BREAKDOWN.parent.mkdir(parents=True, exist_ok=True)
+    BREAKDOWN.write_text(text + "\n")
+    print(text, flush=True)
+
+
 async def run_drain(cfg: Config, results: Results) -> None:
     """Raw loop, actionbus worker (1 and 2 processes) and FastStream, interleaved."""
     admin = Redis.from_url(cfg.url)
@@ -144,6 +168,7 @@ async def run_drain(cfg: Config, results: Results) -> None:
                 results.add(2, key, label, "msg/s", side, rate)
                 results.add(2, f"{key}.cpu", f"{label.split(' (')[0]}: CPU per action", "µs",
                             side, cpu_us)
+        await add_breakdown(cfg, results)
         dead = await admin.xlen(QueueManager().get_dead_letter_stream(TARGET))
         results.note("drain_n", {"raw_actionbus": cfg.drain_n,
                                  "faststream": cfg.drain_n_faststream})

@@ -5,7 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from actionbus import ConsumerInfo, QueueManager, ServiceInfo, inspect_service
+from redis import Redis
+
+from actionbus import ConsumerInfo, LaneInfo, QueueManager, ServiceInfo, inspect_service
+from actionbus.inspect import uses_lanes
+from tests.ops.helpers import lane_backlog
 
 QM = QueueManager("dev")
 STREAM = QM.get_service_action_stream("inventory")
@@ -47,3 +51,53 @@ async def test_inspect_of_an_unknown_service_is_empty(redis_client: Any) -> None
     """A service without a stream inspects as zero length, no groups, no dead letters."""
     info = await inspect_service(redis_client, QM, "nobody")
     assert (info.length, info.groups, info.dead_letters) == (0, [], 0)
+
+
+async def test_inspect_of_a_lane_service_reports_each_lane(
+    redis_url: str, redis_client: Any
+) -> None:
+    """A service using lanes gets one LaneInfo per lane (length, waiting, pending, oldest
+    pending and waiting ages, groups); the service's figures sum them; consumers() gives a
+    consumer once with its pending over every lane."""
+    with Redis.from_url(redis_url) as redis:
+        lane_backlog(redis)
+        redis.xreadgroup("inventory", "c1", {QM.get_lane_stream("inventory", "low"): ">"},
+                         count=1)  # c1 now has entries pending in two lanes
+
+    info = await inspect_service(redis_client, QM, "inventory")
+
+    assert [(lane.lane, lane.stream) for lane in info.lanes] == [
+        ("high", QM.get_lane_stream("inventory", "high")), ("normal", STREAM),
+        ("low", QM.get_lane_stream("inventory", "low"))]
+    high, normal, low = info.lanes
+    assert isinstance(high, LaneInfo)
+    assert [(lane.length, lane.waiting, lane.pending) for lane in info.lanes] == [
+        (3, 1, 2), (5, 5, 0), (40, 39, 1)]
+    assert (info.stream, info.length, info.waiting, info.pending) == (STREAM, 48, 45, 3)
+    assert [g.name for g in info.groups] == ["inventory"]  # the main stream's
+    assert normal.oldest_pending_age_ms is None
+    assert low.oldest_pending_age_ms is not None
+    assert low.oldest_pending_age_ms >= 600_000
+    assert low.oldest_waiting_age_ms is not None
+    assert low.oldest_waiting_age_ms < 600_000  # the first undelivered one came later
+    assert high.oldest_waiting_age_ms is not None
+    assert high.groups[0].entries_read == 2
+    [(group, consumer)] = info.consumers()
+    assert (group, consumer.name, consumer.pending, consumer.alive) == ("inventory", "c1", 3, True)
+
+
+async def test_a_service_uses_lanes_once_a_lane_or_its_descriptor_exists(
+    redis_client: Any,
+) -> None:
+    """Only the main stream: no lanes (and no LaneInfo); the descriptor alone (a worker
+    reading lanes, nothing sent yet) or a raw XADD to a lane: lanes."""
+    await redis_client.xadd(STREAM, {"data": "{}"})
+    assert not await uses_lanes(redis_client, QM, "inventory")
+    assert (await inspect_service(redis_client, QM, "inventory")).lanes == []
+    await redis_client.set(QM.get_lanes_key("inventory"), "high,normal,low")
+    assert await uses_lanes(redis_client, QM, "inventory")
+    await redis_client.delete(QM.get_lanes_key("inventory"))
+    await redis_client.xadd(QM.get_lane_stream("inventory", "low"), {"data": "{}"})
+    info = await inspect_service(redis_client, QM, "inventory")
+    assert [(lane.lane, lane.waiting) for lane in info.lanes] == [
+        ("high", 0), ("normal", 1), ("low", 1)]

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from redis import Redis
 
-from actionbus import BaseRedisClient, BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
+from actionbus import (
+    BaseRedisClient,
+    BaseWorker,
+    CommonAppSettings,
+    DomainAction,
+    QueueManager,
+    WorkerSettings,
+)
 from actionbus.connection import create_redis_client
-from actionbus.metrics import WorkerMetrics
+from actionbus.metrics import QueueMetrics, WorkerMetrics
+from tests.ops.helpers import lane_backlog
 
 
 async def test_scrape_shows_the_workers_counters(redis_url: str) -> None:
@@ -77,3 +87,66 @@ async def test_client_metrics_count_sends_time_requests_and_timeouts(bus: Any) -
             '1.0') in text
     assert ('actionbus_client_request_duration_seconds_count{action_type="inventory.count",'
             'service="orders"} 1.0') in text
+
+
+def test_queue_metrics_scrape_shows_each_lane(redis_url: str) -> None:
+    """Scraped over HTTP, the service gauges sum a lane service's lanes and the
+    actionbus_lane_* families give each lane's figures; a service without lanes keeps its
+    service gauges and gets no lane samples."""
+    redis = Redis.from_url(redis_url)
+    lane_backlog(redis)
+    redis.xadd(QueueManager("dev").get_service_action_stream("billing"), {"data": "{}"})
+    workers = [BaseWorker(CommonAppSettings(service_name=name, redis_url=redis_url),
+                          worker_settings=WorkerSettings(lanes=name == "inventory"))
+               for name in ("inventory", "billing")]
+    registry = CollectorRegistry()
+    registry.register(QueueMetrics(*workers))
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics",
+                                    timeout=30) as response:
+            scraped = response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+        redis.close()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in scraped.splitlines() if line and not line.startswith("#")}
+    assert samples['actionbus_queue_waiting{service="inventory"}'] == 46
+    assert samples['actionbus_queue_pending{service="inventory"}'] == 2
+    assert samples['actionbus_queue_delayed{service="inventory"}'] == 1
+    assert samples['actionbus_queue_waiting{service="billing"}'] == 1
+    for lane, length, waiting, pending, delayed in (
+            ("high", 3, 1, 2, 0), ("normal", 5, 5, 0, 0), ("low", 40, 40, 0, 1)):
+        labels = f'{{lane="{lane}",service="inventory"}}'
+        assert (samples[f"actionbus_lane_length{labels}"],
+                samples[f"actionbus_lane_waiting{labels}"],
+                samples[f"actionbus_lane_pending{labels}"],
+                samples[f"actionbus_lane_delayed{labels}"]) == (length, waiting, pending, delayed)
+    assert samples['actionbus_lane_read_total{lane="high",service="inventory"}'] == 2
+    assert samples['actionbus_lane_oldest_waiting_age_seconds{lane="low",service="inventory"}'] \
+        >= 600
+    assert samples['actionbus_lane_oldest_pending_age_seconds{lane="high",service="inventory"}'] \
+        > 0
+    assert not [key for key in samples if key.startswith("actionbus_lane_") and "billing" in key]
+
+
+async def test_client_metrics_keep_the_priority_of_a_pseudo_sync_call(bus: Any) -> None:
+    """An instrumented client's pseudo-sync call still takes priority= (here: the low lane)."""
+    from actionbus.metrics import ClientMetrics
+
+    worker = bus.worker("inventory", lanes=True)
+
+    @worker.handler("inventory.count")
+    async def count(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    client = bus.client("orders")
+    ClientMetrics().instrument(client)
+    await worker.start()
+    reply = await client.send_action_pseudo_sync(
+        DomainAction(action_type="inventory.count"), 5, priority="low")
+    assert reply is not None
+    assert reply.success
+    assert await bus.redis.xlen(QueueManager("dev").get_lane_stream("inventory", "low")) == 1

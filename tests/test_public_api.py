@@ -60,6 +60,10 @@ INTERNAL = {
         "chain",
     },
     "actionbus.workers.mover": {"Mover"},
+    # Partitions and ordering keys (issue 10): the hash rule is documented, used from its module.
+    "actionbus.partitions": {"check_partitions", "partition_for_key"},
+    "actionbus.workers.partitions": {"Partitions", "probe"},
+    "actionbus.workers.ordering": {"OrderedConsumer", "Ordering", "ordering_key_of"},
     "actionbus.workers.policy": {  # decisions and failure-path helpers
         "Bury", "ReplyError", "Retry", "error_detail", "safe_text",
     },
@@ -78,8 +82,9 @@ INTERNAL = {
     "actionbus.workers.routing": {"HandlerRegistry", "Route", "result_data"},
     # Operations (issue 9): used from their own module by the CLI, the dashboard, metrics.
     "actionbus.logconfig": {"KeyValueFormatter", "configure_logging"},
+    "actionbus.inspect": {"uses_lanes"},
     "actionbus.status": {
-        "NotPendingError", "PendingEntry", "ScheduleState", "ServiceStatus",
+        "LaneStatus", "NotPendingError", "PendingEntry", "ScheduleState", "ServiceStatus",
         "dead_letter_pending", "discover_services", "format_age", "format_tick",
         "pending_entries", "retry_pending", "schedule_states", "service_status",
     },

@@ -16,7 +16,7 @@ from actionbus import DomainAction, DomainActionResponse, ErrorDetail, InvalidRe
 ACTION_FIELDS = [
     "action_id", "action_type", "timestamp", "tenant_id", "session_id", "task_id", "user_id",
     "origin_service", "target_service", "correlation_id", "trace_id", "callback_queue_name",
-    "callback_action_type", "expires_at", "data", "metadata",
+    "callback_action_type", "expires_at", "ordering_key", "data", "metadata",
 ]
 
 

@@ -17,8 +17,10 @@ from rich.table import Table
 
 from actionbus.cli.app import console, emit_json, main, queues, run
 from actionbus.cli.status import age
+from actionbus.clients.queue_manager import LANES
 from actionbus.clients.redis_manager import RedisManager
 from actionbus.dead_letters import DeadLetter, DeadLetterQueue
+from actionbus.inspect import uses_lanes
 from actionbus.status import (
     PendingEntry,
     dead_letter_pending,
@@ -61,6 +63,11 @@ def _letter_json(letter: DeadLetter) -> dict[str, Any]:
 # --- pending ---------------------------------------------------------------------------
 
 
+_LANE = click.option(
+    "--lane", type=click.Choice(LANES), default="normal", show_default=True,
+    help="The priority lane the entries are in (normal: the main stream).")
+
+
 @main.group()
 def pending() -> None:
     """Entries delivered to a consumer and not yet acknowledged."""
@@ -72,22 +79,26 @@ def pending() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_context
 def pending_list(ctx: click.Context, service: str, count: int, as_json: bool) -> None:
-    """List pending entries: action type and id, consumer, deliveries, idle time."""
+    """List pending entries: action type and id, consumer, deliveries, idle time (and lane,
+    for a service that uses priority lanes)."""
 
-    async def work(manager: RedisManager) -> list[PendingEntry]:
-        return await pending_entries(manager.get_client(), queues(manager), service, count)
+    async def work(manager: RedisManager) -> tuple[list[PendingEntry], bool]:
+        redis, qm = manager.get_client(), queues(manager)
+        return (await pending_entries(redis, qm, service, count),
+                await uses_lanes(redis, qm, service))
 
-    entries = run(ctx, work)
+    entries, lanes = run(ctx, work)
     if as_json:
         emit_json([e.model_dump(mode="json") for e in entries])
         return
     table = Table(title=f"{len(entries)} pending entr{'y' if len(entries) == 1 else 'ies'} "
                   f"of {service}", title_justify="left")
-    for column in ("entry id", "action type", "action id", "consumer", "deliveries", "idle"):
+    for column in ("entry id", *(("lane",) if lanes else ()), "action type", "action id",
+                   "consumer", "deliveries", "idle"):
         table.add_column(column)
     for e in entries:
-        table.add_row(e.entry_id, e.action_type, e.action_id, e.consumer, str(e.deliveries),
-                      age(e.idle_ms))
+        table.add_row(e.entry_id, *((e.lane,) if lanes else ()), e.action_type, e.action_id,
+                      e.consumer, str(e.deliveries), age(e.idle_ms))
     console().print(table)
 
 
@@ -95,14 +106,16 @@ def pending_list(ctx: click.Context, service: str, count: int, as_json: bool) ->
 @click.argument("service")
 @click.argument("entry_ids", nargs=-1, required=True)
 @click.option("--group", default=None, help="Consumer group (default: the service's).")
+@_LANE
 @click.pass_context
 def pending_retry(ctx: click.Context, service: str, entry_ids: tuple[str, ...],
-                  group: str | None) -> None:
-    """Re-queue stuck entries at the end of the stream (the stuck copy is acknowledged)."""
+                  group: str | None, lane: str) -> None:
+    """Re-queue stuck entries at the end of their stream (the stuck copy is acknowledged)."""
 
     async def work(manager: RedisManager) -> list[str]:
         redis, qm = manager.get_client(), queues(manager)
-        return [f"{i} -> {await retry_pending(redis, qm, service, i, group)}" for i in entry_ids]
+        return [f"{i} -> {await retry_pending(redis, qm, service, i, group, lane)}"
+                for i in entry_ids]
 
     for line in run(ctx, work):
         click.echo(f"retried {line}")
@@ -113,15 +126,16 @@ def pending_retry(ctx: click.Context, service: str, entry_ids: tuple[str, ...],
 @click.argument("entry_ids", nargs=-1, required=True)
 @click.option("--group", default=None, help="Consumer group (default: the service's).")
 @click.option("--reason", default="operator", show_default=True, help="Why, as recorded.")
+@_LANE
 @click.pass_context
 def pending_dead_letter(ctx: click.Context, service: str, entry_ids: tuple[str, ...],
-                        group: str | None, reason: str) -> None:
+                        group: str | None, reason: str, lane: str) -> None:
     """Move stuck entries to the dead-letter stream (kept whole, with the reason)."""
 
     async def work(manager: RedisManager) -> int:
         redis, qm = manager.get_client(), queues(manager)
         for entry_id in entry_ids:
-            await dead_letter_pending(redis, qm, service, entry_id, reason, group)
+            await dead_letter_pending(redis, qm, service, entry_id, reason, group, lane)
         return len(entry_ids)
 
     click.echo(f"dead-lettered {run(ctx, work)} entr(ies) of {service}")

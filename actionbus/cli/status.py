@@ -28,8 +28,6 @@ from actionbus.status import format_age as age
 __all__ = ["age", "status"]
 
 
-
-
 def _overview(rows: list[ServiceStatus], where: str) -> Table:
     table = Table(title=f"actionbus services in {where}", title_justify="left")
     for column in ("service", "waiting", "pending", "oldest pending", "dead letters", "delayed",
@@ -41,6 +39,22 @@ def _overview(rows: list[ServiceStatus], where: str) -> Table:
                       str(r.dead_letters), str(r.delayed),
                       f"{r.consumers_alive}/{r.consumers_gone}", f"{r.handled_per_s:.2f}",
                       r.last_error or "-")
+    return table
+
+
+def _lanes(rows: list[ServiceStatus]) -> Table | None:
+    """One row per lane of each service that uses lanes (``None`` if none does)."""
+    if not any(r.lanes for r in rows):
+        return None
+    table = Table(title="priority lanes", title_justify="left")
+    for column in ("service", "lane", "length", "waiting", "pending", "oldest pending",
+                   "oldest waiting", "delayed"):
+        table.add_column(column, justify="left" if column in ("service", "lane") else "right")
+    for r in rows:
+        for lane in r.lanes:
+            table.add_row(r.service, lane.lane, str(lane.length), str(lane.waiting),
+                          str(lane.pending), age(lane.oldest_pending_age_ms),
+                          age(lane.oldest_waiting_age_ms), str(lane.delayed))
     return table
 
 
@@ -62,9 +76,9 @@ async def _collect(manager: RedisManager, service: str | None) -> dict[str, Any]
     info = await inspect_service(redis, qm, service)
     row = await service_status(redis, qm, service, info)
     consumers = [
-        {"group": g.name, "name": c.name, "alive": c.alive, "pending": c.pending,
+        {"group": group, "name": c.name, "alive": c.alive, "pending": c.pending,
          "idle_ms": c.idle_ms}
-        for g in info.groups for c in g.consumers
+        for group, c in info.consumers()  # one row per consumer, over every lane
     ]
     pending = [e.model_dump(mode="json") for e in await pending_entries(redis, qm, service, 10)]
     schedules = [state.model_dump(mode="json")
@@ -76,6 +90,9 @@ async def _collect(manager: RedisManager, service: str | None) -> dict[str, Any]
 def _render(report: dict[str, Any]) -> RenderableType:
     rows = [ServiceStatus.model_validate(r) for r in report["services"]]
     parts: list[RenderableType] = [_overview(rows, report["where"])]
+    lanes = _lanes(rows)
+    if lanes is not None:
+        parts.append(lanes)
     if "consumers" in report:
         consumers = Table(title="consumers", title_justify="left")
         for column in ("group", "consumer", "state", "pending", "idle"):
@@ -84,10 +101,13 @@ def _render(report: dict[str, Any]) -> RenderableType:
             state = {True: "alive", False: "gone", None: "unknown"}[c["alive"]]
             consumers.add_row(c["group"], c["name"], state, str(c["pending"]), age(c["idle_ms"]))
         entries = Table(title="oldest pending entries", title_justify="left")
-        for column in ("entry id", "action type", "action id", "consumer", "deliveries", "idle"):
+        with_lanes = lanes is not None
+        for column in ("entry id", *(("lane",) if with_lanes else ()), "action type",
+                       "action id", "consumer", "deliveries", "idle"):
             entries.add_column(column)
         for e in report["oldest_pending"]:
-            entries.add_row(e["entry_id"], e["action_type"], e["action_id"], e["consumer"],
+            entries.add_row(e["entry_id"], *((e["lane"],) if with_lanes else ()),
+                            e["action_type"], e["action_id"], e["consumer"],
                             str(e["deliveries"]), age(e["idle_ms"]))
         parts += [consumers, entries]
         if report.get("schedules"):
@@ -109,8 +129,9 @@ def _render(report: dict[str, Any]) -> RenderableType:
 def status(
     ctx: click.Context, service: str | None, watch: bool, interval: float, as_json: bool
 ) -> None:
-    """Waiting, pending, dead letters, delayed, consumers and throughput of every service
-    (with SERVICE: also its consumers and oldest pending entries)."""
+    """Waiting, pending, dead letters, delayed, consumers and throughput of every service,
+    and each lane of the services that use priority lanes (with SERVICE: also its consumers
+    and oldest pending entries)."""
 
     async def once() -> dict[str, Any]:
         async with RedisManager(settings(ctx)) as manager:

@@ -27,6 +27,7 @@ from actionbus.clients.guard import (
 )
 from actionbus.clients.lanes import LaneRouter, check_priority
 from actionbus.clients.layers import PublishLayer, PublishNext, build_chain, tracing_layer
+from actionbus.clients.partitions import PartitionRouter
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.replies import ReplyListener
 from actionbus.clients.sender import StreamWriter
@@ -115,6 +116,7 @@ class BaseRedisClient:
         self._chain: PublishNext = build_chain(self._layers, self._write)
         self._delayed: dict[str, DelayedQueue] = {}
         self._router = LaneRouter(redis_client, self.queue_manager, settings.lanes_cache_s)
+        self._partitions = PartitionRouter(redis_client, self.queue_manager, settings)
 
     @property
     def response_queue(self) -> str:
@@ -166,9 +168,22 @@ class BaseRedisClient:
         return copy
 
     def _encode(self, action: DomainAction) -> tuple[str, bytes]:
-        """Stream name (the lane ``_in_lanes`` chose) and wire JSON of ``action`` (the
-        client's copy), after every check."""
-        return self._encoder.encode(action, self._lane(action))
+        """Stream name and wire JSON of ``action`` (the client's copy), after every check:
+        the lane ``_in_lanes`` chose, else the target's partition (or ordered stream)."""
+        self._encoder.check(action)
+        lane = self._lane(action)
+        if lane is None or action.ordering_key is not None:  # ordered: never a lane
+            stream = self._partitions.stream(action)
+        else:
+            stream = self.queue_manager.get_lane_stream(action.target, lane)
+        return stream, self._encoder.payload(action)
+
+    async def _learn(self, actions: Iterable[DomainAction]) -> None:
+        """Learn the partition counts of the actions' targets not known lately."""
+        for target in {action.target for action in actions}:
+            if self._partitions.stale(target):
+                self._check_open()  # a closed client must not reconnect to look
+                await self._partitions.refresh(target)
 
     @staticmethod
     def _lane(action: DomainAction) -> str | None:
@@ -180,10 +195,18 @@ class BaseRedisClient:
         writer: DurableWriter | StreamWriter | None = None,
     ) -> Any:
         """Run the send (``chain`` for one action, else the batch) with each target's lane
-        for ``priority`` known to ``_encode``."""
+        for ``priority`` known to ``_encode``, and its partitions learnt."""
+        targets = list({action.target for action in actions})
         lanes: dict[str, str] = {}
-        if priority is not None and priority != "normal":
-            for target in {action.target for action in actions}:
+        if priority is None or priority == "normal":
+            await self._learn(actions)
+        elif any(self._partitions.stale(t) or self._router.stale(t) for t in targets):
+            found = await asyncio.gather(  # partitions and lanes learnt in one round trip
+                self._learn(actions), *(self._router.lane(t, priority) for t in targets))
+            lanes = {target: lane for target, lane in zip(targets, found[1:], strict=True)
+                     if lane is not None}
+        else:  # all known: no task, no suspension
+            for target in targets:
                 lane = await self._router.lane(target, priority)
                 if lane is not None:
                     lanes[target] = lane
@@ -231,6 +254,10 @@ class BaseRedisClient:
     ) -> str:
         """Innermost publish step: validate, encode and XADD the action (then WAIT for
         replicas when ``durable`` is given or ``settings.wait_replicas`` is set)."""
+        self._encoder.check(action)  # before a bad name could be looked up
+        if self._partitions.stale(action.target):
+            self._check_open()  # a closed client must not reconnect to look
+            await self._partitions.refresh(action.target)
         stream, payload = self._encode(action)
         self._check_open()
         writer = durable or self._durable(None, None) or self._writer
@@ -244,7 +271,12 @@ class BaseRedisClient:
     async def _write_later(
         self, delay: timedelta | float | None, at: datetime | None, action: DomainAction,
     ) -> str:
-        """Innermost step of a delayed send: encode, then ZADD to the target's delayed set."""
+        """Innermost step of a delayed send: encode, then ZADD to the target's delayed set
+        (partition 0's for a partitioned target)."""
+        if action.ordering_key is not None:
+            raise DelayedActionError(
+                f"action {action.action_id} has an ordering_key and cannot be delayed (its "
+                "place in its key's order is when it is sent); nothing was sent")
         _, payload = self._encode(action)
         self._check_open()
         lane = self._lane(action)
@@ -333,13 +365,15 @@ class BaseRedisClient:
         ``send_action_async``.
         """
         durable = self._durable(wait_replicas, wait_timeout_ms)
-        if check_priority(priority) is not None:
+        check_priority(priority)
+        copies = [self._copy(action) for action in actions]
+        if priority is not None:
             ids: list[str] = await self._in_lanes(
-                [self._copy(action) for action in actions], priority, None,
-                writer=durable or self._writer)
+                copies, priority, None, writer=durable or self._writer)
             return ids
+        await self._learn(copies)
         return await send_batch(
-            [self._copy(action) for action in actions],
+            copies,
             layers=self._layers if self._layered() else (),
             encode=self._encode,
             before_write=self._check_open,

@@ -18,6 +18,7 @@ from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError
 
+from actionbus.clients.queue_manager import ORDERED_SUFFIX
 from actionbus.connection import AnyRedis
 from actionbus.exceptions import ConfigurationError, NotReplicatedError
 from actionbus.streams import text
@@ -140,7 +141,23 @@ class DurableWriter:
         self, items: Sequence[tuple[str, str | bytes]]
     ) -> list[str | BaseException]:
         """Append many entries; return each one's id or the exception that failed it."""
-        results = await asyncio.gather(
-            *(self.xadd(stream, payload) for stream, payload in items), return_exceptions=True
-        )
-        return list(results)
+        results: list[str | BaseException] = [""] * len(items)
+
+        async def one(i: int) -> None:
+            try:
+                results[i] = await self.xadd(*items[i])
+            except Exception as exc:
+                results[i] = exc
+
+        async def in_order(indexes: list[int]) -> None:
+            for i in indexes:
+                await one(i)
+
+        ordered: dict[str, list[int]] = {}  # one ordered stream's entries keep their order
+        for i, (stream, _) in enumerate(items):
+            if stream.endswith(ORDERED_SUFFIX):
+                ordered.setdefault(stream, []).append(i)
+        await asyncio.gather(*(one(i) for i, (stream, _) in enumerate(items)
+                               if not stream.endswith(ORDERED_SUFFIX)),
+                             *(in_order(indexes) for indexes in ordered.values()))
+        return results

@@ -1,11 +1,10 @@
 """The send path's checks and encoding of the client's copy of an action.
 
-``ActionEncoder.encode`` re-checks the fields a caller may have reassigned after the
-action was built (names that become key parts or reply addresses), then writes the wire
-JSON (``docs/wire-format.md``: every declared field, ``null`` where empty) as bytes, once,
-straight from pydantic-core. Names already found valid (and the stream they lead to) are
-remembered, so a service that sends the same action types again pays a dictionary
-lookup, not regular expressions.
+``ActionEncoder.check`` re-checks the fields a caller may have reassigned after the
+action was built (names that become key parts or reply addresses); ``payload`` writes the
+wire JSON (``docs/wire-format.md``: every declared field, ``null`` where empty) as bytes,
+once, straight from pydantic-core. Names already found valid are remembered, so a service
+that sends the same action types again pays a set lookup, not regular expressions.
 
 NaN and infinity have no JSON form: the wire serializer writes them as the ``NaN`` /
 ``Infinity`` constants, so one substring search finds the rare action that might hold
@@ -99,7 +98,7 @@ class ActionEncoder:
         self.queues = queues
         self.settings = settings
         self._known: set[tuple[str, str]] = set()
-        self._streams: dict[tuple[Any, ...], str] = {}
+        self._checked: set[tuple[Any, ...]] = set()
 
     def _name(self, what: str, value: Any) -> None:
         """Check one name field (``what``: ``action_type``, a service field, or a callback
@@ -119,7 +118,21 @@ class ActionEncoder:
         self._known.add((what, value))
 
     def check(self, action: DomainAction) -> None:
-        """Re-check the fields that may have been reassigned after construction."""
+        """Re-check the fields that may have been reassigned after construction (the
+        combination of names last found valid is remembered: one lookup)."""
+        key = (action.action_type, action.target_service, action.origin_service,
+               action.callback_action_type, action.callback_queue_name)
+        try:
+            if key in self._checked:
+                return
+        except TypeError:  # a reassigned field is not hashable: the checks say why
+            pass
+        self._check(action)
+        if len(self._checked) >= _MAX_KNOWN:
+            self._checked.clear()
+        self._checked.add(key)
+
+    def _check(self, action: DomainAction) -> None:
         try:
             self._name("action_type", action.action_type)
         except ValueError as exc:
@@ -137,20 +150,9 @@ class ActionEncoder:
         except (ValueError, TypeError) as exc:
             raise InvalidActionError(f"{_what(action)} was not sent: {exc}") from None
 
-    def encode(self, action: DomainAction, lane: str | None) -> tuple[str, bytes]:
-        """Stream name (the target's ``lane``, or main stream) and wire JSON of
-        ``action``, after every check; raises the library's error saying why not."""
-        # Names already checked together, and where they lead: one lookup.
-        key = (action.action_type, action.target_service, action.origin_service,
-               action.callback_action_type, action.callback_queue_name, lane)
-        try:
-            stream = self._streams[key]
-        except (KeyError, TypeError):  # TypeError: a reassigned field is not hashable
-            self.check(action)
-            stream = self.queues.get_lane_stream(action.target, lane)
-            if len(self._streams) >= _MAX_KNOWN:
-                self._streams.clear()
-            self._streams[key] = stream
+    def payload(self, action: DomainAction) -> bytes:
+        """The wire JSON of ``action`` (checked first with ``check``); raises the library's
+        error when it cannot be sent (no JSON value, NaN/infinity, too large)."""
         payload = wire_json(action)
         if len(payload) > self.settings.max_payload_bytes:
             raise PayloadTooLargeError(
@@ -158,4 +160,4 @@ class ActionEncoder:
                 f"max_payload_bytes={self.settings.max_payload_bytes}; nothing was sent. "
                 "Store large data elsewhere and send a reference, or raise the limit."
             )
-        return stream, payload
+        return payload

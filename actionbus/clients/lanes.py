@@ -9,6 +9,7 @@ another language that reads only the main stream keeps receiving everything).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -42,6 +43,12 @@ class LaneRouter:
         self.queues = queues
         self.cache_s = cache_s
         self._known: dict[str, tuple[float, frozenset[str]]] = {}
+        self._reading: dict[str, asyncio.Task[frozenset[str]]] = {}  # one GET per target
+
+    def stale(self, target: str) -> bool:
+        """Whether ``lanes_of(target)`` would read the descriptor (nothing cached lately)."""
+        known = self._known.get(target)
+        return known is None or known[0] <= time.monotonic()
 
     async def lane(self, target: str, priority: str | None) -> str | None:
         """The lane to send to (``None``: the main stream)."""
@@ -56,6 +63,19 @@ class LaneRouter:
         known = self._known.get(target)
         if known is not None and known[0] > now:
             return known[1]
+        reading = self._reading.get(target)
+        if reading is None:  # concurrent callers share one read (its own task: a caller
+            # that gives up does not cancel the others' answer)
+            reading = self._reading[target] = asyncio.create_task(self._read(target, now))
+            reading.add_done_callback(lambda task: self._done(target, task))
+        return await asyncio.shield(reading)
+
+    def _done(self, target: str, task: asyncio.Task[frozenset[str]]) -> None:
+        self._reading.pop(target, None)
+        if not task.cancelled():
+            task.exception()  # retrieved, even when every caller gave up
+
+    async def _read(self, target: str, now: float) -> frozenset[str]:
         try:
             raw = await self.redis.get(self.queues.get_lanes_key(target))
         except CLIENT_FAILURES as exc:  # the main stream is always read: use it (the send

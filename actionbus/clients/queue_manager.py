@@ -6,6 +6,12 @@ Cluster hash tag: every key of one service lives in one hash slot, so one Lua sc
 move entries between its delayed set and its stream. Only the service segment is braced, so
 ACL patterns such as ``~actionbus:dev:*`` keep matching. Every part is validated so that no
 input can forge or collide with another key (names may not contain braces themselves).
+
+A partitioned service (``partitions=N``) has one hash tag per partition, so its partitions'
+slots spread over the cluster's masters: partition 0 keeps the service's own keys
+(``{inventory}``), partition ``k`` >= 1 uses ``{inventory.p<k>}`` (a ``.`` cannot occur in a
+service name, so no service's keys can collide with a partition's). ``partitions=1`` keeps
+today's key names.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from functools import lru_cache
 
 from actionbus.exceptions import InvalidNameError
 from actionbus.models.actions import SERVICE_NAME_PATTERN
+from actionbus.partitions import MAX_PARTITIONS
 
 __all__ = ["KeyParts", "QueueManager"]
 
@@ -28,7 +35,11 @@ _STATE_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,511}")
 STREAMS, RESPONSES, CALLBACKS, IDEMPOTENCY, STATE, DELAYED, SCHEDULES = (
     "streams", "responses", "callbacks", "idempotency", "state", "delayed", "schedules",
 )
-MAIN, DEAD = "main", "dead"
+MAIN, DEAD, ORDERED = "main", "dead", "ordered"
+PARTITIONS_KIND, ORDERING_KIND = "partitions", "ordering"
+ORDERED_SUFFIX = f":{STREAMS}:{ORDERED}"
+"""How every ordered stream's name ends."""
+
 LANES = ("high", "normal", "low")
 """Priority lanes, most urgent first; ``normal`` is the main stream (``streams:main``)."""
 LANES_KIND = "lanes"
@@ -41,6 +52,8 @@ class KeyParts:
     service: str
     kind: str
     context: str
+    partition: int = 0
+    """The partition the key belongs to (0: the service's own keys)."""
 
 
 def _check(value: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
@@ -55,6 +68,15 @@ def check_service(service: str) -> str:
         service, _SERVICE_RE, "service name",
         "use 1-64 letters, digits, '_' or '-', starting with a letter or digit",
     )
+
+
+def check_partition(partition: int, partitions: int = MAX_PARTITIONS) -> int:
+    """Validate a partition number (``0 <= partition < partitions``)."""
+    if isinstance(partition, bool) or not isinstance(partition, int) \
+            or not 0 <= partition < partitions:
+        raise InvalidNameError(
+            f"partition {partition!r} is not allowed: use 0 to {partitions - 1}")
+    return partition
 
 
 def check_context(context: str) -> str:
@@ -84,10 +106,15 @@ class QueueManager:
     def __repr__(self) -> str:
         return f"QueueManager(environment={self.environment!r}, prefix={self.prefix!r})"
 
-    def _build_key(self, service: str, kind: str, context: str) -> str:
+    def _build_key(self, service: str, kind: str, context: str, partition: int = 0) -> str:
         check_service(service)
         check_context(context)
-        return f"{self._base}{{{service}}}:{kind}:{context}"
+        return f"{self._base}{{{self._tag(service, partition)}}}:{kind}:{context}"
+
+    @staticmethod
+    def _tag(service: str, partition: int) -> str:
+        """The hash tag of a service's partition: ``service`` (0) or ``service.p<k>``."""
+        return service if partition == 0 else f"{service}.p{check_partition(partition)}"
 
     def service_tag(self, service: str) -> str:
         """The hash-tagged service segment shared by all of a service's keys: ``{service}``."""
@@ -99,6 +126,31 @@ class QueueManager:
         The braces are literal: ``actionbus:dev:{inventory}:streams:main``.
         """
         return self._key(service, STREAMS, MAIN)
+
+    def get_partition_stream(self, service: str, partition: int) -> str:
+        """Partition ``partition`` of a service's action stream: the main stream for 0,
+        ``…:{service.p<k>}:streams:main`` for ``k`` >= 1."""
+        return self._key(service, STREAMS, MAIN, partition)
+
+    def get_partition_streams(self, service: str, partitions: int) -> list[str]:
+        """The action streams of partitions ``0 .. partitions - 1``."""
+        check_partition(partitions - 1)
+        return [self.get_partition_stream(service, k) for k in range(partitions)]
+
+    def get_ordered_stream(self, service: str, partition: int = 0) -> str:
+        """Where a partition's actions with an ``ordering_key`` go:
+        ``…:{service}:streams:ordered`` / ``…:{service.p<k>}:streams:ordered``."""
+        return self._key(service, STREAMS, ORDERED, partition)
+
+    def get_partitions_key(self, service: str) -> str:
+        """The descriptor a service's workers keep alive: ``…:{service}:partitions:main``
+        (value: their partition count, decimal; with a TTL)."""
+        return self._key(service, PARTITIONS_KIND, MAIN)
+
+    def get_ordering_lease_key(self, service: str, partition: int = 0) -> str:
+        """The lease of the one worker that handles a partition's ordered actions:
+        ``…:{service}:ordering:lease`` / ``…:{service.p<k>}:ordering:lease``."""
+        return self._key(service, ORDERING_KIND, "lease", partition)
 
     def get_lane_stream(self, service: str, lane: str | None) -> str:
         """The stream of one priority lane: ``…:{service}:streams:high`` / ``:low``; the
@@ -150,17 +202,24 @@ class QueueManager:
         """The lease a running worker holds on its consumer name: ``…:{service}:consumers:<id>``."""
         return self._build_key(service, "consumers", lease_id)
 
-    def get_delayed_set(self, service: str, lane: str | None = None) -> str:
+    def get_delayed_set(
+        self, service: str, lane: str | None = None, partition: int = 0
+    ) -> str:
         """The sorted set of a service's delayed actions: ``…:{service}:delayed:main``
-        (a lane's retries: ``…:{service}:delayed:high`` / ``:low``).
+        (a lane's retries: ``…:{service}:delayed:high`` / ``:low``; partition ``k``'s:
+        ``…:{service.p<k>}:delayed:main``).
 
         Members are action JSON, scores the due time in epoch milliseconds; it shares its
         stream's hash slot (see ``actionbus.delayed``).
         """
         if lane is None or lane == "normal":
-            return self._key(service, DELAYED, MAIN)
+            return self._key(service, DELAYED, MAIN, partition)
         self.get_lane_stream(service, lane)  # checks the lane
         return self._key(service, DELAYED, lane)
+
+    def partition_of(self, stream: str) -> int:
+        """The partition a key of this namespace belongs to (0: the service's own keys)."""
+        return self.parse(stream).partition
 
     def lane_of(self, stream: str) -> str:
         """The lane an action stream of this namespace is: ``high``, ``normal`` or ``low``."""
@@ -199,14 +258,18 @@ class QueueManager:
                 f"key {key!r} does not have the form {self._base}{{<service>}}:<kind>:<context>"
             )
         service, kind, context = tagged[1:-1], parts[1], parts[2]
+        partition = 0
+        base, dot, number = service.rpartition(".p")
+        if dot and number.isdigit() and number == str(int(number)) and int(number) > 0:
+            service, partition = base, check_partition(int(number))
         check_service(service)
         check_context(context)
-        return KeyParts(service, kind, context)
+        return KeyParts(service, kind, context, partition)
 
     def check_response_queue(self, key: str) -> KeyParts:
         """Accept ``key`` only if it is a response list of this namespace."""
         parts = self.parse(key)
-        if parts.kind != RESPONSES:
+        if parts.kind != RESPONSES or parts.partition:
             raise InvalidNameError(
                 f"callback_queue_name {key!r} is not a response list "
                 f"(expected {self._base}{{<service>}}:{RESPONSES}:<id>)"
@@ -216,7 +279,7 @@ class QueueManager:
     def check_action_stream(self, key: str) -> KeyParts:
         """Accept ``key`` only if it is a service's action stream of this namespace."""
         parts = self.parse(key)
-        if parts.kind != STREAMS or parts.context != MAIN:
+        if parts.kind != STREAMS or parts.context != MAIN or parts.partition:
             raise InvalidNameError(
                 f"callback_queue_name {key!r} is not an action stream "
                 f"(expected {self._base}{{<service>}}:{STREAMS}:{MAIN})"

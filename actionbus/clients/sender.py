@@ -24,6 +24,7 @@ from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
 from actionbus.clients.guard import CLIENT_FAILURES
+from actionbus.clients.queue_manager import ORDERED_SUFFIX
 from actionbus.connection import AnyRedis
 from actionbus.streams import text
 
@@ -164,4 +165,15 @@ class StreamWriter:
                 if not future.done():
                     future.set_result(text(entry_id))
 
-        await asyncio.gather(*(one(*item) for item in batch))
+        async def in_order(items: list[_Item]) -> None:
+            for item in items:
+                await one(*item)
+
+        # Entries of one ordered stream keep their order (ordering keys); others go at once.
+        ordered: dict[str, list[_Item]] = {}
+        for item in batch:
+            if item[0].endswith(ORDERED_SUFFIX):
+                ordered.setdefault(item[0], []).append(item)
+        await asyncio.gather(*(one(*item) for item in batch
+                               if not item[0].endswith(ORDERED_SUFFIX)),
+                             *(in_order(items) for items in ordered.values()))

@@ -17,9 +17,13 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actionbus.models.actions import SERVICE_NAME_PATTERN
+from actionbus.partitions import MAX_PARTITIONS
+
 __all__ = ["CommonAppSettings"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_SERVICE = re.compile(SERVICE_NAME_PATTERN)
 _LOG_LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET"}
 
 
@@ -145,8 +149,24 @@ class CommonAppSettings(BaseSettings):
         "target's workers read lanes; otherwise its main stream)."
     )
     lanes_cache_s: float = Field(
-        5.0, ge=0, description="How long a client trusts what it learnt about a target's lanes."
+        5.0, ge=0, description="How long a client trusts what it learnt about a target's lanes "
+        "and partitions."
     )
+    partitions: dict[str, int] = Field(
+        default_factory=dict, description="Partitioned services and their partition count, "
+        "e.g. {\"orders\": 3} (others: 1); senders and workers of a service must agree."
+    )
+
+    @field_validator("partitions")
+    @classmethod
+    def _check_partitions(cls, value: dict[str, int]) -> dict[str, int]:
+        for service, count in value.items():
+            if not _SERVICE.fullmatch(service):
+                raise ValueError(f"partitions: {service!r} is not a service name")
+            if isinstance(count, bool) or not 1 <= count <= MAX_PARTITIONS:
+                raise ValueError(
+                    f"partitions[{service!r}] must be from 1 to {MAX_PARTITIONS}, got {count!r}")
+        return value
 
     @field_validator("service_name", "environment", "key_prefix")
     @classmethod

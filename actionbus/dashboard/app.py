@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from actionbus.clients.lanes import check_priority
 from actionbus.clients.queue_manager import QueueManager
 from actionbus.clients.redis_manager import RedisManager
 from actionbus.config import CommonAppSettings
@@ -38,6 +39,14 @@ from actionbus.status import (
 from actionbus.streams import text
 
 __all__ = ["create_app"]
+
+
+def _lane(request: Request) -> str:
+    """The ``?lane=`` of a request (``normal``: the main stream); an unknown lane is an
+    ``InvalidNameError`` (shown as an error page)."""
+    lane = request.query_params.get("lane") or "normal"
+    check_priority(lane)
+    return lane
 
 _COOKIE = "actionbus_token"
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -123,8 +132,12 @@ def create_app(settings: CommonAppSettings, *, read_only: bool = False,
             raise ActionBusError(f"no service {name!r} in {state.where}")
         row = await service_status(redis, qm, name, info)
         pending = await pending_entries(redis, qm, name, 50)
-        raw: Any = await redis.xrevrange(qm.get_service_action_stream(name), count=20)
-        recent = [(text(i), text(f.get(b"data", f.get("data", "")))) for i, f in raw]
+        recent = []
+        for lane in [lane.lane for lane in info.lanes] or ["normal"]:
+            raw: Any = await redis.xrevrange(qm.get_lane_stream(name, lane), count=20)
+            recent += [(lane, text(i), text(f.get(b"data", f.get("data", "")))) for i, f in raw]
+        recent.sort(key=lambda r: tuple(int(p) for p in r[1].split("-")), reverse=True)
+        recent = recent[:20]
         letters = await DeadLetterQueue(redis, qm, name).list(count=50)
         schedules = await schedule_states(redis, qm, name)
         body = pages.service_page(row, info, pending, recent, letters[::-1], state.read_only,
@@ -139,13 +152,16 @@ def create_app(settings: CommonAppSettings, *, read_only: bool = False,
             fields: dict[str, Any] = letter.model_dump(mode="json")
             found = None
         else:
-            stream = qm.get_service_action_stream(name)
+            lane = _lane(request)
+            stream = qm.get_lane_stream(name, lane)
             raw: Any = await redis.xrange(stream, min=entry_id, max=entry_id, count=1)
             if not raw:
                 raise ActionBusError(f"no entry {entry_id!r} in {stream}")
             fields = {text(k): text(v) for k, v in raw[0][1].items()}
+            if lane != "normal":
+                fields["lane"] = lane
             found = next((p for p in await pending_entries(redis, qm, name, 1000)
-                          if p.entry_id == entry_id), None)
+                          if p.entry_id == entry_id and p.lane == lane), None)
         return HTMLResponse(pages.layout(f"{name} {entry_id}", pages.entry_page(fields, found),
                                          state.where, state.read_only))
 
@@ -167,7 +183,8 @@ def create_app(settings: CommonAppSettings, *, read_only: bool = False,
     async def bury(request: Request) -> Response:
         name = request.path_params["service"]
         await dead_letter_pending(state.redis, state.queues, name,
-                                  request.path_params["entry_id"], reason="operator")
+                                  request.path_params["entry_id"], reason="operator",
+                                  lane=_lane(request))
         return back(name)
 
     async def bulk_replay(request: Request) -> Response:

@@ -14,8 +14,8 @@ from actionbus.status import PendingEntry, ScheduleState, ServiceStatus, format_
 from actionbus.status import format_age as age
 
 __all__ = [
-    "action_fields", "age", "e", "entry_page", "layout", "overview", "overview_table",
-    "service_page", "sparkline",
+    "action_fields", "age", "e", "entry_page", "lanes_table", "layout", "overview",
+    "overview_table", "service_page", "sparkline",
 ]
 
 _STYLE = """
@@ -47,6 +47,9 @@ def _u(value: str) -> str:
     return quote(value, safe="")
 
 
+def _lane_query(lane: str) -> str:
+    """The query string naming a lane's entry (none for the main stream)."""
+    return "" if lane == "normal" else f"?lane={_u(lane)}"
 
 
 def layout(title: str, body: str, where: str, read_only: bool) -> str:
@@ -91,7 +94,30 @@ def overview_table(rows: Iterable[ServiceStatus], history: dict[str, list[float]
             f"<td>{r.handled_per_s:.2f}</td><td>{sparkline(history.get(r.service, []))}</td>"
             f"<td class='l'>{e(r.last_error or '-')}</td></tr>"
         )
-    return f"<table id='services'><tr>{head}</tr>{''.join(body)}</table>"
+    rows = list(rows)
+    return f"<table id='services'><tr>{head}</tr>{''.join(body)}</table>{lanes_table(rows)}"
+
+
+def lanes_table(rows: Iterable[ServiceStatus]) -> str:
+    """One row per lane of each service that uses priority lanes ("" if none does)."""
+    body = []
+    for r in rows:
+        for lane in r.lanes:
+            body.append(
+                f"<tr data-service='{e(r.service)}' data-lane='{e(lane.lane)}'>"
+                f"<td class='l'>{e(r.service)}</td><td class='l'>{e(lane.lane)}</td>"
+                f"<td class='length'>{lane.length}</td><td class='waiting'>{lane.waiting}</td>"
+                f"<td class='pending'>{lane.pending}</td>"
+                f"<td class='oldest-pending'>{age(lane.oldest_pending_age_ms)}</td>"
+                f"<td class='oldest-waiting'>{age(lane.oldest_waiting_age_ms)}</td>"
+                f"<td class='delayed'>{lane.delayed}</td></tr>")
+    if not body:
+        return ""
+    head = "".join(f"<th{' class=l' if h in ('service', 'lane') else ''}>{h}</th>" for h in (
+        "service", "lane", "length", "waiting", "pending", "oldest pending", "oldest waiting",
+        "delayed"))
+    return (f"<h2>Priority lanes</h2><table id='lanes'><tr>{head}</tr>{''.join(body)}"
+            "</table>")
 
 
 def overview(table: str) -> str:
@@ -114,40 +140,44 @@ def action_fields(data: str) -> tuple[str, str]:
 
 def service_page(
     row: ServiceStatus, info: ServiceInfo, pending: list[PendingEntry],
-    recent: list[tuple[str, str]], letters: list[DeadLetter], read_only: bool,
+    recent: list[tuple[str, str, str]], letters: list[DeadLetter], read_only: bool,
     schedules: Sequence[ScheduleState] = (),
 ) -> str:
-    """Consumers, pending entries, recent actions, schedules, dead letters and their
-    actions."""
+    """Consumers, pending entries, recent actions (``(lane, entry id, data)``), schedules,
+    dead letters and their actions; with lanes, each lane's figures and a lane column."""
     svc = _u(row.service)
+    lanes = bool(row.lanes)
+    lane_head = "<th class='l'>lane</th>" if lanes else ""
     parts = [overview_table([row], {})]
     parts.append("<h2>Consumers</h2><table id='consumers'><tr><th class='l'>group</th>"
                  "<th class='l'>consumer</th><th>state</th><th>pending</th><th>idle</th></tr>")
-    for g in info.groups:
-        for c in g.consumers:
-            state = {True: "alive", False: "gone", None: "unknown"}[c.alive]
-            parts.append(f"<tr><td class='l'>{e(g.name)}</td><td class='l'>{e(c.name)}</td>"
-                         f"<td class='{'ok' if c.alive else 'bad'}'>{state}</td>"
-                         f"<td>{c.pending}</td><td>{age(c.idle_ms)}</td></tr>")
+    for group, c in info.consumers():  # one row per consumer, over every lane
+        state = {True: "alive", False: "gone", None: "unknown"}[c.alive]
+        parts.append(f"<tr><td class='l'>{e(group)}</td><td class='l'>{e(c.name)}</td>"
+                     f"<td class='{'ok' if c.alive else 'bad'}'>{state}</td>"
+                     f"<td>{c.pending}</td><td>{age(c.idle_ms)}</td></tr>")
     parts.append("</table><h2>Pending entries</h2><table id='pending'><tr>"
-                 "<th class='l'>entry</th><th class='l'>action type</th><th class='l'>consumer"
-                 "</th><th>deliveries</th><th>idle</th><th></th></tr>")
+                 f"<th class='l'>entry</th>{lane_head}<th class='l'>action type</th>"
+                 "<th class='l'>consumer</th><th>deliveries</th><th>idle</th><th></th></tr>")
     for p in pending:
+        where = _lane_query(p.lane)
         act = "" if read_only else _button(
-            f"/services/{svc}/pending/{_u(p.entry_id)}/dead-letter", "dead-letter",
+            f"/services/{svc}/pending/{_u(p.entry_id)}/dead-letter{where}", "dead-letter",
             f"Move {p.entry_id} to the dead letters?")
+        lane_cell = f"<td class='l lane'>{e(p.lane)}</td>" if lanes else ""
         parts.append(
-            f"<tr><td class='l'><a href='/services/{svc}/entries/{_u(p.entry_id)}'>"
-            f"{e(p.entry_id)}</a></td><td class='l'>{e(p.action_type)}</td>"
+            f"<tr><td class='l'><a href='/services/{svc}/entries/{_u(p.entry_id)}{where}'>"
+            f"{e(p.entry_id)}</a></td>{lane_cell}<td class='l'>{e(p.action_type)}</td>"
             f"<td class='l'>{e(p.consumer)}</td><td>{p.deliveries}</td><td>{age(p.idle_ms)}"
             f"</td><td>{act}</td></tr>")
     parts.append("</table><h2>Recent actions</h2><table id='recent'><tr><th class='l'>entry</th>"
-                 "<th class='l'>action type</th><th class='l'>action id</th></tr>")
-    for entry_id, data in recent:
+                 f"{lane_head}<th class='l'>action type</th><th class='l'>action id</th></tr>")
+    for lane, entry_id, data in recent:
         action_type, action_id = action_fields(data)
-        parts.append(f"<tr><td class='l'><a href='/services/{svc}/entries/{_u(entry_id)}'>"
-                     f"{e(entry_id)}</a></td><td class='l'>{e(action_type)}</td>"
-                     f"<td class='l'>{e(action_id)}</td></tr>")
+        lane_cell = f"<td class='l lane'>{e(lane)}</td>" if lanes else ""
+        parts.append(f"<tr><td class='l'><a href='/services/{svc}/entries/{_u(entry_id)}"
+                     f"{_lane_query(lane)}'>{e(entry_id)}</a></td>{lane_cell}"
+                     f"<td class='l'>{e(action_type)}</td><td class='l'>{e(action_id)}</td></tr>")
     parts.append("</table>")
     if schedules:
         parts.append("<h2>Schedules</h2><table id='schedules'><tr><th class='l'>schedule</th>"

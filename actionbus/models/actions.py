@@ -119,6 +119,8 @@ _UtcTime = Annotated[
 """A timestamp: read as UTC; written as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (always six digits)."""
 _ServiceName = Annotated[str, Field(pattern=_SERVICE_ANCHORED)]
 _ActionType = Annotated[str, Field(pattern=_ACTION_TYPE_ANCHORED)]
+_OrderingKey = Annotated[str, Field(min_length=1, max_length=256)]
+"""An ordering key: 1 to 256 characters of any kind (hashed, never part of a key name)."""
 
 
 class _WireModel(BaseModel):
@@ -219,6 +221,10 @@ class DomainAction(_WireModel):
     callback_action_type: _ActionType | None = None
     expires_at: _UtcTime | None = Field(
         None, description="Set on pseudo-sync requests: after this instant nobody waits."
+    )
+    ordering_key: _OrderingKey | None = Field(
+        None, description="Actions with the same key are handled one at a time, in the "
+        "order they were sent (see the wire spec, 'Ordering keys')."
     )
 
     data: dict[str, Any] = Field(default_factory=dict)

@@ -39,6 +39,7 @@ from actionbus.exceptions import (
     WorkerFailedError,
 )
 from actionbus.models.actions import DomainAction, check_service_name
+from actionbus.partitions import check_partitions
 from actionbus.permissions import check_permissions
 from actionbus.schedule import Schedule
 from actionbus.streams import ensure_group
@@ -48,8 +49,10 @@ from actionbus.workers.eager import EagerRunner
 from actionbus.workers.health import Health, HealthStatus, SlowCommands
 from actionbus.workers.maintenance import check_eviction_policy
 from actionbus.workers.mover import Mover
+from actionbus.workers.ordering import Ordering
 from actionbus.workers.output import OutputBatcher
 from actionbus.workers.ownership import ConsumerLease
+from actionbus.workers.partitions import Partitions
 from actionbus.workers.pipeline import Layer, Pipeline
 from actionbus.workers.policy import FailurePolicy
 from actionbus.workers.processing import ActionProcessor
@@ -107,6 +110,15 @@ class BaseWorker:
             )
         self.queue_manager = QueueManager(app_settings.environment, app_settings.key_prefix)
         self.stream = self.queue_manager.get_service_action_stream(self.service_name)
+        self.partitions = check_partitions(app_settings.partitions.get(self.service_name, 1),
+                                           f"partitions[{self.service_name!r}]")
+        """How many partitions this service has (``CommonAppSettings.partitions``)."""
+        if self.partitions > 1 and self.settings.lanes:
+            raise ConfigurationError(
+                f"service {self.service_name!r}: priority lanes and partitions cannot be "
+                "combined; use one or the other")
+        self._partitions: Partitions | None = None
+        self._ordering: Ordering | None = None
         self.group = self.settings.group_name or self.service_name
         self.consumer = self.settings.consumer_name or _default_consumer_name()
         self.registry = HandlerRegistry()
@@ -125,7 +137,7 @@ class BaseWorker:
         self._reader: StreamReader | None = None
         self._output: OutputBatcher | None = None
         self._active = 0  # entries claimed and not finished
-        self._runner = EagerRunner(self._entry_done)
+        self._runner = EagerRunner(self._entry_done, after=self._flush_output)
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
@@ -329,6 +341,13 @@ class BaseWorker:
                 await check_permissions(redis, "worker", [*streams, self.context.dead_stream])
             await check_eviction_policy(redis)
             await announce_lanes(redis, self.context)  # senders may route to lanes now
+            partitions = self._partitions = Partitions(
+                self.context, redis, self.partitions, spawn=self._spawn,
+                in_flight=lambda: self._active, supervised=self._supervised,
+                stopping=self._stopping, stats=self.stats, outage=self._outage,
+                health=self._health,
+                slow=SlowCommands(self._health, float(self.app_settings.redis_socket_timeout)))
+            extra_partitions = await partitions.prepare()
             self._lease = await ConsumerLease.take(redis, self.context)  # last: nothing to undo
         except BaseException:
             if self._manager is not None:  # our own connection: do not leak it
@@ -344,6 +363,7 @@ class BaseWorker:
             health=self._health, dead_stream=ctx.dead_stream, consumer=self.consumer,
         )
         output.start()
+        self._runner.urgent = output.callers_waiting
         pipeline = Pipeline(ctx, redis, self.stats, self._layers)
         processor = self._processor = ActionProcessor(
             ctx, redis, output, self._dispatch, pipeline, self.stats, self.policy
@@ -360,6 +380,14 @@ class BaseWorker:
             health=self._health, read_limit=lambda: processor.read_limit,
         )
         mover = Mover(ctx, redis, schedules=self.schedules, outage=self._outage)
+        ordering = self._ordering = Ordering(
+            ctx, redis, dispatch=self._dispatch, pipeline=pipeline, stats=self.stats,
+            policy=self.policy, outage=self._output_outage, health=self._health,
+            supervised=self._supervised, stopping=self._stopping, before_ack=self.before_ack)
+        ordering.start()
+        ordering.add(0)
+        partitions.on_added.append(ordering.add)
+        partitions.start(extra_partitions, processor, output)
         stopping = self._stopping
         self._loops = [
             self._supervised("read", lambda: reader.run(stopping)),
@@ -409,10 +437,18 @@ class BaseWorker:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         self._stopping.set()
         loops, self._loops = self._loops, []
+        if self._partitions is not None:
+            loops += self._partitions.tasks
+        if self._ordering is not None:
+            loops += self._ordering.tasks
         if self._upkeep is not None and self._upkeep.trim_task is not None:
             loops.append(self._upkeep.trim_task)
         await cancel_and_wait(loops)
+        started = asyncio.get_running_loop().time()
         await self._drain_entries(grace)
+        if self._ordering is not None:
+            left = grace - (asyncio.get_running_loop().time() - started)
+            await self._ordering.close(max(0.0, left))
         if self._output is not None:
             await self._output.close(timeout=0.5)
         if self._lease is not None:
@@ -490,17 +526,23 @@ class BaseWorker:
     def _spawn(self, stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
         processor = self._processor
         assert processor is not None
-        key = entry_key(self.stream, stream, entry_id)
-        if processor.owns(key):
+        key = entry_id if stream == self.stream else entry_key(self.stream, stream, entry_id)
+        if not processor.claim(key):
             return  # already being handled (a recovery raced a read)
-        processor.claim(key)
         self._active += 1
-        self._runner.submit(lambda: processor.process(key, fields, deliveries))
+        self._runner.submit(processor.process, key, fields, deliveries)
+
+    async def _flush_output(self) -> None:
+        if self._output is not None:
+            await self._output.flush()
 
     def _entry_done(self) -> None:
         self._active -= 1
-        if self._reader is not None:
-            self._reader.slot_free.set()
+        reader = self._reader
+        if reader is not None and reader.waiting_for_slot:
+            reader.slot_free.set()
+        if self._partitions is not None:
+            self._partitions.slot_freed()
 
     async def maintain(self) -> None:
         """Trim fully processed entries beyond the retention, remove gone consumers, and

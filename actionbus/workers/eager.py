@@ -21,14 +21,14 @@ import contextvars
 import logging
 import types
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 __all__ = ["EagerRunner"]
 
 logger = logging.getLogger("actionbus.worker")
 
-Job = Callable[[], Coroutine[Any, Any, None]]
+Job = Callable[..., Coroutine[Any, Any, None]]
 
 
 @types.coroutine
@@ -58,12 +58,26 @@ def _resume(
 class EagerRunner:
     """Runs submitted jobs eagerly; ``tasks`` are the runner tasks alive now."""
 
-    def __init__(self, on_done: Callable[[], None], *, name: str = "actionbus-entries") -> None:
+    def __init__(
+        self,
+        on_done: Callable[[], None],
+        *,
+        name: str = "actionbus-entries",
+        after: Callable[[], Awaitable[None]] | None = None,
+        urgent: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.on_done = on_done
         """Called after each job ends (however it ends)."""
+        self.after = after
+        """Awaited (never raising) once the jobs that finished eagerly in one runner's turn
+        are done, and after each job that suspended: the worker sends their acks there,
+        one round for a whole read batch of jobs that never suspended."""
+        self.urgent = urgent
+        """True when a job's output must not wait for the rest of the batch (a reply to a
+        waiting caller): ``after`` runs at once and a new runner takes the queue."""
         self.name = name
         self.tasks: set[asyncio.Task[None]] = set()
-        self._queue: deque[Job] = deque()
+        self._queue: deque[tuple[Job, tuple[Any, ...]]] = deque()
         self._runner_waiting = False  # a runner task will still take jobs from the queue
 
     @property
@@ -71,9 +85,9 @@ class EagerRunner:
         """Jobs submitted and not started yet."""
         return len(self._queue)
 
-    def submit(self, job: Job) -> None:
-        """Run ``job()`` soon: in the current runner's turn, or in a new runner task."""
-        self._queue.append(job)
+    def submit(self, job: Job, *args: Any) -> None:
+        """Run ``job(*args)`` soon: in the current runner's turn, or in a new runner task."""
+        self._queue.append((job, args))
         if not self._runner_waiting:
             self._new_runner()
 
@@ -85,9 +99,9 @@ class EagerRunner:
             self._done()
         return dropped
 
-    def _new_runner(self) -> None:
+    def _new_runner(self, finished: bool = False) -> None:
         self._runner_waiting = True
-        task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+        task = asyncio.get_running_loop().create_task(self._run(finished), name=self.name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -97,30 +111,51 @@ class EagerRunner:
         except Exception:  # pragma: no cover - on_done only sets an event
             logger.exception("bookkeeping after an action failed")
 
-    async def _run(self) -> None:
+    async def _after(self) -> None:
+        if self.after is not None:
+            try:
+                await self.after()
+            except Exception:  # pragma: no cover - the output batcher's flush never raises
+                logger.exception("sending the output of finished actions failed")
+
+    async def _run(self, finished: bool = False) -> None:
+        """Run queued jobs; ``finished``: jobs finished before, their output not sent yet."""
         queue = self._queue
         while queue:
-            coro = queue.popleft()()
+            job, args = queue.popleft()
+            coro = job(*args)
             ctx = contextvars.copy_context()
             try:
                 pending = ctx.run(coro.send, None)
             except StopIteration:
                 self._done()
+                if queue and self.urgent():  # send it now; the rest of the queue goes on
+                    self._runner_waiting = False
+                    self._new_runner()
+                    await self._after()
+                    return
+                finished = True
                 continue
             except (Exception, asyncio.CancelledError) as exc:
+                finished = True
                 self._done()
                 if not isinstance(exc, asyncio.CancelledError):
                     logger.error("action task failed unexpectedly", exc_info=exc)
                 continue
             # It suspended: it keeps this task; a new runner takes the rest of the queue.
             self._runner_waiting = False
-            if queue:
-                self._new_runner()
+            if queue or finished:  # the next runner also sends what finished before
+                self._new_runner(finished)
             try:
                 await _resume(coro, ctx, pending)
             except Exception as exc:
                 logger.error("action task failed unexpectedly", exc_info=exc)
             finally:
-                self._done()
+                try:
+                    await self._after()
+                finally:
+                    self._done()
             return
         self._runner_waiting = False
+        if finished:
+            await self._after()

@@ -38,15 +38,17 @@ class Mover:
         *,
         schedules: Sequence[Schedule] = (),
         outage: OutageLog,
+        partition: int = 0,
     ) -> None:
         self.ctx = ctx
         self.redis = redis
-        self.delayed = DelayedQueue(redis, ctx.queues, ctx.service)
+        self.delayed = DelayedQueue(redis, ctx.queues, ctx.service, partition=partition)
+        """Partition ``k`` >= 1 of a partitioned service has its own set (and mover)."""
         self.lane_sets = [  # retries of lane entries wait in their lane's own set
             DelayedQueue(redis, ctx.queues, ctx.service, lane)
-            for lane in ("high", "low") if ctx.lanes
+            for lane in ("high", "low") if ctx.lanes and not partition
         ]
-        self.schedules = tuple(schedules)
+        self.schedules = tuple(schedules) if not partition else ()
         self.outage = outage
         self.moved = 0
         self.lateness_ms: list[int] = []

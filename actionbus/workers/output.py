@@ -15,8 +15,9 @@ A write that fails on its own fails alone (``failures.is_transient``):
 If a whole round is refused (a MULTI/EXEC aborted by one command), its units are sent
 again one by one, so the bad one is found and fails alone.
 
-``flush()`` sends at once from the task that queued the writes; a background task retries
-failed rounds with backoff and sweeps up leftovers.
+``flush()`` sends at once from the calling task (the worker's entry runner, once per batch
+of entries finished together); a background task retries failed rounds with backoff and
+sweeps up leftovers.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class OutputBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._flushing = False
+        self._replies = 0
         self.acknowledged = 0
         """How many entries this batcher has acknowledged so far."""
         self.undeliverable = 0
@@ -142,6 +144,7 @@ class OutputBatcher:
         Replies to one list queued in the same round go in one ``LPUSH`` and one ``EXPIRE``.
         """
         self._open.append(_Write(f"LPUSH {queue}", reply=(queue, payload, ttl)))
+        self._replies += 1
 
     def xadd(self, stream: str, fields: dict[Any, Any]) -> None:
         """Append an entry (a callback or a dead letter) to a stream."""
@@ -171,7 +174,13 @@ class OutputBatcher:
         finally:
             self._flushing = False
 
+    def callers_waiting(self) -> bool:
+        """Replies to waiting callers are queued and no round is under way (a round under
+        way sends them right after its own)."""
+        return self._replies > 0 and not self._flushing
+
     def _take(self) -> list[_Unit]:
+        self._replies = 0
         units, self._units = self._units, []
         if self._open:
             units.append(_Unit(None, self._open))
@@ -199,12 +208,13 @@ class OutputBatcher:
             with_writes = [u for u in units if u.writes]
             if with_writes:
                 transient = await self._write(with_writes, retry)
-            for unit in units:
-                if not _among(unit, retry):
-                    unit.writes = []  # landed: never sent again, even if a later step fails
-            await self._undeliverable([u for u in units if u.refused and not _among(u, retry)],
-                                      retry)
-            done = [u for u in units if not _among(u, retry)]
+            if with_writes:
+                for unit in with_writes:
+                    if not _among(unit, retry):
+                        unit.writes = []  # landed: never sent again, even if a later step fails
+                await self._undeliverable(
+                    [u for u in with_writes if u.refused and not _among(u, retry)], retry)
+            done = [u for u in units if not _among(u, retry)] if retry else units
             transient = await self._ack(done, retry) or transient
         except BaseException:
             self._requeue(units)
@@ -335,10 +345,15 @@ class OutputBatcher:
         if not ids:
             return None
         by_stream: dict[str, list[str]] = {}
+        main: list[str] = []
         for key in ids:  # lane entries are named "<stream> <id>" (context.entry_key)
-            stream, entry_id = split_entry_key(key, self.stream) if " " in key \
-                else (self.stream, key)
-            by_stream.setdefault(stream, []).append(entry_id)
+            if " " in key:
+                stream, entry_id = split_entry_key(key, self.stream)
+                by_stream.setdefault(stream, []).append(entry_id)
+            else:
+                main.append(key)
+        if main:
+            by_stream.setdefault(self.stream, []).extend(main)
         try:
             if len(by_stream) == 1:
                 stream, stream_ids = next(iter(by_stream.items()))
@@ -364,7 +379,8 @@ class OutputBatcher:
         backoff = Backoff()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), _SWEEP_SECONDS)
+                async with asyncio.timeout(_SWEEP_SECONDS):  # no task per round (wait_for)
+                    await self._wakeup.wait()
             self._wakeup.clear()
             if self._flushing:
                 continue

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from actionbus.backoff import Backoff
+from actionbus.clients.queue_manager import MAIN, ORDERED, ORDERED_SUFFIX
 from actionbus.delayed import DelayedQueue, retry_payload
 from actionbus.exceptions import ActionRejected, UnknownActionType
 from actionbus.models.actions import DomainAction, ErrorDetail
@@ -210,11 +211,20 @@ class FailurePolicy:
         once (returns ``False``). A crash before the script leaves the entry pending (it is
         reclaimed), never lost. With ``retry_in_slot`` (or no ``payload``) the entry stays
         pending on this consumer while we wait, then its delivery count is raised.
+
+        An ordered entry (``ordering_key``) is retried in its slot under
+        ``ordering_on_failure="hold"``, so its key's later actions wait; under ``"skip"`` it
+        is parked like an unordered one and comes back through its partition's stream.
         """
         stream, entry_id = ctx.split(entry_id)  # a lane's entry goes back to its lane
-        if payload is not None and not self.settings.retry_in_slot:
-            lane = None if stream == ctx.stream else ctx.queues.lane_of(stream)
-            queue = DelayedQueue(redis, ctx.queues, ctx.service, lane)
+        hold = self.settings.ordering_on_failure == "hold" and stream.endswith(ORDERED_SUFFIX)
+        if payload is not None and not self.settings.retry_in_slot and not hold:
+            lane, partition = None, 0
+            if stream != ctx.stream:  # a lane or a partition (its ordered stream included)
+                parts = ctx.queues.parse(stream)
+                lane = None if parts.context in (MAIN, ORDERED) else parts.context
+                partition = parts.partition
+            queue = DelayedQueue(redis, ctx.queues, ctx.service, lane, partition)
             due_ms = int((time.time() + decision.delay) * 1000)
             if not await queue.retry_later(stream, ctx.group, entry_id,
                                            retry_payload(payload, deliveries, entry_id),

@@ -86,7 +86,8 @@ class StreamReader:
         self.slow = slow or SlowCommands(None, 5.0)
         self.health = health
         self.slot_free = asyncio.Event()
-        """Set by the worker whenever a task finishes."""
+        """Set by the worker when an entry finishes while ``waiting_for_slot``."""
+        self.waiting_for_slot = False
         self.recover_now = asyncio.Event()
         """Set after a read that may have lost entries: recovery runs at once."""
         self.recover_now.set()  # at start, our own pending entries are taken back first
@@ -110,7 +111,11 @@ class StreamReader:
             free = self.free()
             if free <= 0:
                 self.slot_free.clear()
-                await self.slot_free.wait()
+                self.waiting_for_slot = True
+                try:
+                    await self.slot_free.wait()
+                finally:
+                    self.waiting_for_slot = False
                 continue
             try:
                 started = time.monotonic()
@@ -153,10 +158,13 @@ class StreamReader:
 
     def _spawn_all(self, reply: Any) -> int:
         spawned = 0
+        spawn = self.spawn
         for stream, entries in reply or ():
+            name = text(stream)
             for entry_id, fields in entries:
-                self.spawn(text(stream), text(entry_id), fields, 1)
-                spawned += 1
+                spawn(name, entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+                      fields, 1)
+            spawned += len(entries)
         return spawned
 
     def _first_lane(self) -> int:
@@ -189,19 +197,23 @@ class StreamReader:
             quota[first] = max(1, share)
         got = 0
         now = time.monotonic()
+        read: list[list[Any]] = [[] for _ in self.streams]
         for position, lane in enumerate(order):
             want = min(count - got, quota[lane] if position == 0 else count)
             if want <= 0:
                 break
             if self._empty_until[lane] > now:
                 continue  # it was empty a moment ago: spare the round trip
-            reply = await self.redis.xreadgroup(
+            reply: Any = await self.redis.xreadgroup(
                 ctx.group, ctx.consumer, {self.streams[lane]: ">"}, count=want)
-            spawned = self._spawn_all(reply)
-            if not spawned:
+            found = sum(len(entries) for _, entries in reply or ())
+            if not found:
                 self._empty_until[lane] = now + (_EMPTY_HIGH_S if lane == 0 else _EMPTY_S)
-            got += spawned
+            read[lane].extend(reply or ())
+            got += found
         if got:
+            for replies in read:  # the most urgent lane's work starts first, whatever the
+                self._spawn_all(replies)  # weighted order of the reads
             return True
         self._empty_until = [0.0] * len(self.streams)  # the blocking read looks at all
         room = {stream: ">" for stream in self.streams[:count]}

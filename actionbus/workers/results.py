@@ -29,6 +29,9 @@ class Prepared:
     callback: tuple[str, str] | None
 
 
+_NOTHING = Prepared(None, None)
+
+
 def is_expired(expires_at: Any, skew_s: float) -> bool:
     """True if ``expires_at`` (UTC datetime or ``None``) passed more than ``skew_s`` ago."""
     if expires_at is None:
@@ -66,10 +69,12 @@ def prepare(ctx: WorkerContext, action: DomainAction, result: Any) -> Prepared:
     Built only for someone who reads it; a result that cannot be serialized is rejected
     here (``ActionRejected``), inside the handler's error handling.
     """
+    if action.callback_queue_name is None and action.callback_action_type is None:
+        if result is not None and not isinstance(result, dict) and not is_response(result):
+            result_data(result)  # a result of a type no reply could carry is still an error
+        return _NOTHING
     waiting = is_waiting(action)
     data = None if is_response(result) else result_data(result)
-    if not waiting and action.callback_action_type is None:
-        return Prepared(None, None)
     try:
         if waiting and data is not None:
             return Prepared(_success_reply_json(action, data), None)

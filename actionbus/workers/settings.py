@@ -107,7 +107,17 @@ class WorkerSettings(BaseSettings):
         (6, 3, 1), description="Shares of one read for high, normal and low (weighted mode)."
     )
     lanes_ttl_s: int = Field(
-        30, ge=3, description="TTL of the lanes descriptor (refreshed every third of it)."
+        30, ge=3, description="TTL of the lanes and partitions descriptors (refreshed every "
+        "third of it)."
+    )
+    ordering_on_failure: Literal["hold", "skip"] = Field(
+        "hold", description="A failing action with an ordering_key: hold (retry it in place; "
+        "its key's later actions wait until it succeeds or is dead-lettered) or skip (retry "
+        "it later like an unordered action; its key's later actions go on)."
+    )
+    ordering_lease_ttl_s: float = Field(
+        10.0, gt=0, description="Lease of the one worker handling a partition's ordered "
+        "actions: when its holder dies, another worker takes over after this long."
     )
 
     @model_validator(mode="after")

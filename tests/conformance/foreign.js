@@ -54,7 +54,7 @@ function action(overrides) {
     action_id: uuid(), action_type: null, timestamp: now(),
     tenant_id: null, session_id: null, task_id: null, user_id: null,
     origin_service: null, target_service: null, correlation_id: null, trace_id: null,
-    callback_queue_name: null, callback_action_type: null, expires_at: null,
+    callback_queue_name: null, callback_action_type: null, expires_at: null, ordering_key: null,
     data: {}, metadata: {}, ...overrides,
   };
 }
@@ -96,6 +96,23 @@ const commands = {
       ids.push(await redis.xadd(entry.stream, "*", ...args));
     }
     return { ids };
+  },
+
+  // Ordered sends: for n < cfg.per_key, for each key, XADD action n of the key to the
+  // ordered stream of partition crc32(key) % N (cfg.streams: the N ordered streams).
+  async ordered(redis, cfg) {
+    const zlib = require("zlib");
+    const partitions = {};
+    for (let n = 0; n < cfg.per_key; n++) {
+      for (const key of cfg.keys) {
+        const k = zlib.crc32(Buffer.from(key, "utf8")) % cfg.streams.length;
+        partitions[key] = k;
+        const sent = action({ action_type: cfg.action_type, ordering_key: key,
+                              data: { key, n } });
+        await redis.xadd(cfg.streams[k], "*", "data", JSON.stringify(sent));
+      }
+    }
+    return { partitions };
   },
 
   // Send one action (a full one built here, merged with cfg.action) and, with cfg.reply_queue,

@@ -33,6 +33,7 @@ from actionbus import (
     QueueManager,
     WorkerSettings,
 )
+from actionbus.partitions import partition_for_key
 from actionbus.schema import address_parameters, asyncapi_document
 
 HERE = Path(__file__).parent
@@ -166,6 +167,32 @@ async def test_fire_and_forget_from_node_arrives_byte_exact(svc: Service, node: 
                       action={"action_type": "inventory.stock.note", "data": {"t": UNICODE}})
     action = await _eventually(lambda: svc.handled.get(sent["sent"]["action_id"]), timeout=10)
     assert action.data == {"t": UNICODE}
+
+
+async def test_ordered_actions_from_node_run_in_order(
+    conn: Any, make_settings: Callable[..., CommonAppSettings], node: Node
+) -> None:
+    """Node picks an ordering key's partition with zlib.crc32 % N, as Python does, and the
+    Python workers (partitions=3) handle each key's actions in the order Node sent them."""
+    seen: dict[str, list[int]] = {}
+    worker = BaseWorker(make_settings(service_name="ledger", partitions={"ledger": 3}), conn,
+                        worker_settings=_fast())
+
+    @worker.handler("ledger.entry.post")
+    async def post(action: DomainAction, data: dict[str, Any]) -> None:
+        seen.setdefault(data["key"], []).append(data["n"])
+
+    keys = ["order-42", "käse", "k-1", "k-2", "k-3"]
+    qm = worker.queue_manager
+    await worker.start()
+    try:
+        result = await node("ordered", keys=keys, per_key=5, action_type="ledger.entry.post",
+                            streams=[qm.get_ordered_stream("ledger", k) for k in range(3)])
+        assert result["partitions"] == {key: partition_for_key(key, 3) for key in keys}
+        await _eventually(lambda: sum(map(len, seen.values())) == 25, timeout=20)
+        assert seen == {key: list(range(5)) for key in keys}
+    finally:
+        await worker.stop(grace=0.5)
 
 
 async def test_pseudo_sync_from_node_gets_its_reply(svc: Service, node: Node) -> None:

@@ -34,10 +34,10 @@ SERVICE = "hot"
 STREAM = QueueManager().get_service_action_stream(SERVICE)
 
 
-def settings(url: str, service: str) -> CommonAppSettings:
+def settings(url: str, service: str, partitions: int = 1) -> CommonAppSettings:
     return CommonAppSettings(_env_file=None, service_name=service, redis_cluster=True,
                              redis_url=url, redis_socket_timeout=2,
-                             redis_socket_connect_timeout=1)
+                             redis_socket_connect_timeout=1, partitions={SERVICE: partitions})
 
 
 @dataclass
@@ -57,6 +57,8 @@ class Producer:
 @dataclass
 class Load:
     url: str
+    partitions: int = 1
+    """``SERVICE``'s partition count (senders and workers)."""
     handled: Counter[int] = field(default_factory=Counter)
     handled_at: dict[int, float] = field(default_factory=dict)
     sent_at: dict[int, float] = field(default_factory=dict)
@@ -72,7 +74,8 @@ class Load:
 
     async def start(self) -> None:
         for _ in range(2):
-            worker = BaseWorker(settings(self.url, SERVICE), worker_settings=WorkerSettings(
+            worker = BaseWorker(settings(self.url, SERVICE, self.partitions),
+                                worker_settings=WorkerSettings(
                 block_ms=200, reclaim_interval_s=0.5, reclaim_min_idle_ms=2000,
                 retry_backoff_base_s=0.05, retry_backoff_max_s=0.2, check_permissions=False,
             ))
@@ -96,7 +99,7 @@ class Load:
         manager = RedisManager(settings(self.url, service))
         self._managers.append(manager)
         client = BaseRedisClient(service, await manager.initialize(),
-                                 settings(self.url, service))
+                                 settings(self.url, service, self.partitions))
         self._clients.append(client)
         return client
 
@@ -159,8 +162,10 @@ class Load:
     async def missing(self) -> dict[str, int]:
         """Per producer: acknowledged entries no longer in the stream (newer than its
         oldest entry, so trimmed ones do not count) — written, then lost by Redis."""
-        entries = await self.workers[0].redis_client.xrange(STREAM)
-        present = {(e[0].decode() if isinstance(e[0], bytes) else e[0]) for e in entries}
+        present = set()
+        for stream in QueueManager().get_partition_streams(SERVICE, self.partitions):
+            entries = await self.workers[0].redis_client.xrange(stream)
+            present |= {(e[0].decode() if isinstance(e[0], bytes) else e[0]) for e in entries}
         oldest = min(present, key=_id_key) if present else "0-0"
         return {p.name: sum(1 for entry in p.entry_ids.values()
                             if entry not in present and _id_key(entry) > _id_key(oldest))

@@ -1,6 +1,7 @@
 """A worker in its own OS process, for fault tests: ``python worker_proc.py '<json config>'``.
 
-Config keys: ``url``, ``service``, ``sleep`` (seconds per action), ``fail`` (always raise),
+Config keys: ``url``, ``service``, ``sleep`` (seconds per action; an action's
+``data["sleep"]`` overrides it), ``fail`` (always raise),
 ``crash_before_ack`` (exit at the first acknowledgement, after the side effect),
 ``idempotent``, ``log_file``, ``worker`` (WorkerSettings fields), ``crash_in_retry``
 (``"before"``/``"after"``: exit at the first retry, before or after it is parked in the
@@ -35,8 +36,9 @@ async def main(config: dict[str, Any]) -> None:
         i = str(data["i"])
         if config.get("trace"):
             await side.rpush("faults:trace", f"start:{i}:{pid}")
-        if sleep:
-            await asyncio.sleep(sleep)
+        pause = float(data.get("sleep", sleep))  # an action's own "sleep" wins
+        if pause:
+            await asyncio.sleep(pause)
         if config.get("fail"):
             raise RuntimeError(f"handler for {i} always fails")
         await side.hincrby("faults:handled", i, 1)

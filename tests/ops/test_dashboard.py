@@ -18,7 +18,7 @@ from redis import Redis
 from actionbus import QueueManager
 from actionbus.workers.presence import presence_key
 
-from .helpers import clean_env, command, wait_until
+from .helpers import clean_env, command, lane_backlog, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -91,6 +91,12 @@ def _setup(redis: Redis) -> list[str]:
 
 def _cell(page: Any, row: str, cls: str) -> str:
     return str(page.locator(f"tr[data-service='{row}'] td.{cls}").first.inner_text())
+
+
+def _lane(page: Any, lane: str, cls: str) -> str:
+    """A cell of inventory's row for ``lane`` in the lanes table."""
+    return str(page.locator(
+        f"#lanes tr[data-service='inventory'][data-lane='{lane}'] td.{cls}").inner_text())
 
 
 @pytest.mark.timeout(120)
@@ -166,3 +172,58 @@ def test_read_only_refuses_actions(redis_url: str) -> None:
         refused.value.close()
         assert refused.value.code == 403
     assert redis.xlen(DEAD) == 2
+
+
+@pytest.mark.timeout(120)
+def test_lane_service_pages_show_each_lane(redis_url: str) -> None:
+    """For a service that uses lanes, the overview and service pages add a row per lane
+    (length, waiting, pending, oldest waiting, delayed), pending and recent entries name
+    their lane, an entry of a lane opens and is dead-lettered from that lane; a service
+    without lanes gets no lane table."""
+    redis = Redis.from_url(redis_url)
+    first, _ = lane_backlog(redis)["high"]
+    redis.xadd(QM.get_service_action_stream("billing"), {"data": _action("billing.pay")})
+    high = QM.get_lane_stream("inventory", "high")
+    ARTIFACTS.mkdir(exist_ok=True)
+    for base in _serve(redis_url):
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(base)
+
+            assert _cell(page, "inventory", "waiting") == "46"
+            lanes = ("high", "normal", "low")
+            assert [_lane(page, n, "waiting") for n in lanes] == ["1", "5", "40"]
+            assert [_lane(page, n, "pending") for n in lanes] == ["2", "0", "0"]
+            assert _lane(page, "low", "length") == "40"
+            assert _lane(page, "low", "delayed") == "1"
+            assert _lane(page, "low", "oldest-waiting").startswith("10m0")
+            assert page.locator("#lanes tr[data-service='billing']").count() == 0
+            page.screenshot(path=str(ARTIFACTS / "dashboard-lanes-overview.png"),
+                            full_page=True)
+
+            page.click("#services a:text('inventory')")
+            assert _lane(page, "high", "pending") == "2"
+            assert page.locator("#pending td.lane").all_inner_texts() == ["high", "high"]
+            assert "low" in page.locator("#recent td.lane").all_inner_texts()
+            assert page.locator("#consumers").inner_text().count("alive") == 1
+            page.screenshot(path=str(ARTIFACTS / "dashboard-lanes-service.png"),
+                            full_page=True)
+
+            page.click(f"#pending a:text('{first}')")
+            assert '"inventory.ask"' in page.locator("#json").inner_text()
+            assert "lane\thigh" in page.locator("#fields").inner_text()
+            assert page.locator("td.deliveries").inner_text() == "1"
+
+            page.goto(f"{base}/services/inventory")
+            with page.expect_navigation():
+                page.locator("#pending button:text('dead-letter')").first.click()
+            assert redis.xpending(high, "inventory")["pending"] == 1
+            [(_, letter)] = redis.xrange(DEAD)
+            assert (letter[b"stream"].decode(), letter[b"original_id"].decode()) == (high, first)
+
+            page.goto(f"{base}/services/billing")
+            assert page.locator("#lanes").count() == 0
+            assert page.locator("#recent td.lane").count() == 0
+            browser.close()

@@ -149,7 +149,8 @@ async def test_concurrent_start_runs_one_set_of_loops(
         for task in orphans:
             task.cancel()
         await asyncio.gather(*orphans, return_exceptions=True)
-    assert running == 6  # read, recovery, upkeep, mover, output, presence
+    # read, recovery, upkeep, mover, output, presence, partitions, ordered output, ordered p0
+    assert running == 9
     assert left == []
 
 

@@ -140,3 +140,51 @@ async def test_each_job_runs_in_its_own_context() -> None:
         runner.submit(lambda name=name: job(name))  # type: ignore[misc]
     await asyncio.wait_for(finished.wait(), 5)
     assert seen == ["", "", ""]
+
+
+async def test_output_of_jobs_finished_eagerly_is_sent_once_for_the_batch() -> None:
+    """Jobs that finish without suspending share one ``after`` round, after the last one."""
+    events: list[str] = []
+    sent = asyncio.Event()
+
+    async def job(name: str) -> None:
+        events.append(name)
+
+    async def after() -> None:
+        events.append("send")
+        sent.set()
+
+    runner = EagerRunner(lambda: None, after=after)
+    for name in ("a", "b", "c"):
+        runner.submit(job, name)
+    await asyncio.wait_for(sent.wait(), 5)
+    await asyncio.sleep(0)
+    assert events == ["a", "b", "c", "send"]
+
+
+async def test_urgent_output_is_sent_before_the_rest_of_the_batch_runs() -> None:
+    """A job whose output a caller waits for (``urgent``) has it sent at once; the jobs
+    after it run in the next runner, and their output gets its own round."""
+    events: list[str] = []
+    done = asyncio.Event()
+    waiting: list[bool] = [False]
+
+    async def job(name: str) -> None:
+        events.append(name)
+        waiting[0] = name == "reply"
+        if name == "last":
+            done.set()
+
+    async def after() -> None:
+        events.append("send")
+        waiting[0] = False
+
+    runner = EagerRunner(lambda: None, after=after, urgent=lambda: waiting[0])
+    for name in ("reply", "bulk", "last"):
+        runner.submit(job, name)
+    await asyncio.wait_for(done.wait(), 5)
+    for _ in range(100):  # bounded: the last round follows within a few loop turns
+        if len(events) >= 5:
+            break
+        await asyncio.sleep(0)
+    assert events == ["reply", "send", "bulk", "last", "send"]

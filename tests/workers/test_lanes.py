@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from typing import Any
 
-from actionbus import ActionRejected, DomainAction, DomainActionResponse
+import pytest
+
+from actionbus import ActionRejected, DeadLetterQueue, DomainAction, DomainActionResponse
+from actionbus.dead_letters import dead_letter_fields
+from actionbus.models.actions import utc_now
 from tests.workers.helpers import QM
 
 HIGH = QM.get_lane_stream("lanes", "high")
@@ -94,8 +99,12 @@ async def test_pseudo_sync_uses_the_high_lane_of_a_lane_reading_service(bus: Any
     assert await bus.redis.xlen(MAIN) == 0
 
 
-async def test_pseudo_sync_to_a_main_only_service_uses_its_main_stream(bus: Any) -> None:
-    """A service answering from the main stream only (a raw responder) keeps answering."""
+@pytest.mark.parametrize("priority", [None, "high"])
+async def test_pseudo_sync_to_a_main_only_service_uses_its_main_stream(
+    bus: Any, priority: str | None
+) -> None:
+    """A service answering from the main stream only (a raw responder) keeps answering,
+    whether the call names no priority (the high-lane default) or priority='high'."""
     redis = bus.redis
 
     async def responder() -> None:
@@ -113,7 +122,7 @@ async def test_pseudo_sync_to_a_main_only_service_uses_its_main_stream(bus: Any)
     task = asyncio.create_task(responder())
     try:
         reply = await bus.client("orders").send_action_pseudo_sync(
-            DomainAction(action_type="lanes.item.ask"), timeout=5, priority="high")
+            DomainAction(action_type="lanes.item.ask"), timeout=5, priority=priority)
     finally:
         task.cancel()
     assert reply is not None
@@ -156,8 +165,11 @@ async def test_a_lane_entry_is_dead_lettered_with_its_lane(bus: Any, eventually:
     [letter] = await worker.dead_letters.list()
     assert letter.stream == LOW
     assert letter.original_id == entry_id
-    pending = await bus.redis.xpending(LOW, "lanes")
-    assert pending["pending"] == 0
+
+    async def acked() -> bool:  # the ack follows the dead letter's write round
+        return (await bus.redis.xpending(LOW, "lanes"))["pending"] == 0
+
+    await eventually(acked)
 
 
 async def test_entries_left_by_a_stopped_worker_are_reclaimed_in_every_lane(
@@ -199,3 +211,130 @@ async def test_lanes_descriptor_is_kept_alive(bus: Any) -> None:
     key = QM.get_lanes_key("lanes")
     assert json.dumps((await bus.redis.get(key)).decode()) == '"high,normal,low"'
     assert 0 < await bus.redis.ttl(key) <= 10
+
+
+async def test_work_of_the_most_urgent_lane_starts_first_whatever_lane_is_read_first(
+    bus: Any, eventually: Any
+) -> None:
+    """Weighted reads may start with a lower lane (here normal, the heaviest weight); the
+    entries of one read cycle still start most urgent lane first."""
+    for n in range(5):
+        await bus.redis.xadd(MAIN, {"data": raw_action(n, "bulk")})
+    await bus.redis.xadd(HIGH, {"data": raw_action(0, "urgent")})
+    worker = bus.worker("lanes", lanes=True, lane_weights=(1, 5, 1))
+    order: list[str] = []
+
+    @worker.handler("lanes.item.bulk")
+    async def bulk(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append(f"bulk{data['n']}")
+
+    @worker.handler("lanes.item.urgent")
+    async def urgent(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append("urgent")
+
+    await worker.start()
+    await eventually(lambda: len(order) == 6)
+    assert order == ["urgent", *(f"bulk{n}" for n in range(5))]
+
+
+@pytest.mark.parametrize("lane", ["high", "low"])
+async def test_a_delayed_send_enters_its_lane_when_due(
+    bus: Any, eventually: Any, lane: str
+) -> None:
+    """send_action_async(delay=, priority=) to a lane-reading service waits in that lane's
+    delayed set, then enters that lane's stream (not the main one) and is handled."""
+    await bus.redis.set(QM.get_lanes_key("lanes"), "high,normal,low", ex=60)  # as a worker
+    client = bus.client("orders")
+    await client.send_action_async(
+        DomainAction(action_type="lanes.item.later", data={"n": 1}), delay=0.2, priority=lane)
+    assert await bus.redis.zcard(QM.get_delayed_set("lanes", lane)) == 1
+    assert await bus.redis.zcard(QM.get_delayed_set("lanes")) == 0
+    worker = bus.worker("lanes", lanes=True)
+    handled: list[int] = []
+
+    @worker.handler("lanes.item.later")
+    async def later(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    await worker.start()
+    await eventually(lambda: handled == [1])
+    assert await bus.redis.xlen(QM.get_lane_stream("lanes", lane)) == 1
+    assert await bus.redis.xlen(MAIN) == 0
+    assert await bus.redis.zcard(QM.get_delayed_set("lanes", lane)) == 0
+
+
+async def test_a_lane_dead_letter_is_replayed_into_its_lane_while_lanes_are_read(
+    bus: Any,
+) -> None:
+    """Replaying a low-lane dead letter puts it back into the low lane while the service's
+    lanes descriptor exists, and into the main stream (read by every worker) otherwise."""
+    queue = DeadLetterQueue(bus.redis, QM, "lanes")
+    dead = QM.get_dead_letter_stream("lanes")
+
+    async def bury(n: int) -> str:
+        fields = dead_letter_fields(
+            data=raw_action(n), reason="rejected", error_type="ActionRejected",
+            error_message="no", deliveries=1, original_id=f"1-{n}", stream=LOW, consumer="c")
+        return str((await bus.redis.xadd(dead, fields)).decode())
+
+    unread = await queue.replay(await bury(1))
+    assert [entry_id.decode() for entry_id, _ in await bus.redis.xrange(MAIN)] == [unread]
+    await bus.redis.set(QM.get_lanes_key("lanes"), "high,normal,low", ex=60)
+    read = await queue.replay(await bury(2))
+    [(entry_id, fields)] = await bus.redis.xrange(LOW)
+    assert entry_id.decode() == read
+    assert json.loads(fields[b"data"])["data"] == {"n": 2}
+    assert await bus.redis.xlen(dead) == 0
+
+
+async def test_every_lane_is_trimmed_to_the_retention(bus: Any, eventually: Any) -> None:
+    """With stream_retention, maintenance trims the processed entries of each lane."""
+    worker = bus.worker("lanes", lanes=True, stream_retention=5)
+    handled: list[int] = []
+
+    @worker.handler("lanes.item.bulk")
+    async def bulk(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    for stream in (HIGH, MAIN, LOW):
+        for n in range(20):
+            await bus.redis.xadd(stream, {"data": raw_action(n)})
+    await worker.start()
+    await eventually(lambda: len(handled) == 60)
+
+    async def acknowledged() -> bool:
+        for stream in (HIGH, MAIN, LOW):
+            if (await bus.redis.xpending(stream, "lanes"))["pending"]:
+                return False
+        return True
+
+    await eventually(acknowledged)
+    await worker.maintain()
+    assert [await bus.redis.xlen(stream) <= 5 for stream in (HIGH, MAIN, LOW)] == [True] * 3
+
+
+async def test_deadlines_and_idempotency_hold_across_lanes(bus: Any, eventually: Any) -> None:
+    """An expired request in the high lane is skipped, not run; an idempotent action sent to
+    the high lane and again to the low lane runs once."""
+    worker = bus.worker("lanes", lanes=True)
+    calls: list[str] = []
+
+    @worker.handler("lanes.item.once", idempotent=True)
+    async def once(action: DomainAction, data: dict[str, Any]) -> None:
+        calls.append("once")
+
+    @worker.handler("lanes.item.ask")
+    async def ask(action: DomainAction, data: dict[str, Any]) -> None:
+        calls.append("ask")
+
+    expired = DomainAction(
+        action_type="lanes.item.ask", callback_queue_name=QM.get_response_queue("orders", "x"),
+        expires_at=utc_now() - timedelta(seconds=1))
+    await bus.redis.xadd(HIGH, {"data": expired.model_dump_json()})
+    payload = DomainAction(action_type="lanes.item.once").model_dump_json()
+    await bus.redis.xadd(HIGH, {"data": payload})
+    await worker.start()
+    await eventually(lambda: worker.stats.handled == 1 and worker.stats.expired_skipped == 1)
+    await bus.redis.xadd(LOW, {"data": payload})
+    await eventually(lambda: worker.stats.duplicates_skipped == 1)
+    assert calls == ["once"]

@@ -24,6 +24,7 @@ from actionbus.workers.pipeline import (
 )
 from actionbus.workers.routing import Route
 from actionbus.workers.stats import WorkerStats
+from actionbus.workers.timings import timings_for
 from tests.workers.helpers import QM, Reserve, dead_letters_of, drained, noop, xadd_raw
 
 
@@ -196,3 +197,25 @@ async def test_use_after_start_is_refused(bus: Any) -> None:
     await worker.start()
     with pytest.raises(HandlerError, match="before start"):
         worker.use(Recorder("late", []))
+
+
+async def test_failed_and_handled_runs_are_timed_by_outcome(bus: Any, eventually: Any) -> None:
+    """The metrics see every run: a failed attempt is timed as ``failed``, the retry that
+    succeeds as ``handled`` (the handler's timings by action type and outcome)."""
+    worker = bus.worker("inventory")
+    attempts: list[int] = []
+    timings = timings_for("inventory")
+    before = {o: timings.outcomes.get(("inventory.stock.flaky", o), 0)
+              for o in ("failed", "handled")}
+
+    async def flaky(action: DomainAction, data: dict[str, Any]) -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt fails")
+
+    worker.register("inventory.stock.flaky", flaky)
+    await worker.start()
+    await bus.client("orders").send_action_async(DomainAction(action_type="inventory.stock.flaky"))
+    await eventually(lambda: worker.stats.handled == 1)
+    after = {o: timings.outcomes.get(("inventory.stock.flaky", o), 0) for o in before}
+    assert after == {"failed": before["failed"] + 1, "handled": before["handled"] + 1}

@@ -1,0 +1,244 @@
+"""Ordering keys: one key's actions one at a time in send order, different keys in parallel,
+a failing action holds its key back (or not, with "skip"), a new lease holder first runs
+what the previous one left pending."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from actionbus import BaseWorker, CommonAppSettings, DomainAction, QueueManager
+from actionbus.exceptions import DelayedActionError
+from actionbus.partitions import partition_for_key
+from tests.conftest import fast_worker_settings
+
+QM = QueueManager("dev")
+SERVICE = "ordered"
+
+
+def step(key: str, n: int) -> DomainAction:
+    """Action number ``n`` of ``key``."""
+    return DomainAction(action_type="ordered.item.step", ordering_key=key,
+                        data={"key": key, "n": n})
+
+
+def make_worker(
+    make_settings: Callable[..., CommonAppSettings], handler: Any, partitions: int = 1,
+    **options: Any,
+) -> BaseWorker:
+    """A worker of SERVICE whose ``ordered.item.step`` handler is ``handler``."""
+    worker = BaseWorker(
+        make_settings(service_name=SERVICE, partitions={SERVICE: partitions}),
+        worker_settings=fast_worker_settings(**options),
+    )
+    worker.register("ordered.item.step", handler)
+    return worker
+
+
+async def test_ordered_actions_go_to_their_keys_partition(
+    bus: Any, make_settings: Callable[..., CommonAppSettings]
+) -> None:
+    """An action with an ordering_key goes to the ordered stream of partition
+    crc32(key) % N; delaying it is refused (nothing sent)."""
+    client = bus.client("caller", partitions={SERVICE: 3})
+    for key in ("a", "b", "order-42"):
+        await client.send_action_async(step(key, 0))
+    for key in ("a", "b", "order-42"):
+        stream = QM.get_ordered_stream(SERVICE, partition_for_key(key, 3))
+        entries = await bus.redis.xrange(stream)
+        assert any(key.encode() in fields[b"data"] for _, fields in entries)
+    with pytest.raises(DelayedActionError, match="ordering_key"):
+        await client.send_action_async(step("a", 1), delay=1)
+
+
+async def test_same_key_in_send_order_and_keys_in_parallel(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """6 keys x 30 actions over 3 partitions: each key's actions run one at a time in
+    send order, while different keys run at the same time."""
+    seen: dict[str, list[int]] = defaultdict(list)
+    running: dict[str, int] = defaultdict(int)
+    overlap = 0
+    both_started = asyncio.Event()
+    first_keys: set[str] = set()
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        nonlocal overlap
+        key = data["key"]
+        running[key] += 1
+        assert running[key] == 1, f"two actions of {key} at once"
+        overlap = max(overlap, sum(1 for v in running.values() if v))
+        if data["n"] == 0 and key in ("k0", "k1"):  # barrier: both first actions run at once
+            first_keys.add(key)
+            if len(first_keys) == 2:
+                both_started.set()
+            await asyncio.wait_for(both_started.wait(), 5)
+        await asyncio.sleep(random.uniform(0, 0.003))
+        seen[key].append(data["n"])
+        running[key] -= 1
+
+    worker = make_worker(make_settings, handle, partitions=3, concurrency=16)
+    await worker.start()
+    client = bus.client("caller", partitions={SERVICE: 3})
+    await client.send_actions_async([step(f"k{k}", n) for n in range(15) for k in range(6)])
+    for n in range(15, 30):
+        for k in range(6):
+            await client.send_action_async(step(f"k{k}", n))
+    await eventually(lambda: sum(map(len, seen.values())) == 180, timeout=30)
+    assert all(seen[f"k{k}"] == list(range(30)) for k in range(6))
+    assert overlap >= 2
+
+
+@pytest.mark.parametrize("policy", ["hold", "skip"])
+async def test_a_failing_action_holds_back_its_key(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any, policy: str
+) -> None:
+    """hold: the key's later actions wait until the failing one succeeds; skip: they go
+    on and the failed one runs later. Other keys go on either way."""
+    order: list[str] = []
+    failures = {("a", 1): 2}
+    retried = asyncio.Event()  # "skip": a1's retry waits until a3 ran
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        key, n = data["key"], data["n"]
+        if failures.get((key, n)):
+            failures[(key, n)] -= 1
+            raise RuntimeError("not yet")
+        if policy == "skip" and (key, n) == ("a", 1):
+            await asyncio.wait_for(retried.wait(), 5)
+        order.append(f"{key}{n}")
+        if (key, n) == ("a", 3):
+            retried.set()
+
+    worker = make_worker(make_settings, handle, ordering_on_failure=policy)
+    await worker.start()
+    client = bus.client("caller")
+    for n in range(4):
+        await client.send_action_async(step("a", n))
+        await client.send_action_async(step("b", n))
+    await eventually(lambda: len(order) == 8)
+    a_order = [x for x in order if x.startswith("a")]
+    assert [x for x in order if x.startswith("b")] == ["b0", "b1", "b2", "b3"]
+    if policy == "hold":
+        assert a_order == ["a0", "a1", "a2", "a3"]
+    else:
+        assert a_order == ["a0", "a2", "a3", "a1"]
+
+
+async def test_hold_ends_with_a_dead_letter_then_the_key_goes_on(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """An ordered action failing max_deliveries times is dead-lettered; then its key's
+    later actions run, in order."""
+    order: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        if data["n"] == 1:
+            raise RuntimeError("always")
+        order.append(data["n"])
+
+    worker = make_worker(make_settings, handle, max_deliveries=3)
+    await worker.start()
+    client = bus.client("caller")
+    for n in range(4):
+        await client.send_action_async(step("a", n))
+    await eventually(lambda: len(order) == 3)
+    assert order == [0, 2, 3]
+    letters = await worker.dead_letters.list()
+    assert [letter.reason for letter in letters] == ["max_deliveries"]
+    assert letters[0].deliveries == 3
+
+
+async def test_next_holder_first_runs_what_the_previous_left_pending(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """Entries a dead holder read and never acknowledged run first, in stream order,
+    before the key's later ones, once its lease lapsed."""
+    client = bus.client("caller")
+    stream = QM.get_ordered_stream(SERVICE)
+    for n in range(6):
+        await client.send_action_async(step("a", n))
+    await bus.redis.xgroup_create(stream, SERVICE, id="0")
+    await bus.redis.xreadgroup(SERVICE, "dead-holder", {stream: ">"}, count=3)  # 0, 1, 2
+    await bus.redis.set(QM.get_ordering_lease_key(SERVICE), "dead", px=300)
+    order: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append(data["n"])
+
+    worker = make_worker(make_settings, handle, ordering_lease_ttl_s=1)
+    await worker.start()
+    for n in range(6, 9):
+        await client.send_action_async(step("a", n))
+    await eventually(lambda: len(order) == 9)
+    assert order == list(range(9))
+    assert await bus.redis.xpending(stream, SERVICE) == {
+        "pending": 0, "min": None, "max": None, "consumers": []}
+
+
+async def test_stopping_hands_the_stream_over_at_once(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """A holder that stops releases its lease: a second worker takes over and the key's
+    order holds across the two."""
+    order: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append(data["n"])
+
+    first = make_worker(make_settings, handle, ordering_lease_ttl_s=60)
+    second = make_worker(make_settings, handle, ordering_lease_ttl_s=60)
+    await first.start()
+    await second.start()
+    client = bus.client("caller")
+    for n in range(5):
+        await client.send_action_async(step("a", n))
+    await eventually(lambda: len(order) == 5)
+    holder, other = (first, second) if first._ordering and first._ordering.leases else (
+        second, first)
+    await holder.stop()
+    for n in range(5, 10):
+        await client.send_action_async(step("a", n))
+    await eventually(lambda: len(order) == 10)
+    assert order == list(range(10))
+    assert other._ordering is not None
+    assert other._ordering.leases == 1
+
+
+async def test_an_ordered_action_left_pending_by_a_redis_error_runs_again_first(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """When carrying out a retry fails with a Redis error (the entry stays pending), the
+    holder runs the entry again before its key's next one; each such run counts as a
+    delivery, so one that keeps failing is dead-lettered and the key goes on."""
+    order: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        if data["n"] == 1:
+            raise RuntimeError("always")
+        order.append(data["n"])
+
+    worker = make_worker(make_settings, handle, max_deliveries=3)
+    calls = 0
+
+    async def broken_retry(*args: Any, **kwargs: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        raise RedisConnectionError("connection lost while parking the retry")
+
+    worker.policy.retry = broken_retry  # type: ignore[method-assign]
+    await worker.start()
+    client = bus.client("caller")
+    for n in range(4):
+        await client.send_action_async(step("a", n))
+    await eventually(lambda: len(order) == 3, timeout=10)
+    assert order == [0, 2, 3]
+    assert calls == 2  # deliveries 1 and 2 failed; the 3rd is the last allowed: buried
+    letters = await worker.dead_letters.list()
+    assert [letter.deliveries for letter in letters] == [3]

@@ -1,0 +1,215 @@
+"""Partitioned services on one Redis: key layout, spreading, the count senders follow,
+and every guarantee (retry, reclaim, dead letters, drain-and-switch) per partition."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from actionbus import BaseWorker, CommonAppSettings, DomainAction, QueueManager
+from actionbus.exceptions import ConfigurationError, InvalidNameError
+from actionbus.partitions import partition_for_key
+from tests.conftest import fast_worker_settings
+
+QM = QueueManager("dev")
+SERVICE = "parts"
+
+
+def streams(n: int) -> list[str]:
+    """The partition streams of SERVICE."""
+    return QM.get_partition_streams(SERVICE, n)
+
+
+def job(i: int) -> DomainAction:
+    """One action for SERVICE."""
+    return DomainAction(action_type="parts.job.run", data={"i": i})
+
+
+def make_worker(
+    make_settings: Callable[..., CommonAppSettings], partitions: int, seen: Counter[int],
+    *, fail_first: set[int] | None = None, always_fail: bool = False, **options: Any,
+) -> BaseWorker:
+    """A worker of SERVICE with ``partitions`` partitions counting what it handles."""
+    worker = BaseWorker(
+        make_settings(service_name=SERVICE, partitions={SERVICE: partitions}),
+        worker_settings=fast_worker_settings(**options),
+    )
+    failing = set(fail_first or ())
+
+    @worker.handler("parts.job.run")
+    async def run(action: DomainAction, data: dict[str, Any]) -> None:
+        if always_fail:
+            raise RuntimeError("always fails")
+        if data["i"] in failing:
+            failing.discard(data["i"])
+            raise RuntimeError("fails once")
+        seen[data["i"]] += 1
+
+    return worker
+
+
+def test_key_layout_and_hash_rule() -> None:
+    """Partition 0 keeps the service's keys; partition k has the hash tag {service.pk};
+    parse() reads it back; an ordering key's partition is CRC-32 of its bytes mod N."""
+    assert QM.get_partition_stream("orders", 0) == "actionbus:dev:{orders}:streams:main"
+    assert QM.get_partition_stream("orders", 2) == "actionbus:dev:{orders.p2}:streams:main"
+    assert QM.get_ordered_stream("orders", 1) == "actionbus:dev:{orders.p1}:streams:ordered"
+    assert QM.get_delayed_set("orders", partition=2) == "actionbus:dev:{orders.p2}:delayed:main"
+    assert QM.get_partitions_key("orders") == "actionbus:dev:{orders}:partitions:main"
+    parts = QM.parse("actionbus:dev:{orders.p2}:streams:main")
+    assert (parts.service, parts.partition, parts.context) == ("orders", 2, "main")
+    assert QM.parse("actionbus:dev:{orders}:streams:main").partition == 0
+    for bad in ("{orders.p0}", "{orders.p01}", "{orders.p64}", "{orders.px}"):
+        with pytest.raises(InvalidNameError):
+            QM.parse(f"actionbus:dev:{bad}:streams:main")
+    with pytest.raises(InvalidNameError):  # callbacks go to a service's own main stream
+        QM.check_action_stream("actionbus:dev:{orders.p1}:streams:main")
+    assert partition_for_key("order-42", 1_000_000_000_000) == 1475806942
+    assert partition_for_key("order-42", 3) == 1475806942 % 3
+
+
+def test_partition_count_is_checked(make_settings: Callable[..., CommonAppSettings]) -> None:
+    """partitions must be 1..64 per service; lanes and partitions do not combine."""
+    with pytest.raises(ValueError, match="from 1 to 64"):
+        make_settings(partitions={SERVICE: 0})
+    with pytest.raises(ValueError, match="not a service name"):
+        make_settings(partitions={"a:b": 2})
+    with pytest.raises(ConfigurationError, match="lanes and partitions"):
+        BaseWorker(make_settings(service_name=SERVICE, partitions={SERVICE: 2}),
+                   worker_settings=fast_worker_settings(lanes=True))
+
+
+async def test_one_partition_keeps_todays_keys(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """partitions=1: sends go to the main stream and no partition key is created."""
+    seen: Counter[int] = Counter()
+    worker = make_worker(make_settings, 1, seen)
+    await worker.start()
+    client = bus.client("caller")
+    await client.send_actions_async([job(i) for i in range(10)])
+    await eventually(lambda: len(seen) == 10)
+    keys = {k.decode() async for k in bus.redis.scan_iter(match="*{parts.p*")}
+    assert keys == set()
+    assert await bus.redis.xlen(streams(1)[0]) == 10
+
+
+async def test_sends_spread_evenly_and_each_is_handled_once(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """With partitions=3 unordered sends go round robin over the 3 streams; one worker
+    handles every action exactly once and announces the count."""
+    seen: Counter[int] = Counter()
+    worker = make_worker(make_settings, 3, seen, concurrency=8)
+    await worker.start()
+    assert await bus.redis.get(QM.get_partitions_key(SERVICE)) == b"3"
+    client = bus.client("caller", partitions={SERVICE: 3})
+    await client.send_actions_async([job(i) for i in range(60)])
+    for i in range(60, 90):
+        await client.send_action_async(job(i))
+    await eventually(lambda: len(seen) == 90)
+    assert [await bus.redis.xlen(s) for s in streams(3)] == [30, 30, 30]
+    assert set(seen.values()) == {1}
+
+
+async def test_sender_follows_the_workers_count_and_reports_a_mismatch(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sender whose settings say 2 partitions while the workers read 3 logs a warning
+    and sends as the workers read (3 streams), never splitting another way."""
+    seen: Counter[int] = Counter()
+    worker = make_worker(make_settings, 3, seen)
+    await worker.start()
+    client = bus.client("caller", partitions={SERVICE: 2})
+    with caplog.at_level(logging.WARNING, logger="actionbus.client"):
+        await client.send_actions_async([job(i) for i in range(30)])
+    assert "read 3 partition(s) but settings.partitions says 2" in caplog.text
+    assert client._partitions.mismatches == 1
+    await eventually(lambda: len(seen) == 30)
+    assert [await bus.redis.xlen(s) for s in streams(3)] == [10, 10, 10]
+
+
+async def test_leftover_partitions_are_drained_when_the_count_shrinks(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Drain-and-switch 3 -> 1 -> 2: actions written under 3 partitions (no worker up) are
+    all handled by a worker started with partitions=1, which reads the old partitions;
+    then 2 partitions: nothing lost, nothing twice."""
+    client = bus.client("caller", partitions={SERVICE: 3})
+    await client.send_actions_async([job(i) for i in range(30)])
+    seen: Counter[int] = Counter()
+    one = make_worker(make_settings, 1, seen)
+    await one.start()
+    await eventually(lambda: len(seen) == 30)
+    await one.stop()
+    assert await bus.redis.get(QM.get_partitions_key(SERVICE)) == b"1"
+    two = make_worker(make_settings, 2, seen)
+    await two.start()
+    switched = bus.client("caller2", partitions={SERVICE: 2})
+    await switched.send_actions_async([job(i) for i in range(30, 60)])
+    await eventually(lambda: len(seen) == 60)
+    assert set(seen.values()) == {1}
+
+
+async def test_a_leftover_partition_appearing_later_is_found(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A running worker (partitions=1) finds partitions written later by a foreign sender
+    that uses 3 partitions, warns, and handles their actions."""
+    seen: Counter[int] = Counter()
+    worker = make_worker(make_settings, 1, seen, maintenance_interval_s=0.2)
+    await worker.start()
+    with caplog.at_level(logging.WARNING, logger="actionbus.worker"):
+        for i in range(9):
+            await bus.redis.xadd(streams(3)[i % 3], {"data": job(i).model_dump_json()})
+        await eventually(lambda: len(seen) == 9)
+    assert "partition 1 holds actions but partitions=1" in caplog.text
+    assert set(seen.values()) == {1}
+
+
+async def test_a_retry_returns_to_its_partition_and_dead_letters_are_per_service(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """A failed attempt in partition k is parked in partition k's delayed set and comes
+    back to partition k's stream; an action that always fails is dead-lettered."""
+    seen: Counter[int] = Counter()
+    worker = make_worker(make_settings, 3, seen, fail_first={1, 2})
+    await worker.start()
+    client = bus.client("caller", partitions={SERVICE: 3})
+    await client.send_actions_async([job(i) for i in range(3)])  # i -> partition i
+    await eventually(lambda: len(seen) == 3)
+    for k in (1, 2):  # one original entry and one retried entry each
+        assert await bus.redis.xlen(streams(3)[k]) == 2
+    assert await bus.redis.xlen(streams(3)[0]) == 1
+    await worker.stop()
+    dead = make_worker(make_settings, 3, Counter(), always_fail=True, max_deliveries=2)
+    await dead.start()
+    await client.send_actions_async([job(i) for i in range(3)])
+    await eventually(lambda: dead.stats.dead_lettered == 3)
+    letters = await dead.dead_letters.list()
+    assert sorted(letter.stream for letter in letters) == sorted(streams(3))
+
+
+async def test_entries_abandoned_in_a_partition_are_reclaimed(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """Entries of partition 2 delivered to a consumer that died are reclaimed and handled."""
+    client = bus.client("caller", partitions={SERVICE: 3})
+    await client.send_actions_async([job(i) for i in range(9)])
+    for stream in streams(3):
+        await bus.redis.xgroup_create(stream, SERVICE, id="0", mkstream=True)
+    taken = await bus.redis.xreadgroup(SERVICE, "dead-one", {streams(3)[2]: ">"}, count=10)
+    assert len(taken[0][1]) == 3
+    seen: Counter[int] = Counter()
+    worker = make_worker(make_settings, 3, seen, claim_idle_ms=100, reclaim_interval_s=0.1)
+    await worker.start()
+    await eventually(lambda: len(seen) == 9)
+    assert worker.stats.reclaimed == 3
+    assert set(seen.values()) == {1}
