@@ -167,10 +167,12 @@ class BaseRedisClient:
         _set(copy, "__pydantic_private__", None)
         return copy
 
-    def _encode(self, action: DomainAction) -> tuple[str, bytes]:
-        """Stream name and wire JSON of ``action`` (the client's copy), after every check:
-        the lane ``_in_lanes`` chose, else the target's partition (or ordered stream)."""
-        self._encoder.check(action)
+    def _encode(self, action: DomainAction, *, checked: bool = False) -> tuple[str, bytes]:
+        """Stream name and wire JSON of ``action`` (the client's copy), after every check
+        (``checked``: names already checked): the lane ``_in_lanes`` chose, else the
+        target's partition (or ordered stream)."""
+        if not checked:
+            self._encoder.check(action)
         lane = self._lane(action)
         if lane is None or action.ordering_key is not None:  # ordered: never a lane
             stream = self._partitions.stream(action)
@@ -255,10 +257,11 @@ class BaseRedisClient:
         """Innermost publish step: validate, encode and XADD the action (then WAIT for
         replicas when ``durable`` is given or ``settings.wait_replicas`` is set)."""
         self._encoder.check(action)  # before a bad name could be looked up
-        if self._partitions.stale(action.target):
+        target = action.target
+        if self._partitions.stale(target):
             self._check_open()  # a closed client must not reconnect to look
-            await self._partitions.refresh(action.target)
-        stream, payload = self._encode(action)
+            await self._partitions.refresh(target)
+        stream, payload = self._encode(action, checked=True)
         self._check_open()
         writer = durable or self._durable(None, None) or self._writer
         try:
