@@ -1,4 +1,11 @@
-"""Shared helpers: settings on the test Redis, a connected client, quick workers, polling."""
+"""Shared helpers: settings on the test Redis, a connected client, quick workers, polling.
+
+Backends: a module or test marked ``@pytest.mark.backends`` runs twice, on the standalone
+session server (``[standalone]``) and on the session's 3-master Redis Cluster (``[cluster]``);
+``make_settings``, ``conn``, ``bus`` and ``redis_client`` then point at that backend. A test
+that cannot run on a cluster carries ``@pytest.mark.standalone_only("why")`` and runs once.
+Unmarked tests run on the standalone server only. ``make test-quick`` deselects ``cluster``.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +16,49 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from redis.asyncio import Redis, RedisCluster
 
 from actionbus import BaseRedisClient, BaseWorker, CommonAppSettings, RedisManager, WorkerSettings
 
+BACKENDS = ("standalone", "cluster")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends: run on the standalone server and on the 3-master cluster")
+    config.addinivalue_line(
+        "markers", "standalone_only(reason): a test of a `backends` module that needs one "
+        "server (the reason says why); it runs on the standalone server only")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``backend`` for tests marked ``backends`` (and not ``standalone_only``)."""
+    marked = metafunc.definition.get_closest_marker("backends") is not None
+    alone = metafunc.definition.get_closest_marker("standalone_only") is not None
+    if "backend" in metafunc.fixturenames and marked and not alone:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
 
 @pytest.fixture
-def make_settings(redis_url: str) -> Callable[..., CommonAppSettings]:
-    """Build CommonAppSettings on the test server, ignoring any ``.env`` file."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """``"standalone"`` or ``"cluster"``: where this test's Redis is (see ``backends``)."""
+    return str(getattr(request, "param", "standalone"))
+
+
+@pytest.fixture
+def bus_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """The emptied URL of this test's backend: the session server or the session cluster."""
+    name = "redis_cluster_url" if backend == "cluster" else "redis_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def make_settings(bus_url: str, backend: str) -> Callable[..., CommonAppSettings]:
+    """Build CommonAppSettings on the test's backend, ignoring any ``.env`` file."""
 
     def make(**overrides: Any) -> CommonAppSettings:
-        values: dict[str, Any] = {"redis_url": redis_url, "service_name": "tests"}
+        values: dict[str, Any] = {"redis_url": bus_url, "service_name": "tests",
+                                  "redis_cluster": backend == "cluster"}
         values.update(overrides)
         return CommonAppSettings(_env_file=None, **values)
 
@@ -30,6 +70,17 @@ async def conn(make_settings: Callable[..., CommonAppSettings]) -> AsyncIterator
     """A client from an initialized RedisManager on the emptied test server."""
     async with RedisManager(make_settings()) as manager:
         yield manager.get_client()
+
+
+@pytest_asyncio.fixture
+async def redis_client(bus_url: str, backend: str) -> AsyncIterator[Redis | RedisCluster]:
+    """An async client on the emptied backend (a RedisCluster client on the cluster)."""
+    client: Redis | RedisCluster = (
+        RedisCluster.from_url(bus_url) if backend == "cluster" else Redis.from_url(bus_url))
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 def fast_worker_settings(**overrides: Any) -> WorkerSettings:

@@ -23,6 +23,8 @@ from actionbus import (
     SendError,
 )
 
+pytestmark = pytest.mark.backends
+
 Settings = Callable[..., CommonAppSettings]
 QM = QueueManager("dev")
 
@@ -114,13 +116,17 @@ async def test_send_action_async_keeps_given_origin(bus: Any) -> None:
 async def test_send_actions_async_batch(bus: Any) -> None:
     """send_actions_async sends all actions, in order, returning their entry ids."""
     client = bus.client("orders")
+    services = ["inv", "bill", "inv"] * 10  # on a cluster: many entries per node, in order
     actions = [DomainAction(action_type=f"{svc}.item.n", data={"i": i})
-               for i, svc in enumerate(["inv", "bill", "inv"])]
+               for i, svc in enumerate(services)]
     ids = await client.send_actions_async(actions)
-    assert len(ids) == 3
+    assert len(ids) == 30
     assert all(isinstance(i, str) for i in ids)
-    assert [e["data"]["i"] for e in await _entries(bus.redis, "inv")] == [0, 2]
-    assert [e["data"]["i"] for e in await _entries(bus.redis, "bill")] == [1]
+    inv = [i for i, svc in enumerate(services) if svc == "inv"]
+    assert [e["data"]["i"] for e in await _entries(bus.redis, "inv")] == inv
+    assert [e["data"]["i"] for e in await _entries(bus.redis, "bill")] == list(range(1, 30, 3))
+    inv_ids = [ids[i] for i in inv]
+    assert sorted(inv_ids, key=lambda e: tuple(map(int, e.split("-")))) == inv_ids
     assert await client.send_actions_async([]) == []
 
 
@@ -403,3 +409,30 @@ async def test_close_is_idempotent_and_drops_response_list(bus: Any) -> None:
     await client.close()
     await client.close()
     assert await bus.redis.exists(client.response_queue) == 0
+
+
+async def test_callback_send_honours_delay_at_priority_and_wait_replicas(bus: Any) -> None:
+    """send_action_async_with_callback takes delay=/at= (the request waits in the target's
+    delayed set), checks priority= before sending, and WAITs for wait_replicas."""
+    from datetime import timedelta
+
+    from actionbus import NotReplicatedError
+    from actionbus.models.actions import utc_now
+
+    client = bus.client("orders")
+    qm = client.queue_manager
+    delayed, stream = qm.get_delayed_set("inventory"), qm.get_service_action_stream("inventory")
+    request = DomainAction(action_type="inventory.item.reserve")
+    await client.send_action_async_with_callback(request, "orders.item.reserved", delay=3600)
+    await client.send_action_async_with_callback(
+        DomainAction(action_type="inventory.item.reserve"), "orders.item.reserved",
+        at=utc_now() + timedelta(hours=1))
+    assert (await bus.redis.zcard(delayed), await bus.redis.xlen(stream)) == (2, 0)
+    with pytest.raises(InvalidNameError):
+        await client.send_action_async_with_callback(request, "orders.item.reserved",
+                                                     priority="urgent")
+    with pytest.raises(NotReplicatedError,  # the test server has no replica
+                       match=r"only 0 of 1 replica\(s\) confirmed it within 50 ms"):
+        await client.send_action_async_with_callback(request, "orders.item.reserved",
+                                                     wait_replicas=1, wait_timeout_ms=50)
+    assert await bus.redis.xlen(stream) == 1

@@ -18,6 +18,8 @@ from actionbus import (
     RedisManager,
 )
 
+pytestmark = pytest.mark.backends
+
 STREAM = "actionbus:dev:{{{}}}:streams:main"
 
 
@@ -143,6 +145,7 @@ async def test_boolean_timeout_is_refused(bus: Any) -> None:
             DomainAction(action_type="calc.number.double"), timeout=True)
 
 
+@pytest.mark.standalone_only("counts the connections of a server of its own")
 async def test_closed_manager_client_refuses_to_send(
     make_settings: Any, fresh_redis_server: Any
 ) -> None:

@@ -11,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnError
 from redis.exceptions import RedisClusterException
 
 from actionbus import BaseRedisClient, CommonAppSettings, DomainAction, RedisManager, SendError
+from actionbus.clients.sender import StreamWriter
 
 ROUNDS = 3
 PER_SERVICE = 10
@@ -101,3 +102,35 @@ async def test_a_client_closed_after_a_failed_command_closes_its_connections(
     finally:
         await manager.close()
         redis_cluster.start()
+
+
+async def test_a_stalled_master_fails_a_batchs_entries_of_one_stream_with_one_attempt(
+    redis_cluster: Any, redis_cluster_url: str
+) -> None:
+    """Entries of one stream in a coalesced batch go one after another (to keep their order);
+    when one fails (its master stalls past the socket timeout), the later ones fail with it
+    without being tried, so a stalled master costs one timeout per stream, not per entry."""
+    settings = _settings(redis_cluster_url).model_copy(
+        update={"redis_socket_timeout": 0.25, "redis_retries": 0})
+    manager = RedisManager(settings)
+    redis = await manager.initialize()
+    stream = "actionbus:dev:{stalled}:streams:main"
+    port = int(redis.get_node_from_key(stream).port)
+    node = next(n for n in redis_cluster.nodes if n.port == port)
+    writer = StreamWriter(redis)
+    await writer.xadd(stream, "warm")
+    with node.client() as admin:
+        before = int(admin.info("stats")["total_connections_received"])
+        admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+        try:
+            results = await writer.xadd_many([(stream, str(i)) for i in range(5)])
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        attempts = int(admin.info("stats")["total_connections_received"]) - before
+    try:
+        print(f"5 entries to a stalled master: {attempts} new connections")
+        assert all(isinstance(r, BaseException) for r in results), results
+        assert attempts <= 1, "the later entries of the stream were tried too"
+        assert await redis.xlen(stream) == 1
+    finally:
+        await manager.close()

@@ -20,6 +20,8 @@ from actionbus import (
 )
 from actionbus.dead_letters import dead_letter_fields, trim_dead_letters
 
+pytestmark = pytest.mark.backends
+
 QM = QueueManager("dev")
 DEAD = QM.get_dead_letter_stream("inventory")
 MAIN = QM.get_service_action_stream("inventory")
@@ -232,6 +234,17 @@ async def test_trim_dead_letters_by_length_and_age(conn: Any) -> None:
     assert await trim_dead_letters(conn, DEAD, None, None) == 0
 
 
+async def test_trim_dead_letters_counts_both_trims_at_the_age_boundary(conn: Any) -> None:
+    """max_age_s is exact to well under a minute (a day's limit drops a letter 43 s older
+    than a day and keeps one 43 s younger); with both limits the drops of each add up."""
+    now_ms = int(time.time() * 1000)
+    for age_s in (86_443, 86_357, 30, 20, 10):
+        await conn.xadd(DEAD, {"data": str(age_s)}, id=f"{now_ms - age_s * 1000}-0")
+    assert await trim_dead_letters(conn, DEAD, None, 86_400) == 1
+    assert await trim_dead_letters(conn, DEAD, 2, 3600) == 2
+    assert [f[b"data"] for _, f in await conn.xrange(DEAD)] == [b"20", b"10"]
+
+
 def test_dead_letter_fields_keep_the_entry_and_bound_oversize() -> None:
     """Other fields are kept as field.<name>; an oversize body keeps its head, length, hash."""
     fields = dead_letter_fields(
@@ -246,3 +259,20 @@ def test_dead_letter_fields_keep_the_entry_and_bound_oversize() -> None:
     assert big["data"] == ("é" * 5).encode()
     assert (big["data_length"], big["truncated"]) == ("200", "true")
     assert len(big["error_message"]) == 2000
+
+
+async def test_replay_restores_non_utf8_data_and_field_names_byte_for_byte(
+    bus: Any, eventually: Any
+) -> None:
+    """An entry whose data and a field name are not UTF-8 is buried, then replayed with
+    exactly its original bytes (names and values)."""
+    worker = bus.worker("inventory")
+    await worker.start()
+    original = {b"data": b"\xff\xfe not json", b"\xe9tag": b"\x00\xff"}
+    await bus.redis.xadd(MAIN, original)
+    [letter] = await eventually(lambda: worker.dead_letters.list())
+    assert (letter.reason, letter.error_type) == ("malformed", "InvalidJSON")
+    await worker.stop()
+    new_id = await worker.dead_letters.replay(letter.entry_id)
+    [(_, fields)] = await bus.redis.xrange(MAIN, min=new_id, max=new_id)
+    assert fields == original

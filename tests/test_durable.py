@@ -72,6 +72,7 @@ async def test_standalone_wait_replicas_confirms_or_reports(
             os.kill(pid, signal.SIGCONT)
         error = caught.value
         assert (error.replicas, error.wanted, error.outcome_unknown) == (0, 1, False)
+        assert "but only 0 of 1 replica(s) confirmed it within 300 ms" in str(error)
         assert isinstance(error, SendError)
         entries = await redis.xrange(STREAM)
         assert [e[0].decode() for e in entries][-1] == error.entry_id  # it IS written
@@ -115,8 +116,8 @@ async def test_cluster_wait_replicas_waits_on_the_streams_master(
     redis_replica_cluster: LocalCluster,
 ) -> None:
     """On the cluster the XADD and WAIT go to the node owning the stream's slot: a send
-    returns once its replica has the entry, and reports 0 of 1 while that replica is
-    frozen."""
+    returns its entry id once its replica has the entry, and reports 0 of 1 (with the
+    entry id) while that replica is frozen."""
     cluster = redis_replica_cluster
     master = cluster.master_of(STREAM)
     replica = replica_of(master, cluster.nodes)
@@ -124,14 +125,39 @@ async def test_cluster_wait_replicas_waits_on_the_streams_master(
     client = BaseRedisClient("caller", redis, CommonAppSettings(
         _env_file=None, service_name="caller", redis_url=cluster.url, redis_cluster=True))
     try:
-        await client.send_action_async(action(1), wait_replicas=1)
+        sent = await client.send_action_async(action(1), wait_replicas=1)
         with replica.client() as conn:
             conn.execute_command("READONLY")
             assert conn.xlen(STREAM) == 1
         with frozen(replica), pytest.raises(NotReplicatedError) as caught:
             await client.send_action_async(action(2), wait_replicas=1, wait_timeout_ms=300)
         assert caught.value.replicas == 0
-        assert await redis.xlen(STREAM) == 2
+        ids = [entry_id.decode() for entry_id, _ in await redis.xrange(STREAM)]
+        assert ids == [sent, caught.value.entry_id]  # each send reports its own entry id
     finally:
         await client.close()
         await redis.aclose()
+
+
+async def test_wait_refused_by_the_acl_reports_the_written_entry(redis_url: str) -> None:
+    """A user without +wait: the XADD lands, and the send raises NotReplicatedError naming
+    the entry and the refused WAIT (0 replicas confirmed)."""
+    admin = Redis.from_url(redis_url)
+    await admin.execute_command("ACL", "SETUSER", "nowait", "on", ">pw", "~*", "&*", "+@all",
+                                "-wait")
+    url = redis_url.replace("redis://", "redis://nowait:pw@", 1)
+    user = Redis.from_url(url)
+    client = BaseRedisClient("caller", user, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=url))
+    try:
+        with pytest.raises(NotReplicatedError) as caught:
+            await client.send_action_async(action(1), wait_replicas=1, wait_timeout_ms=100)
+        [(entry_id, _)] = await admin.xrange(STREAM)
+        assert caught.value.entry_id == entry_id.decode()
+        assert (caught.value.replicas, caught.value.wanted) == (0, 1)
+        assert "WAIT failed (NoPermissionError" in str(caught.value)
+    finally:
+        await client.close()
+        await user.aclose()
+        await admin.execute_command("ACL", "DELUSER", "nowait")
+        await admin.aclose()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from redis import Redis
+import pytest
+from redis import Redis, RedisCluster
 
 from actionbus import ConsumerInfo, LaneInfo, QueueManager, ServiceInfo, inspect_service
 from actionbus.inspect import uses_lanes
 from tests.ops.helpers import lane_backlog
+
+pytestmark = pytest.mark.backends
 
 QM = QueueManager("dev")
 STREAM = QM.get_service_action_stream("inventory")
@@ -54,12 +57,12 @@ async def test_inspect_of_an_unknown_service_is_empty(redis_client: Any) -> None
 
 
 async def test_inspect_of_a_lane_service_reports_each_lane(
-    redis_url: str, redis_client: Any
+    bus_url: str, backend: str, redis_client: Any
 ) -> None:
     """A service using lanes gets one LaneInfo per lane (length, waiting, pending, oldest
     pending and waiting ages, groups); the service's figures sum them; consumers() gives a
     consumer once with its pending over every lane."""
-    with Redis.from_url(redis_url) as redis:
+    with (RedisCluster if backend == "cluster" else Redis).from_url(bus_url) as redis:
         lane_backlog(redis)
         redis.xreadgroup("inventory", "c1", {QM.get_lane_stream("inventory", "low"): ">"},
                          count=1)  # c1 now has entries pending in two lanes

@@ -6,6 +6,7 @@ import asyncio
 import urllib.request
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from redis import Redis
 
@@ -20,6 +21,8 @@ from actionbus import (
 from actionbus.connection import create_redis_client
 from actionbus.metrics import QueueMetrics, WorkerMetrics
 from tests.ops.helpers import lane_backlog
+
+pytestmark = pytest.mark.backends
 
 
 async def test_scrape_shows_the_workers_counters(redis_url: str) -> None:

@@ -18,6 +18,8 @@ from actionbus.exceptions import DelayedActionError
 from actionbus.partitions import partition_for_key
 from tests.conftest import fast_worker_settings
 
+pytestmark = pytest.mark.backends
+
 QM = QueueManager("dev")
 SERVICE = "ordered"
 

@@ -15,6 +15,8 @@ from actionbus.exceptions import ConfigurationError, InvalidNameError
 from actionbus.partitions import partition_for_key
 from tests.conftest import fast_worker_settings
 
+pytestmark = pytest.mark.backends
+
 QM = QueueManager("dev")
 SERVICE = "parts"
 

@@ -9,6 +9,8 @@ import pytest
 
 from actionbus import ConfigurationError, DomainAction, PublishNext
 
+pytestmark = pytest.mark.backends
+
 STREAM = "actionbus:dev:{{{}}}:streams:main"
 
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from actionbus import DomainActionResponse
 from actionbus.clients.replies import ReplyListener
 from actionbus.embedded import RedisServer
+
+pytestmark = pytest.mark.backends
 
 QUEUE = "actionbus:dev:{orders}:responses:test"
 

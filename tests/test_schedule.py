@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from actionbus import (
+    BaseWorker,
     CommonAppSettings,
     ConfigurationError,
     DelayedActionError,
@@ -167,3 +168,18 @@ async def test_tick_refuses_duplicate_names(redis: Any) -> None:
     assert await tick(redis, QM, "inventory", []) == []
     with pytest.raises(DelayedActionError, match="repeated: \\['x'\\]"):
         await tick(redis, QM, "inventory", [same, same])
+
+
+def test_worker_schedule_keeps_every_argument_and_the_defaults() -> None:
+    """worker.schedule() records a Schedule with what it was given (cron, data, name,
+    missed, grace) and, when not given, empty data and the default name."""
+    worker = BaseWorker(CommonAppSettings(_env_file=None, service_name="inventory"))
+    given = worker.schedule("*/5 * * * *", "inventory.stock.count", data={"a": 1}, name="n1",
+                            missed="skip", grace=timedelta(seconds=5))
+    assert given == Schedule(action_type="inventory.stock.count", cron="*/5 * * * *",
+                             data={"a": 1}, name="n1", missed="skip",
+                             grace=timedelta(seconds=5))
+    plain = worker.schedule(action_type="inventory.stock.sync", every=timedelta(seconds=90))
+    assert (plain.data, plain.name, plain.missed, plain.grace) == (
+        {}, "inventory.stock.sync@90s", "fire_once", timedelta(seconds=60))
+    assert worker.schedules == [given, plain]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
 from actionbus.clients.sender import StreamWriter
+
+pytestmark = pytest.mark.backends
 
 
 async def test_a_lone_send_returns_its_entry_id(redis_client: Redis) -> None:
@@ -58,6 +60,11 @@ async def test_a_cancelled_caller_does_not_strand_the_others(redis_client: Redis
         tasks[10].result()
 
 
-async def _connections(redis: Redis) -> int:
-    stats = await redis.info("stats")
+async def _connections(redis: Redis | RedisCluster) -> int:
+    """Connections received so far by the server (on a cluster: the node of stream ``s``)."""
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()  # the slot map, before asking it for a node
+        stats = await redis.info("stats", target_nodes=redis.get_node_from_key("s"))
+    else:
+        stats = await redis.info("stats")
     return int(stats["total_connections_received"])

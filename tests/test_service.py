@@ -17,6 +17,8 @@ from actionbus import (
     RedisStateManager,
 )
 
+pytestmark = pytest.mark.backends
+
 Settings = Callable[..., CommonAppSettings]
 
 

@@ -19,6 +19,8 @@ from actionbus import (
     StateConflictError,
 )
 
+pytestmark = pytest.mark.backends
+
 Settings = Callable[..., CommonAppSettings]
 
 

@@ -13,6 +13,8 @@ from pydantic import BaseModel
 from actionbus import CommonAppSettings, RedisManager, RedisStateManager
 from actionbus.exceptions import StateError, StateTypeError
 
+pytestmark = pytest.mark.backends
+
 Settings = Callable[..., CommonAppSettings]
 
 

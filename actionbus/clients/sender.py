@@ -24,7 +24,6 @@ from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
 from actionbus.clients.guard import CLIENT_FAILURES
-from actionbus.clients.queue_manager import ORDERED_SUFFIX
 from actionbus.connection import AnyRedis
 from actionbus.streams import text
 
@@ -147,33 +146,29 @@ class StreamWriter:
                 future.set_result(text(result))
 
     async def _send_each(self, batch: list[_Item]) -> None:
-        """Cluster: one ``XADD`` command per entry, all in parallel.
+        """Cluster: one ``XADD`` command per entry; streams in parallel, each stream's
+        entries one after another, so they land in the order they were given (an error
+        fails that stream's later entries too: they would meet the same key and node).
 
         redis-py's cluster pipeline answers a connection error on any node by closing the
         connections of every node, breaking pipelines in flight to healthy masters; a
         plain command only resets its own node's connections, so a dead master fails only
         the sends meant for it.
         """
+        streams: dict[str, list[_Item]] = {}
+        for item in batch:
+            streams.setdefault(item[0], []).append(item)
 
-        async def one(stream: str, payload: Payload, future: asyncio.Future[str]) -> None:
-            try:
-                entry_id = await self.redis.xadd(stream, {DATA_FIELD: payload})
-            except CLIENT_FAILURES as exc:
-                if not future.done():
-                    future.set_exception(exc)
-            else:
+        async def in_order(items: list[_Item]) -> None:
+            for n, (stream, payload, future) in enumerate(items):
+                try:
+                    entry_id = await self.redis.xadd(stream, {DATA_FIELD: payload})
+                except CLIENT_FAILURES as exc:  # the stream's key or node: fails the rest too
+                    for *_, later in items[n:]:
+                        if not later.done():
+                            later.set_exception(exc)
+                    return
                 if not future.done():
                     future.set_result(text(entry_id))
 
-        async def in_order(items: list[_Item]) -> None:
-            for item in items:
-                await one(*item)
-
-        # Entries of one ordered stream keep their order (ordering keys); others go at once.
-        ordered: dict[str, list[_Item]] = {}
-        for item in batch:
-            if item[0].endswith(ORDERED_SUFFIX):
-                ordered.setdefault(item[0], []).append(item)
-        await asyncio.gather(*(one(*item) for item in batch
-                               if not item[0].endswith(ORDERED_SUFFIX)),
-                             *(in_order(items) for items in ordered.values()))
+        await asyncio.gather(*(in_order(items) for items in streams.values()))

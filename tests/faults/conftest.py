@@ -8,15 +8,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from actionbus import BaseRedisClient, CommonAppSettings, DomainAction
 from actionbus.clients import QueueManager
 from actionbus.connection import create_redis_client
+from actionbus.embedded import RedisCluster as RedisCluster_
+from actionbus.embedded import RedisServer
 
 WORKER = Path(__file__).with_name("worker_proc.py")
 SERVICE = "faults"
@@ -65,9 +68,10 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
         pool.close()
 
 
-def settings_for(url: str, service: str = "faults-client") -> CommonAppSettings:
-    """Client settings on ``url``."""
-    return CommonAppSettings(service_name=service, redis_url=url)
+def settings_for(url: str, service: str = "faults-client", *,
+                 cluster: bool = False) -> CommonAppSettings:
+    """Client settings on ``url`` (a node of a Redis Cluster with ``cluster``)."""
+    return CommonAppSettings(service_name=service, redis_url=url, redis_cluster=cluster)
 
 
 def monitor(url: str) -> Redis:
@@ -77,15 +81,71 @@ def monitor(url: str) -> Redis:
     return client
 
 
+@dataclass
+class Target:
+    """The Redis of a fault test: a standalone server or a 3-master cluster (``backend``).
+
+    ``server`` is the process that holds the fault service's stream: the server itself, or
+    the cluster's master of the stream's slot (the one to kill and restart).
+    """
+
+    url: str
+    cluster: bool
+    server: RedisServer
+    nodes: RedisCluster_ | None = None
+
+    def wait_ready(self) -> None:
+        """On a cluster: wait until every node is up and agrees again (after a restart)."""
+        if self.nodes is not None:
+            self.nodes.start()  # every node runs already: this waits for convergence
+
+    def client(self) -> Redis | RedisCluster:
+        """A client for the test's own checks, retrying across restarts like the library."""
+        return create_redis_client(settings_for(self.url, cluster=self.cluster))
+
+    def settings(self, service: str = "faults-client") -> CommonAppSettings:
+        """Client settings on this Redis."""
+        return settings_for(self.url, service, cluster=self.cluster)
+
+
+@pytest.fixture
+def target(backend: str, request: pytest.FixtureRequest) -> Target:
+    """A Redis of this test's own (standalone), or the session's emptied cluster."""
+    if backend == "cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+        cluster: RedisCluster_ = request.getfixturevalue("redis_cluster")
+        return Target(url, True, cluster.master_of(STREAM), cluster)
+    server: RedisServer = request.getfixturevalue("fresh_redis_server")
+    return Target(server.url, False, server)
+
+
+@pytest.fixture
+def target_aof(backend: str, request: pytest.FixtureRequest) -> Iterator[Target]:
+    """A Redis of this test's own persisting to an AOF, to kill and restart: a server, or
+    a 3-master cluster (no replicas) whose master of the stream is the one to restart."""
+    if backend == "cluster":
+        with RedisCluster_(masters=3, appendonly=True) as cluster:
+            yield Target(cluster.url, True, cluster.master_of(STREAM), cluster)
+        return
+    server: RedisServer = request.getfixturevalue("fresh_redis_server_aof")
+    yield Target(server.url, False, server)
+
+
 def job(i: int) -> DomainAction:
     """The test action number ``i``."""
     return DomainAction(action_type="faults.job.run", data={"i": i})
 
 
-async def send_jobs(url: str, numbers: range) -> None:
-    """Send ``faults.job.run`` actions numbered ``numbers`` through a real client."""
-    redis = Redis.from_url(url)
-    client = BaseRedisClient("faults-client", redis, settings_for(url))
+async def send_jobs(url: str, numbers: range, *, cluster: bool = False,
+                    partitions: int = 1) -> None:
+    """Send ``faults.job.run`` actions numbered ``numbers`` through a real client (to
+    ``partitions`` partitions of the service)."""
+    redis = (RedisCluster if cluster else Redis).from_url(url)
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()  # see worker_proc: no concurrent first commands
+    settings = settings_for(url, cluster=cluster).model_copy(
+        update={"partitions": {SERVICE: partitions}})
+    client = BaseRedisClient("faults-client", redis, settings)
     try:
         actions = [job(i) for i in numbers]
         for start in range(0, len(actions), 200):
@@ -107,12 +167,15 @@ async def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-async def handled_count(redis: Redis) -> int:
+async def handled_count(redis: Redis | RedisCluster) -> int:
     """How many distinct actions were handled at least once."""
     return int(await redis.hlen("faults:handled"))
 
 
-async def pending_count(redis: Redis) -> int:
-    """How many entries the group has delivered but not acknowledged."""
-    summary = await redis.xpending(STREAM, SERVICE)
-    return int(summary["pending"])
+async def pending_count(redis: Redis | RedisCluster, partitions: int = 1) -> int:
+    """How many entries the group has delivered but not acknowledged (in every partition)."""
+    total = 0
+    for stream in QueueManager().get_partition_streams(SERVICE, partitions):
+        summary = await redis.xpending(stream, SERVICE)
+        total += int(summary["pending"])
+    return total

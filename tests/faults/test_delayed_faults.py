@@ -1,4 +1,5 @@
-"""Delayed actions and retries under kill -9 of workers and a Redis restart with AOF."""
+"""Delayed actions and retries under kill -9 of workers and a Redis restart with AOF, on a
+standalone server and on the 3-master cluster (where the stream's master restarts)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,22 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from actionbus import BaseRedisClient, DelayedQueue
 from actionbus.clients import QueueManager
-from actionbus.embedded import RedisServer
 from tests.faults.conftest import (
     DEAD,
     SERVICE,
+    Target,
     Workers,
     handled_count,
     job,
-    monitor,
     send_jobs,
-    settings_for,
     wait_until,
 )
+
+pytestmark = pytest.mark.backends
 
 QUICK = {"claim_idle_ms": 500, "reclaim_interval_s": 0.2, "block_ms": 200,
          "retry_backoff_base_s": 0.2, "retry_backoff_max_s": 0.5}
@@ -29,17 +30,17 @@ QUICK = {"claim_idle_ms": 500, "reclaim_interval_s": 0.2, "block_ms": 200,
 
 @pytest.mark.parametrize("when", ["before", "after"])
 async def test_kill_mid_retry_loses_nothing(
-    fresh_redis_server: RedisServer, workers: Workers, when: str
+    target: Target, workers: Workers, when: str
 ) -> None:
     """A worker killed at its first retry (before or after parking it): every action still
     gets handled by the next worker, none dead-lettered."""
-    url = fresh_redis_server.url
-    check = monitor(url)
-    await send_jobs(url, range(20))
-    doomed = workers.start(url, fail=True, crash_in_retry=when, worker=QUICK)
+    url, cluster = target.url, target.cluster
+    check = target.client()
+    await send_jobs(url, range(20), cluster=cluster)
+    doomed = workers.start(url, cluster=cluster, fail=True, crash_in_retry=when, worker=QUICK)
     doomed.wait(timeout=20)
     assert doomed.returncode == 17
-    workers.start(url, worker=QUICK)
+    workers.start(url, cluster=cluster, worker=QUICK)
     took = await wait_until(lambda: _all(check, 20), 30, "all 20 actions handled")
     print(f"\n[kill -9 mid-retry, {when}] 20/20 handled {took:.2f}s after the restart")
     assert await check.xlen(DEAD) == 0
@@ -47,14 +48,14 @@ async def test_kill_mid_retry_loses_nothing(
 
 
 async def test_delayed_actions_survive_kill_of_every_worker_and_redis_restart(
-    fresh_redis_server_aof: RedisServer, workers: Workers
+    target_aof: Target, workers: Workers
 ) -> None:
-    """Delayed sends survive kill -9 of all workers and a Redis restart with AOF."""
-    server = fresh_redis_server_aof
-    url = server.url
-    first = [workers.start(url, worker=QUICK) for _ in range(2)]
-    redis = Redis.from_url(url)
-    client = BaseRedisClient("faults-client", redis, settings_for(url))
+    """Delayed sends survive kill -9 of all workers and a Redis restart with AOF (on a
+    cluster: of the master holding the service's stream and delayed set)."""
+    server, url, cluster = target_aof.server, target_aof.url, target_aof.cluster
+    first = [workers.start(url, cluster=cluster, worker=QUICK) for _ in range(2)]
+    redis = target_aof.client()
+    client = BaseRedisClient("faults-client", redis, target_aof.settings())
     for i in range(30):
         await client.send_action_async(job(i), delay=timedelta(seconds=1.5 + i * 0.02))
     await client.close()
@@ -65,14 +66,15 @@ async def test_delayed_actions_survive_kill_of_every_worker_and_redis_restart(
     await asyncio.sleep(1.2)  # the AOF is written; some actions are due by now
     server.kill()
     server.restart(keep_data=True)
-    check = monitor(url)
+    target_aof.wait_ready()
+    check = target_aof.client()
     queue = DelayedQueue(check, QueueManager(), SERVICE)
     assert await queue.count() == 30  # nothing moved while no worker ran
-    workers.start(url, worker=QUICK)
+    workers.start(url, cluster=cluster, worker=QUICK)
     await wait_until(lambda: _all(check, 30), 30, "all 30 delayed actions handled")
     assert await queue.count() == 0
     await check.aclose()
 
 
-async def _all(check: Redis, n: int) -> bool:
+async def _all(check: Redis | RedisCluster, n: int) -> bool:
     return await handled_count(check) == n

@@ -100,7 +100,10 @@ async def test_two_workers_racing_to_reclaim_never_share_an_action(
 
 
 async def test_callers_that_time_out_get_none_and_leave_no_keys(redis_url: str) -> None:
-    """Scenario 6: 200 calls with a 0.2 s timeout to a 0.5 s handler: all None, no keys left."""
+    """Scenario 6: 200 calls with a 0.2 s timeout to a 0.5 s handler: all None, no keys left.
+
+    On a loaded machine a call can give up before its XADD is written; the worker must then
+    settle every entry that *was* written (handled or skipped, none pending)."""
     redis = monitor(redis_url)
     worker = BaseWorker(settings_for(redis_url, SERVICE),
                         worker_settings=WorkerSettings(block_ms=100, concurrency=50,
@@ -112,29 +115,55 @@ async def test_callers_that_time_out_get_none_and_leave_no_keys(redis_url: str) 
         return data
 
     client = BaseRedisClient("faults-client", redis, settings_for(redis_url))
-    async with worker:
+    try:
+        added_before = await _entries_added(redis)
+        async with worker:
+            # warm up: the client's connection and the target's descriptors are ready, so the
+            # 200 calls below only have their XADDs to write within their 0.2 s
+            await client.send_action_async(job(-1))
 
-        async def call(i: int) -> tuple[object, float]:
-            start = time.monotonic()
-            result = await client.send_action_pseudo_sync(job(i), timeout=0.2)
-            return result, time.monotonic() - start
+            async def call(i: int) -> tuple[object, float]:
+                start = time.monotonic()
+                result = await client.send_action_pseudo_sync(job(i), timeout=0.2)
+                return result, time.monotonic() - start
 
-        results = await asyncio.gather(*(call(i) for i in range(200)))
-        assert all(result is None for result, _ in results)
-        slowest = max(took for _, took in results)  # reported; the bound is a promise test
-        await wait_until(lambda: _settled(worker), 10, "the worker to finish or skip all 200")
+            results = await asyncio.gather(*(call(i) for i in range(200)))
+            assert all(result is None for result, _ in results)
+            slowest = max(took for _, took in results)  # reported; the bound is a promise test
+            # a call that gave up may still have its XADD on the way: the check counts again
+            await wait_until(lambda: _settled(worker, redis, added_before), 10,
+                             "the worker to finish or skip every written call")
+            written = await _entries_added(redis) - added_before
+            assert 1 <= written <= 201  # on a starved machine a call may give up unwritten
+            await client.close()
+            keys = [k async for k in redis.scan_iter(match="*:responses:*")]
+            assert keys == []
+        # every caller had given up before its handler could finish: nothing answered
+        assert worker.stats.expired_skipped >= written - 1
+        print(f"[scenario 6] 200 calls ({written - 1} written), timeout 0.2 s, handler 0.5 s: "
+              f"all None, slowest returned after {slowest:.3f} s; "
+              f"{worker.stats.expired_skipped} skipped/unanswered by the worker; "
+              "0 response keys left")
+    finally:
         await client.close()
-        keys = [k async for k in redis.scan_iter(match="*:responses:*")]
-        assert keys == []
-    assert worker.stats.expired_skipped >= 150  # most were skipped unread, the rest unanswered
-    print(f"[scenario 6] 200 calls, timeout 0.2 s, handler 0.5 s: all None, slowest returned "
-          f"after {slowest:.3f} s; {worker.stats.expired_skipped} skipped/unanswered by the "
-          "worker; 0 response keys left")
-    await redis.aclose()
+        await redis.aclose()
 
 
-async def _settled(worker: BaseWorker) -> bool:
-    return worker.stats.handled + worker.stats.expired_skipped >= 200 and worker.in_flight == 0
+async def _entries_added(redis: Redis) -> int:
+    """How many entries were ever added to the service's stream (trimming does not lower it)."""
+    if not await redis.exists(STREAM):
+        return 0
+    return int((await redis.xinfo_stream(STREAM))["entries-added"])
+
+
+async def _settled(worker: BaseWorker, redis: Redis, added_before: int) -> bool:
+    """Has the worker read, finished and acknowledged every entry written so far?"""
+    stats = worker.stats
+    written = await _entries_added(redis) - added_before
+    groups = await redis.xinfo_groups(STREAM)
+    return (stats.handled + stats.expired_skipped >= written and worker.in_flight == 0
+            and all(int(group["lag"] or 0) == 0 for group in groups)
+            and await pending_count(redis) == 0)
 
 
 async def _dead(redis: Redis, n: int) -> bool:

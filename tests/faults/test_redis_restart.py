@@ -5,26 +5,27 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from actionbus import BaseRedisClient
 from actionbus.embedded import RedisServer
-from tests.faults.conftest import Workers, handled_count, job, monitor, settings_for, wait_until
+from tests.faults.conftest import Target, Workers, handled_count, job, settings_for, wait_until
 
 QUICK = {"claim_idle_ms": 1000, "reclaim_interval_s": 0.5, "block_ms": 500}
 
 
-async def _restart_while_busy(server: RedisServer, workers: Workers, keep_data: bool) -> None:
-    url = server.url
-    workers.start(url, worker=QUICK)
-    client_redis = Redis.from_url(url)
-    client = BaseRedisClient("faults-client", client_redis, settings_for(url))
+async def _restart_while_busy(target: Target, workers: Workers, keep_data: bool) -> None:
+    url, server = target.url, target.server
+    workers.start(url, cluster=target.cluster, worker=QUICK)
+    client_redis = target.client()
+    client = BaseRedisClient("faults-client", client_redis, target.settings())
     await client.send_action_async(job(0))
-    check = monitor(url)
+    check = target.client()
     await wait_until(lambda: _has(check, 1), 10, "the first action handled")
-    await wait_until(lambda: _blocked(check), 10, "the worker blocked in XREADGROUP")
+    await wait_until(lambda: _blocked(server), 10, "the worker blocked in XREADGROUP")
     server.kill()
     server.restart(keep_data=keep_data)
     # The client keeps sending through the same objects; its first attempts may fail.
@@ -39,19 +40,23 @@ async def _restart_while_busy(server: RedisServer, workers: Workers, keep_data: 
     assert sent == 50, "the client could not send after the restart"
     took = await wait_until(lambda: _has_all(check, range(100, 150)), 20,
                             "every action sent after the restart handled")
-    print(f"[scenario 3] restart {'with AOF' if keep_data else 'empty'}: 50/50 actions sent "
-          f"after it handled {took:.2f} s after the last send, no process restarted")
+    where = "the stream's master of 3" if target.cluster else "Redis"
+    print(f"[scenario 3] {where} restarted {'with AOF' if keep_data else 'empty'}: 50/50 "
+          f"actions sent after it handled {took:.2f} s after the last send, no process "
+          "restarted")
     await client.close()
     for conn in (client_redis, check):
         await conn.aclose()
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("keep_data", [True, False], ids=["aof", "empty"])
 async def test_worker_and_client_resume_after_redis_restart(
-    fresh_redis_server_aof: RedisServer, workers: Workers, keep_data: bool
+    target_aof: Target, workers: Workers, keep_data: bool
 ) -> None:
-    """Scenario 3: after Redis restarts (with its AOF, or empty), sends and handling resume."""
-    await _restart_while_busy(fresh_redis_server_aof, workers, keep_data)
+    """Scenario 3: after Redis (on a cluster: the master of the service's stream) restarts,
+    with its AOF or empty, sends and handling resume without restarting a process."""
+    await _restart_while_busy(target_aof, workers, keep_data)
 
 
 async def test_ten_seconds_without_redis_logs_little_and_recovers_fast(
@@ -81,15 +86,16 @@ async def test_ten_seconds_without_redis_logs_little_and_recovers_fast(
           f"an action {resumed:.2f} s after Redis came back")
 
 
-async def _blocked(redis: Redis) -> bool:
-    info = await redis.info("clients")
+async def _blocked(server: RedisServer) -> bool:
+    with server.client() as direct:
+        info: Any = direct.info("clients")
     return int(info["blocked_clients"]) >= 1
 
 
-async def _has(redis: Redis, n: int) -> bool:
+async def _has(redis: Redis | RedisCluster, n: int) -> bool:
     return await handled_count(redis) >= n
 
 
-async def _has_all(redis: Redis, numbers: range) -> bool:
+async def _has_all(redis: Redis | RedisCluster, numbers: range) -> bool:
     values = await redis.hmget("faults:handled", [str(i) for i in numbers])
     return all(v is not None for v in values)

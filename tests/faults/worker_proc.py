@@ -1,13 +1,14 @@
 """A worker in its own OS process, for fault tests: ``python worker_proc.py '<json config>'``.
 
-Config keys: ``url``, ``service``, ``sleep`` (seconds per action; an action's
-``data["sleep"]`` overrides it), ``fail`` (always raise),
-``crash_before_ack`` (exit at the first acknowledgement, after the side effect),
-``idempotent``, ``log_file``, ``worker`` (WorkerSettings fields), ``crash_in_retry``
-(``"before"``/``"after"``: exit at the first retry, before or after it is parked in the
-delayed set and acknowledged). Every handled action
-does ``HINCRBY faults:handled <i> 1``; with ``trace`` it also logs start/end to a list.
-Prints ``READY`` once consuming.
+Config keys: ``url``, ``cluster`` (the URL is a Redis Cluster node), ``partitions`` (of
+the service, default 1), ``service``,
+``sleep`` (seconds per action; an action's ``data["sleep"]`` overrides it), ``fail``
+(always raise), ``crash_before_ack`` (exit at the first acknowledgement, after the side
+effect), ``idempotent``, ``log_file``, ``worker`` (WorkerSettings fields),
+``crash_in_retry`` (``"before"``/``"after"``: exit at the first retry, before or after it
+is parked in the delayed set and acknowledged). Every handled action does ``HINCRBY
+faults:handled <i> 1``; with ``trace`` it also logs start/end to a list. Prints ``READY``
+once consuming.
 """
 
 from __future__ import annotations
@@ -19,16 +20,22 @@ import os
 import sys
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from actionbus import BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
 
 
 async def main(config: dict[str, Any]) -> None:
-    settings = CommonAppSettings(service_name=config.get("service", "faults"),
-                                 redis_url=config["url"], redis_socket_timeout=5)
+    cluster = bool(config.get("cluster"))
+    service = config.get("service", "faults")
+    settings = CommonAppSettings(service_name=service,
+                                 redis_url=config["url"], redis_socket_timeout=5,
+                                 redis_cluster=cluster,
+                                 partitions={service: int(config.get("partitions", 1))})
     worker = BaseWorker(settings, worker_settings=WorkerSettings(**config.get("worker", {})))
-    side = Redis.from_url(config["url"])
+    side = (RedisCluster if cluster else Redis).from_url(config["url"])
+    if isinstance(side, RedisCluster):  # redis-py: concurrent first commands on a cluster
+        await side.initialize()  # client that has no slot map yet fail (AttributeError)
     sleep = float(config.get("sleep", 0))
     pid = os.getpid()
 

@@ -6,9 +6,12 @@ import asyncio
 import time
 from typing import Any
 
-from redis.asyncio import Redis
+import pytest
 
 from actionbus import BaseRedisClient, DomainAction, RedisManager
+from actionbus.embedded import RedisServer
+
+pytestmark = pytest.mark.backends
 
 
 async def test_pseudo_sync_timeout_returns_within_its_bound(bus: Any) -> None:
@@ -23,29 +26,31 @@ async def test_pseudo_sync_timeout_returns_within_its_bound(bus: Any) -> None:
 
 
 async def test_concurrent_sends_share_a_few_connections(
-    redis_url: str, make_settings: Any
+    make_settings: Any, backend: str, request: pytest.FixtureRequest
 ) -> None:
     """200 concurrent sends go out in a few pipelines: a handful of connections, not dozens."""
     settings = make_settings(service_name="caller", redis_max_connections=50)
     async with RedisManager(settings) as manager:
         redis = manager.get_client()
         client = BaseRedisClient("caller", redis, settings)
-        before = await _connections_received(redis_url)
+        servers = (request.getfixturevalue("redis_cluster").nodes if backend == "cluster"
+                   else [request.getfixturevalue("redis_server")])
+        before = _connections_received(servers)
         ids = await asyncio.gather(*(
             client.send_action_async(DomainAction(action_type="inv.op.run", data={"i": i}))
             for i in range(200)
         ))
-        opened = await _connections_received(redis_url) - before
+        opened = _connections_received(servers) - before - len(servers)  # the first probes
         await client.close()
     assert len(set(ids)) == 200
     assert opened <= 4, f"200 concurrent sends opened {opened} connections"
 
 
-async def _connections_received(url: str) -> int:
-    """Connections the server accepted so far, minus the one this check opens."""
-    probe = Redis.from_url(url)
-    try:
-        stats: Any = await probe.info("stats")
-        return int(stats["total_connections_received"]) - 1
-    finally:
-        await probe.aclose()
+def _connections_received(servers: list[RedisServer]) -> int:
+    """Connections the servers (every node of a cluster) accepted before this check's own."""
+    total = 0
+    for server in servers:
+        with server.client() as probe:
+            stats: Any = probe.info("stats")
+            total += int(stats["total_connections_received"]) - 1
+    return total

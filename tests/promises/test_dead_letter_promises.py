@@ -5,10 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import pytest
+
 from actionbus import ActionRejected, DomainAction, QueueManager
 from actionbus.models.actions import utc_now
 
 from .conftest import pending_count, wait_for
+
+pytestmark = pytest.mark.backends
 
 
 async def test_worker_dead_letter_carries_where_and_when_it_failed(

@@ -11,6 +11,8 @@ from actionbus import DeadLetterQueue, QueueManager
 from actionbus.dead_letters import dead_letter_fields
 from actionbus.exceptions import DeadLetterError
 
+pytestmark = pytest.mark.backends
+
 
 async def test_a_letter_missing_fields_reads_with_the_documented_defaults(
     conn: Any, qm: QueueManager

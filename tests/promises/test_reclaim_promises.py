@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from actionbus import DomainAction, QueueManager
@@ -12,6 +13,8 @@ from actionbus.embedded import RedisServer
 
 from .conftest import wait_for
 from .proxy import HoldingProxy
+
+pytestmark = pytest.mark.backends
 
 
 async def _pending_on_ghost(
@@ -74,6 +77,8 @@ async def test_reclaimed_at_max_deliveries_is_buried_without_a_handler_call(
         entry_id, "Abandoned", "4")
 
 
+@pytest.mark.standalone_only("a TCP proxy in front of one server holds XCLAIM; a cluster "
+                             "client follows the nodes' own addresses around it")
 async def test_xclaim_min_idle_keeps_an_entry_another_worker_just_claimed(
     redis_server: RedisServer, bus: Any, make_worker: Any, make_settings: Any,
     qm: QueueManager,

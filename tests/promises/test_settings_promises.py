@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from redis.asyncio import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnError
 
 from actionbus import CommonAppSettings, DomainAction, RedisManager, WorkerStats
@@ -18,6 +19,8 @@ from actionbus.embedded import RedisSentinel, RedisServer
 from actionbus.metrics import WorkerMetrics
 
 from .conftest import wait_for
+
+pytestmark = pytest.mark.backends
 
 COUNTERS = (
     "actionbus_actions_handled_total", "actionbus_actions_failed_attempts_total",
@@ -57,7 +60,11 @@ async def test_batch_size_limits_each_read(bus: Any, make_worker: Any) -> None:
 
 
 async def _blocked_clients(redis: Any) -> int:
-    info: Any = await redis.info("clients")
+    """Clients blocked on the server (on a cluster: the node of key ``nothing``)."""
+    if isinstance(redis, RedisCluster):
+        info: Any = await redis.info("clients", target_nodes=redis.get_node_from_key("nothing"))
+    else:
+        info = await redis.info("clients")
     return int(info["blocked_clients"])
 
 
@@ -72,7 +79,7 @@ async def test_redis_pool_timeout_bounds_the_wait_for_a_connection(make_settings
             await wait_for(lambda: _blocked_clients(observer.get_client()), "BLPOP holds it")
         started = time.monotonic()
         with pytest.raises(RedisConnError):
-            await redis.ping()
+            await redis.get("nothing")  # the busy connection's node, on a cluster too
         assert time.monotonic() - started >= 0.25  # it waited for a connection first
         assert not holder.done()
         holder.cancel()
@@ -105,7 +112,7 @@ async def test_sentinel_pool_waits_redis_pool_timeout_when_exhausted(
             await wait_for(lambda: _blocked_clients(obs.get_client()), "BLPOP holds it")
         started = time.monotonic()
         with pytest.raises(RedisConnError):
-            await redis.ping()
+            await redis.get("nothing")  # the busy connection's node, on a cluster too
         assert time.monotonic() - started >= 0.45  # it waited for a connection first
         assert not holder.done()
         holder.cancel()

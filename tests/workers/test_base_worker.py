@@ -18,6 +18,8 @@ from actionbus import (
 from actionbus.workers.mover import Mover
 from tests.workers.helpers import QM, Settings, drained, pending_count
 
+pytestmark = pytest.mark.backends
+
 
 def test_constructor_rejects_bad_service_name(conn: Any, make_settings: Settings) -> None:
     """A worker for an invalid service name is a ConfigurationError."""

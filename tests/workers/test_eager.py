@@ -6,8 +6,12 @@ import asyncio
 import contextvars
 from typing import Any
 
+import pytest
+
 from actionbus import DomainAction, HandlerTimeout
 from actionbus.workers.eager import EagerRunner
+
+pytestmark = pytest.mark.backends
 
 _SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="")
 

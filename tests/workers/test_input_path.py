@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,8 @@ from actionbus import (
 from actionbus.models.actions import format_timestamp, utc_now
 from tests.conftest import fast_worker_settings
 from tests.workers.helpers import QM, dead_letters_of, drained, noop, xadd_raw
+
+pytestmark = pytest.mark.backends
 
 STREAM = QM.get_service_action_stream("inventory")
 
@@ -205,6 +208,9 @@ async def test_oversize_entry_is_buried_before_decoding(
         [letter] = await eventually(lambda: dead_letters_of(worker))
         assert (letter.reason, letter.truncated, letter.data_length) == ("oversize", True,
                                                                         len(big))
+        size = len(big) + len("data")  # the entry: field name and value
+        assert (letter.error_type, letter.error_message) == (
+            "PayloadTooLarge", f"the entry is {size} bytes, above max_payload_bytes (10000)")
         assert letter.data == big[:1000]
         assert letter.data_sha256 == hashlib.sha256(big.encode()).hexdigest()
         assert worker._processor is not None
@@ -219,7 +225,8 @@ async def test_oversize_entry_is_buried_before_decoding(
 async def test_invalid_pseudo_sync_request_is_replied_and_buried(
     bus: Any, eventually: Any
 ) -> None:
-    """Unknown type or bad data from a waiting caller: an error reply AND a dead letter."""
+    """Unknown type or bad data from a waiting caller: an error reply AND a dead letter,
+    each counted (error_replies, dead_lettered)."""
     worker = bus.worker("inventory")
 
     @worker.handler("inventory.item.typed")
@@ -242,6 +249,8 @@ async def test_invalid_pseudo_sync_request_is_replied_and_buried(
     letters = await eventually(lambda: _at_least(worker, 2))
     assert [x.reason for x in letters] == ["unknown_action_type", "rejected"]
     assert worker.stats.bad_input == 2
+    assert worker.stats.error_replies == 2
+    assert worker.stats.dead_lettered == 2
 
 
 async def _at_least(worker: BaseWorker, n: int) -> list[Any] | None:
@@ -259,7 +268,8 @@ async def _at_least(worker: BaseWorker, n: int) -> list[Any] | None:
 async def test_callback_to_another_service_is_refused(
     bus: Any, eventually: Any, fields: dict[str, Any]
 ) -> None:
-    """A callback outside the origin service's stream and namespace is buried, never sent."""
+    """A callback outside the origin service's stream and namespace is buried as bad input
+    with the reason it was refused, never sent."""
     worker, marks = _marker_worker(bus)
     await worker.start()
     await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.mark",
@@ -269,6 +279,8 @@ async def test_callback_to_another_service_is_refused(
     await eventually(lambda: marks == ["after"])
     [letter] = await eventually(lambda: dead_letters_of(worker))
     assert (letter.reason, letter.error_type) == ("callback_not_allowed", "CallbackNotAllowed")
+    assert "refused" in letter.error_message  # callback_refusal's reason, e.g. the service
+    assert worker.stats.bad_input == 1
     assert await bus.redis.xlen(QM.get_service_action_stream("payroll")) == 0
     assert await bus.redis.xlen(QM.get_service_action_stream("orders")) == 0
 
@@ -325,7 +337,7 @@ async def test_maintenance_trims_dead_letters_and_counts_them(bus: Any, eventual
 
 
 async def test_reads_shrink_once_large_entries_are_seen(
-    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any, backend: str
 ) -> None:
     """After a large entry, each read asks for at most read_budget_bytes' worth of entries."""
     worker = BaseWorker(make_settings(service_name="inventory", max_payload_bytes=100_000), conn,
@@ -345,15 +357,34 @@ async def test_reads_shrink_once_large_entries_are_seen(
         assert worker._processor is not None
         limit = worker._processor.read_limit
         assert 1 <= limit <= 3
-        await conn.config_resetstat()
+        node = {"target_nodes": conn.get_node_from_key(STREAM)} if backend == "cluster" else {}
+        await conn.config_resetstat(**node)
         small = json.dumps({"action_type": "inventory.item.mark", "data": {"m": "ok"}})
         async with conn.pipeline(transaction=False) as pipe:
             for _ in range(30):
                 pipe.xadd(STREAM, {"data": small})
             await pipe.execute()
         await eventually(lambda: len(marks) == 31)
-        stats = await conn.info("commandstats")
+        stats = await conn.info("commandstats", **node)  # the stream's node on a cluster
         reads = stats["cmdstat_xreadgroup"]["calls"]
         assert reads >= 30 // limit  # one read of 50 would have taken them all at once
     finally:
         await worker.stop()
+
+
+async def test_maintenance_trims_old_dead_letters_and_keeps_counting(bus: Any) -> None:
+    """worker.maintain() drops dead letters older than dead_letter_max_age_s, and
+    dead_letters_trimmed adds up over maintenance rounds."""
+    worker = bus.worker("inventory", dead_letter_max_age_s=3600)
+    await worker.start()
+    dead = QM.get_dead_letter_stream("inventory")
+    now_ms = int(time.time() * 1000)
+    await bus.redis.xadd(dead, {"data": "old"}, id=f"{now_ms - 7_200_000}-0")
+    await bus.redis.xadd(dead, {"data": "new"}, id=f"{now_ms - 60_000}-0")
+    await worker.maintain()
+    assert [x.data for x in await dead_letters_of(worker)] == ["new"]
+    await bus.redis.xadd(dead, {"data": "recent"})
+    worker.settings = worker.settings.model_copy(update={"dead_letter_max_age_s": 30})
+    await worker.maintain()
+    assert [x.data for x in await dead_letters_of(worker)] == ["recent"]
+    assert worker.stats.dead_letters_trimmed == 2

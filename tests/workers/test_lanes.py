@@ -14,6 +14,8 @@ from actionbus.dead_letters import dead_letter_fields
 from actionbus.models.actions import utc_now
 from tests.workers.helpers import QM
 
+pytestmark = pytest.mark.backends
+
 HIGH = QM.get_lane_stream("lanes", "high")
 MAIN = QM.get_service_action_stream("lanes")
 LOW = QM.get_lane_stream("lanes", "low")
@@ -211,6 +213,32 @@ async def test_lanes_descriptor_is_kept_alive(bus: Any) -> None:
     key = QM.get_lanes_key("lanes")
     assert json.dumps((await bus.redis.get(key)).decode()) == '"high,normal,low"'
     assert 0 < await bus.redis.ttl(key) <= 10
+
+
+async def test_delayed_send_with_priority_waits_in_its_lanes_set(
+    bus: Any, eventually: Any
+) -> None:
+    """A delayed send with priority='low' to a service reading lanes waits in the low lane's
+    delayed set (the main set stays empty), and when due is handled from the low lane."""
+    worker = bus.worker("lanes", lanes=True)
+    seen: list[int] = []
+
+    @worker.handler("lanes.item.later")
+    async def later(action: DomainAction, data: dict[str, Any]) -> None:
+        seen.append(data["n"])
+
+    client = bus.client("orders")
+    await worker.start()
+    await eventually(lambda: bus.redis.exists(QM.get_lanes_key("lanes")))
+    await client.send_action_async(DomainAction(action_type="lanes.item.later", data={"n": 1}),
+                                   delay=3600, priority="low")
+    await client.send_action_async(DomainAction(action_type="lanes.item.later", data={"n": 2}),
+                                   delay=0.05, priority="low")
+    assert await bus.redis.zcard(QM.get_delayed_set("lanes", "low")) >= 1
+    assert await bus.redis.zcard(QM.get_delayed_set("lanes")) == 0
+    await eventually(lambda: seen == [2])
+    assert [json.loads(f[b"data"])["data"] for _, f in await bus.redis.xrange(LOW)] == [
+        {"n": 2}]
 
 
 async def test_work_of_the_most_urgent_lane_starts_first_whatever_lane_is_read_first(

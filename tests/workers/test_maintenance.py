@@ -19,6 +19,8 @@ from actionbus.workers.maintenance import (
 )
 from tests.workers.helpers import QM, drained, noop
 
+pytestmark = pytest.mark.backends
+
 STREAM = "actionbus:dev:{upkeep}:streams:main"
 
 
@@ -215,3 +217,13 @@ async def test_maintain_removes_gone_consumers(bus: Any, eventually: Any) -> Non
     await worker.maintain()
     names = {c["name"] for c in await bus.redis.xinfo_consumers(stream, "inventory")}
     assert names == {b"alive"}
+
+
+async def test_recently_active_consumer_without_pending_is_kept(redis_client: Redis) -> None:
+    """A consumer with nothing pending is removed only once idle for idle_ms: one just
+    created stays."""
+    await redis_client.xgroup_create(STREAM, "g", id="0", mkstream=True)
+    await redis_client.xgroup_createconsumer(STREAM, "g", "fresh")
+    assert await remove_gone_consumers(redis_client, STREAM, "g", "me", idle_ms=60_000) == []
+    names = {c["name"].decode() for c in await redis_client.xinfo_consumers(STREAM, "g")}
+    assert names == {"fresh"}

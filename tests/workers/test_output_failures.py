@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from redis.asyncio import Redis
 from redis.exceptions import (
     AuthenticationError,
@@ -25,9 +25,13 @@ from redis.exceptions import (
 )
 
 from actionbus import BaseWorker, DomainAction, PermissionsError
+from actionbus.backoff import OutageLog
 from actionbus.workers.failures import is_transient
+from actionbus.workers.output import OutputBatcher
 from tests.conftest import fast_worker_settings
 from tests.workers.helpers import QM, Settings, drained, xadd_raw
+
+pytestmark = pytest.mark.backends
 
 
 @pytest.mark.parametrize(("exc", "transient"), [
@@ -101,18 +105,23 @@ async def _len_is(redis: Any, key: str, n: int) -> bool:
     return int(await redis.llen(key)) >= n
 
 
-@pytest_asyncio.fixture
-async def no_lpush_user(redis_url: str) -> AsyncIterator[str]:
-    """An ACL user that may run everything except LPUSH; removed after the test."""
+@pytest.fixture
+def no_lpush_user(bus_url: str, backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """An ACL user that may run everything except LPUSH (on every node of a cluster);
+    removed after the test."""
     name = f"nolpush-{uuid.uuid4().hex[:6]}"
-    admin = Redis.from_url(redis_url)
-    await admin.execute_command("ACL", "SETUSER", name, "on", ">pw", "~*", "&*", "+@all",
-                                "-lpush")
+    servers = (request.getfixturevalue("redis_cluster").nodes if backend == "cluster"
+               else [request.getfixturevalue("redis_server")])
+    for server in servers:
+        with server.client() as admin:
+            admin.execute_command("ACL", "SETUSER", name, "on", ">pw", "~*", "&*", "+@all",
+                                  "-lpush")
     try:
-        yield redis_url.replace("redis://", f"redis://{name}:pw@", 1)
+        yield bus_url.replace("redis://", f"redis://{name}:pw@", 1)
     finally:
-        await admin.execute_command("ACL", "DELUSER", name)
-        await admin.aclose()
+        for server in servers:
+            with server.client() as admin:
+                admin.execute_command("ACL", "DELUSER", name)
 
 
 async def test_start_refuses_without_a_needed_permission(
@@ -176,3 +185,41 @@ async def test_stop_never_raises_a_client_error(make_settings: Settings) -> None
         assert worker._manager is None
     finally:
         await real_close()
+
+
+async def test_failed_round_is_requeued_ahead_of_what_was_queued_meanwhile(
+    fresh_redis_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round Redis refuses transiently (OOM) goes back ahead of a unit queued while it was
+    in flight; nothing is dropped: once Redis accepts writes, both outputs land and both
+    entries are acknowledged. The outage log names the cause."""
+    caplog.set_level(logging.WARNING, "actionbus.worker")
+    redis = Redis.from_url(fresh_redis_server.url)
+    stream, out = QM.get_service_action_stream("inventory"), "out-stream"
+    try:
+        await redis.xgroup_create(stream, "inventory", id="0", mkstream=True)
+        ids = [(await redis.xadd(stream, {"data": "{}"})).decode() for _ in range(2)]
+        await redis.xreadgroup("inventory", "c1", {stream: ">"})
+        batcher = OutputBatcher(redis, stream, "inventory",
+                                OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                                consumer="c1")
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", 1)
+        batcher.xadd(out, {"n": "a"})
+        batcher.ack(ids[0])
+        first = asyncio.create_task(batcher.flush())
+        await asyncio.sleep(0)  # the round of unit a is in flight
+        batcher.xadd(out, {"n": "b"})
+        batcher.ack(ids[1])
+        await first
+        assert batcher.acknowledged == 0
+        assert batcher.unacknowledged() == set(ids)
+        await redis.config_set("maxmemory", 0)
+        await batcher.flush()
+        assert [f[b"n"] for _, f in await redis.xrange(out)] == [b"a", b"b"]
+        assert batcher.acknowledged == 2
+        assert (await redis.xpending(stream, "inventory"))["pending"] == 0
+        assert any("Redis unavailable (OutOfMemoryError" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        await redis.aclose()

@@ -24,8 +24,10 @@ from actionbus.workers.pipeline import (
 )
 from actionbus.workers.routing import Route
 from actionbus.workers.stats import WorkerStats
-from actionbus.workers.timings import timings_for
+from actionbus.workers.timings import Timings, timings_for
 from tests.workers.helpers import QM, Reserve, dead_letters_of, drained, noop, xadd_raw
+
+pytestmark = pytest.mark.backends
 
 
 async def test_expired_pseudo_sync_request_skipped_and_acked(bus: Any, eventually: Any) -> None:
@@ -52,7 +54,8 @@ async def test_expired_pseudo_sync_request_skipped_and_acked(bus: Any, eventuall
 
 
 async def test_idempotent_handler_not_rerun_for_same_action_id(bus: Any, eventually: Any) -> None:
-    """With idempotent=True a second delivery of the same action_id is acked, not re-run."""
+    """With idempotent=True a second delivery of the same action_id is acked, not re-run,
+    and counted with outcome "duplicate"."""
     worker = bus.worker("inventory")
     calls: list[str] = []
 
@@ -60,6 +63,9 @@ async def test_idempotent_handler_not_rerun_for_same_action_id(bus: Any, eventua
     async def reserve(action: DomainAction, data: dict[str, Any]) -> None:
         calls.append(str(action.action_id))
 
+    outcomes = timings_for("inventory").outcomes
+    key = ("inventory.item.reserve", "duplicate")
+    before = outcomes.get(key, 0)
     await worker.start()
     payload = DomainAction(action_type="inventory.item.reserve").model_dump_json()
     await xadd_raw(bus.redis, "inventory", payload)
@@ -69,6 +75,7 @@ async def test_idempotent_handler_not_rerun_for_same_action_id(bus: Any, eventua
     await eventually(lambda: worker.stats.duplicates_skipped == 1)
     await eventually(lambda: drained(bus.redis, "inventory"))
     assert len(calls) == 1
+    assert outcomes.get(key, 0) == before + 1  # the handler outcome metric's "duplicate"
 
 
 async def test_idempotent_duplicate_gets_the_stored_reply(bus: Any, eventually: Any) -> None:
@@ -197,6 +204,17 @@ async def test_use_after_start_is_refused(bus: Any) -> None:
     await worker.start()
     with pytest.raises(HandlerError, match="before start"):
         worker.use(Recorder("late", []))
+
+
+def test_timings_cumulative_buckets_end_with_inf() -> None:
+    """Durations go to Prometheus-style cumulative buckets labelled by bound, "+Inf" last."""
+    timings = Timings()
+    timings.observe("a.b.c", "handled", 0.003)
+    timings.observe("a.b.c", "handled", 100.0)
+    buckets, total = timings.cumulative("a.b.c")
+    assert buckets[:3] == [("0.001", 0.0), ("0.0025", 0.0), ("0.005", 1.0)]
+    assert buckets[-2:] == [("30.0", 1.0), ("+Inf", 2.0)]
+    assert total == 100.003
 
 
 async def test_failed_and_handled_runs_are_timed_by_outcome(bus: Any, eventually: Any) -> None:

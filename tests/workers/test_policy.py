@@ -13,6 +13,8 @@ from actionbus.models.actions import utc_now
 from actionbus.workers.policy import Bury, FailurePolicy, ReplyError, Retry, error_detail
 from tests.workers.helpers import QM, dead_letters_of, drained
 
+pytestmark = pytest.mark.backends
+
 
 async def test_failing_async_action_retried_then_dead_lettered(bus: Any, eventually: Any) -> None:
     """An async action that keeps failing runs max_deliveries times, then is dead-lettered."""

@@ -10,6 +10,8 @@ import pytest
 from actionbus import BaseRedisClient, BaseWorker, DomainAction, WorkerSettings
 from tests.workers.helpers import QM, Reserve, Settings, dead_letters_of, drained, noop, xadd_raw
 
+pytestmark = pytest.mark.backends
+
 
 async def test_data_model_mismatch_dead_lettered_without_retry(
     bus: Any, eventually: Any
@@ -219,3 +221,34 @@ async def test_raw_callback_request_by_origin_service(bus: Any, eventually: Any)
     assert callback.action_type == "goservice.item.reserved"
     assert callback.correlation_id == "k1"
     assert callback.data == {"reserved": True}
+
+
+async def test_callback_action_names_what_it_answers_and_carries_the_context(
+    bus: Any, eventually: Any
+) -> None:
+    """The callback of a handled action is an action of the caller's service that says what
+    it answers (metadata response_to, response_to_action_id, success, callback_context),
+    from and to whom, and carries the request's tenant/session/task/user ids and result."""
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        return {"reserved": True}
+
+    await worker.start()
+    request = DomainAction(action_type="inventory.item.reserve", tenant_id="ten-1",
+                           session_id="s-1", task_id="t-1", user_id="u-1")
+    await bus.client("orders").send_action_async_with_callback(
+        request, "orders.item.reserved", "cart-7")
+    orders = QM.get_service_action_stream("orders")
+    [(_, fields)] = await eventually(lambda: bus.redis.xrange(orders))
+    callback = DomainAction.model_validate_json(fields[b"data"])
+    assert (callback.action_type, callback.origin_service, callback.target_service) == (
+        "orders.item.reserved", "inventory", "orders")
+    assert (callback.tenant_id, callback.session_id, callback.task_id, callback.user_id) == (
+        "ten-1", "s-1", "t-1", "u-1")
+    assert callback.data == {"reserved": True}
+    assert {k: callback.metadata[k] for k in (
+        "response_to", "response_to_action_id", "success", "callback_context", "error")} == {
+        "response_to": "inventory.item.reserve", "response_to_action_id": str(request.action_id),
+        "success": True, "callback_context": "cart-7", "error": None}

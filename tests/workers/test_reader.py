@@ -6,11 +6,15 @@ import asyncio
 import logging
 from typing import Any
 
+import pytest
+
 from actionbus import BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
 from actionbus.backoff import OutageLog
 from actionbus.workers.reader import StreamReader
 from actionbus.workers.stats import WorkerStats
 from tests.workers.helpers import QM
+
+pytestmark = pytest.mark.backends
 
 
 async def test_concurrency_bound_respected(bus: Any, eventually: Any) -> None:
@@ -131,3 +135,74 @@ async def test_reader_waits_for_a_free_slot(redis_client: Any) -> None:
     reader.slot_free.set()
     await asyncio.wait_for(task, 10)
     assert len(spawned) == 1
+
+
+async def test_deleted_stream_gets_its_group_back_and_actions_flow_again(
+    bus: Any, eventually: Any, caplog: Any
+) -> None:
+    """A stream deleted under a running worker (as after Redis restarted empty): the read's
+    NOGROUP recreates the group, logged with group and stream, and later actions are handled."""
+    caplog.set_level(logging.WARNING, "actionbus.worker")
+    worker = bus.worker("inventory")
+    seen: list[str] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        seen.append(data["m"])
+
+    client = bus.client("orders")
+    await worker.start()
+    await client.send_action_async(DomainAction(action_type="inventory.item.mark",
+                                                data={"m": "before"}))
+    await eventually(lambda: seen == ["before"])
+    await bus.redis.delete(worker.stream)
+    await eventually(lambda: any("was missing" in r.getMessage() for r in caplog.records))
+    await client.send_action_async(DomainAction(action_type="inventory.item.mark",
+                                                data={"m": "after"}))
+    await eventually(lambda: seen == ["before", "after"])
+    [line] = [r.getMessage() for r in caplog.records if "was missing" in r.getMessage()]
+    assert line == (f"consumer group inventory on {worker.stream} was missing (Redis restarted "
+                    "empty or the stream was deleted); recreated it")
+
+
+def _lanes_reader(redis: Any, block_ms: int, spawned: list[tuple[str, str]]) -> StreamReader:
+    worker = BaseWorker(CommonAppSettings(service_name="inventory"),
+                        worker_settings=WorkerSettings(block_ms=block_ms, consumer_name="c1"))
+
+    def spawn(stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
+        spawned.append((stream, entry_id))
+
+    return StreamReader(
+        worker.context, redis, LANES, spawn=spawn, in_flight=lambda: 0, owned=set,
+        unacknowledged=set, stats=WorkerStats(),
+        outage=OutageLog(logging.getLogger("test"), "reader"),
+    )
+
+
+LANES = [QM.get_service_action_stream(f"inventory-{n}") for n in ("high", "normal", "low")]
+
+
+async def test_idle_lanes_wait_in_one_blocking_read_of_one_entry_per_lane(
+    redis_client: Any, eventually: Any
+) -> None:
+    """With every lane empty the reader blocks on all lanes at once; two entries arriving
+    together in one lane wake it, and it takes one of them (one per lane); a block that
+    times out with nothing reports that nothing was read."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    spawned: list[tuple[str, str]] = []
+    idle = _lanes_reader(redis_client, 100, spawned)
+    assert await idle._read_lanes(3) is False
+    reader = _lanes_reader(redis_client, 5_000, spawned)
+    task = asyncio.create_task(reader._read_lanes(3))
+
+    async def blocked() -> bool:
+        return int((await redis_client.info("clients"))["blocked_clients"]) == 1
+
+    await eventually(blocked)
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.xadd(LANES[2], {"data": "{}"})
+    pipe.xadd(LANES[2], {"data": "{}"})
+    first, _ = [entry_id.decode() for entry_id in await pipe.execute()]
+    assert await asyncio.wait_for(task, 10) is True
+    assert spawned == [(LANES[2], first)]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from actionbus.workers.reclaim import claim_abandoned, claim_own_pending, reclaim_for_retry
 from tests.workers.helpers import QM
+
+pytestmark = pytest.mark.backends
 
 STREAM = QM.get_service_action_stream("inventory")
 GROUP = "inventory"
@@ -55,3 +59,27 @@ async def test_reclaim_for_retry_counts_a_delivery_or_sees_the_entry_gone(
     assert pending["times_delivered"] == 2
     await redis_client.xdel(STREAM, entry_id)
     assert await reclaim_for_retry(redis_client, STREAM, GROUP, "me", entry_id) is False
+
+
+async def test_abandoned_claim_asks_xpending_only_for_idle_entries(redis_client: Any) -> None:
+    """``count`` applies to entries already idle for min_idle_ms: a fresh entry ahead of an
+    idle one does not use up the count and hide the idle one, which comes with its fields."""
+    fresh, idle = await _delivered(redis_client, "ghost", 2)
+    # Make the second entry idle for an hour without waiting (XCLAIM ... IDLE).
+    await redis_client.xclaim(STREAM, GROUP, "ghost", 0, [idle], idle=3_600_000, retrycount=1)
+    claimed = await claim_abandoned(redis_client, STREAM, GROUP, "a", min_idle_ms=60_000,
+                                    count=1, skip=())
+    assert [(c.entry_id, c.deliveries, c.previous_consumer, c.fields) for c in claimed] == [
+        (idle, 2, "ghost", {b"data": b"{}"})]
+    [pending_fresh] = await redis_client.xpending_range(STREAM, GROUP, fresh, fresh, 1)
+    assert pending_fresh["consumer"] == b"ghost"
+
+
+async def test_own_pending_count_applies_after_skipping_busy_entries(redis_client: Any) -> None:
+    """Entries in ``skip`` do not use up ``count``: with count=1 and the oldest entry busy,
+    the next one is resumed, with its fields."""
+    ids = await _delivered(redis_client, "me", 3)
+    claimed = await claim_own_pending(redis_client, STREAM, GROUP, "me", count=1,
+                                      skip={ids[0]})
+    assert [(c.entry_id, c.deliveries, c.fields) for c in claimed] == [
+        (ids[1], 2, {b"data": b"{}"})]

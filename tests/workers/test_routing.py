@@ -9,6 +9,8 @@ import pytest
 from actionbus import BaseWorker, DomainAction, DomainActionResponse, HandlerError
 from tests.workers.helpers import Reserve, Settings, dead_letters_of, drained, noop, xadd_raw
 
+pytestmark = pytest.mark.backends
+
 
 def test_register_rejects_bad_declarations(conn: Any, make_settings: Settings) -> None:
     """A sync handler, a duplicate, a malformed action type or a non-model data_model fail."""

@@ -17,6 +17,8 @@ from actionbus.workers.upkeep import Upkeep
 from tests.conftest import fast_worker_settings
 from tests.workers.helpers import Settings, drained
 
+pytestmark = pytest.mark.backends
+
 
 async def test_read_loop_survives_a_cluster_exception(
     bus: Any, eventually: Any, monkeypatch: pytest.MonkeyPatch

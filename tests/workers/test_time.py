@@ -18,6 +18,8 @@ from actionbus.delayed import DELIVERIES_KEY
 from actionbus.exceptions import DelayedActionError
 from tests.workers.helpers import QM, dead_letters_of, pending_count
 
+pytestmark = pytest.mark.backends
+
 
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
