@@ -199,15 +199,15 @@ async def check_permissions(
     )  # fmt: skip
     name = user or ""
     denied: list[tuple[str, str | None, str]] = []
+    probes = [(command, key) for command in (*required, *extra)
+              for key in ([None] if command in _KEYLESS else keys)]
     try:
         for target in targets:
             name = user or text(await redis.execute_command("ACL", "WHOAMI", **target))
-            for command in (*required, *extra):
-                for key in [None] if command in _KEYLESS else keys:
-                    args = _sample(command, key or "")
-                    reply = await redis.execute_command("ACL", "DRYRUN", name, *args, **target)
-                    if text(reply) != "OK" and (command, key) not in {d[:2] for d in denied}:
-                        denied.append((command, key, text(reply)))
+            replies = await _dry_runs(redis, name, probes, target)
+            for (command, key), reply in zip(probes, replies, strict=True):
+                if text(reply) != "OK" and (command, key) not in {d[:2] for d in denied}:
+                    denied.append((command, key, text(reply)))
     except (NoPermissionError, ResponseError) as exc:
         logger.info("permissions of role %s not checked: %s (needs Redis >= 7 and "
                     "+acl|whoami +acl|dryrun)", role, exc)  # fmt: skip
@@ -226,3 +226,17 @@ async def check_permissions(
             missing=missing,
         )
     return True
+
+
+async def _dry_runs(
+    redis: AnyRedis, name: str, probes: list[tuple[str, str | None]], target: dict[str, Any]
+) -> list[Any]:
+    """``ACL DRYRUN`` of every probe: in one pipeline (one round trip) on a single server,
+    one by one on each cluster node. Raises the first refusal (e.g. ``NOPERM``)."""
+    commands = [("ACL", "DRYRUN", name, *_sample(c, k or "")) for c, k in probes]
+    if isinstance(redis, RedisCluster):
+        return [await redis.execute_command(*args, **target) for args in commands]
+    pipe = redis.pipeline(transaction=False)
+    for args in commands:
+        pipe.execute_command(*args)
+    return list(await pipe.execute())

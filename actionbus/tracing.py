@@ -29,7 +29,7 @@ from actionbus.models.actions import DomainAction
 
 __all__ = [
     "disable_tracing", "enable_tracing", "inject_context", "process_span", "publish_span",
-    "trace_carrier",
+    "trace_carrier", "tracing_enabled",
 ]
 
 _CARRIER_KEYS = ("traceparent", "tracestate")
@@ -49,6 +49,11 @@ def disable_tracing() -> None:
     """Stop tracing."""
     global _tracer
     _tracer = None
+
+
+def tracing_enabled() -> bool:
+    """Whether ``enable_tracing()`` is in effect (sends then run the tracing layer)."""
+    return _tracer is not None
 
 
 def inject_context(action: DomainAction) -> None:

@@ -195,6 +195,11 @@ async def test_a_retry_returns_to_its_partition_and_dead_letters_are_per_service
     await dead.start()
     await client.send_actions_async([job(i) for i in range(3)])
     await eventually(lambda: dead.stats.dead_lettered == 3)
+
+    async def three_letters() -> bool:  # the counter moves before the output round lands
+        return len(await dead.dead_letters.list()) == 3
+
+    await eventually(three_letters)
     letters = await dead.dead_letters.list()
     assert sorted(letter.stream for letter in letters) == sorted(streams(3))
 

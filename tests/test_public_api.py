@@ -28,6 +28,7 @@ INTERNAL = {
         "translate_errors", "unreachable",
     },
     "actionbus.clients.batch": {"send_batch"},  # BaseRedisClient.send_actions_async
+    "actionbus.clients.encoding": {"ActionEncoder", "wire_json"},  # the send path's encoder
     "actionbus.clients.layers": {"build_chain", "tracing_layer"},  # the client's onion
     "actionbus.connection": {
         "close_redis_client", "connection_options", "create_redis_client", "ping_or_raise",
@@ -106,7 +107,7 @@ INTERNAL = {
     # Used from their own module; the worker and client call the hooks.
     "actionbus.tracing": {
         "disable_tracing", "enable_tracing", "inject_context", "process_span", "publish_span",
-        "trace_carrier",
+        "trace_carrier", "tracing_enabled",
     },
 }
 # Applications and plugins built on the library rather than library API.

@@ -16,10 +16,9 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from pydantic_core import PydanticSerializationError
-
 from actionbus.clients.batch import send_batch
 from actionbus.clients.durable import DurableWriter, check_durability
+from actionbus.clients.encoding import ActionEncoder
 from actionbus.clients.guard import (
     CLIENT_FAILURES,
     check_open,
@@ -39,9 +38,6 @@ from actionbus.exceptions import (
     ActionBusError,
     ConfigurationError,
     DelayedActionError,
-    InvalidActionError,
-    InvalidNameError,
-    PayloadTooLargeError,
     SendError,
 )
 from actionbus.models.actions import (
@@ -51,6 +47,7 @@ from actionbus.models.actions import (
     check_service_name,
     utc_now,
 )
+from actionbus.tracing import tracing_enabled
 
 __all__ = ["BaseRedisClient"]
 
@@ -61,15 +58,10 @@ _LANES: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
 """Within one send: target service -> the priority lane its action goes to."""
 
 
-def _non_finite(value: Any) -> bool:
-    """Whether ``value`` holds a NaN or infinite float anywhere inside."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple | set | frozenset):
-        return any(_non_finite(v) for v in value)
-    return False
+
+_new = object.__new__
+_set = object.__setattr__
+"""A copy is built like ``BaseModel.__copy__`` does, without its generic ``copy()`` calls."""
 
 
 def _check_timeout(timeout: object) -> float:
@@ -118,6 +110,8 @@ class BaseRedisClient:
             redis_client,
             self.queue_manager.get_response_queue(self.service_name, uuid.uuid4().hex),
         )
+        self._encoder = ActionEncoder(self.queue_manager, settings)
+        self._who = f"client of service {self.service_name!r}"
         self._layers: list[PublishLayer] = [tracing_layer]
         self._chain: PublishNext = build_chain(self._layers, self._write)
         self._delayed: dict[str, DelayedQueue] = {}
@@ -150,65 +144,41 @@ class BaseRedisClient:
             )
 
     def _copy(self, action: DomainAction, **changes: Any) -> DomainAction:
-        """The client's own copy of ``action`` (new metadata dict), origin stamped."""
+        """The client's own copy of ``action`` (new metadata dict), origin stamped.
+
+        A shallow copy with ``changes`` set as they are, without validation: they are
+        the client's own values, and ``_encode`` re-checks every name before writing.
+        """
         self._check(action)
         changes.setdefault("metadata", dict(action.metadata))
         if action.origin_service is None:
             changes["origin_service"] = self.service_name
-        return action.model_copy(update=changes)
+        if action.__pydantic_private__ is not None:  # a subclass with private attributes
+            copy = action.__copy__()
+            copy.__dict__.update(changes)
+            copy.__pydantic_fields_set__.update(changes)
+            return copy
+        cls = type(action)
+        copy = _new(cls)
+        _set(copy, "__dict__", {**action.__dict__, **changes})
+        extra = action.__pydantic_extra__
+        _set(copy, "__pydantic_extra__", None if extra is None else dict(extra))
+        _set(copy, "__pydantic_fields_set__", action.__pydantic_fields_set__.union(changes))
+        _set(copy, "__pydantic_private__", None)
+        return copy
 
-    def _validate(self, action: DomainAction) -> None:
-        """Re-check fields that may have been reassigned after construction."""
-        try:
-            check_action_type(action.action_type)
-        except ValueError as exc:
-            raise InvalidNameError(f"nothing was sent: {exc}") from None
-        what = f"action {action.action_id} ({action.action_type})"
-        try:
-            for field in ("origin_service", "target_service"):
-                value = getattr(action, field)
-                if value is not None:
-                    check_service_name(value, field)
-            if action.callback_action_type is not None:
-                check_action_type(action.callback_action_type, "callback_action_type")
-            if action.callback_queue_name is not None:
-                if action.callback_action_type is not None:
-                    self.queue_manager.check_action_stream(action.callback_queue_name)
-                else:
-                    self.queue_manager.check_response_queue(action.callback_queue_name)
-        except (ValueError, TypeError) as exc:
-            raise InvalidActionError(f"{what} was not sent: {exc}") from None
-
-    def _encode(self, action: DomainAction) -> tuple[str, str]:
-        """Stream name and JSON of ``action`` (the client's copy), after every check."""
-        self._validate(action)
-        what = f"action {action.action_id} ({action.action_type})"
+    def _encode(self, action: DomainAction, *, checked: bool = False) -> tuple[str, bytes]:
+        """Stream name and wire JSON of ``action`` (the client's copy), after every check
+        (``checked``: names already checked): the lane ``_in_lanes`` chose, else the
+        target's partition (or ordered stream)."""
+        if not checked:
+            self._encoder.check(action)
         lane = self._lane(action)
         if lane is None or action.ordering_key is not None:  # ordered: never a lane
             stream = self._partitions.stream(action)
         else:
             stream = self.queue_manager.get_lane_stream(action.target, lane)
-        try:
-            payload = action.model_dump_json(exclude_none=True)
-        except (PydanticSerializationError, ValueError, TypeError) as exc:
-            raise InvalidActionError(
-                f"{what} was not sent: its content cannot be serialized to JSON ({exc}). "
-                "Put only JSON values (str, int, float, bool, None, lists, dicts) in data."
-            ) from None
-        # Pydantic writes NaN and infinity as null; only then look for them.
-        if "null" in payload and _non_finite(action.model_dump(exclude_none=True)):
-            raise InvalidActionError(
-                f"{what} was not sent: it contains NaN or infinity, which JSON cannot "
-                "carry (it would arrive as null). Send a finite number or None."
-            )
-        size = len(payload.encode()) if not payload.isascii() else len(payload)
-        if size > self.settings.max_payload_bytes:
-            raise PayloadTooLargeError(
-                f"{what} is {size} bytes, above "
-                f"max_payload_bytes={self.settings.max_payload_bytes}; nothing was sent. "
-                "Store large data elsewhere and send a reference, or raise the limit."
-            )
-        return stream, payload
+        return stream, self._encoder.payload(action)
 
     async def _learn(self, actions: Iterable[DomainAction]) -> None:
         """Learn the partition counts of the actions' targets not known lately."""
@@ -226,23 +196,38 @@ class BaseRedisClient:
         self, actions: list[DomainAction], priority: str | None, chain: PublishNext | None,
         writer: DurableWriter | StreamWriter | None = None,
     ) -> Any:
-        """Run the send with each target's lane for ``priority`` known to ``_encode``."""
+        """Run the send (``chain`` for one action, else the batch) with each target's lane
+        for ``priority`` known to ``_encode``, and its partitions learnt."""
         targets = list({action.target for action in actions})
-        found = await asyncio.gather(  # partitions and lanes learnt in one round trip
-            self._learn(actions), *(self._router.lane(target, priority) for target in targets))
-        lanes = {target: lane for target, lane in zip(targets, found[1:], strict=True)
-                 if lane is not None}
+        lanes: dict[str, str] = {}
+        if priority is None or priority == "normal":
+            await self._learn(actions)
+        elif any(self._partitions.stale(t) or self._router.stale(t) for t in targets):
+            found = await asyncio.gather(  # partitions and lanes learnt in one round trip
+                self._learn(actions), *(self._router.lane(t, priority) for t in targets))
+            lanes = {target: lane for target, lane in zip(targets, found[1:], strict=True)
+                     if lane is not None}
+        else:  # all known: no task, no suspension
+            for target in targets:
+                lane = await self._router.lane(target, priority)
+                if lane is not None:
+                    lanes[target] = lane
         token = _LANES.set(lanes or None)
         try:
             if chain is not None:
                 return await chain(actions[0])
             return await send_batch(
-                actions, layers=self._layers, encode=self._encode,
+                actions, layers=self._layers if self._layered() else (), encode=self._encode,
                 before_write=self._check_open, writer=writer or self._writer,
                 send_error=self._send_error,
             )
         finally:
             _LANES.reset(token)
+
+    def _layered(self) -> bool:
+        """Whether a publish layer would do anything: one was added with ``use()``, or
+        tracing is on. Otherwise a send skips the onion and calls its innermost step."""
+        return len(self._layers) > 1 or tracing_enabled()
 
     def _send_error(self, action: DomainAction, stream: str, exc: BaseException) -> SendError:
         unknown = outcome_unknown(exc)
@@ -258,10 +243,12 @@ class BaseRedisClient:
         self, wait_replicas: int | None, wait_timeout_ms: int | None
     ) -> DurableWriter | None:
         """The writer that WAITs for replicas (call arguments over settings), or None."""
-        replicas, timeout_ms = check_durability(
-            self.settings.wait_replicas if wait_replicas is None else wait_replicas,
-            self.settings.wait_timeout_ms if wait_timeout_ms is None else wait_timeout_ms,
-        )
+        replicas = self.settings.wait_replicas if wait_replicas is None else wait_replicas
+        timeout_ms = self.settings.wait_timeout_ms if wait_timeout_ms is None else wait_timeout_ms
+        if replicas.__class__ is int and timeout_ms.__class__ is int and replicas == 0 \
+                and timeout_ms >= 1:
+            return None  # the usual case, known valid without check_durability's loop
+        replicas, timeout_ms = check_durability(replicas, timeout_ms)
         return DurableWriter(self.redis, replicas, timeout_ms) if replicas else None
 
     async def _write(
@@ -269,10 +256,12 @@ class BaseRedisClient:
     ) -> str:
         """Innermost publish step: validate, encode and XADD the action (then WAIT for
         replicas when ``durable`` is given or ``settings.wait_replicas`` is set)."""
-        if self._partitions.stale(action.target):
+        self._encoder.check(action)  # before a bad name could be looked up
+        target = action.target
+        if self._partitions.stale(target):
             self._check_open()  # a closed client must not reconnect to look
-            await self._partitions.refresh(action.target)
-        stream, payload = self._encode(action)
+            await self._partitions.refresh(target)
+        stream, payload = self._encode(action, checked=True)
         self._check_open()
         writer = durable or self._durable(None, None) or self._writer
         try:
@@ -316,12 +305,13 @@ class BaseRedisClient:
         wait_replicas: int | None = None, wait_timeout_ms: int | None = None,
     ) -> PublishNext:
         """The publish chain: plain XADD (with a WAIT for replicas when asked), or
-        (``delay``/``at``) the delayed set."""
+        (``delay``/``at``) the delayed set; only that innermost step if no layer is active."""
         if delay is None and at is None:
             if wait_replicas is None and wait_timeout_ms is None:
-                return self._chain
+                return self._chain if self._layered() else self._write
             writer = self._durable(wait_replicas, wait_timeout_ms) or self._writer
-            return build_chain(self._layers, partial(self._write, durable=writer))
+            step: PublishNext = partial(self._write, durable=writer)
+            return build_chain(self._layers, step) if self._layered() else step
         if delay is not None and at is not None:
             raise DelayedActionError("give delay= or at=, not both; nothing was sent")
         if at is not None and not isinstance(at, datetime):
@@ -339,7 +329,8 @@ class BaseRedisClient:
                     f"delay must be zero or a positive number of seconds (or a timedelta), "
                     f"got {delay!r}; nothing was sent"
                 )
-        return build_chain(self._layers, partial(self._write_later, delay, at))
+        step = partial(self._write_later, delay, at)
+        return build_chain(self._layers, step) if self._layered() else step
 
     async def send_action_async(
         self, action: DomainAction, *, delay: timedelta | float | None = None,
@@ -386,7 +377,7 @@ class BaseRedisClient:
         await self._learn(copies)
         return await send_batch(
             copies,
-            layers=self._layers,
+            layers=self._layers if self._layered() else (),
             encode=self._encode,
             before_write=self._check_open,
             writer=durable or self._writer,
@@ -394,7 +385,7 @@ class BaseRedisClient:
         )
 
     def _check_open(self) -> None:
-        check_open(self.redis, f"client of service {self.service_name!r}")
+        check_open(self.redis, self._who)
 
     async def send_action_pseudo_sync(
         self, action: DomainAction, timeout: float = 30, *, priority: str | None = None,
@@ -422,8 +413,8 @@ class BaseRedisClient:
         future = self._replies.expect(correlation_id)
         try:
             async with asyncio.timeout(seconds):
-                await self._in_lanes(
-                    [copy], priority or self.settings.pseudo_sync_priority, self._chain)
+                await self._in_lanes([copy], priority or self.settings.pseudo_sync_priority,
+                                     self._chain_for(None, None))
                 return await future
         except TimeoutError:
             logger.info(

@@ -3,7 +3,8 @@
 Each action runs through the client's layers concurrently; the innermost step only
 validates and encodes, then waits. Once every action has reached it (or one has failed,
 in which case nothing is written), all are written in pipelined rounds, one per
-cluster node, and each chain resumes with its own entry id or error.
+cluster node, and each chain resumes with its own entry id or error. Without layers
+(none given) the actions are encoded in order and written, with no task per action.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ async def send_batch(
     actions: list[DomainAction],
     *,
     layers: Sequence[PublishLayer],
-    encode: Callable[[DomainAction], tuple[str, str]],
+    encode: Callable[[DomainAction], tuple[str, bytes]],
     before_write: Callable[[], None],
     writer: StreamWriter | DurableWriter,
     send_error: Callable[[DomainAction, str, BaseException], SendError],
@@ -34,8 +35,20 @@ async def send_batch(
     """Send ``actions`` (the client's copies); return their entry ids in order."""
     if not actions:
         return []
+    if not layers:
+        plain = [(action, *encode(action)) for action in actions]
+        before_write()
+        results = await writer.xadd_many([(stream, payload) for _, stream, payload in plain])
+        failed: list[BaseException] = []
+        for (action, stream, _), result in zip(plain, results, strict=True):
+            if isinstance(result, BaseException):
+                failed.append(result if isinstance(result, ActionBusError)
+                              else send_error(action, stream, result))
+        if failed:
+            raise _partly_sent(failed, len(actions)) from failed[0]
+        return [str(result) for result in results]
     loop = asyncio.get_running_loop()
-    encoded: dict[int, tuple[DomainAction, str, str]] = {}
+    encoded: dict[int, tuple[DomainAction, str, bytes]] = {}
     ready: list[asyncio.Future[None]] = [loop.create_future() for _ in actions]
     written: list[asyncio.Future[str]] = [loop.create_future() for _ in actions]
 
@@ -80,11 +93,16 @@ async def send_batch(
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     failed = [o for o in outcomes if isinstance(o, BaseException)]
     if failed:
-        first = failed[0]
-        raise SendError(
-            f"could not send {len(failed)} of a batch of {len(actions)} actions; first: "
-            f"{first}. The others were sent; resend the failed ones with the same "
-            "action_ids and let idempotent handlers skip duplicates.",
-            outcome_unknown=any(getattr(o, "outcome_unknown", True) for o in failed),
-        ) from first
+        raise _partly_sent(failed, len(actions)) from failed[0]
     return [str(o) for o in outcomes]
+
+
+def _partly_sent(failed: list[BaseException], total: int) -> SendError:
+    """The error of a batch some of whose actions failed (``failed``, in order)."""
+    first = failed[0]
+    return SendError(
+        f"could not send {len(failed)} of a batch of {total} actions; first: "
+        f"{first}. The others were sent; resend the failed ones with the same "
+        "action_ids and let idempotent handlers skip duplicates.",
+        outcome_unknown=any(getattr(o, "outcome_unknown", True) for o in failed),
+    )

@@ -35,7 +35,7 @@ Acked = int | BaseException
 
 
 async def xadd_and_wait(
-    redis: AnyRedis, stream: str, payload: str, replicas: int, timeout_ms: int
+    redis: AnyRedis, stream: str, payload: str | bytes, replicas: int, timeout_ms: int
 ) -> tuple[str, Acked]:
     """Append ``{"data": payload}`` to ``stream`` and wait for ``replicas`` replicas (at
     most ``timeout_ms``); return (entry id, replicas that acknowledged or the WAIT's
@@ -56,7 +56,7 @@ async def xadd_and_wait(
 
 
 async def _on_cluster(
-    redis: RedisCluster, stream: str, payload: str, replicas: int, timeout_ms: int
+    redis: RedisCluster, stream: str, payload: str | bytes, replicas: int, timeout_ms: int
 ) -> tuple[str, Acked]:
     await redis.initialize()  # no-op unless a failure asked for a topology refresh
     node: ClusterNode | None = redis.get_node_from_key(stream)
@@ -117,7 +117,7 @@ class DurableWriter:
         self.replicas = replicas
         self.timeout_ms = timeout_ms
 
-    async def xadd(self, stream: str, payload: str) -> str:
+    async def xadd(self, stream: str, payload: str | bytes) -> str:
         """Append one entry and wait for the replicas; return its id."""
         entry_id, acked = await xadd_and_wait(
             self.redis, stream, payload, self.replicas, self.timeout_ms
@@ -137,7 +137,9 @@ class DurableWriter:
             )
         return entry_id
 
-    async def xadd_many(self, items: Sequence[tuple[str, str]]) -> list[str | BaseException]:
+    async def xadd_many(
+        self, items: Sequence[tuple[str, str | bytes]]
+    ) -> list[str | BaseException]:
         """Append many entries; return each one's id or the exception that failed it."""
         results: list[str | BaseException] = [""] * len(items)
 

@@ -60,13 +60,16 @@ def mark_closed(client: Any) -> None:
 
 def check_open(client: Any, who: str) -> None:
     """Raise ``ClientNotInitializedError`` if ``client`` was closed by its owner."""
-    with contextlib.suppress(TypeError):
-        if client in _CLOSED:
-            raise ClientNotInitializedError(
-                f"{who}: its Redis client was closed (RedisManager.close() or "
-                "close_redis_pool()); nothing was sent. Create the client from a manager "
-                "that is initialized."
-            )
+    try:
+        closed = client in _CLOSED
+    except TypeError:  # cannot be weakly referenced: never marked closed
+        return
+    if closed:
+        raise ClientNotInitializedError(
+            f"{who}: its Redis client was closed (RedisManager.close() or "
+            "close_redis_pool()); nothing was sent. Create the client from a manager "
+            "that is initialized."
+        )
 
 
 def outcome_unknown(exc: BaseException) -> bool:

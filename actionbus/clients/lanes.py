@@ -45,6 +45,11 @@ class LaneRouter:
         self._known: dict[str, tuple[float, frozenset[str]]] = {}
         self._reading: dict[str, asyncio.Task[frozenset[str]]] = {}  # one GET per target
 
+    def stale(self, target: str) -> bool:
+        """Whether ``lanes_of(target)`` would read the descriptor (nothing cached lately)."""
+        known = self._known.get(target)
+        return known is None or known[0] <= time.monotonic()
+
     async def lane(self, target: str, priority: str | None) -> str | None:
         """The lane to send to (``None``: the main stream)."""
         if priority is None or priority == "normal":

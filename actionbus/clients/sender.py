@@ -1,10 +1,10 @@
 """Coalescing of concurrent XADDs: one round trip for many senders.
 
-A send with nothing else in flight goes out at once, as a plain ``XADD``. Sends that
-arrive while one is in flight are queued and written together by a background task
-(never by a caller's own task, so a cancelled caller cannot strand the others). Many
-concurrent callers then cost a few pipelines instead of one command and one pooled
-connection each.
+A send with nothing else in flight goes out at once, as a plain ``XADD`` (a batch of
+one caller's sends, as its own pipeline). Sends that arrive while one is in flight are
+queued and written together by a background task (never by a caller's own task, so a
+cancelled caller cannot strand the others). Many concurrent callers then cost a few
+pipelines instead of one command and one pooled connection each.
 
 On Redis Cluster the queued sends are grouped by the node that owns each stream and
 written as parallel single commands (see ``_send_each``): a dead master fails only the
@@ -27,12 +27,14 @@ from actionbus.clients.guard import CLIENT_FAILURES
 from actionbus.connection import AnyRedis
 from actionbus.streams import text
 
-__all__ = ["DATA_FIELD", "StreamWriter"]
+__all__ = ["DATA_FIELD", "Payload", "StreamWriter"]
 
 DATA_FIELD = "data"
 _MAX_BATCH = 500
 
-_Item = tuple[str, str, "asyncio.Future[str]"]
+Payload = str | bytes
+"""An entry's ``data`` field: the action's JSON."""
+_Item = tuple[str, Payload, "asyncio.Future[str]"]
 
 
 class StreamWriter:
@@ -44,7 +46,7 @@ class StreamWriter:
         self._queue: list[_Item] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def xadd(self, stream: str, payload: str) -> str:
+    async def xadd(self, stream: str, payload: Payload) -> str:
         """Append one entry; return its id. Raises what redis-py raises."""
         if not self._in_flight and not self._queue:
             self._in_flight = True
@@ -54,13 +56,36 @@ class StreamWriter:
                 self._in_flight = False
         return await self._enqueue([(stream, payload)])[0]
 
-    async def xadd_many(self, items: Sequence[tuple[str, str]]) -> list[str | BaseException]:
+    async def xadd_many(
+        self, items: Sequence[tuple[str, Payload]]
+    ) -> list[str | BaseException]:
         """Append many entries; return each one's id or the exception that failed it."""
+        if not self._in_flight and not self._queue and not isinstance(self.redis, RedisCluster):
+            self._in_flight = True
+            try:
+                results: list[str | BaseException] = []
+                for start in range(0, len(items), _MAX_BATCH):
+                    results += await self._pipeline(items[start:start + _MAX_BATCH])
+                return results
+            finally:
+                self._in_flight = False
         futures = self._enqueue(items)
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        return list(results)
+        return list(await asyncio.gather(*futures, return_exceptions=True))
 
-    def _enqueue(self, items: Sequence[tuple[str, str]]) -> list[asyncio.Future[str]]:
+    async def _pipeline(
+        self, items: Sequence[tuple[str, Payload]]
+    ) -> list[str | BaseException]:
+        """One pipelined round of ``XADD``s (standalone server) from the caller's task."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, payload in items:
+            pipe.xadd(stream, {DATA_FIELD: payload})
+        try:
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        except CLIENT_FAILURES as exc:
+            return [exc] * len(items)
+        return [r if isinstance(r, BaseException) else text(r) for r in results]
+
+    def _enqueue(self, items: Sequence[tuple[str, Payload]]) -> list[asyncio.Future[str]]:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[str]] = []
         for stream, payload in items:

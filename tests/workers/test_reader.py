@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import pytest
+from redis.asyncio import RedisCluster
 
 from actionbus import BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
 from actionbus.backoff import OutageLog
@@ -179,7 +180,7 @@ def _lanes_reader(redis: Any, block_ms: int, spawned: list[tuple[str, str]]) -> 
     )
 
 
-LANES = [QM.get_service_action_stream(f"inventory-{n}") for n in ("high", "normal", "low")]
+LANES = list(QM.get_lane_streams("inventory"))  # one hash tag: also runs on a cluster
 
 
 async def test_idle_lanes_wait_in_one_blocking_read_of_one_entry_per_lane(
@@ -197,7 +198,9 @@ async def test_idle_lanes_wait_in_one_blocking_read_of_one_entry_per_lane(
     task = asyncio.create_task(reader._read_lanes(3))
 
     async def blocked() -> bool:
-        return int((await redis_client.info("clients"))["blocked_clients"]) == 1
+        where = ({"target_nodes": redis_client.get_node_from_key(LANES[0])}
+                 if isinstance(redis_client, RedisCluster) else {})
+        return int((await redis_client.info("clients", **where))["blocked_clients"]) == 1
 
     await eventually(blocked)
     pipe = redis_client.pipeline(transaction=True)
