@@ -50,8 +50,9 @@ bench-long: dev
 	$(PIP) install -e '.[bench]'
 	$(BIN)/python bench/run.py --long
 
-# Mutation testing of actionbus/workers, actionbus/clients and dead_letters.py (about an hour on
-# 2 cores; mutmut picks, for each mutant, the tests that cover its function). Not part of CI.
+# Mutation testing of actionbus/workers, actionbus/clients and dead_letters.py (5,265 mutants at
+# about 0.5/s on 2 shared cores: about 3 hours, plus ~30 min of coverage and stats runs; mutmut
+# picks, for each mutant, the tests that cover its function). Not part of CI.
 # Narrow it with MUTANTS, e.g. make mutation MUTANTS='actionbus.dead_letters*'.
 MUTANTS ?=
 mutation: dev
