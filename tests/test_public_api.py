@@ -53,7 +53,7 @@ INTERNAL = {
     "actionbus.workers.context": {"entry_key", "split_entry_key"},  # lane entries' names
     "actionbus.workers.eager": {"EagerRunner"},  # the worker's eager start of entries
     "actionbus.clients.lanes": {"LaneRouter", "check_priority"},  # the client's lane routing
-    "actionbus.workers.ownership": {"ConsumerLease"},  # taken by BaseWorker.start()
+    "actionbus.workers.ownership": {"ConsumerLease", "RELEASE_LEASE"},  # leases of the worker
     "actionbus.workers.pipeline": {  # the built-in layers and the chain builder
         "ExpiryLayer", "IdempotencyLayer", "LoggingLayer", "MetricsLayer", "Pipeline",
         "ReplyLayer", "Skipped", "StepFailed", "TimeoutLayer", "TracingLayer", "ValidationLayer",

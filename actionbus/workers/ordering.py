@@ -45,6 +45,7 @@ from actionbus.workers.context import Dispatch, WorkerContext, entry_key
 from actionbus.workers.health import Health
 from actionbus.workers.maintenance import remove_gone_consumers, safe_trim
 from actionbus.workers.output import OutputBatcher
+from actionbus.workers.ownership import RELEASE_LEASE
 from actionbus.workers.pipeline import Pipeline
 from actionbus.workers.policy import FailurePolicy
 from actionbus.workers.processing import ActionProcessor
@@ -61,13 +62,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], '', 'PX', 1)
-  return 1
-end
-return 0
-"""
+
 _POLL_S = 0.5
 """How often a worker without the lease looks for ordered work (or a lapsed lease)."""
 
@@ -164,7 +159,7 @@ class OrderedConsumer:
         self.slot_free = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
         self._refresh = self.redis.register_script(_REFRESH)
-        self._release = self.redis.register_script(_RELEASE)
+        self._release = self.redis.register_script(RELEASE_LEASE)
 
     async def run(self) -> None:
         """Take the lease when there is ordered work, then recover and read until stopped."""

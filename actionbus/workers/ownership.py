@@ -25,7 +25,7 @@ from actionbus.workers.context import WorkerContext
 from actionbus.workers.failures import is_transient
 from actionbus.workers.policy import safe_text
 
-__all__ = ["ConsumerLease"]
+__all__ = ["RELEASE_LEASE", "ConsumerLease"]
 
 logger = logging.getLogger("actionbus.worker")
 
@@ -37,7 +37,8 @@ if holder == ARGV[1] or not holder then
 end
 return 0
 """
-_RELEASE = """
+# Releases the lease KEYS[1] if ARGV[1] holds it (the consumer-name and ordering leases).
+RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], '', 'PX', 1)  -- lapses at once; SET is in the worker's ACL
   return 1
@@ -63,7 +64,7 @@ class ConsumerLease:
         self.ttl_ms = max(100, int(ctx.settings.consumer_lease_ttl_s * 1000))
         self._task: asyncio.Task[None] | None = None
         self._refresh = redis.register_script(_REFRESH)  # EVALSHA, loaded on demand
-        self._release = redis.register_script(_RELEASE)
+        self._release = redis.register_script(RELEASE_LEASE)
 
     @classmethod
     async def take(cls, redis: AnyRedis, ctx: WorkerContext) -> ConsumerLease:
