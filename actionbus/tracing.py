@@ -35,20 +35,23 @@ __all__ = [
 _CARRIER_KEYS = ("traceparent", "tracestate")
 
 _tracer: Any = None
+tracing_on = False
+"""``tracing_enabled()`` as a plain flag, for the worker's per-action check."""
 
 
 def enable_tracing(tracer_provider: Any = None) -> None:
     """Trace sends and handling with ``tracer_provider`` (default: the global one)."""
-    global _tracer
+    global _tracer, tracing_on
     from opentelemetry import trace
 
     _tracer = trace.get_tracer("actionbus", tracer_provider=tracer_provider)
+    tracing_on = True
 
 
 def disable_tracing() -> None:
     """Stop tracing."""
-    global _tracer
-    _tracer = None
+    global _tracer, tracing_on
+    _tracer, tracing_on = None, False
 
 
 def tracing_enabled() -> bool:

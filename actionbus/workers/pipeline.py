@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol
 
 from redis.exceptions import RedisError
 
+from actionbus import tracing
 from actionbus.connection import AnyRedis
 from actionbus.exceptions import HandlerTimeout
 from actionbus.models.actions import DomainAction
@@ -392,21 +393,22 @@ class Pipeline:
             elif compiled.idempotency is not None:
                 result = await compiled.idempotency(action, action.data, self._reply_step(
                     route, compiled))
-            else:  # _traced() inlined: one coroutine frame less per action
-                with process_span(action, self.ctx.stream):
-                    data = route.parse_data(action) if compiled.validate else action.data
-                    timeout = compiled.timeout
-                    if timeout.timeout is not None:
-                        value = await timeout.bounded(action, data, compiled.inner)
-                    else:
-                        running, key = timeout.running, id(action)
-                        running[key] = (time.monotonic(), action)
-                        if timeout.sweep is None:
-                            timeout.schedule_sweep()
-                        try:
-                            value = await compiled.inner(action, data)
-                        finally:
-                            running.pop(key, None)
+            elif tracing.tracing_on:
+                result = prepare(self.ctx, action, await self._traced(route, compiled, action))
+            else:  # _traced() inlined without its span: one coroutine frame less per action
+                data = route.parse_data(action) if compiled.validate else action.data
+                timeout = compiled.timeout
+                if timeout.timeout is not None:
+                    value = await timeout.bounded(action, data, compiled.inner)
+                else:
+                    running, key = timeout.running, id(action)
+                    running[key] = (time.monotonic(), action)
+                    if timeout.sweep is None:
+                        timeout.schedule_sweep()
+                    try:
+                        value = await compiled.inner(action, data)
+                    finally:
+                        running.pop(key, None)
                 result = prepare(self.ctx, action, value)
         except Exception as exc:
             self._metrics.failed(action, started)
