@@ -345,6 +345,7 @@ class Pipeline:
         self.stats = stats
         self.user_layers = tuple(user_layers)
         self._metrics = MetricsLayer(stats, ctx.service)
+        self._timings = self._metrics.timings
         self._logging = LoggingLayer(ctx.service)
         self._expiry = ExpiryLayer(ctx.settings.clock_skew_s)
         self._compiled: dict[int, _Compiled] = {}  # by id(route): a Route hashes in Python
@@ -414,7 +415,11 @@ class Pipeline:
             self._metrics.failed(action, started)
             self._logging.failed(action, started, exc)
             raise
-        self._metrics.finished(action, result, started)
+        if result.__class__ is Prepared:  # MetricsLayer.finished, for the usual outcome
+            self.stats.handled += 1
+            self._timings.observe(action.action_type, "handled", time.perf_counter() - started)
+        else:
+            self._metrics.finished(action, result, started)
         if logger.isEnabledFor(logging.DEBUG):
             self._logging.finished(action, result, started)
         return result

@@ -8,18 +8,43 @@ counters at scrape time. No dependency on prometheus-client here.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["BUCKETS", "Timings", "timings_for"]
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds (seconds) of the handler duration histogram."""
+_FIRST = BUCKETS[0]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Series:
     counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     total: float = 0.0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+class _Outcomes(Mapping[tuple[str, str], int]):
+    """Live read-only view: (action type, outcome) -> runs, from the series by type (no
+    tuple key is built per action)."""
+
+    def __init__(self, durations: dict[str, _Series]) -> None:
+        self._durations = durations
+
+    def __getitem__(self, key: tuple[str, str]) -> int:
+        series = self._durations.get(key[0])
+        if series is None:
+            raise KeyError(key)
+        return series.outcomes[key[1]]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for action_type, series in list(self._durations.items()):
+            for outcome in list(series.outcomes):
+                yield action_type, outcome
+
+    def __len__(self) -> int:
+        return sum(len(series.outcomes) for series in self._durations.values())
 
 
 class Timings:
@@ -27,17 +52,19 @@ class Timings:
 
     def __init__(self) -> None:
         self.durations: dict[str, _Series] = {}
-        self.outcomes: dict[tuple[str, str], int] = {}
+        self.outcomes: Mapping[tuple[str, str], int] = _Outcomes(self.durations)
+        """Runs by (action type, outcome): a live view."""
 
     def observe(self, action_type: str, outcome: str, seconds: float) -> None:
         """Record one handler run."""
         series = self.durations.get(action_type)
         if series is None:
             series = self.durations[action_type] = _Series()
-        series.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        # most runs fall in the first bucket: no bisect for them
+        series.counts[0 if seconds <= _FIRST else bisect.bisect_left(BUCKETS, seconds)] += 1
         series.total += seconds
-        key = (action_type, outcome)
-        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        outcomes = series.outcomes
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
     def cumulative(self, action_type: str) -> tuple[list[tuple[str, float]], float]:
         """Prometheus-style cumulative buckets (``le`` -> count, ``+Inf`` last) and the sum."""

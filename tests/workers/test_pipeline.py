@@ -217,6 +217,22 @@ def test_timings_cumulative_buckets_end_with_inf() -> None:
     assert total == 100.003
 
 
+def test_timings_outcomes_is_a_live_view_by_type_and_outcome() -> None:
+    """``Timings.outcomes`` read once keeps showing later runs, keyed (type, outcome); a run
+    at or under the first bound lands in that bucket."""
+    timings = Timings()
+    outcomes = timings.outcomes
+    timings.observe("a.b.c", "handled", 0.001)
+    timings.observe("a.b.c", "failed", 0.0001)
+    timings.observe("a.b.d", "handled", 0.002)
+    assert dict(outcomes) == {("a.b.c", "handled"): 1, ("a.b.c", "failed"): 1,
+                              ("a.b.d", "handled"): 1}
+    assert outcomes.get(("a.b.x", "handled"), 0) == 0
+    assert outcomes.get(("a.b.c", "duplicate"), 0) == 0
+    buckets, _ = timings.cumulative("a.b.c")
+    assert buckets[0] == ("0.001", 2.0)
+
+
 async def test_failed_and_handled_runs_are_timed_by_outcome(bus: Any, eventually: Any) -> None:
     """The metrics see every run: a failed attempt is timed as ``failed``, the retry that
     succeeds as ``handled`` (the handler's timings by action type and outcome)."""
