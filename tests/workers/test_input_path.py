@@ -372,6 +372,59 @@ async def test_reads_shrink_once_large_entries_are_seen(
         await worker.stop()
 
 
+async def test_read_limit_is_lifted_once_large_entries_stop(
+    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A small entry handled after the large-entry memory passed lifts the read limit."""
+    monkeypatch.setattr("actionbus.workers.processing._LARGE_MEMORY_S", 0.0)
+    worker = BaseWorker(make_settings(service_name="inventory", max_payload_bytes=100_000), conn,
+                        worker_settings=fast_worker_settings(batch_size=50,
+                                                             read_budget_bytes=60_000))
+    marks: list[int] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        marks.append(len(data["m"]))
+
+    await worker.start()
+    try:
+        big = json.dumps({"action_type": "inventory.item.mark", "data": {"m": "y" * 20_000}})
+        await conn.xadd(STREAM, {"data": big})
+        await eventually(lambda: marks == [20_000])
+        assert worker._processor is not None
+        assert worker._processor.read_limit > 0
+        small = json.dumps({"action_type": "inventory.item.mark", "data": {"m": "ok"}})
+        await conn.xadd(STREAM, {"data": small})
+        await eventually(lambda: marks == [20_000, 2])
+        assert worker._processor.read_limit == 0
+    finally:
+        await worker.stop()
+
+
+async def test_small_data_with_large_other_fields_is_oversize(
+    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """The size check counts every field of the entry, not only a small "data"."""
+    worker = BaseWorker(make_settings(service_name="inventory", max_payload_bytes=10_000), conn,
+                        worker_settings=fast_worker_settings())
+    marks: list[str] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        marks.append(data["m"])
+
+    await worker.start()
+    try:
+        small = json.dumps({"action_type": "inventory.item.mark", "data": {"m": "ok"}})
+        await conn.xadd(STREAM, {"data": small, "blob": "z" * 80_000})
+        [letter] = await eventually(lambda: dead_letters_of(worker))
+        assert (letter.reason, letter.error_type) == ("oversize", "PayloadTooLarge")
+        assert marks == []
+    finally:
+        await worker.stop()
+
+
 async def test_maintenance_trims_old_dead_letters_and_keeps_counting(bus: Any) -> None:
     """worker.maintain() drops dead letters older than dead_letter_max_age_s, and
     dead_letters_trimmed adds up over maintenance rounds."""
