@@ -120,16 +120,20 @@ class EagerRunner:
 
     async def _run(self, finished: bool = False) -> None:
         """Run queued jobs; ``finished``: jobs finished before, their output not sent yet."""
-        queue = self._queue
+        queue, popleft, copy_context = self._queue, self._queue.popleft, contextvars.copy_context
+        on_done, urgent = self.on_done, self.urgent
         while queue:
-            job, args = queue.popleft()
+            job, args = popleft()
             coro = job(*args)
-            ctx = contextvars.copy_context()
+            ctx = copy_context()
             try:
                 pending = ctx.run(coro.send, None)
             except StopIteration:
-                self._done()
-                if queue and self.urgent():  # send it now; the rest of the queue goes on
+                try:  # self._done() inlined
+                    on_done()
+                except Exception:  # pragma: no cover - on_done only sets an event
+                    logger.exception("bookkeeping after an action failed")
+                if queue and urgent():  # send it now; the rest of the queue goes on
                     self._runner_waiting = False
                     self._new_runner()
                     await self._after()
