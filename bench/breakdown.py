@@ -10,7 +10,7 @@ inflates it far less than wall time, and no profiler overhead distorts it):
   to the no-op handler (metrics, expiry, reply, tracing, timeout registry);
 - ack: queueing each entry's ack (``OutputBatcher.ack``) and building the XACK round from
   100 of them (the command itself is written by redis-py: Redis I/O);
-- scheduling and bookkeeping: the whole path from ``_spawn`` through the eager runner and
+- scheduling and bookkeeping: the whole path from ``_spawn_read`` through the eager runner and
   ``process()`` to the queued ack, minus the three parts above;
 - Redis I/O and the event loop: what the worker process used per action in the measured
   drain (``/proc``), minus all of the above: XREADGROUP, its reply parsed by redis-py into
@@ -103,8 +103,8 @@ async def measure(service: str, payloads: list[str], rounds: int) -> dict[str, f
         worker._output, worker._processor = output, processor
         worker._runner.after = None  # the ack round is timed by ack()
         for b in range(batches):
-            for key, entry in zip(keys, fields, strict=True):
-                worker._spawn(worker.stream, f"{b}{key}", entry, 1)
+            worker._spawn_read(worker.stream, [(f"{b}{key}", entry)
+                                               for key, entry in zip(keys, fields, strict=True)])
             await asyncio.sleep(0)  # the runner task takes the batch
             output._units.clear()
 

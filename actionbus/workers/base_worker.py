@@ -343,6 +343,7 @@ class BaseWorker:
             await announce_lanes(redis, self.context)  # senders may route to lanes now
             partitions = self._partitions = Partitions(
                 self.context, redis, self.partitions, spawn=self._spawn,
+                spawn_read=self._spawn_read,
                 in_flight=lambda: self._active, supervised=self._supervised,
                 stopping=self._stopping, stats=self.stats, outage=self._outage,
                 health=self._health,
@@ -374,6 +375,7 @@ class BaseWorker:
         )
         reader = self._reader = StreamReader(
             ctx, redis, ctx.lanes or [self.stream], spawn=self._spawn,
+            spawn_read=self._spawn_read,
             in_flight=lambda: self._active,
             owned=lambda: processor.owned, unacknowledged=output.unacknowledged,
             stats=self.stats, outage=self._outage, after_batch=upkeep.maybe_trim, slow=slow,
@@ -531,6 +533,18 @@ class BaseWorker:
             return  # already being handled (a recovery raced a read)
         self._active += 1
         self._runner.submit(processor.process, key, fields, deliveries)
+
+    def _spawn_read(self, stream: str, entries: list[Any]) -> None:
+        """``_spawn`` of every ``(entry_id, fields)`` one read brought, in one go."""
+        processor = self._processor
+        assert processor is not None
+        jobs = [(entry_id.decode() if type(entry_id) is bytes else entry_id, fields, 1)
+                for entry_id, fields in entries]
+        if stream != self.stream:
+            jobs = [(entry_key(self.stream, stream, key), fields, 1) for key, fields, _ in jobs]
+        jobs = processor.claim_all(jobs)
+        self._active += len(jobs)
+        self._runner.submit_all(processor.process, jobs)
 
     async def _flush_output(self) -> None:
         if self._output is not None:

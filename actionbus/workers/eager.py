@@ -22,6 +22,7 @@ import logging
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from itertools import repeat
 from typing import Any
 
 __all__ = ["EagerRunner"]
@@ -90,6 +91,13 @@ class EagerRunner:
         self._queue.append((job, args))
         if not self._runner_waiting:
             self._new_runner()
+
+    def submit_all(self, job: Job, args: list[Any]) -> None:
+        """``submit(job, *a)`` for each tuple ``a`` of ``args``, in order."""
+        if args:
+            self._queue.extend(zip(repeat(job), args))
+            if not self._runner_waiting:
+                self._new_runner()
 
     def drop_queued(self) -> int:
         """Forget jobs not started yet (at shutdown: their entries stay pending)."""

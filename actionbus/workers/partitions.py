@@ -40,7 +40,7 @@ from actionbus.workers.health import Health, SlowCommands
 from actionbus.workers.mover import Mover
 from actionbus.workers.output import OutputBatcher
 from actionbus.workers.processing import ActionProcessor
-from actionbus.workers.reader import Spawn, StreamReader
+from actionbus.workers.reader import Spawn, SpawnRead, StreamReader
 from actionbus.workers.stats import WorkerStats
 from actionbus.workers.upkeep import maintain
 
@@ -95,6 +95,7 @@ class Partitions:
         count: int,
         *,
         spawn: Spawn,
+        spawn_read: SpawnRead | None = None,
         in_flight: Callable[[], int],
         supervised: Supervised,
         stopping: asyncio.Event,
@@ -107,6 +108,7 @@ class Partitions:
         self.redis = redis
         self.count = count
         self.spawn = spawn
+        self.spawn_read = spawn_read
         self.in_flight = in_flight
         self.supervised = supervised
         self.stopping = stopping
@@ -185,7 +187,7 @@ class Partitions:
             owned=lambda: _ids_of(stream, processor.owned),
             unacknowledged=lambda: _ids_of(stream, output.unacknowledged()),
             stats=self.stats, outage=self.outage, slow=self.slow, health=self.health,
-            read_limit=lambda: processor.read_limit,
+            read_limit=lambda: processor.read_limit, spawn_read=self.spawn_read,
         )
         self.readers.append(reader)
         mover = Mover(self.ctx, self.redis, outage=self.outage, partition=k)

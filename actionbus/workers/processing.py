@@ -53,6 +53,10 @@ def _size(value: Any, limit: int) -> int:
     return 0
 
 
+_Job = tuple[str, dict[Any, Any], int]
+"""``process()``'s arguments: entry id, fields, deliveries."""
+
+
 class _Malformed(Exception):
     """Internal: the entry is not a valid action."""
 
@@ -114,14 +118,26 @@ class ActionProcessor:
         started[entry_id] = time.monotonic()
         return True
 
+    def claim_all(self, jobs: list[_Job]) -> list[_Job]:
+        """``claim()`` the entry of each ``(entry_id, fields, deliveries)`` (at one time);
+        those newly claimed, in order. A read never names an entry twice."""
+        started, now = self._started, time.monotonic()
+        if started.keys().isdisjoint(job[0] for job in jobs):  # the usual case
+            started.update((job[0], now) for job in jobs)
+            return jobs
+        claimed = []
+        for job in jobs:
+            if job[0] not in started:
+                started[job[0]] = now
+                claimed.append(job)
+        return claimed
+
     async def process(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
         """Handle one entry (``claim()``-ed first), retrying with backoff until done or buried.
 
         Its writes and acknowledgement are queued on the output batcher; the caller sends
         them (``OutputBatcher.flush()``), once for many entries.
         """
-        if entry_id not in self._started:
-            self._started[entry_id] = time.monotonic()
         try:
             raw = fields.get(b"data")
             if raw is None:

@@ -27,7 +27,7 @@ from actionbus.workers.health import Health, SlowCommands
 from actionbus.workers.reclaim import claim_abandoned, claim_own_pending
 from actionbus.workers.stats import WorkerStats
 
-__all__ = ["Spawn", "StreamReader", "spread"]
+__all__ = ["Spawn", "SpawnRead", "StreamReader", "spread"]
 
 logger = logging.getLogger("actionbus.worker")
 
@@ -38,6 +38,10 @@ _EMPTY_S = 0.02
 
 Spawn = Callable[[str, str, dict[Any, Any], int], None]
 """``spawn(stream, entry_id, fields, deliveries)``: start handling one entry."""
+
+SpawnRead = Callable[[str, list[Any]], None]
+"""``spawn_read(stream, entries)``: start handling the ``(entry_id, fields)`` entries one
+read brought (first deliveries), as ``spawn`` would each, in order."""
 
 
 def spread(consumer: str) -> float:
@@ -69,6 +73,7 @@ class StreamReader:
         slow: SlowCommands | None = None,
         health: Health | None = None,
         read_limit: Callable[[], int] = lambda: 0,
+        spawn_read: SpawnRead | None = None,
     ) -> None:
         self.ctx = ctx
         self.read_limit = read_limit
@@ -77,6 +82,7 @@ class StreamReader:
         self.redis = redis
         self.streams = tuple(streams)
         self.spawn = spawn
+        self.spawn_read = spawn_read or self._spawn_each
         self.in_flight = in_flight
         self.owned = owned
         self.unacknowledged = unacknowledged
@@ -158,14 +164,17 @@ class StreamReader:
 
     def _spawn_all(self, reply: Any) -> int:
         spawned = 0
-        spawn = self.spawn
+        spawn_read = self.spawn_read
         for stream, entries in reply or ():
-            name = text(stream)
-            for entry_id, fields in entries:
-                spawn(name, entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-                      fields, 1)
+            spawn_read(text(stream), entries)
             spawned += len(entries)
         return spawned
+
+    def _spawn_each(self, stream: str, entries: list[Any]) -> None:
+        spawn = self.spawn
+        for entry_id, fields in entries:
+            spawn(stream, entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+                  fields, 1)
 
     def _first_lane(self) -> int:
         """Weighted mode: the lane this read starts with, by smooth weighted round robin

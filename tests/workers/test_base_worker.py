@@ -226,3 +226,32 @@ async def test_stop_ends_a_loop_that_swallowed_its_cancellation(
     await asyncio.wait_for(entered.wait(), 10)
     await asyncio.wait_for(worker.stop(grace=0.5), 10)
     assert swallowed.is_set()
+
+
+async def test_a_read_does_not_start_an_entry_already_in_progress(
+    bus: Any, eventually: Any
+) -> None:
+    """An entry that a read brings while this worker already handles it (a recovery raced
+    the read) is not started again; the other entries of that read are."""
+    worker = bus.worker("inventory")
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    @worker.handler("inventory.item.hold")
+    async def hold(action: DomainAction, data: dict[str, Any]) -> None:
+        calls.append(data["n"])
+        await release.wait()
+
+    await worker.start()
+    client = bus.client("orders")
+    await client.send_action_async(DomainAction(action_type="inventory.item.hold", data={"n": 1}))
+    await eventually(lambda: calls == [1])
+    [(first, fields)] = await bus.redis.xrange(worker.stream)
+    other = DomainAction(action_type="inventory.item.hold", data={"n": 2}).model_dump_json()
+    worker._spawn_read(worker.stream, [(first, fields), (b"1-1", {b"data": other.encode()})])
+    await eventually(lambda: calls == [1, 2])
+    assert worker.in_flight == 2
+    release.set()
+    await eventually(lambda: worker.stats.handled == 2)
+    await eventually(lambda: worker.in_flight == 0)
+    assert calls == [1, 2]

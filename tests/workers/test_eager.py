@@ -193,3 +193,22 @@ async def test_urgent_output_is_sent_before_the_rest_of_the_batch_runs() -> None
             break
         await asyncio.sleep(0)
     assert events == ["reply", "send", "bulk", "last", "send"]
+
+
+async def test_submit_all_runs_the_jobs_in_order_each_in_its_own_context() -> None:
+    """``submit_all`` is ``submit`` of each argument tuple, in order (contexts kept apart)."""
+    seen: list[tuple[str, str]] = []
+    finished = asyncio.Event()
+
+    async def job(name: str) -> None:
+        seen.append((name, _SEEN.get()))
+        _SEEN.set(name)
+        if name == "c":
+            finished.set()
+
+    runner = EagerRunner(lambda: None)
+    runner.submit_all(job, [])
+    assert not runner.tasks
+    runner.submit_all(job, [("a",), ("b",), ("c",)])
+    await asyncio.wait_for(finished.wait(), 5)
+    assert seen == [("a", ""), ("b", ""), ("c", "")]
