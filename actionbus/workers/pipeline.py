@@ -252,9 +252,10 @@ class TimeoutLayer:
     """Cancels the inner chain after ``timeout`` seconds (``HandlerTimeout``); without a
     timeout, warns once when it runs longer than ``warn_after`` seconds.
 
-    The warning costs no timer per action: running actions are noted in a dict and one
-    sweep, scheduled only while some run, warns about those older than ``warn_after``
-    (within a quarter of it).
+    The warning costs no timer per action: running actions are noted in a dict with their
+    ``perf_counter()`` start (the pipeline reuses the metrics' one) and one sweep, scheduled
+    only while some run, warns about those older than ``warn_after`` (within a quarter of
+    it).
     """
 
     def __init__(self, timeout: float | None, warn_after: float) -> None:
@@ -266,7 +267,7 @@ class TimeoutLayer:
     async def __call__(self, action: DomainAction, data: Any, call_next: CallNext) -> Any:
         if self.timeout is None:
             key = id(action)
-            self.running[key] = (time.monotonic(), action)
+            self.running[key] = (time.perf_counter(), action)
             if self.sweep is None:
                 self.schedule_sweep()
             try:
@@ -297,7 +298,7 @@ class TimeoutLayer:
     def _check(self) -> None:
         """Warn once about each action running longer than ``warn_after``."""
         self.sweep = None
-        limit = time.monotonic() - self.warn_after
+        limit = time.perf_counter() - self.warn_after
         for key, (since, action) in list(self.running.items()):
             if since <= limit:
                 _warn_slow(action, self.warn_after)
@@ -403,7 +404,7 @@ class Pipeline:
                     value = await timeout.bounded(action, data, compiled.inner)
                 else:
                     running, key = timeout.running, id(action)
-                    running[key] = (time.monotonic(), action)
+                    running[key] = (started, action)
                     if timeout.sweep is None:
                         timeout.schedule_sweep()
                     try:
@@ -440,7 +441,7 @@ class Pipeline:
             if timeout.timeout is not None:
                 return await timeout.bounded(action, data, compiled.inner)
             running, key = timeout.running, id(action)
-            running[key] = (time.monotonic(), action)
+            running[key] = (time.perf_counter(), action)
             if timeout.sweep is None:
                 timeout.schedule_sweep()
             try:

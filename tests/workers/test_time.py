@@ -274,6 +274,27 @@ async def test_slow_handler_without_timeout_warns_once(
     assert "inventory.stock.slow" in warned[0].getMessage()
 
 
+async def test_slow_idempotent_handler_without_timeout_warns_once(
+    bus: Any, eventually: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An idempotent route's slow handler (its own path through the pipeline) is warned
+    about once too."""
+    worker = bus.worker("inventory", slow_handler_warn_s=0.1)
+    done = asyncio.Event()
+
+    async def slow(action: DomainAction, data: Any) -> None:
+        await asyncio.sleep(0.5)
+        done.set()
+
+    worker.register("inventory.stock.slow", slow, idempotent=True)
+    await worker.start()
+    action = DomainAction(action_type="inventory.stock.slow", target_service="inventory")
+    with caplog.at_level(logging.WARNING, "actionbus.worker"):
+        await bus.client("orders").send_action_async(action)
+        await asyncio.wait_for(done.wait(), 10)
+    assert len(_slow_warnings(caplog, action)) == 1
+
+
 def test_register_refuses_a_bad_timeout(bus: Any) -> None:
     """timeout must be positive seconds or a timedelta."""
     worker = bus.worker("inventory")
