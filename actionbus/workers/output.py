@@ -355,13 +355,14 @@ class OutputBatcher:
         if main:
             by_stream.setdefault(self.stream, []).extend(main)
         try:
+            # ids sent as bytes: str.encode() here is cheaper than redis-py's encoder per id
             if len(by_stream) == 1:
                 stream, stream_ids = next(iter(by_stream.items()))
-                await self.redis.xack(stream, self.group, *stream_ids)
+                await self.redis.xack(stream, self.group, *[i.encode() for i in stream_ids])
             else:  # the lanes share the service's hash slot: one pipeline
                 pipe = self.redis.pipeline(transaction=False)
                 for stream, stream_ids in by_stream.items():
-                    pipe.xack(stream, self.group, *stream_ids)
+                    pipe.xack(stream, self.group, *[i.encode() for i in stream_ids])
                 await pipe.execute()
         except Exception as exc:
             if is_transient(exc):
