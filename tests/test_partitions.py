@@ -3,6 +3,7 @@ and every guarantee (retry, reclaim, dead letters, drain-and-switch) per partiti
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -115,6 +116,27 @@ async def test_sends_spread_evenly_and_each_is_handled_once(
         await client.send_action_async(job(i))
     await eventually(lambda: len(seen) == 90)
     assert [await bus.redis.xlen(s) for s in streams(3)] == [30, 30, 30]
+    assert set(seen.values()) == {1}
+
+
+async def test_partition_readers_waiting_for_a_slot_are_woken(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """With one slot shared by two partitions, a partition reader that found no free slot
+    is woken when an action finishes: every action is handled."""
+    worker = BaseWorker(make_settings(service_name=SERVICE, partitions={SERVICE: 2}),
+                        worker_settings=fast_worker_settings(concurrency=1))
+    seen: Counter[int] = Counter()
+
+    @worker.handler("parts.job.run")
+    async def run(action: DomainAction, data: dict[str, Any]) -> None:
+        await asyncio.sleep(0.005)  # holds the slot across loop turns
+        seen[data["i"]] += 1
+
+    await worker.start()
+    client = bus.client("caller", partitions={SERVICE: 2})
+    await client.send_actions_async([job(i) for i in range(20)])
+    await eventually(lambda: len(seen) == 20)
     assert set(seen.values()) == {1}
 
 

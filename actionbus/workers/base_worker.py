@@ -555,8 +555,9 @@ class BaseWorker:
         reader = self._reader
         if reader is not None and reader.waiting_for_slot:
             reader.slot_free.set()
-        if self._partitions is not None:
-            self._partitions.slot_freed()
+        partitions = self._partitions
+        if partitions is not None and partitions.readers:  # partition readers may wait
+            partitions.slot_freed()
 
     async def maintain(self) -> None:
         """Trim fully processed entries beyond the retention, remove gone consumers, and
