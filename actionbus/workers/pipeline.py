@@ -31,7 +31,7 @@ from actionbus.exceptions import HandlerTimeout
 from actionbus.models.actions import DomainAction
 from actionbus.tracing import process_span
 from actionbus.workers.context import WorkerContext
-from actionbus.workers.results import Prepared, is_expired, is_waiting, prepare
+from actionbus.workers.results import NOTHING, Prepared, is_expired, is_waiting, prepare
 from actionbus.workers.routing import Route
 from actionbus.workers.stats import WorkerStats
 from actionbus.workers.timings import timings_for
@@ -411,7 +411,11 @@ class Pipeline:
                         value = await compiled.inner(action, data)
                     finally:
                         running.pop(key, None)
-                result = prepare(self.ctx, action, value)
+                if value is None and action.callback_queue_name is None \
+                        and action.callback_action_type is None:
+                    result = NOTHING  # prepare()'s answer, without the call
+                else:
+                    result = prepare(self.ctx, action, value)
         except Exception as exc:
             self._metrics.failed(action, started)
             self._logging.failed(action, started, exc)

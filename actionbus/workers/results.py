@@ -16,7 +16,10 @@ from actionbus.tracing import trace_carrier
 from actionbus.workers.context import WorkerContext
 from actionbus.workers.routing import is_response, result_data
 
-__all__ = ["Prepared", "callback_for", "callback_refusal", "is_expired", "is_waiting", "prepare"]
+__all__ = [
+    "NOTHING", "Prepared", "callback_for", "callback_refusal", "is_expired", "is_waiting",
+    "prepare",
+]
 
 logger = logging.getLogger("actionbus.worker")
 
@@ -29,7 +32,8 @@ class Prepared:
     callback: tuple[str, str] | None
 
 
-_NOTHING = Prepared(None, None)
+NOTHING = Prepared(None, None)
+"""Nothing to send: what ``prepare`` returns when no one reads the result."""
 
 
 def is_expired(expires_at: Any, skew_s: float) -> bool:
@@ -72,7 +76,7 @@ def prepare(ctx: WorkerContext, action: DomainAction, result: Any) -> Prepared:
     if action.callback_queue_name is None and action.callback_action_type is None:
         if result is not None and not isinstance(result, dict) and not is_response(result):
             result_data(result)  # a result of a type no reply could carry is still an error
-        return _NOTHING
+        return NOTHING
     waiting = is_waiting(action)
     data = None if is_response(result) else result_data(result)
     try:

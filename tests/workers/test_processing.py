@@ -76,6 +76,34 @@ async def test_handler_exception_becomes_error_response(bus: Any) -> None:
     assert worker.stats.error_replies == 1
 
 
+async def test_handler_returning_none_still_answers_and_calls_back(
+    bus: Any, eventually: Any
+) -> None:
+    """A handler returning ``None`` gives a waiting caller a success with empty data, and
+    a requested callback is sent with empty data."""
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> None:
+        return None
+
+    await worker.start()
+    client = bus.client("orders")
+    response = await client.send_action_pseudo_sync(
+        DomainAction(action_type="inventory.item.reserve"), timeout=5)
+    assert response is not None
+    assert (response.success, response.data) == (True, {})
+    await xadd_raw(bus.redis, "inventory", {
+        "action_type": "inventory.item.reserve", "origin_service": "goservice",
+        "callback_action_type": "goservice.item.reserved", "correlation_id": "k2",
+    })
+    stream = QM.get_service_action_stream("goservice")
+    await eventually(lambda: bus.redis.xlen(stream))
+    [(_, fields)] = await bus.redis.xrange(stream)
+    callback = DomainAction.model_validate_json(fields[b"data"])
+    assert (callback.correlation_id, callback.data) == ("k2", {})
+
+
 async def test_unserializable_result_becomes_error_response(bus: Any, eventually: Any) -> None:
     """A handler result that cannot be serialized gives the caller an error and is acked."""
     worker = bus.worker("svc")
