@@ -107,6 +107,7 @@ async def measure(service: str, payloads: list[str], rounds: int) -> dict[str, f
                                                for key, entry in zip(keys, fields, strict=True)])
             await asyncio.sleep(0)  # the runner task takes the batch
             output._units.clear()
+            output._acks.clear()
 
     parts = {
         "decode/validate": _per_item(decode, rounds * n, 3),

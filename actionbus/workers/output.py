@@ -104,6 +104,7 @@ class OutputBatcher:
         self.consumer = consumer
         self._outage = outage
         self._units: list[_Unit] = []
+        self._acks: list[str] = []  # acks of entries that queued no write (most): no unit
         self._open: list[_Write] = []
         self._sending_acks: set[str] = set()
         self._refused_acks: set[str] = set()
@@ -126,17 +127,18 @@ class OutputBatcher:
         await self._run()
 
     def _pending_writes(self) -> bool:
-        return bool(self._units or self._open)
+        return bool(self._units or self._acks or self._open)
 
     def unacknowledged(self) -> set[str]:
         """Entries whose acknowledgement is queued, being sent, or was refused by Redis."""
         queued = {u.entry_id for u in self._units if u.entry_id is not None}
-        return queued | self._sending_acks | self._refused_acks
+        return queued.union(self._acks) | self._sending_acks | self._refused_acks
 
     @property
     def queued(self) -> int:
         """Writes and acknowledgements not yet sent."""
-        return len(self._open) + sum(len(u.writes) + (u.entry_id is not None) for u in self._units)
+        return len(self._open) + len(self._acks) + sum(
+            len(u.writes) + (u.entry_id is not None) for u in self._units)
 
     def reply(self, queue: str, payload: str, ttl: int) -> None:
         """Push a response onto a caller's list, with a TTL so nothing outlives the caller.
@@ -157,8 +159,11 @@ class OutputBatcher:
         """Acknowledge an entry once the writes queued for it (since the last ack) landed."""
         if self.before_ack is not None:
             self.before_ack(entry_id)
-        self._units.append(_Unit(entry_id, self._open))
-        self._open = []
+        if self._open:
+            self._units.append(_Unit(entry_id, self._open))
+            self._open = []
+        else:
+            self._acks.append(entry_id)
 
     async def flush(self) -> None:
         """Send what is queued now, unless a round is already under way (it will)."""
@@ -179,29 +184,34 @@ class OutputBatcher:
         way sends them right after its own)."""
         return self._replies > 0 and not self._flushing
 
-    def _take(self) -> list[_Unit]:
+    def _take(self) -> tuple[list[_Unit], list[str]]:
         self._replies = 0
         units, self._units = self._units, []
+        acks, self._acks = self._acks, []
         if self._open:
             units.append(_Unit(None, self._open))
             self._open = []
-        return units
+        return units, acks
 
-    def _requeue(self, units: list[_Unit]) -> None:
+    def _requeue(self, units: list[_Unit], acks: list[str] | None = None) -> None:
         """Put back what was not confirmed, ahead of anything queued meanwhile."""
         self._units[:0] = units
+        if acks:
+            self._acks[:0] = acks
 
     async def _flush_once(self) -> None:
-        units = self._take()
-        if not units:
+        units, acks = self._take()
+        if not units and not acks:
             return
-        self._sending_acks = {u.entry_id for u in units if u.entry_id is not None}
+        self._sending_acks = {u.entry_id for u in units if u.entry_id is not None}.union(acks)
         try:
-            await self._send(units)
+            await self._send(units, acks)
         finally:
             self._sending_acks = set()
 
-    async def _send(self, units: list[_Unit]) -> None:
+    async def _send(self, units: list[_Unit], acks: list[str]) -> None:
+        """One round: the units' writes, then the acks of the units whose writes landed
+        and the plain ``acks``."""
         retry: list[_Unit] = []
         transient: BaseException | None = None
         try:
@@ -215,9 +225,9 @@ class OutputBatcher:
                 await self._undeliverable(
                     [u for u in with_writes if u.refused and not _among(u, retry)], retry)
             done = [u for u in units if not _among(u, retry)] if retry else units
-            transient = await self._ack(done, retry) or transient
+            transient = await self._ack(done, retry, acks) or transient
         except BaseException:
-            self._requeue(units)
+            self._requeue(units, acks)
             raise
         if retry:
             self._requeue(retry)
@@ -340,18 +350,20 @@ class OutputBatcher:
             return {}
         return next((dict(f) for _, f in claimed if f is not None), {})
 
-    async def _ack(self, units: list[_Unit], retry: list[_Unit]) -> BaseException | None:
+    async def _ack(
+        self, units: list[_Unit], retry: list[_Unit], acks: list[str]
+    ) -> BaseException | None:
         ids = [u.entry_id for u in units if u.entry_id is not None]
+        ids += acks
         if not ids:
             return None
         by_stream: dict[str, list[str]] = {}
-        main: list[str] = []
-        for key in ids:  # lane entries are named "<stream> <id>" (context.entry_key)
-            if " " in key:
-                stream, entry_id = split_entry_key(key, self.stream)
-                by_stream.setdefault(stream, []).append(entry_id)
-            else:
-                main.append(key)
+        main = [key for key in ids if " " not in key]
+        if len(main) < len(ids):
+            for key in ids:  # lane entries are named "<stream> <id>" (context.entry_key)
+                if " " in key:
+                    stream, entry_id = split_entry_key(key, self.stream)
+                    by_stream.setdefault(stream, []).append(entry_id)
         if main:
             by_stream.setdefault(self.stream, []).extend(main)
         try:
@@ -366,7 +378,7 @@ class OutputBatcher:
                 await pipe.execute()
         except Exception as exc:
             if is_transient(exc):
-                retry.extend(_Unit(u.entry_id) for u in units if u.entry_id is not None)
+                retry.extend(_Unit(entry_id) for entry_id in ids)
                 return exc
             self.health.refused(f"XACK {', '.join(by_stream)}", exc)
             self._refused_acks.update(ids)  # never re-taken by this consumer's recovery

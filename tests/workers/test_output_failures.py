@@ -223,3 +223,58 @@ async def test_failed_round_is_requeued_ahead_of_what_was_queued_meanwhile(
                    for r in caplog.records)
     finally:
         await redis.aclose()
+
+
+async def _one_read(redis: Redis, stream: str, n: int) -> list[str]:
+    """``n`` entries added to ``stream`` and read by consumer c1 of group inventory."""
+    await redis.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    ids = [(await redis.xadd(stream, {"data": "{}"})).decode() for _ in range(n)]
+    await redis.xreadgroup("inventory", "c1", {stream: ">"})
+    return ids
+
+
+async def test_plain_acks_survive_an_outage(fresh_redis_server_aof: Any) -> None:
+    """Acknowledgements of entries that queued no write, refused by an outage, stay queued
+    (counted, reported unacknowledged) and are sent once Redis is back."""
+    server = fresh_redis_server_aof
+    redis = Redis.from_url(server.url)
+    stream = QM.get_service_action_stream("inventory")
+    try:
+        ids = await _one_read(redis, stream, 2)
+        batcher = OutputBatcher(redis, stream, "inventory",
+                                OutageLog(logging.getLogger("actionbus.worker"), "output"))
+        for entry_id in ids:
+            batcher.ack(entry_id)
+        assert (batcher.queued, batcher.unacknowledged()) == (2, set(ids))
+        server.stop()
+        await batcher.flush()
+        assert (batcher.acknowledged, batcher.queued) == (0, 2)
+        assert batcher.unacknowledged() == set(ids)
+        server.start()
+        await batcher.flush()
+        assert (batcher.acknowledged, batcher.queued) == (2, 0)
+        assert (await redis.xpending(stream, "inventory"))["pending"] == 0
+    finally:
+        await redis.aclose()
+
+
+
+async def test_plain_acks_in_flight_are_reported_unacknowledged(redis_server: Any) -> None:
+    """While a round's XACK is in flight, its plain acks still count as unacknowledged
+    (recovery must not take those entries back meanwhile)."""
+    redis = Redis.from_url(redis_server.url)
+    stream = f"in-flight-{uuid.uuid4().hex}"
+    try:
+        ids = await _one_read(redis, stream, 2)
+        batcher = OutputBatcher(redis, stream, "inventory",
+                                OutageLog(logging.getLogger("actionbus.worker"), "output"))
+        for entry_id in ids:
+            batcher.ack(entry_id)
+        round_ = asyncio.create_task(batcher.flush())
+        await asyncio.sleep(0)  # the round took the acks; its XACK is in flight
+        assert batcher.queued == 0
+        assert batcher.unacknowledged() == set(ids)
+        await round_
+        assert (batcher.acknowledged, batcher.unacknowledged()) == (2, set())
+    finally:
+        await redis.aclose()
