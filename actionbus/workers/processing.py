@@ -29,7 +29,13 @@ from actionbus.workers.policy import (
     Retry,
     safe_text,
 )
-from actionbus.workers.results import Prepared, callback_for, callback_refusal, is_expired
+from actionbus.workers.results import (
+    NOTHING,
+    Prepared,
+    callback_for,
+    callback_refusal,
+    is_expired,
+)
 from actionbus.workers.stats import WorkerStats
 
 __all__ = ["ActionProcessor"]
@@ -167,7 +173,9 @@ class ActionProcessor:
                         return
                     deliveries += 1
                     continue
-                if isinstance(outcome, Skipped):
+                if outcome is NOTHING:  # the usual outcome: nothing to send but the ack
+                    self.output.ack(entry_id)
+                elif isinstance(outcome, Skipped):
                     if outcome.reply is not None and action.callback_queue_name:
                         self.output.reply(action.callback_queue_name, outcome.reply,
                                           self.ctx.reply_ttl)
