@@ -115,6 +115,21 @@ def test_uppercase_action_id_is_echoed_exactly_as_correlation() -> None:
         assert copied.reply_correlation_id == raw_id
 
 
+@pytest.mark.parametrize("raw_id", [
+    "12345678-1234-4234-8234-123456789012",  # no letter at all
+    "0f8fad5b-d9cb-469f-a165-70867728950e",  # canonical
+])
+def test_canonical_action_id_is_read_as_is(raw_id: str) -> None:
+    """A canonical (lowercase, or letterless) action_id is read as that UUID, written and
+    correlated exactly as sent."""
+    action = DomainAction.model_validate_json(json.dumps({"action_type": "a.b",
+                                                          "action_id": raw_id}))
+    assert action.action_id == uuid.UUID(raw_id)
+    assert type(action.action_id) is uuid.UUID
+    assert action.reply_correlation_id == raw_id
+    assert json.loads(action.model_dump_json())["action_id"] == raw_id
+
+
 def test_uppercase_correlation_id_is_kept() -> None:
     """A correlation_id is text and keeps its case."""
     action = DomainAction(action_type="a.b", correlation_id="ABC-Def")

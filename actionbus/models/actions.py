@@ -87,7 +87,7 @@ class _WireUUID(uuid.UUID):
 
 def _read_uuid(value: Any) -> Any:
     """Keep a non-canonical UUID string so replies can echo it exactly."""
-    if isinstance(value, str) and not (len(value) == 36 and value.islower()):
+    if isinstance(value, str) and not (len(value) == 36 and value == value.lower()):
         try:
             parsed = uuid.UUID(value)
         except ValueError:
