@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from itertools import repeat
 from typing import Any
 
 from pydantic import ValidationError
@@ -128,8 +129,9 @@ class ActionProcessor:
         """``claim()`` the entry of each ``(entry_id, fields, deliveries)`` (at one time);
         those newly claimed, in order. A read never names an entry twice."""
         started, now = self._started, time.monotonic()
-        if started.keys().isdisjoint(job[0] for job in jobs):  # the usual case
-            started.update((job[0], now) for job in jobs)
+        keys = [job[0] for job in jobs]
+        if started.keys().isdisjoint(keys):  # the usual case
+            started.update(zip(keys, repeat(now)))
             return jobs
         claimed = []
         for job in jobs:
