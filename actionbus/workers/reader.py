@@ -116,6 +116,7 @@ class StreamReader:
         self._reading = asyncio.Lock()  # a read in flight and "recover own" never overlap
         self._credits = [0] * len(self.streams)  # weighted lanes: smooth round robin
         self._lane_of = {stream: i for i, stream in enumerate(self.streams)}
+        self._drained = False  # the last lane read brought less than asked: lanes empty
         one_slot = len({key_slot(stream.encode()) for stream in self.streams}) == 1
         self._read_script = redis.register_script(READ_LANES) if one_slot else None
         """Lanes share a hash slot: one script reads them all. Streams of several slots
@@ -210,32 +211,35 @@ class StreamReader:
         Strict: each lane in order takes what is left. Weighted: first the lane chosen by
         ``_first_lane`` takes its share (at least one), then the lanes in order take the
         rest (that lane included). All of it is one script call (``READ_LANES``): one round
-        trip, and the most urgent lane is looked at in every read. Nothing in any lane: one
-        blocking read of one entry from each lane there is room for (so a read never brings
-        more entries than free slots).
+        trip, and the most urgent lane is looked at in every read. Nothing in any lane, or
+        the last read emptied them all: one blocking read of one entry from each lane there
+        is room for (so a read never brings more entries than free slots; it returns at
+        once if entries arrived meanwhile).
         """
         settings, ctx = self.ctx.settings, self.ctx
-        keys = list(self.streams)
-        caps = [count] * len(keys)
-        if settings.lane_mode == "weighted":
-            first = self._first_lane()
-            share = -(-count * self._weights[first] // sum(self._weights))
-            keys.insert(0, self.streams[first])  # its share first, then every lane in order
-            caps.insert(0, max(1, share))
-        if self._read_script is not None:
-            found: Any = [
-                (stream, [(entry_id, _fields(flat)) for entry_id, flat in entries])
-                for stream, entries in await self._read_script(
-                    keys=keys, args=[ctx.group, ctx.consumer, count, *caps])]
-        else:
-            found = await self._read_one_by_one(keys, caps, count)
-        if found:
-            read: list[list[Any]] = [[] for _ in self.streams]
-            for stream, entries in found:
-                read[self._lane_of[text(stream)]].append((stream, entries))
-            for replies in read:  # the most urgent lane's work starts first, whatever the
-                self._spawn_all(replies)  # weighted order of the reads
-            return True
+        if not self._drained:
+            keys = list(self.streams)
+            caps = [count] * len(keys)
+            if settings.lane_mode == "weighted":
+                first = self._first_lane()
+                share = -(-count * self._weights[first] // sum(self._weights))
+                keys.insert(0, self.streams[first])  # its share first, then every lane
+                caps.insert(0, max(1, share))
+            if self._read_script is not None:
+                found: Any = [
+                    (stream, [(entry_id, _fields(flat)) for entry_id, flat in entries])
+                    for stream, entries in await self._read_script(
+                        keys=keys, args=[ctx.group, ctx.consumer, count, *caps])]
+            else:
+                found = await self._read_one_by_one(keys, caps, count)
+            if found:
+                read: list[list[Any]] = [[] for _ in self.streams]
+                for stream, entries in found:
+                    read[self._lane_of[text(stream)]].append((stream, entries))
+                got = sum(self._spawn_all(replies) for replies in read)  # most urgent first
+                self._drained = got < count  # every lane gave less than it could: empty
+                return True
+        self._drained = False
         room = {stream: ">" for stream in self.streams[:count]}
         reply = await self.redis.xreadgroup(
             ctx.group, ctx.consumer, room, count=1,  # type: ignore[arg-type]

@@ -264,3 +264,33 @@ async def test_the_most_urgent_lane_is_looked_at_in_every_read(redis_client: Any
     assert len(spawned) == 20
     assert fields[15] == {b"data": b"urgent"}
     assert fields[16] == {b"data": b"bulk 15"}
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_after_a_read_that_emptied_the_lanes_the_next_is_one_blocking_read(
+    redis_client: Any,
+) -> None:
+    """A lane read that brought less than asked (every lane emptied) is followed by one
+    blocking read only, no script call first; an entry that arrived meanwhile comes back at
+    once from it; the read after that is a script read again."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await redis_client.xadd(LANES[1], {"data": "a"})
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 5_000, spawned)
+
+    async def calls() -> tuple[int, int]:
+        stats = await redis_client.info("commandstats")
+        return (stats.get("cmdstat_evalsha", {}).get("calls", 0),
+                stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
+
+    assert await reader._read_lanes(10) is True  # 1 of 10: the lanes are empty now
+    late = (await redis_client.xadd(LANES[0], {"data": "b"})).decode()
+    before = await calls()
+    assert await asyncio.wait_for(reader._read_lanes(10), 5) is True
+    after = await calls()
+    assert spawned[-1] == (LANES[0], late)
+    assert (after[0] - before[0], after[1] - before[1]) == (0, 1)
+    await redis_client.xadd(LANES[2], {"data": "c"})
+    assert await reader._read_lanes(10) is True
+    assert (await calls())[0] == after[0] + 1
