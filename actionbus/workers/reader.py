@@ -212,9 +212,9 @@ class StreamReader:
         ``_first_lane`` takes its share (at least one), then the lanes in order take the
         rest (that lane included). All of it is one script call (``READ_LANES``): one round
         trip, and the most urgent lane is looked at in every read. Nothing in any lane, or
-        the last read emptied them all: one blocking read of one entry from each lane there
-        is room for (so a read never brings more entries than free slots; it returns at
-        once if entries arrived meanwhile).
+        the last read emptied them all: one blocking read of all lanes, each bringing at
+        most ``count // lanes`` (so a read never brings more entries than free slots; it
+        returns at once if entries arrived meanwhile, most urgent started first).
         """
         settings, ctx = self.ctx.settings, self.ctx
         if not self._drained:
@@ -239,11 +239,15 @@ class StreamReader:
                 got = sum(self._spawn_all(replies) for replies in read)  # most urgent first
                 self._drained = got < count  # every lane gave less than it could: empty
                 return True
-        self._drained = False
         room = {stream: ">" for stream in self.streams[:count]}
-        reply = await self.redis.xreadgroup(
-            ctx.group, ctx.consumer, room, count=1,  # type: ignore[arg-type]
+        each = count // len(room)  # the lanes together never bring more than count
+        reply: Any = await self.redis.xreadgroup(
+            ctx.group, ctx.consumer, room, count=each,  # type: ignore[arg-type]
             block=settings.block_ms)
+        # Woken with less than each lane could give: empty (the next read blocks at once
+        # again); a read that timed out is followed by a script read of every lane.
+        woken: list[Any] = [entries for _, entries in reply or ()]
+        self._drained = bool(woken) and all(len(entries) < each for entries in woken)
         return self._spawn_all(reply) > 0
 
     async def _read_one_by_one(self, keys: list[str], caps: list[int], count: int) -> Any:

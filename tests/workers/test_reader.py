@@ -272,7 +272,8 @@ async def test_after_a_read_that_emptied_the_lanes_the_next_is_one_blocking_read
 ) -> None:
     """A lane read that brought less than asked (every lane emptied) is followed by one
     blocking read only, no script call first; an entry that arrived meanwhile comes back at
-    once from it; the read after that is a script read again."""
+    once from it (each lane bringing at most count // lanes), and only a blocking read where
+    a lane gave all it could is followed by a script read again."""
     for stream in LANES:
         await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
     await redis_client.xadd(LANES[1], {"data": "a"})
@@ -291,6 +292,13 @@ async def test_after_a_read_that_emptied_the_lanes_the_next_is_one_blocking_read
     after = await calls()
     assert spawned[-1] == (LANES[0], late)
     assert (after[0] - before[0], after[1] - before[1]) == (0, 1)
-    await redis_client.xadd(LANES[2], {"data": "c"})
-    assert await reader._read_lanes(10) is True
+    pipe = redis_client.pipeline(transaction=False)
+    for n in range(5):
+        pipe.xadd(LANES[2], {"data": f"c{n}"})
+    await pipe.execute()
+    assert await reader._read_lanes(10) is True  # blocking again: returns at once, 10 // 3
+    assert len(spawned) == 5
+    assert (await calls())[0] == after[0]
+    assert await reader._read_lanes(10) is True  # that lane gave all it could: script read
+    assert len(spawned) == 7
     assert (await calls())[0] == after[0] + 1
