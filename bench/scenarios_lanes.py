@@ -8,7 +8,11 @@
    go to ``streams:high``; the caller waits for the lanes descriptor first).
 8. Under load: sequential pseudo-sync calls (200; 50 with ``--quick``) while a producer
    process adds 10,000 or 25,000 fire-and-forget entries/s to the same service, against no
-   load; p50 and p99 for raw, actionbus without lanes and actionbus with lanes.
+   load; p50 and p99 for raw, actionbus without lanes and actionbus with lanes. Also the
+   *floor*: raw calls on a stream of their own, answered by a raw responder process of its
+   own, while the same producer loads another stream drained by a raw consumer (nothing
+   queues behind bulk work; what is left is the machine: the cores Redis, producer,
+   consumers and caller share). No library can do better than the floor in this run.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ LOAD_CALL_TIMEOUT_S = 2.0
 """Scenario 8: a call unanswered this long counts as a timeout (and as 2,000 ms)."""
 LOAD_MEASURE_S = 10.0
 LANE_SIDES = (("raw", False), ("actionbus", False), ("actionbus", True))
+FLOOR_BULK = "bench:load:floor-bulk"
 
 
 async def preload(redis: Redis, stream: str, n: int, *, raw: bool, target: str) -> None:
@@ -54,7 +59,7 @@ async def preload(redis: Redis, stream: str, n: int, *, raw: bool, target: str) 
 async def reset(redis: Redis, target: str) -> None:
     """Remove every key of ``target`` and the raw side's stream and sink."""
     keys = [*QM.get_lane_streams(target), QM.get_lanes_key(target), RAW_STREAM,
-            "bench:hol:sink", "bench:load:sink", QM.get_dead_letter_stream(target)]
+            "bench:hol:sink", "bench:load:sink", QM.get_dead_letter_stream(target), FLOOR_BULK]
     await redis.delete(*keys)
 
 
@@ -174,6 +179,47 @@ async def load_once(cfg: Config, redis: Redis, rate: int, side: str, lanes: bool
     return tally
 
 
+def _add_load(results: Results, key: str, label: str, side: str, tally: Tally) -> None:
+    """p50 and p99 of one scenario-8 measurement (a timeout counts as its timeout)."""
+    waits = tally.latencies + [LOAD_CALL_TIMEOUT_S] * tally.timeouts
+    for q in (50, 99):
+        results.add(8, f"{key}.p{q}", f"{label}: p{q}", "ms", side,
+                    percentile(waits, q) * 1000 if waits else float("nan"))
+
+
+async def floor_once(cfg: Config, redis: Redis, rate: int, calls: int) -> Tally:
+    """The floor: raw calls to a responder of their own while the producer loads another
+    stream, drained by a raw consumer (0: idle)."""
+    await reset(redis, LOAD)
+    for stream in (RAW_STREAM, FLOOR_BULK):
+        await redis.xgroup_create(stream, RAW_GROUP, id="0", mkstream=True)
+    with Children("raw-responder", cfg.url, 1, "--stream", RAW_STREAM, "--group", RAW_GROUP,
+                  gated=False) as responder, \
+            Children("raw-drain", cfg.url, 1, "--stream", FLOOR_BULK, "--group", RAW_GROUP,
+                     gated=False) as drain:
+        responder.wait_ready()
+        drain.wait_ready()
+        async with caller(cfg, LOAD, raw=True, timeout=LOAD_CALL_TIMEOUT_S) as call:
+            for _ in range(20):  # warm up
+                await call()
+            options = ("--stream", FLOOR_BULK, "--rate", str(rate), "--service", LOAD, "--raw")
+            producer = Child("producer", cfg.url, *options) if rate else None
+            try:
+                if producer is not None:
+                    producer.wait_ready()
+                    await asyncio.sleep(0.5)
+                tally = Tally()
+                deadline = time.perf_counter() + LOAD_MEASURE_S
+                for _ in range(calls):
+                    await tally.timed(call)
+                    if time.perf_counter() > deadline:
+                        break
+            finally:
+                if producer is not None:
+                    producer.stop()
+    return tally
+
+
 async def run_load(cfg: Config, results: Results) -> None:
     """Scenario 8: pseudo-sync latency while a producer loads the same service."""
     calls = 50 if cfg.quick else 200
@@ -188,12 +234,12 @@ async def run_load(cfg: Config, results: Results) -> None:
                         else [f"load.{load}.plain", f"load.{load}.lanes"]
                     for key in keys:
                         what = "with lanes" if key.endswith("lanes") else "no lanes"
-                        waits = tally.latencies + [LOAD_CALL_TIMEOUT_S] * tally.timeouts
-                        for q in (50, 99):
-                            results.add(8, f"{key}.p{q}",
-                                        f"pseudo-sync, {load} bulk, ab {what}: p{q}", "ms",
-                                        side, percentile(waits, q) * 1000
-                                        if waits else float("nan"))
+                        _add_load(results, key, f"pseudo-sync, {load} bulk, ab {what}", side,
+                                  tally)
+                tally = await floor_once(cfg, redis, rate, calls)
+                _add_load(results, f"load.{load}.floor",
+                          f"pseudo-sync, {load} bulk, raw floor (own stream, own responder)",
+                          "raw", tally)
         await reset(redis, LOAD)
     results.note("load_calls", calls)
 

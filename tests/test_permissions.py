@@ -119,6 +119,41 @@ async def test_client_and_worker_roles_run_all_three_patterns(
     assert denied(server) == []
 
 
+async def test_worker_role_reads_priority_lanes(
+    server: Any, connect: Connect, eventually: Any
+) -> None:
+    """A worker reading lanes (one script call per read) works under the worker ACL only: a
+    pseudo-sync call on the high lane and a low-lane send are both handled."""
+    inv_redis, inv_settings = await connect("worker", "inventory")
+    cli_redis, cli_settings = await connect("client", "orders")
+    worker = BaseWorker(inv_settings, inv_redis, worker_settings=fast_worker_settings(
+        check_permissions=False, lanes=True))
+    seen: list[str] = []
+
+    @worker.handler("inventory.stock.count")
+    async def count(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        seen.append(data["sku"])
+        return {"count": 3}
+
+    await worker.start()
+    client = BaseRedisClient("orders", cli_redis, cli_settings)
+    try:
+        await client.send_action_async(
+            DomainAction(action_type="inventory.stock.count", data={"sku": "low"}),
+            priority="low")
+        reply = await client.send_action_pseudo_sync(
+            DomainAction(action_type="inventory.stock.count", data={"sku": "high"}),
+            timeout=10)
+        assert reply is not None
+        assert reply.success, reply
+        await eventually(lambda: "low" in seen)
+    finally:
+        await client.close()
+        await worker.stop(grace=0.5)
+    assert sorted(seen) == ["high", "low"]
+    assert denied(server) == []
+
+
 class Session(BaseModel):
     """A state for the state-manager role."""
 

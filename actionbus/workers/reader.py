@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
 from actionbus.backoff import Backoff, OutageLog
@@ -31,10 +32,26 @@ __all__ = ["Spawn", "SpawnRead", "StreamReader", "spread"]
 
 logger = logging.getLogger("actionbus.worker")
 
-_EMPTY_HIGH_S = 0.001
-"""A lane found empty is not read again for this long (the most urgent lane)…"""
-_EMPTY_S = 0.02
-"""…or this long (the other lanes); a blocking read of every lane resets both."""
+READ_LANES = """
+local left = tonumber(ARGV[3])
+local out = {}
+for i, key in ipairs(KEYS) do
+  if left <= 0 then break end
+  local want = math.min(left, tonumber(ARGV[3 + i]))
+  local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', want,
+                           'STREAMS', key, '>')
+  if reply then
+    local entries = reply[1][2]
+    left = left - #entries
+    out[#out + 1] = {key, entries}
+  end
+end
+return out
+"""
+"""One read of the lanes in one round trip: ``KEYS`` in read order (a lane may come twice),
+``ARGV`` = group, consumer, how many entries at most, then each key's own cap. Each lane
+takes what is left, so the read never brings more than asked, and the most urgent lane is
+looked at in every read (the lanes share a hash slot, so this also runs on a cluster)."""
 
 Spawn = Callable[[str, str, dict[Any, Any], int], None]
 """``spawn(stream, entry_id, fields, deliveries)``: start handling one entry."""
@@ -42,6 +59,11 @@ Spawn = Callable[[str, str, dict[Any, Any], int], None]
 SpawnRead = Callable[[str, list[Any]], None]
 """``spawn_read(stream, entries)``: start handling the ``(entry_id, fields)`` entries one
 read brought (first deliveries), as ``spawn`` would each, in order."""
+
+
+def _fields(flat: list[Any]) -> dict[Any, Any]:
+    """An entry's ``[field, value, ...]`` as a dict, as redis-py gives it for XREADGROUP."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def spread(consumer: str) -> float:
@@ -99,7 +121,12 @@ class StreamReader:
         self.recover_now.set()  # at start, our own pending entries are taken back first
         self._reading = asyncio.Lock()  # a read in flight and "recover own" never overlap
         self._credits = [0] * len(self.streams)  # weighted lanes: smooth round robin
-        self._empty_until = [0.0] * len(self.streams)
+        self._lane_of = {stream: i for i, stream in enumerate(self.streams)}
+        self._drained = False  # the last lane read brought less than asked: lanes empty
+        one_slot = len({key_slot(stream.encode()) for stream in self.streams}) == 1
+        self._read_script = redis.register_script(READ_LANES) if one_slot else None
+        """Lanes share a hash slot: one script reads them all. Streams of several slots
+        (only a cluster cares, but any reader may be given them) are read one by one."""
         weights = tuple(ctx.settings.lane_weights)
         self._weights = (weights + (1,) * len(self.streams))[:len(self.streams)]
 
@@ -192,44 +219,58 @@ class StreamReader:
 
         Strict: each lane in order takes what is left. Weighted: first the lane chosen by
         ``_first_lane`` takes its share (at least one), then the lanes in order take the
-        rest (that lane included). A lane found empty is skipped for a moment. Nothing in
-        any lane: one blocking read of one entry from each lane there is room for (so a
-        read never brings more entries than free slots).
+        rest (that lane included). All of it is one script call (``READ_LANES``): one round
+        trip, and the most urgent lane is looked at in every read. Nothing in any lane, or
+        the last read emptied them all: one blocking read of all lanes, each bringing at
+        most ``count // lanes`` (so a read never brings more entries than free slots; it
+        returns at once if entries arrived meanwhile, most urgent started first).
         """
         settings, ctx = self.ctx.settings, self.ctx
-        order = list(range(len(self.streams)))
-        quota = {i: count for i in order}
-        if settings.lane_mode == "weighted":
-            first = self._first_lane()
-            share = -(-count * self._weights[first] // sum(self._weights))
-            order.insert(0, first)  # its share first, then every lane in order (it too)
-            quota[first] = max(1, share)
-        got = 0
-        now = time.monotonic()
-        read: list[list[Any]] = [[] for _ in self.streams]
-        for position, lane in enumerate(order):
-            want = min(count - got, quota[lane] if position == 0 else count)
-            if want <= 0:
-                break
-            if self._empty_until[lane] > now:
-                continue  # it was empty a moment ago: spare the round trip
-            reply: Any = await self.redis.xreadgroup(
-                ctx.group, ctx.consumer, {self.streams[lane]: ">"}, count=want)
-            found = sum(len(entries) for _, entries in reply or ())
-            if not found:
-                self._empty_until[lane] = now + (_EMPTY_HIGH_S if lane == 0 else _EMPTY_S)
-            read[lane].extend(reply or ())
-            got += found
-        if got:
-            for replies in read:  # the most urgent lane's work starts first, whatever the
-                self._spawn_all(replies)  # weighted order of the reads
-            return True
-        self._empty_until = [0.0] * len(self.streams)  # the blocking read looks at all
+        if not self._drained:
+            keys = list(self.streams)
+            caps = [count] * len(keys)
+            if settings.lane_mode == "weighted":
+                first = self._first_lane()
+                share = -(-count * self._weights[first] // sum(self._weights))
+                keys.insert(0, self.streams[first])  # its share first, then every lane
+                caps.insert(0, max(1, share))
+            if self._read_script is not None:
+                found: Any = [
+                    (stream, [(entry_id, _fields(flat)) for entry_id, flat in entries])
+                    for stream, entries in await self._read_script(
+                        keys=keys, args=[ctx.group, ctx.consumer, count, *caps])]
+            else:
+                found = await self._read_one_by_one(keys, caps, count)
+            if found:
+                read: list[list[Any]] = [[] for _ in self.streams]
+                for stream, entries in found:
+                    read[self._lane_of[text(stream)]].append((stream, entries))
+                got = sum(self._spawn_all(replies) for replies in read)  # most urgent first
+                self._drained = got < count  # every lane gave less than it could: empty
+                return True
         room = {stream: ">" for stream in self.streams[:count]}
-        reply = await self.redis.xreadgroup(
-            ctx.group, ctx.consumer, room, count=1,  # type: ignore[arg-type]
+        each = count // len(room)  # the lanes together never bring more than count
+        reply: Any = await self.redis.xreadgroup(
+            ctx.group, ctx.consumer, room, count=each,  # type: ignore[arg-type]
             block=settings.block_ms)
+        # Woken with less than each lane could give: empty (the next read blocks at once
+        # again); a read that timed out is followed by a script read of every lane.
+        woken: list[Any] = [entries for _, entries in reply or ()]
+        self._drained = bool(woken) and all(len(entries) < each for entries in woken)
         return self._spawn_all(reply) > 0
+
+    async def _read_one_by_one(self, keys: list[str], caps: list[int], count: int) -> Any:
+        """``READ_LANES`` done with one XREADGROUP per stream (streams of several slots)."""
+        found: list[Any] = []
+        for key, cap in zip(keys, caps, strict=True):
+            if count <= 0:
+                break
+            reply: Any = await self.redis.xreadgroup(
+                self.ctx.group, self.ctx.consumer, {key: ">"}, count=min(count, cap))
+            for stream, entries in reply or ():
+                count -= len(entries)
+                found.append((stream, entries))
+        return found
 
     async def run_recovery(self, stopping: asyncio.Event) -> None:
         """Beside ``run()``: take back our lost deliveries, reclaim abandoned entries.

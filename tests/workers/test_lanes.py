@@ -167,6 +167,11 @@ async def test_a_lane_entry_is_dead_lettered_with_its_lane(bus: Any, eventually:
     entry_id = await bus.client("orders").send_action_async(
         DomainAction(action_type="lanes.item.bad"), priority="low")
     await eventually(lambda: worker.stats.dead_lettered == 1)
+
+    async def written() -> bool:  # counted when queued; listed once its round landed
+        return bool(await worker.dead_letters.list())
+
+    await eventually(written)
     [letter] = await worker.dead_letters.list()
     assert letter.stream == LOW
     assert letter.original_id == entry_id

@@ -233,3 +233,72 @@ async def test_weighted_reads_start_by_smooth_round_robin_and_take_their_share(
         shares.append(tuple(batch.count(stream) for stream in LANES))
     high, normal, low = (10, 0, 0), (7, 3, 0), (9, 0, 1)
     assert shares == [high, normal, high, high, normal, high, low, high, normal, high]
+
+
+async def test_the_most_urgent_lane_is_looked_at_in_every_read(redis_client: Any) -> None:
+    """A high-lane entry added just after a read that found the high lane empty is the first
+    entry of the very next read (no read skips a lane it found empty a moment ago), and that
+    read brings exactly as many entries as asked, its fields intact."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(50):
+        pipe.xadd(LANES[1], {"data": f"bulk {i}"})
+    await pipe.execute()
+    spawned: list[tuple[str, str]] = []
+    fields: list[dict[Any, Any]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    original = reader.spawn
+
+    def spawn(stream: str, entry_id: str, entry: dict[Any, Any], deliveries: int) -> None:
+        fields.append(entry)
+        original(stream, entry_id, entry, deliveries)
+
+    reader.spawn = spawn
+    for _ in range(3):
+        assert await reader._read_lanes(5) is True  # high empty each time: bulk only
+    assert [stream for stream, _ in spawned] == [LANES[1]] * 15
+    urgent = (await redis_client.xadd(LANES[0], {"data": "urgent"})).decode()
+    assert await reader._read_lanes(5) is True
+    assert spawned[15] == (LANES[0], urgent)
+    assert len(spawned) == 20
+    assert fields[15] == {b"data": b"urgent"}
+    assert fields[16] == {b"data": b"bulk 15"}
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_after_a_read_that_emptied_the_lanes_the_next_is_one_blocking_read(
+    redis_client: Any,
+) -> None:
+    """A lane read that brought less than asked (every lane emptied) is followed by one
+    blocking read only, no script call first; an entry that arrived meanwhile comes back at
+    once from it (each lane bringing at most count // lanes), and only a blocking read where
+    a lane gave all it could is followed by a script read again."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await redis_client.xadd(LANES[1], {"data": "a"})
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 5_000, spawned)
+
+    async def calls() -> tuple[int, int]:
+        stats = await redis_client.info("commandstats")
+        return (stats.get("cmdstat_evalsha", {}).get("calls", 0),
+                stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
+
+    assert await reader._read_lanes(10) is True  # 1 of 10: the lanes are empty now
+    late = (await redis_client.xadd(LANES[0], {"data": "b"})).decode()
+    before = await calls()
+    assert await asyncio.wait_for(reader._read_lanes(10), 5) is True
+    after = await calls()
+    assert spawned[-1] == (LANES[0], late)
+    assert (after[0] - before[0], after[1] - before[1]) == (0, 1)
+    pipe = redis_client.pipeline(transaction=False)
+    for n in range(5):
+        pipe.xadd(LANES[2], {"data": f"c{n}"})
+    await pipe.execute()
+    assert await reader._read_lanes(10) is True  # blocking again: returns at once, 10 // 3
+    assert len(spawned) == 5
+    assert (await calls())[0] == after[0]
+    assert await reader._read_lanes(10) is True  # that lane gave all it could: script read
+    assert len(spawned) == 7
+    assert (await calls())[0] == after[0] + 1
