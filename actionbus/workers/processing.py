@@ -141,10 +141,12 @@ class ActionProcessor:
         return claimed
 
     async def process(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
-        """Handle one entry (``claim()``-ed first), retrying with backoff until done or buried.
+        """Handle one entry, retrying with backoff until done or buried.
 
-        Its writes and acknowledgement are queued on the output batcher; the caller sends
-        them (``OutputBatcher.flush()``), once for many entries.
+        The caller claims it first (``claim()`` or ``claim_all()``): ``owned`` and the
+        heartbeat see it from then on, and the claim ends here. Its writes and
+        acknowledgement are queued on the output batcher; the caller sends them
+        (``OutputBatcher.flush()``), once for many entries.
         """
         try:
             raw = fields.get(b"data")
