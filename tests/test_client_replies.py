@@ -108,6 +108,7 @@ async def test_a_batch_with_a_refused_target_names_it_and_sends_the_rest(bus: An
     message = str(caught.value)
     assert "could not send 1 of a batch of 3 actions" in message
     assert "WRONGTYPE" in message
+    assert f"to {QM.get_service_action_stream('broken')}:" in message
     assert caught.value.outcome_unknown is False
     written = await _requests(bus.redis, "quoting", 2)
     assert [r["action_type"] for r in written] == ["quoting.price.get", "quoting.price.set"]
@@ -133,3 +134,24 @@ async def test_a_batch_failing_after_the_write_reports_an_unknown_outcome(bus: A
     assert "the layer failed after the write" in str(caught.value)
     assert caught.value.outcome_unknown is True
     assert len(await _requests(bus.redis, "quoting", 3)) == 3
+
+
+async def test_a_batch_through_a_publish_layer_returns_each_entry_id_in_order(
+    bus: Any,
+) -> None:
+    """With a publish layer, send_actions_async still returns each action's entry id, in
+    the order given, as the stream holds them."""
+    client = bus.client("orders")
+    seen: list[str] = []
+
+    async def note(action: DomainAction, call_next: PublishNext) -> str:
+        entry_id = await call_next(action)
+        seen.append(entry_id)
+        return entry_id
+
+    client.use(note)
+    ids = await client.send_actions_async([
+        DomainAction(action_type="quoting.price.get", data={"n": n}) for n in range(3)])
+    stream = QM.get_service_action_stream("quoting")
+    assert ids == [e[0].decode() for e in await bus.redis.xrange(stream)]
+    assert seen == ids
