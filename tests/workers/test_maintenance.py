@@ -130,6 +130,35 @@ async def test_trim_around_pending_does_nothing_at_retention(redis_client: Redis
     assert await _left(redis_client) == ids
 
 
+async def test_trim_around_pending_deletes_one_entry_one_over_retention(
+    redis_client: Redis,
+) -> None:
+    """A stream one entry over its retention, past a stuck entry, loses exactly one
+    processed entry (the oldest)."""
+    ids = await _stuck(redis_client, 7, pending=(0,), delivered=7)
+    assert await trim_around_pending(redis_client, STREAM, 6, stuck_after_ms=0) == 1
+    assert await _left(redis_client) == [ids[0], *ids[2:]]
+
+
+async def test_trim_around_pending_finds_the_oldest_pending_entry_by_id_not_by_text(
+    redis_client: Redis,
+) -> None:
+    """Entry ids compare as numbers: with pending entries 9-1 (group a) and 10-1 (group b),
+    the oldest is 9-1 (as text "10-1" < "9-1"), so the two oldest processed entries after
+    it (9-2, 10-2) are deleted and nothing before it is touched."""
+    for ms in (8, 9, 10, 11, 12):
+        for seq in (1, 2):
+            await redis_client.xadd(STREAM, {"data": "x"}, id=f"{ms}-{seq}")
+    ids = await _left(redis_client)
+    for group, stuck in (("a", "9-1"), ("b", "10-1")):
+        await redis_client.xgroup_create(STREAM, group, id="0")
+        await redis_client.xreadgroup(group, "c", {STREAM: ">"}, count=len(ids))
+        await redis_client.xack(STREAM, group, *[i for i in ids if i != stuck])
+    assert await trim_around_pending(redis_client, STREAM, 8, stuck_after_ms=0) == 2
+    assert await _left(redis_client) == ["8-1", "8-2", "9-1", "10-1", "11-1", "11-2", "12-1",
+                                         "12-2"]
+
+
 async def test_trim_around_pending_without_pending_entries_leaves_it_to_safe_trim(
     redis_client: Redis,
 ) -> None:

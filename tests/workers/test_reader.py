@@ -302,3 +302,31 @@ async def test_after_a_read_that_emptied_the_lanes_the_next_is_one_blocking_read
     assert await reader._read_lanes(10) is True  # that lane gave all it could: script read
     assert len(spawned) == 7
     assert (await calls())[0] == after[0] + 1
+
+
+async def test_reclaim_skips_lane_entries_this_worker_is_still_handling(
+    redis_client: Any,
+) -> None:
+    """An entry of a lane that this worker still handles (its heartbeat late, so idle past
+    claim_idle_ms in Redis) is not reclaimed from under its handler; an abandoned entry of
+    the same lane beside it is."""
+    worker = BaseWorker(CommonAppSettings(service_name="inventory"),
+                        worker_settings=WorkerSettings(consumer_name="c1", claim_idle_ms=100))
+    ctx = worker.context
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    mine = (await redis_client.xadd(LANES[2], {"data": "mine"})).decode()
+    gone = (await redis_client.xadd(LANES[2], {"data": "gone"})).decode()
+    await redis_client.xreadgroup("inventory", "c1", {LANES[2]: ">"}, count=1)
+    await redis_client.xreadgroup("inventory", "dead", {LANES[2]: ">"}, count=1)
+    await asyncio.sleep(0.2)  # both idle past claim_idle_ms (100 ms)
+    spawned: list[tuple[str, str]] = []
+    reader = StreamReader(
+        ctx, redis_client, LANES,
+        spawn=lambda stream, entry_id, fields, deliveries: spawned.append((stream, entry_id)),
+        in_flight=lambda: 0, owned=lambda: {f"{LANES[2]} {mine}"},
+        unacknowledged=set, stats=WorkerStats(),
+        outage=OutageLog(logging.getLogger("test"), "reader"),
+    )
+    await reader.reclaim(10)
+    assert spawned == [(LANES[2], gone)]
