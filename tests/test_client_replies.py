@@ -155,3 +155,14 @@ async def test_a_batch_through_a_publish_layer_returns_each_entry_id_in_order(
     stream = QM.get_service_action_stream("quoting")
     assert ids == [e[0].decode() for e in await bus.redis.xrange(stream)]
     assert seen == ids
+
+
+async def test_a_batch_larger_than_one_pipeline_returns_every_entry_id(bus: Any) -> None:
+    """A batch of more actions than one pipelined round holds (500) is written in several
+    rounds and every entry id comes back, in order."""
+    client = bus.client("orders")
+    ids = await client.send_actions_async([
+        DomainAction(action_type="quoting.price.get", data={"n": n}) for n in range(501)])
+    stream = QM.get_service_action_stream("quoting")
+    assert ids == [e[0].decode() for e in await bus.redis.xrange(stream)]
+    assert len(ids) == 501
