@@ -166,3 +166,52 @@ async def test_a_batch_larger_than_one_pipeline_returns_every_entry_id(bus: Any)
     stream = QM.get_service_action_stream("quoting")
     assert ids == [e[0].decode() for e in await bus.redis.xrange(stream)]
     assert len(ids) == 501
+
+
+async def _answer_each(redis: Any, n: int) -> None:
+    """Answer the next ``n`` calls to quoting, one at a time, as soon as each arrives."""
+    stream = QM.get_service_action_stream("quoting")
+    last = "$"
+    for _ in range(n):
+        reply = await redis.xread({stream: last}, count=1, block=5_000)
+        [(_, [(entry_id, fields)])] = reply
+        last = entry_id
+        request = json.loads(fields[b"data"])
+        await redis.lpush(request["callback_queue_name"], _answer(request))
+
+
+async def test_the_listener_keeps_listening_after_a_lone_callers_answer(bus: Any) -> None:
+    """After answering a lone caller the reply listener goes on: the next call, made at
+    once, is answered well within its timeout (the listener neither died nor slept)."""
+    client = bus.client("orders")
+    responder = asyncio.create_task(_answer_each(bus.redis, 2))
+    await asyncio.sleep(0.05)  # the responder waits on the stream
+    first = await client.send_action_pseudo_sync(
+        DomainAction(action_type="quoting.price.get"), timeout=10)
+    assert first is not None
+    task = client._replies._task
+    assert task is not None
+    await asyncio.sleep(0)
+    assert not task.done()
+    second = await client.send_action_pseudo_sync(
+        DomainAction(action_type="quoting.price.get"), timeout=0.8)
+    assert second is not None
+    await responder
+
+
+async def test_replies_arriving_together_are_delivered_without_an_outage(
+    bus: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Twenty replies pushed at once to twenty waiting calls all arrive, and the listener
+    logs no outage taking them (the ones after the first are popped in one go)."""
+    client = bus.client("orders")
+    with caplog.at_level(logging.WARNING, logger="actionbus.client"):
+        calls = [asyncio.create_task(client.send_action_pseudo_sync(
+            DomainAction(action_type="quoting.price.get", data={"n": n}), timeout=30))
+            for n in range(20)]
+        requests = await _requests(bus.redis, "quoting", 20)
+        await bus.redis.lpush(requests[0]["callback_queue_name"],
+                              *[_answer(r, {"n": r["data"]["n"]}) for r in requests])
+        answers = await asyncio.wait_for(asyncio.gather(*calls), 10)
+    assert [a.data["n"] if a else None for a in answers] == list(range(20))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
