@@ -20,11 +20,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetPydanticSchema,
     PlainSerializer,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic_core import core_schema
 
 __all__ = [
     "ACTION_TYPE_PATTERN",
@@ -117,6 +120,40 @@ _UtcTime = Annotated[
     datetime, AfterValidator(_utc), PlainSerializer(format_timestamp, when_used="json")
 ]
 """A timestamp: read as UTC; written as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (always six digits)."""
+_CANONICAL_UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
+def _action_id_schema(source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    """A canonical (lowercase, hyphenated) UUID string is read inside pydantic-core; any
+    other input goes through ``_read_uuid`` (which keeps a non-canonical string)."""
+    return core_schema.union_schema(
+        [core_schema.chain_schema([core_schema.str_schema(pattern=_CANONICAL_UUID),
+                                   core_schema.uuid_schema()]),
+         core_schema.no_info_before_validator_function(_read_uuid, core_schema.uuid_schema())],
+        mode="left_to_right", custom_error_type="uuid_invalid",
+        custom_error_message="Input should be a valid UUID",
+    )
+
+
+def _object_schema(source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    """A JSON object is read inside pydantic-core; ``null`` becomes ``{}``."""
+    return core_schema.union_schema(
+        [core_schema.dict_schema(),
+         core_schema.no_info_before_validator_function(_empty_if_null,
+                                                       core_schema.dict_schema())],
+        mode="left_to_right", custom_error_type="object_invalid",
+        custom_error_message="Input should be an object (or null)",
+    )
+
+
+if TYPE_CHECKING:
+    _ActionId = uuid.UUID
+    _Object = dict[str, Any]
+else:
+    _ActionId = Annotated[uuid.UUID, GetPydanticSchema(_action_id_schema),
+                          WithJsonSchema({"type": "string", "format": "uuid"})]
+    _Object = Annotated[dict[str, Any], GetPydanticSchema(_object_schema),
+                        WithJsonSchema({"type": "object", "additionalProperties": True})]
 _ServiceName = Annotated[str, Field(pattern=_SERVICE_ANCHORED)]
 _ActionType = Annotated[str, Field(pattern=_ACTION_TYPE_ANCHORED)]
 _OrderingKey = Annotated[str, Field(min_length=1, max_length=256)]
@@ -203,7 +240,7 @@ class DomainAction(_WireModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    action_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    action_id: _ActionId = Field(default_factory=uuid.uuid4)
     action_type: _ActionType
     timestamp: _UtcTime = Field(default_factory=utc_now)
 
@@ -227,11 +264,8 @@ class DomainAction(_WireModel):
         "order they were sent (see the wire spec, 'Ordering keys')."
     )
 
-    data: dict[str, Any] = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-    _uuid = field_validator("action_id", mode="before")(_read_uuid)
-    _objects = field_validator("data", "metadata", mode="before")(_empty_if_null)
+    data: _Object = Field(default_factory=dict)
+    metadata: _Object = Field(default_factory=dict)
     @property
     def target(self) -> str:
         """The service this action is for: ``target_service``, else ``action_type``'s first part."""
@@ -251,19 +285,17 @@ class DomainActionResponse(_WireModel):
 
     model_config = ConfigDict(extra="allow")
 
-    action_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    action_id: _ActionId = Field(default_factory=uuid.uuid4)
     correlation_id: str | None = None
     trace_id: str | None = None
     action_type_response_to: str
     success: bool
     timestamp: _UtcTime = Field(default_factory=utc_now)
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: _Object = Field(default_factory=dict)
     error: ErrorDetail | None = None
 
     _nested = ("error",)
     _ids = field_validator("correlation_id", "trace_id", mode="before")(_as_text)
-    _uuid = field_validator("action_id", mode="before")(_read_uuid)
-    _data = field_validator("data", mode="before")(_empty_if_null)
 
     @model_validator(mode="after")
     def _success_matches_error(self) -> DomainActionResponse:
