@@ -10,6 +10,7 @@ import pytest
 from redis.exceptions import RedisClusterException
 
 from actionbus import BaseWorker, DomainAction, WorkerFailedError
+from actionbus.backoff import Backoff
 from actionbus.workers.health import SlowCommands
 from actionbus.workers.reader import StreamReader, spread
 from actionbus.workers.supervisor import supervise
@@ -135,3 +136,24 @@ def test_a_command_slower_than_the_socket_timeout_is_logged(
     slow.check("XREADGROUP", 15.2)
     assert slow.count == 1
     assert [r.message for r in caplog.records if "slow/unavailable for 15.2s" in r.message]
+
+
+async def test_a_loop_failing_five_times_in_a_row_dies_on_the_fifth(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """By default supervise() gives a loop five runs that fail with a bug: the fifth
+    failure stops it (on_death with that error, re-raised, logged as critical)."""
+    runs: list[int] = []
+
+    async def loop() -> None:
+        runs.append(1)
+        raise KeyError(f"bug {len(runs)}")
+
+    died: list[BaseException] = []
+    with pytest.raises(KeyError):
+        await asyncio.wait_for(supervise(
+            "test loop", loop, on_death=died.append, backoff=Backoff(base=0.001, cap=0.001)), 10)
+    assert len(runs) == 5
+    assert [str(e) for e in died] == ["'bug 5'"]
+    assert any(r.levelname == "CRITICAL" and "died after 5 failures" in r.message
+               for r in caplog.records)
