@@ -157,3 +157,25 @@ async def test_a_loop_failing_five_times_in_a_row_dies_on_the_fifth(
     assert [str(e) for e in died] == ["'bug 5'"]
     assert any(r.levelname == "CRITICAL" and "died after 5 failures" in r.message
                for r in caplog.records)
+
+
+async def test_outages_never_count_and_reset_the_count_of_failures() -> None:
+    """Redis outages (transient errors) do not count towards the five failures, and one
+    between two runs of bugs starts the count again: four bugs, an outage, four bugs, ten
+    outages, then success, and the loop was never stopped."""
+    plan: list[BaseException | None] = [
+        *[KeyError("bug")] * 4, ConnectionError("outage"), *[KeyError("bug")] * 4,
+        *[ConnectionError("outage")] * 10, None]
+    runs: list[int] = []
+
+    async def loop() -> None:
+        runs.append(1)
+        failure = plan[len(runs) - 1]
+        if failure is not None:
+            raise failure
+
+    died: list[BaseException] = []
+    await asyncio.wait_for(supervise(
+        "test loop", loop, on_death=died.append, backoff=Backoff(base=0.001, cap=0.001)), 10)
+    assert len(runs) == len(plan)
+    assert died == []
