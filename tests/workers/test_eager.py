@@ -212,3 +212,35 @@ async def test_submit_all_runs_the_jobs_in_order_each_in_its_own_context() -> No
     runner.submit_all(job, [("a",), ("b",), ("c",)])
     await asyncio.wait_for(finished.wait(), 5)
     assert seen == [("a", ""), ("b", ""), ("c", "")]
+
+
+async def test_output_of_finished_jobs_does_not_wait_for_a_job_that_suspended() -> None:
+    """A job that finished before one that suspends has its output sent right away, by the
+    runner that takes over the queue, not when the suspended job ends; every runner task
+    is forgotten once it ended."""
+    events: list[str] = []
+    release = asyncio.Event()
+    sent = asyncio.Event()
+
+    async def job(name: str) -> None:
+        events.append(name)
+        if name == "slow":
+            await release.wait()
+            events.append("slow done")
+
+    async def after() -> None:
+        events.append("send")
+        sent.set()
+
+    runner = EagerRunner(lambda: None, after=after)
+    runner.submit(job, "fast")
+    runner.submit(job, "slow")
+    await asyncio.wait_for(sent.wait(), 5)
+    assert events == ["fast", "slow", "send"]  # sent while "slow" still waits
+    release.set()
+    for _ in range(100):  # bounded: the suspended job ends within a few loop turns
+        if not runner.tasks:
+            break
+        await asyncio.sleep(0)
+    assert events == ["fast", "slow", "send", "slow done", "send"]
+    assert runner.tasks == set()
