@@ -179,3 +179,25 @@ async def test_outages_never_count_and_reset_the_count_of_failures() -> None:
         "test loop", loop, on_death=died.append, backoff=Backoff(base=0.001, cap=0.001)), 10)
     assert len(runs) == len(plan)
     assert died == []
+
+
+async def test_on_error_runs_after_each_failure_with_its_exception() -> None:
+    """supervise() hands each failure to ``on_error`` (e.g. a cluster topology refresh)
+    before the loop runs again."""
+    failures = [KeyError("one"), ConnectionError("two")]
+    runs: list[int] = []
+    seen: list[BaseException] = []
+
+    async def loop() -> None:
+        runs.append(1)
+        if len(runs) <= len(failures):
+            raise failures[len(runs) - 1]
+
+    async def on_error(exc: BaseException) -> None:
+        seen.append(exc)
+
+    await asyncio.wait_for(supervise("test loop", loop, on_death=lambda exc: None,
+                                     on_error=on_error,
+                                     backoff=Backoff(base=0.001, cap=0.001)), 10)
+    assert seen == failures
+    assert len(runs) == 3
