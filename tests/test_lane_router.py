@@ -59,3 +59,14 @@ async def test_a_timed_out_call_is_forgotten(bus: Any) -> None:
     assert await client.send_action_pseudo_sync(
         DomainAction(action_type="nobody.op.run"), timeout=0.1) is None
     assert client._replies.pending == 0
+
+
+async def test_an_unknown_priority_is_refused_naming_the_lanes(bus: Any) -> None:
+    """priority='urgent' is refused before anything is sent, and the error lists the lanes
+    to choose from."""
+    client = bus.client("orders")
+    with pytest.raises(ValueError, match=r"priority 'urgent' is not a lane; nothing was sent: "
+                                          r"use one of high, normal, low"):
+        await client.send_action_async(DomainAction(action_type="quoting.price.get"),
+                                       priority="urgent")  # type: ignore[arg-type]
+    assert await bus.redis.exists(QM.get_service_action_stream("quoting")) == 0

@@ -3,8 +3,10 @@ buried with its reason, and the worker keeps going."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -322,6 +324,32 @@ async def test_two_processes_with_one_consumer_name(bus: Any) -> None:
     await first.stop()
     third = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=0.5)
     await third.start()  # the name was released
+
+
+async def test_a_stopped_worker_releases_its_consumer_name_at_once(bus: Any) -> None:
+    """stop() releases the consumer-name lease at once: a successor starts without waiting
+    for a 30 s lease to lapse."""
+    first = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=30)
+    await first.start()
+    await first.stop()
+    second = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=30)
+    await asyncio.wait_for(second.start(), 10)  # unreleased, it would wait 30 s and fail
+
+
+async def test_a_stopped_worker_stops_refreshing_its_consumer_name(
+    bus: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After stop() the old lease is not refreshed any more: the successor holding the name
+    meets no claim from the stopped worker (which would log that two share the name)."""
+    first = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=0.3)
+    await first.start()
+    await first.stop()
+    second = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=0.3)
+    with caplog.at_level(logging.ERROR, logger="actionbus.worker"):
+        await second.start()
+        await asyncio.sleep(0.5)  # five refresh periods of a lease left running
+    assert [r.getMessage() for r in caplog.records if "held by another" in r.getMessage()] \
+        == []
 
 
 async def test_maintenance_trims_dead_letters_and_counts_them(bus: Any, eventually: Any) -> None:
