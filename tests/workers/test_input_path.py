@@ -24,6 +24,7 @@ from actionbus import (
     DomainActionResponse,
 )
 from actionbus.models.actions import format_timestamp, utc_now
+from actionbus.workers.ownership import lease_key
 from tests.conftest import fast_worker_settings
 from tests.workers.helpers import QM, dead_letters_of, drained, noop, xadd_raw
 
@@ -350,6 +351,17 @@ async def test_a_stopped_worker_stops_refreshing_its_consumer_name(
         await asyncio.sleep(0.5)  # five refresh periods of a lease left running
     assert [r.getMessage() for r in caplog.records if "held by another" in r.getMessage()] \
         == []
+
+
+async def test_a_consumer_name_left_by_a_dead_process_is_taken_once_its_lease_lapses(
+    bus: Any,
+) -> None:
+    """A lease left behind by a process that died (nobody refreshes it) does not stop a
+    successor with that consumer name: it waits for the lease to lapse, then starts."""
+    worker = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=0.3)
+    await bus.redis.set(lease_key(worker.context), "a-dead-process", px=300)
+    await asyncio.wait_for(worker.start(), 10)
+    assert (await bus.redis.get(lease_key(worker.context))).decode() != "a-dead-process"
 
 
 async def test_maintenance_trims_dead_letters_and_counts_them(bus: Any, eventually: Any) -> None:
