@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from actionbus import DelayedQueue, DomainAction, HandlerTimeout
+from actionbus.backoff import OutageLog
 from actionbus.delayed import DELIVERIES_KEY
 from actionbus.exceptions import DelayedActionError
+from actionbus.workers.mover import Mover
 from actionbus.workers.pipeline import TimeoutLayer
 from tests.workers.helpers import QM, dead_letters_of, pending_count
 
@@ -366,3 +368,29 @@ async def test_slow_handler_warns_once_per_action_and_sweeps_again_later(
         release.set()
         await last
     assert len(_slow_warnings(caplog, second)) == 1
+
+
+async def test_the_mover_counts_what_it_moves_in_every_lane_and_notes_each_lateness(
+    bus: Any,
+) -> None:
+    """Mover.round() moves the due actions of the main set and of each lane's set, adds
+    them all to ``moved`` across rounds, and keeps one lateness figure per action it moved
+    from the main set."""
+    worker = bus.worker("timed", lanes=True)
+    ctx = worker.context
+    mover = Mover(ctx, bus.redis, outage=OutageLog(logging.getLogger("test"), "mover"))
+    past = int(time.time() * 1000) - 1_000
+    main = DelayedQueue(bus.redis, ctx.queues, "timed")
+    low = DelayedQueue(bus.redis, ctx.queues, "timed", "low")
+    for n in range(3):
+        await main.add(DomainAction(action_type="timed.item.x", data={"n": n}), past)
+    await low.add(DomainAction(action_type="timed.item.x", data={"n": 9}), past)
+    await mover.round()
+    assert mover.moved == 4
+    assert len(mover.lateness_ms) == 3
+    await main.add(DomainAction(action_type="timed.item.x", data={"n": 3}), past)
+    await low.add(DomainAction(action_type="timed.item.x", data={"n": 8}), past)
+    await mover.round()
+    assert mover.moved == 6
+    assert len(mover.lateness_ms) == 4
+    assert await bus.redis.xlen(ctx.queues.get_lane_stream("timed", "low")) == 2
