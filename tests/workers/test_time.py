@@ -397,17 +397,17 @@ async def test_the_mover_counts_what_it_moves_in_every_lane_and_notes_each_laten
 
 
 async def test_the_mover_sleeps_until_the_soonest_due_action_of_any_set(bus: Any) -> None:
-    """With a poll ceiling of 100 s, a round returns how long until the soonest due action,
+    """With a poll ceiling of 60 s, a round returns how long until the soonest due action,
     whether it waits in a lane's set or in the main set (the other sets empty or later)."""
-    worker = bus.worker("timed", lanes=True, delayed_poll_s=100)
+    worker = bus.worker("timed", lanes=True, delayed_poll_s=60)
     ctx = worker.context
     mover = Mover(ctx, bus.redis, outage=OutageLog(logging.getLogger("test"), "mover"))
     now = int(time.time() * 1000)
     low = DelayedQueue(bus.redis, ctx.queues, "timed", "low")
     main = DelayedQueue(bus.redis, ctx.queues, "timed")
-    await low.add(DomainAction(action_type="timed.item.x"), now + 30_000)
-    assert 10 < await mover.round() <= 30  # only the low lane's set holds one
-    await main.add(DomainAction(action_type="timed.item.x"), now + 60_000)
-    assert 10 < await mover.round() <= 30  # the low lane's is sooner
+    await low.add(DomainAction(action_type="timed.item.x"), now + 20_000)
+    assert 5 < await mover.round() <= 20  # only the low lane's set holds one
+    await main.add(DomainAction(action_type="timed.item.x"), now + 45_000)
+    assert 5 < await mover.round() <= 20  # the low lane's is sooner
     await low.cancel((await low.list())[0].action_id)
-    assert 40 < await mover.round() <= 60  # now only the main set's
+    assert 30 < await mover.round() <= 45  # now only the main set's
