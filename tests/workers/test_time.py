@@ -4,6 +4,7 @@ handler timeouts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import statistics
@@ -411,3 +412,31 @@ async def test_the_mover_sleeps_until_the_soonest_due_action_of_any_set(bus: Any
     assert 5 < await mover.round() <= 20  # the low lane's is sooner
     await low.cancel((await low.list())[0].action_id)
     assert 30 < await mover.round() <= 45  # now only the main set's
+
+
+async def test_the_mover_waits_out_a_redis_outage_round_after_round(bus: Any) -> None:
+    """With Redis unreachable, the mover logs the outage and tries again every
+    delayed_poll_s: three failed rounds in a row and it is still running."""
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    from actionbus.embedded import free_port
+
+    worker = bus.worker("timed", delayed_poll_s=0.01)
+    outage = OutageLog(logging.getLogger("test"), "mover")
+    async with Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1,
+                     retry=Retry(NoBackoff(), 0)) as gone:
+        mover = Mover(worker.context, gone, outage=outage)
+        task = asyncio.create_task(mover.run())
+        try:
+            for _ in range(500):  # bounded: 10 ms apart, a few rounds come fast
+                if outage.failures >= 3 or task.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert not task.done(), task
+            assert outage.failures >= 3
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
