@@ -157,25 +157,32 @@ async def load_once(cfg: Config, redis: Redis, rate: int, side: str, lanes: bool
             if lanes:
                 await wait_until(lambda: _exists(redis, QM.get_lanes_key(LOAD)), timeout=30,
                                  interval=0.005, what="the lanes descriptor")
-            for _ in range(20):  # warm up
-                await call()
             stream = RAW_STREAM if raw else QM.get_service_action_stream(LOAD)
-            options = ("--stream", stream, "--rate", str(rate), "--service", LOAD,
-                       *(("--raw",) if raw else ()))
-            producer = Child("producer", cfg.url, *options) if rate else None
-            try:
-                if producer is not None:
-                    producer.wait_ready()
-                    await asyncio.sleep(0.5)
-                tally = Tally()
-                deadline = time.perf_counter() + LOAD_MEASURE_S
-                for _ in range(calls):  # bounded: a call waits at most LOAD_CALL_TIMEOUT_S
-                    await tally.timed(call)
-                    if time.perf_counter() > deadline:
-                        break
-            finally:
-                if producer is not None:
-                    producer.stop()
+            return await _timed_under_load(cfg, call, calls, rate, stream, raw=raw)
+
+
+async def _timed_under_load(cfg: Config, call: Call, calls: int, rate: int, stream: str, *,
+                            raw: bool) -> Tally:
+    """Warm up, then time up to ``calls`` sequential calls (at most ``LOAD_MEASURE_S``)
+    while a producer adds ``rate`` entries/s to ``stream`` (0: no producer)."""
+    for _ in range(20):  # warm up
+        await call()
+    options = ("--stream", stream, "--rate", str(rate), "--service", LOAD,
+               *(("--raw",) if raw else ()))
+    producer = Child("producer", cfg.url, *options) if rate else None
+    try:
+        if producer is not None:
+            producer.wait_ready()
+            await asyncio.sleep(0.5)
+        tally = Tally()
+        deadline = time.perf_counter() + LOAD_MEASURE_S
+        for _ in range(calls):  # bounded: a call waits at most LOAD_CALL_TIMEOUT_S
+            await tally.timed(call)
+            if time.perf_counter() > deadline:
+                break
+    finally:
+        if producer is not None:
+            producer.stop()
     return tally
 
 
@@ -200,24 +207,7 @@ async def floor_once(cfg: Config, redis: Redis, rate: int, calls: int) -> Tally:
         responder.wait_ready()
         drain.wait_ready()
         async with caller(cfg, LOAD, raw=True, timeout=LOAD_CALL_TIMEOUT_S) as call:
-            for _ in range(20):  # warm up
-                await call()
-            options = ("--stream", FLOOR_BULK, "--rate", str(rate), "--service", LOAD, "--raw")
-            producer = Child("producer", cfg.url, *options) if rate else None
-            try:
-                if producer is not None:
-                    producer.wait_ready()
-                    await asyncio.sleep(0.5)
-                tally = Tally()
-                deadline = time.perf_counter() + LOAD_MEASURE_S
-                for _ in range(calls):
-                    await tally.timed(call)
-                    if time.perf_counter() > deadline:
-                        break
-            finally:
-                if producer is not None:
-                    producer.stop()
-    return tally
+            return await _timed_under_load(cfg, call, calls, rate, FLOOR_BULK, raw=True)
 
 
 async def run_load(cfg: Config, results: Results) -> None:

@@ -123,8 +123,9 @@ class StreamReader:
         self._credits = [0] * len(self.streams)  # weighted lanes: smooth round robin
         self._lane_of = {stream: i for i, stream in enumerate(self.streams)}
         self._drained = False  # the last lane read brought less than asked: lanes empty
-        one_slot = len({key_slot(stream.encode()) for stream in self.streams}) == 1
-        self._read_script = redis.register_script(READ_LANES) if one_slot else None
+        lanes_in_one_slot = len(self.streams) > 1 and len(
+            {key_slot(stream.encode()) for stream in self.streams}) == 1
+        self._read_script = redis.register_script(READ_LANES) if lanes_in_one_slot else None
         """Lanes share a hash slot: one script reads them all. Streams of several slots
         (only a cluster cares, but any reader may be given them) are read one by one."""
         weights = tuple(ctx.settings.lane_weights)
