@@ -9,6 +9,7 @@ one is free it is taken without the waiting machinery.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import ssl
 import weakref
@@ -21,6 +22,11 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import AuthenticationError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+try:  # redis-py >= 7.1: the CLIENT SETINFO metadata of each connection
+    from redis.driver_info import DriverInfo
+except ImportError:  # pragma: no cover - older redis-py reads its version once, at import
+    DriverInfo = None  # type: ignore[assignment,misc]
 
 from actionbus.backoff import Backoff
 from actionbus.config import CommonAppSettings, mask_url
@@ -65,7 +71,17 @@ def connection_options(settings: CommonAppSettings) -> dict[str, Any]:
     }
     if settings.redis_socket_keepalive_options:
         options["socket_keepalive_options"] = dict(settings.redis_socket_keepalive_options)
+    if DriverInfo is not None:
+        options["driver_info"] = driver_info()
     return options
+
+
+@functools.cache
+def driver_info() -> Any:
+    """The process's one ``DriverInfo`` (what ``CLIENT SETINFO`` sends: redis-py and its
+    version). Without it redis-py builds one per connection, reading its installed
+    package's metadata each time (about 0.3 ms of CPU per new connection)."""
+    return DriverInfo()
 
 
 def tls_options(settings: CommonAppSettings, *, cluster: bool = False) -> dict[str, Any]:
