@@ -242,3 +242,27 @@ async def test_entries_abandoned_in_a_partition_are_reclaimed(
     await eventually(lambda: len(seen) == 9)
     assert worker.stats.reclaimed == 3
     assert set(seen.values()) == {1}
+
+
+@pytest.mark.standalone_only("the cluster probe asks each partition's slot in turn")
+async def test_probe_on_one_server_is_one_script_call(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker starting on one server looks for leftover partitions with one script call
+    (not three commands per possible partition): it finds partition 2 by its stream, 4 by
+    its delayed set and 6 by its ordered stream, and only those."""
+    from actionbus.workers.partitions import probe
+
+    def no_pipeline(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the probe sent a pipeline")
+
+    assert await probe(redis_client, QM, SERVICE, 1) == []
+    await redis_client.xadd(QM.get_partition_stream(SERVICE, 2), {"data": "{}"})
+    await redis_client.zadd(QM.get_delayed_set(SERVICE, partition=4), {"{}": 1})
+    await redis_client.xadd(QM.get_ordered_stream(SERVICE, 6), {"data": "{}"})
+    await redis_client.xadd(QM.get_partition_stream(SERVICE, 7), {"data": "{}"})
+    await redis_client.xtrim(QM.get_partition_stream(SERVICE, 7), maxlen=0)  # empty stream
+    monkeypatch.setattr(redis_client, "pipeline", no_pipeline)
+    assert await probe(redis_client, QM, SERVICE, 1) == [2, 4, 6]
+    assert await probe(redis_client, QM, SERVICE, 3) == [4, 6]
+    assert await probe(redis_client, QM, SERVICE, 63) == []

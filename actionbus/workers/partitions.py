@@ -48,12 +48,26 @@ __all__ = ["Partitions", "probe"]
 
 logger = logging.getLogger("actionbus.worker")
 
+_PROBE = """
+local found = {}
+for i = 1, #KEYS, 3 do
+  if redis.call('XLEN', KEYS[i]) > 0 or redis.call('XLEN', KEYS[i + 1]) > 0
+      or #redis.call('ZRANGE', KEYS[i + 2], 0, 0) > 0 then
+    found[#found + 1] = (i - 1) / 3
+  end
+end
+return found
+"""
+"""``KEYS``: each partition's stream, ordered stream and delayed set, in turn; returns the
+positions (0 = the first partition asked) of those holding anything."""
+
 Supervised = Callable[[str, Callable[[], Coroutine[Any, Any, None]]], "asyncio.Task[None]"]
 
 
 async def probe(redis: AnyRedis, queues: QueueManager, service: str, first: int) -> list[int]:
     """Partitions ``first .. MAX_PARTITIONS-1`` of ``service`` that hold anything: stream or
-    ordered-stream entries, or delayed actions (one pipelined round of XLEN/ZRANGE)."""
+    ordered-stream entries, or delayed actions (one script: XLEN/ZRANGE of every key inside
+    Redis, only the numbers come back)."""
     found = []
     if isinstance(redis, RedisCluster):
         # Plain commands, not a cluster pipeline: redis-py answers a connection error in a
@@ -65,17 +79,12 @@ async def probe(redis: AnyRedis, queues: QueueManager, service: str, first: int)
                     redis.zrange(queues.get_delayed_set(service, partition=k), 0, 0))):
                 found.append(k)
         return found
-    partitions = range(max(1, first), MAX_PARTITIONS)
-    pipe = redis.pipeline(transaction=False)
-    for k in partitions:
-        pipe.xlen(queues.get_partition_stream(service, k))
-        pipe.xlen(queues.get_ordered_stream(service, k))
-        pipe.zrange(queues.get_delayed_set(service, partition=k), 0, 0)
-    replies: list[Any] = await pipe.execute() if partitions else []
-    for i, k in enumerate(partitions):
-        stream, ordered, delayed = replies[3 * i: 3 * i + 3]
-        if int(stream or 0) or int(ordered or 0) or delayed:
-            found.append(k)
+    keys = [key for k in range(max(1, first), MAX_PARTITIONS) for key in (
+        queues.get_partition_stream(service, k), queues.get_ordered_stream(service, k),
+        queues.get_delayed_set(service, partition=k))]
+    if keys:
+        holding: list[Any] = await redis.register_script(_PROBE)(keys=keys)
+        found += [max(1, first) + int(i) for i in holding]
     return found
 
 
