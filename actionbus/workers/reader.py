@@ -236,8 +236,9 @@ class StreamReader:
                 keys.insert(0, self.streams[first])  # its share first, then every lane
                 caps.insert(0, max(1, share))
             if self._read_script is not None:
-                found: Any = [
-                    (stream, [(entry_id, _fields(flat)) for entry_id, flat in entries])
+                found: Any = [  # one "data" field (the usual entry): no slices, no zip
+                    (stream, [(entry_id, {flat[0]: flat[1]} if len(flat) == 2 else _fields(flat))
+                              for entry_id, flat in entries])
                     for stream, entries in await self._read_script(
                         keys=keys, args=[ctx.group, ctx.consumer, count, *caps])]
             else:

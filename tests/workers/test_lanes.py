@@ -447,3 +447,28 @@ async def test_deadlines_and_idempotency_hold_across_lanes(bus: Any, eventually:
     await bus.redis.xadd(LOW, {"data": payload})
     await eventually(lambda: worker.stats.duplicates_skipped == 1)
     assert calls == ["once"]
+
+
+async def test_lane_entries_of_one_or_several_fields_reach_the_handler_whole(
+    bus: Any, eventually: Any
+) -> None:
+    """A lane read hands each entry's fields on whole: the usual one "data" field, a
+    "data" field with others beside it, and an entry whose one field is not "data" (it has
+    no action: dead-lettered as MissingField)."""
+    worker = bus.worker("lanes", lanes=True)
+    seen: list[int] = []
+
+    @worker.handler("lanes.item.bulk")
+    async def bulk(action: DomainAction, data: dict[str, Any]) -> None:
+        seen.append(data["n"])
+
+    await bus.redis.xadd(HIGH, {"data": raw_action(1)})
+    await bus.redis.xadd(MAIN, {"trace": "t", "data": raw_action(2), "extra": "x"})
+    await bus.redis.xadd(LOW, {"payload": raw_action(3)})
+    await worker.start()
+    letters = DeadLetterQueue(bus.redis, QM, "lanes")
+    await eventually(lambda: sorted(seen) == [1, 2])
+    await eventually(lambda: worker.stats.dead_lettered == 1)
+    [letter] = await letters.list()
+    assert letter.error_type == "MissingField"
+    assert letter.stream == LOW
