@@ -42,7 +42,7 @@ from actionbus.models.actions import DomainAction, check_service_name
 from actionbus.partitions import check_partitions
 from actionbus.permissions import check_permissions
 from actionbus.schedule import Schedule
-from actionbus.streams import ensure_group
+from actionbus.streams import ensure_group, fast_stream_reads
 from actionbus.workers import presence
 from actionbus.workers.context import WorkerContext, entry_key
 from actionbus.workers.eager import EagerRunner
@@ -333,6 +333,7 @@ class BaseWorker:
             self._manager = RedisManager(self.app_settings)
             self._redis = await self._manager.initialize()
         redis = self._redis
+        fast_stream_reads(redis)
         try:
             streams = list(self.context.lanes or (self.stream,))
             for stream in streams:

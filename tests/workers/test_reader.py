@@ -330,3 +330,50 @@ async def test_reclaim_skips_lane_entries_this_worker_is_still_handling(
     )
     await reader.reclaim(10)
     assert spawned == [(LANES[2], gone)]
+
+
+async def test_stream_reads_parse_as_redis_py_does_with_a_faster_parser(
+    redis_client: Any,
+) -> None:
+    """A worker's client parses XREADGROUP replies with its own parser (the usual
+    one-field entry built directly), giving exactly what redis-py's own gives: entries of
+    one field, of several, an entry deleted while pending (empty fields), nothing new."""
+    from redis._parsers import helpers
+
+    from actionbus.streams import fast_stream_reads
+
+    stream = QM.get_service_action_stream("fastread")
+    await redis_client.xgroup_create(stream, "g", id="0", mkstream=True)
+    first = await redis_client.xadd(stream, {"data": "one"})
+    await redis_client.xadd(stream, {"data": "two", "trace": "t"})
+    await redis_client.xadd(stream, {"other": "three"})
+
+    async def reads() -> list[Any]:
+        return [
+            await redis_client.xreadgroup("g", "c", {stream: "0"}, count=10),
+            await redis_client.xreadgroup("g", "c", {stream: ">"}, count=10),
+        ]
+
+    await redis_client.xreadgroup("g", "c", {stream: ">"}, count=10)  # all pending now
+    await redis_client.xdel(stream, first)
+    original = redis_client.response_callbacks["XREADGROUP"]
+    expected = await reads()
+    fast_stream_reads(redis_client)
+    installed = redis_client.response_callbacks["XREADGROUP"]
+    assert installed is not original
+    assert installed.fast_of is original
+    assert original in (helpers.parse_xread, helpers.parse_xread_resp3_to_resp2_legacy)
+    assert await reads() == expected
+    assert expected[0][0][1][0] == (first, {})  # the deleted entry
+    assert [fields for _, fields in expected[0][0][1][1:]] == [
+        {b"data": b"two", b"trace": b"t"}, {b"other": b"three"}]
+    assert expected[1] == []
+    fast_stream_reads(redis_client)  # once only: the fast parser is not wrapped again
+    assert redis_client.response_callbacks["XREADGROUP"] is installed
+
+
+async def test_a_started_worker_reads_with_the_faster_parser(bus: Any) -> None:
+    """start() puts the faster XREADGROUP parser on the worker's client."""
+    worker = bus.worker("fastread")
+    await worker.start()
+    assert hasattr(worker.redis_client.response_callbacks["XREADGROUP"], "fast_of")
