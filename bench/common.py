@@ -157,5 +157,5 @@ class Config:
         if quick:
             return cls(url, reps or 1, True, 2_000, 2_000, 1_000, 300, 200, 50, 10, 5, 1_000,
                        200_000)
-        return cls(url, reps or 3, False, 20_000, 20_000, 5_000, 2_000, 1_000, 50, 100, 40,
+        return cls(url, reps or 3, False, 20_000, 100_000, 5_000, 2_000, 1_000, 50, 100, 40,
                    1_000, 1_000_000)
