@@ -6,6 +6,7 @@ import pytest
 
 from actionbus import InvalidNameError, QueueManager
 from actionbus.clients.queue_manager import KeyParts
+from actionbus.partitions import MAX_PARTITIONS
 
 FORGED = ["", "a:b", "a*", "a{b", "a}b", "{tag}", "has space", "tab\tx", "nl\nx", "-x"]
 
@@ -208,3 +209,15 @@ def test_check_action_stream(qm: QueueManager) -> None:
         qm.check_action_stream("actionbus:prod:{orders}:streams:main")
     with pytest.raises(InvalidNameError, match="form"):
         qm.check_action_stream("actionbus:dev:orders:streams:main")
+
+
+def test_partition_streams_span_one_to_max_partitions(qm: QueueManager) -> None:
+    """get_partition_streams(service, n) lists partitions 0 .. n-1 for every n from 1 to
+    MAX_PARTITIONS (the last allowed partition included); n = 0 is refused."""
+    streams = qm.get_partition_streams("inventory", MAX_PARTITIONS)
+    assert len(streams) == MAX_PARTITIONS
+    assert streams[0] == qm.get_service_action_stream("inventory")
+    assert streams[-1] == qm.get_partition_stream("inventory", MAX_PARTITIONS - 1)
+    assert len(qm.get_partition_streams("inventory", MAX_PARTITIONS - 1)) == MAX_PARTITIONS - 1
+    with pytest.raises(InvalidNameError):
+        qm.get_partition_streams("inventory", 0)
