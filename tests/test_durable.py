@@ -243,3 +243,35 @@ async def test_durability_arguments_are_checked_at_their_bounds(redis_url: str) 
     finally:
         await client.close()
         await redis.aclose()
+
+
+async def test_cluster_durable_send_after_a_moved_slot_teaches_the_client_its_owner(
+    redis_replica_cluster: LocalCluster,
+) -> None:
+    """When the stream's slot has moved since the client last used it, the durable send
+    follows MOVED to the new owner, and the client's slot table then names that owner (the
+    next sends go there directly)."""
+    cluster = redis_replica_cluster
+    source = cluster.master_of(STREAM)
+    target = next(node for node in cluster.nodes
+                  if node is not source and cluster.role_of(node) == "master")
+    redis = RedisCluster.from_url(cluster.url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=cluster.url, redis_cluster=True,
+        lanes_cache_s=3600))  # the target's partitions stay known: no read before the send
+    try:
+        await client.send_action_async(action(0), wait_replicas=1)
+        assert redis.get_node_from_key(STREAM).port == source.port
+        with source.client() as src, target.client() as dst:
+            src.delete(STREAM)  # an empty slot can be given to another node at once
+            slot = int(src.cluster("KEYSLOT", STREAM))
+            dst_id = str(dst.cluster("MYID"), "ascii")
+            dst.cluster("SETSLOT", slot, "NODE", dst_id)
+            src.cluster("SETSLOT", slot, "NODE", dst_id)
+        sent = await client.send_action_async(action(1), wait_replicas=1)
+        assert redis.get_node_from_key(STREAM).port == target.port
+        with target.client() as dst:
+            assert [entry_id.decode() for entry_id, _ in dst.xrange(STREAM)] == [sent]
+    finally:
+        await client.close()
+        await redis.aclose()
