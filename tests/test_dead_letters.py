@@ -118,6 +118,19 @@ async def test_replay_moves_letter_back(conn: Any, dlq: DeadLetterQueue) -> None
         await dlq.replay(ids[0])
 
 
+async def test_replay_of_a_later_letter_sends_that_letter(
+    conn: Any, dlq: DeadLetterQueue
+) -> None:
+    """Replaying a letter that is not the oldest sends its own action, not an older one's,
+    and removes only that letter."""
+    ids = await _bury(conn, 3)
+    new_id = await dlq.replay(ids[1])
+    [(entry_id, fields)] = await conn.xrange(MAIN)
+    assert entry_id.decode() == new_id
+    assert DomainAction.model_validate_json(fields[b"data"]).data == {"i": 1}
+    assert [letter.entry_id for letter in await dlq.list()] == [ids[0], ids[2]]
+
+
 async def test_replay_all(conn: Any, dlq: DeadLetterQueue) -> None:
     """replay_all replays every dead letter in order and returns how many."""
     await _bury(conn, 5)
