@@ -134,9 +134,13 @@ def test_contexts_that_could_forge_keys_refused(qm: QueueManager, bad: str) -> N
 
 @pytest.mark.parametrize("bad", ["", "a*", "{x}", "has space", "x" * 513, ":lead"])
 def test_state_keys_refused(qm: QueueManager, bad: str) -> None:
-    """State keys may contain ':' but no globs, braces, whitespace or excess length."""
-    with pytest.raises(InvalidNameError, match="state key"):
+    """State keys may contain ':' but no globs, braces, whitespace or excess length; the
+    error names the state key and says what is allowed."""
+    with pytest.raises(InvalidNameError) as refused:
         qm.get_state_key("orders", bad)
+    assert str(refused.value) == (
+        f"state key {bad!r} is not allowed: use 1-512 letters, digits or _.:@/+=- , "
+        "starting with a letter or digit (no '*', braces or whitespace)")
 
 
 def test_non_string_names_refused(qm: QueueManager) -> None:
