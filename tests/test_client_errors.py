@@ -81,13 +81,16 @@ async def _every_call_raises_library_errors(redis: Any, settings: CommonAppSetti
     for call in sends:
         with pytest.raises(SendError):
             await call
+    retry = "Check that Redis is reachable; the call can be retried."  # the outage advice
     for call in (state.load_state("k"), state.save_state("k", Counter()),
                  state.delete_state("k"), state.update_state("k", lambda c: Counter())):
-        with pytest.raises(StateError):
+        with pytest.raises(StateError) as caught:
             await call
+        assert str(caught.value).endswith(retry)
     for call in (dlq.count(), dlq.list(), dlq.replay_all(), dlq.delete("1-1")):
-        with pytest.raises(DeadLetterError):
+        with pytest.raises(DeadLetterError) as caught_dl:
             await call
+        assert str(caught_dl.value).endswith(retry)
     await client.close()
 
 
@@ -174,7 +177,8 @@ async def test_a_missing_permission_is_reported_as_such_not_as_an_outage(
         with pytest.raises(DeadLetterError) as caught:
             await queue.list()
     message = str(caught.value)
-    assert "lacks a command or key permission" in message
+    assert message.endswith("The Redis user lacks a command or key permission: grant it "
+                            "(README, 'Security', has the ACL of each role).")
     assert "reachable" not in message
 
 
