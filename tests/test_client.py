@@ -395,7 +395,8 @@ async def test_callback_is_durable_while_origin_is_down(bus: Any, eventually: An
 async def test_callback_rejects_bad_event_name(bus: Any) -> None:
     """A callback_event_name that is not an action type is refused before sending."""
     client = bus.client("orders")
-    with pytest.raises(ValueError, match="callback_event_name"):
+    with pytest.raises(ValueError, match=r"^callback_event_name 'not an action type' is not "
+                                          r"valid: expected 'service\.entity\.verb'"):
         await client.send_action_async_with_callback(
             DomainAction(action_type="billing.x.y"), "not an action type"
         )
@@ -436,3 +437,45 @@ async def test_callback_send_honours_delay_at_priority_and_wait_replicas(bus: An
         await client.send_action_async_with_callback(request, "orders.item.reserved",
                                                      wait_replicas=1, wait_timeout_ms=50)
     assert await bus.redis.xlen(stream) == 1
+
+
+async def test_callback_request_carries_its_reply_address_and_correlation_id(bus: Any) -> None:
+    """The request of send_action_async_with_callback carries on the wire the callback's
+    action type, where it goes (this service's action stream) and a correlation id: the
+    caller's, else the action id; the context travels in metadata."""
+    client = bus.client("orders")
+    first = DomainAction(action_type="inventory.item.reserve")
+    second = DomainAction(action_type="inventory.item.reserve", correlation_id="corr-9")
+    await client.send_action_async_with_callback(first, "orders.item.reserved", "ctx-1")
+    await client.send_action_async_with_callback(second, "orders.item.reserved")
+    sent = [DomainAction.model_validate_json(fields[b"data"]) for _, fields in
+            await bus.redis.xrange(QM.get_service_action_stream("inventory"))]
+    home = QM.get_service_action_stream("orders")
+    assert [(a.callback_action_type, a.callback_queue_name, a.correlation_id) for a in sent] == [
+        ("orders.item.reserved", home, str(first.action_id)),
+        ("orders.item.reserved", home, "corr-9"),
+    ]
+    assert sent[0].metadata["callback_context"] == "ctx-1"
+
+
+async def test_callback_context_with_key_syntax_is_refused(bus: Any) -> None:
+    """A callback_context that could not be a key part is refused; nothing is sent."""
+    client = bus.client("orders")
+    with pytest.raises(InvalidNameError, match="context"):
+        await client.send_action_async_with_callback(
+            DomainAction(action_type="inventory.item.reserve"), "orders.item.reserved",
+            "has space*")
+    assert await _keys(bus.redis) == []
+
+
+async def test_callback_request_with_a_priority_goes_to_that_lane(bus: Any) -> None:
+    """send_action_async_with_callback(priority="high") to a target that reads lanes
+    writes the request to its high lane, not to its main stream."""
+    await bus.redis.set(QM.get_lanes_key("inventory"), "high,normal,low")
+    client = bus.client("orders")
+    entry_id = await client.send_action_async_with_callback(
+        DomainAction(action_type="inventory.item.reserve"), "orders.item.reserved",
+        priority="high")
+    [(found, _)] = await bus.redis.xrange(QM.get_lane_stream("inventory", "high"))
+    assert found.decode() == entry_id
+    assert await bus.redis.exists(QM.get_service_action_stream("inventory")) == 0
