@@ -479,3 +479,20 @@ async def test_callback_request_with_a_priority_goes_to_that_lane(bus: Any) -> N
     [(found, _)] = await bus.redis.xrange(QM.get_lane_stream("inventory", "high"))
     assert found.decode() == entry_id
     assert await bus.redis.exists(QM.get_service_action_stream("inventory")) == 0
+
+
+async def test_a_send_delayed_by_zero_is_due_at_once(bus: Any) -> None:
+    """delay=0 parks the action in the target's delayed set due now (by the server's
+    clock), not later: its due time is not after the server's time read just after."""
+    from datetime import timedelta
+
+    client = bus.client("orders")
+    delayed = QM.get_delayed_set("inventory")
+    await client.send_action_async(DomainAction(action_type="inventory.item.add"), delay=0)
+    await client.send_action_async(DomainAction(action_type="inventory.item.add"),
+                                   delay=timedelta(0))
+    seconds, micros = await bus.redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    due = [score for _, score in await bus.redis.zrange(delayed, 0, -1, withscores=True)]
+    assert len(due) == 2
+    assert all(score <= now_ms for score in due)

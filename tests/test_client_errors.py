@@ -204,7 +204,7 @@ async def test_a_send_that_got_no_pooled_connection_was_not_sent(redis_url: str)
             await client.send_action_async(DomainAction(action_type="inventory.item.add"))
         message = str(caught.value)
         assert caught.value.outcome_unknown is False
-        assert "No connection available" in message
+        assert ": ConnectionError: No connection available" in message  # Type: message
         assert message.endswith("; it was not sent")
         await admin.lpush("tests:release", "x")
         await holder
