@@ -182,7 +182,9 @@ async def test_a_missing_permission_is_reported_as_such_not_as_an_outage(
     assert "reachable" not in message
 
 
-async def test_a_send_that_got_no_pooled_connection_was_not_sent(redis_url: str) -> None:
+async def test_a_send_that_got_no_pooled_connection_was_not_sent(
+    redis_url: str, eventually: Any
+) -> None:
     """A send that times out waiting for a pooled connection (the only one held by a
     blocking command) raises SendError with outcome_unknown False: "it was not sent"."""
     from redis.asyncio import Redis
@@ -198,8 +200,11 @@ async def test_a_send_that_got_no_pooled_connection_was_not_sent(redis_url: str)
     try:
         await client.send_action_async(action)  # the target's partitions are now known
         holder = asyncio.create_task(redis.blpop(["tests:release"], timeout=0))
-        while int((await admin.info("clients"))["blocked_clients"]) < 1:
-            await asyncio.sleep(0.01)  # until the pool's only connection is blocked
+
+        async def blocked() -> bool:  # the pool's only connection is now in the BLPOP
+            return int((await admin.info("clients"))["blocked_clients"]) == 1
+
+        await eventually(blocked)
         with pytest.raises(SendError) as caught:
             await client.send_action_async(DomainAction(action_type="inventory.item.add"))
         message = str(caught.value)

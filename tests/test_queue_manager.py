@@ -225,3 +225,32 @@ def test_partition_streams_span_one_to_max_partitions(qm: QueueManager) -> None:
     assert len(qm.get_partition_streams("inventory", MAX_PARTITIONS - 1)) == MAX_PARTITIONS - 1
     with pytest.raises(InvalidNameError):
         qm.get_partition_streams("inventory", 0)
+
+
+def test_refusals_name_the_field_and_say_what_is_allowed(qm: QueueManager) -> None:
+    """Each refusal names what was refused (service name, context, environment, key prefix),
+    the value, and the rule to follow."""
+    namespace_rule = ("use 1-100 letters, digits, '_', '-' or '.' "
+                      "(no ':', '*', braces or whitespace)")
+    refusals = [
+        (lambda: qm.get_service_action_stream("a:b"),
+         "service name 'a:b' is not allowed: use 1-64 letters, digits, '_' or '-', starting "
+         "with a letter or digit"),
+        (lambda: qm.get_response_queue("orders", "a b"),
+         "context 'a b' is not allowed: use 1-128 letters, digits, '_', '-' or '.', starting "
+         "with a letter or digit (no ':', '*', braces or whitespace)"),
+        (lambda: QueueManager("a*"), f"environment 'a*' is not allowed: {namespace_rule}"),
+        (lambda: QueueManager("dev", prefix="{x}"),
+         f"key prefix '{{x}}' is not allowed: {namespace_rule}"),
+    ]
+    for build, message in refusals:
+        with pytest.raises(InvalidNameError) as refused:
+            build()
+        assert str(refused.value) == message
+
+
+def test_defaults_are_environment_dev_and_prefix_actionbus() -> None:
+    """QueueManager() builds keys under "actionbus:dev:"."""
+    assert QueueManager().get_service_action_stream("inventory") == (
+        "actionbus:dev:{inventory}:streams:main")
+    assert repr(QueueManager()) == "QueueManager(environment='dev', prefix='actionbus')"
