@@ -496,3 +496,20 @@ async def test_a_send_delayed_by_zero_is_due_at_once(bus: Any) -> None:
     due = [score for _, score in await bus.redis.zrange(delayed, 0, -1, withscores=True)]
     assert len(due) == 2
     assert all(score <= now_ms for score in due)
+
+
+async def test_pseudo_sync_request_asks_for_a_reply_not_a_callback(bus: Any) -> None:
+    """send_action_pseudo_sync sends the request with this client's response list as reply
+    address, no callback action type (even if the caller's action had one), and a
+    correlation id: the caller's, else the action id."""
+    client = bus.client("orders")
+    plain = DomainAction(action_type="nobody.op.run", callback_action_type="orders.op.done")
+    tagged = DomainAction(action_type="nobody.op.run", correlation_id="corr-7")
+    assert await client.send_action_pseudo_sync(plain, timeout=0.05) is None
+    assert await client.send_action_pseudo_sync(tagged, timeout=0.05) is None
+    sent = [DomainAction.model_validate_json(fields[b"data"]) for _, fields in
+            await bus.redis.xrange(QM.get_service_action_stream("nobody"))]
+    assert [(a.callback_action_type, a.callback_queue_name, a.correlation_id) for a in sent] == [
+        (None, client.response_queue, str(plain.action_id)),
+        (None, client.response_queue, "corr-7"),
+    ]

@@ -238,6 +238,8 @@ async def test_durability_arguments_are_checked_at_their_bounds(redis_url: str) 
             await client.send_actions_async([action(3)], wait_replicas=-1)
         assert str(refused.value).startswith(
             "wait_replicas must be an integer >= 0, got -1; nothing was sent")
+        with pytest.raises(ConfigurationError, match=r"^wait_timeout_ms must be"):
+            await client.send_actions_async([action(4)], wait_replicas=1, wait_timeout_ms=0)
         [(entry_id, _)] = await redis.xrange(STREAM)
         assert entry_id.decode() == caught.value.entry_id
     finally:
@@ -272,6 +274,27 @@ async def test_cluster_durable_send_after_a_moved_slot_teaches_the_client_its_ow
         assert redis.get_node_from_key(STREAM).port == target.port
         with target.client() as dst:
             assert [entry_id.decode() for entry_id, _ in dst.xrange(STREAM)] == [sent]
+    finally:
+        await client.close()
+        await redis.aclose()
+
+
+async def test_a_batch_asked_to_wait_for_replicas_waits_with_or_without_a_priority(
+    redis_url: str,
+) -> None:
+    """send_actions_async(wait_replicas=1) WAITs for the batch, also with a priority: on a
+    server without replicas each entry is written and the batch's SendError is caused by
+    NotReplicatedError."""
+    redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url))
+    try:
+        for priority in (None, "high"):
+            with pytest.raises(SendError) as caught:
+                await client.send_actions_async([action(1), action(2)], priority=priority,
+                                                wait_replicas=1, wait_timeout_ms=1)
+            assert isinstance(caught.value.__cause__, NotReplicatedError)
+        assert await redis.xlen(STREAM) == 4
     finally:
         await client.close()
         await redis.aclose()
