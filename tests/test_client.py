@@ -513,3 +513,23 @@ async def test_pseudo_sync_request_asks_for_a_reply_not_a_callback(bus: Any) -> 
         (None, client.response_queue, str(plain.action_id)),
         (None, client.response_queue, "corr-7"),
     ]
+
+
+async def test_a_batch_with_a_priority_passes_the_publish_layers(bus: Any) -> None:
+    """send_actions_async(priority="high") runs each action through the publish layers
+    added with use(), as a batch without a priority does."""
+    from actionbus import PublishNext
+
+    await bus.redis.set(QM.get_lanes_key("inventory"), "high,normal,low")
+    client = bus.client("orders")
+    seen: list[str] = []
+
+    async def record(action: DomainAction, call_next: PublishNext) -> str:
+        seen.append(str(action.action_id))
+        return await call_next(action)
+
+    client.use(record)
+    batch = [DomainAction(action_type="inventory.item.add") for _ in range(2)]
+    ids = await client.send_actions_async(batch, priority="high")
+    assert seen == [str(action.action_id) for action in batch]
+    assert len(await bus.redis.xrange(QM.get_lane_stream("inventory", "high"))) == len(ids) == 2

@@ -298,3 +298,23 @@ async def test_a_batch_asked_to_wait_for_replicas_waits_with_or_without_a_priori
     finally:
         await client.close()
         await redis.aclose()
+
+
+async def test_pseudo_sync_request_waits_for_the_replicas_of_the_settings(
+    redis_url: str,
+) -> None:
+    """settings.wait_replicas applies to send_action_pseudo_sync's request too: on a server
+    without replicas the request is written and NotReplicatedError is raised at once,
+    instead of waiting for a reply."""
+    redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url, wait_replicas=1,
+        wait_timeout_ms=1))
+    try:
+        with pytest.raises(NotReplicatedError) as caught:
+            await client.send_action_pseudo_sync(action(1), timeout=30)
+        [(entry_id, _)] = await redis.xrange(STREAM)
+        assert entry_id.decode() == caught.value.entry_id
+    finally:
+        await client.close()
+        await redis.aclose()
