@@ -19,10 +19,15 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-KILLED = {1: "killed", 3: "killed", 37: "mypy", 36: "timeout", -24: "timeout", 24: "timeout",
-          152: "timeout", 255: "timeout"}
-SURVIVED = {0: "survived"}
-NOT_RUN = {None: "not run", 33: "no tests", 5: "no tests", 34: "skipped", 2: "interrupted"}
+# mutmut's exit codes (mutmut/stats.py), grouped into this report's columns.
+KILLED: dict[int | None, str] = {
+    1: "killed", 3: "killed", 37: "mypy",
+    36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
+}
+SURVIVED: dict[int | None, str] = {0: "survived"}
+NOT_RUN: dict[int | None, str] = {
+    None: "not run", 33: "no tests", 5: "no tests", 34: "skipped", 2: "interrupted",
+}
 
 
 def status(code: int | None) -> str:
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     unaccounted: list[str] = []
     for module, codes in results.items():
         counts = Counter(status(code) for code in codes.values())
-        survivors = [name for name, code in codes.items() if status(code) in ("survived", "suspicious")]
+        survivors = [name for name, code in codes.items()
+                     if status(code) in ("survived", "suspicious")]
         accounted = sum(name in listed for name in survivors)
         unaccounted += [name for name in survivors if name not in listed]
         total.update(counts)
