@@ -52,20 +52,23 @@ def test_score_counts_mypy_rejections_as_caught_and_leaves_out_what_did_not_run(
 ) -> None:
     """Score = (killed + rejected by mypy) / (those plus survivors); unrun mutants are not in it."""
     results(tmp_path, mutants(killed=80, survived=10, mypy=10, not_run=50))
-    survivors = "".join(f"{MODULE}.x_read__mutmut_{n} equivalent: log text\n" for n in range(81, 91))
+    survivors = "".join(f"{MODULE}.x_read__mutmut_{n} equivalent: log text\n"
+                        for n in range(81, 91))
     done = report(tmp_path, {f"{MODULE}.txt": survivors})
     assert "caught 90 of 100 run (90.0%)" in done.stdout
-    assert "10 equivalent, 0 known gaps, 0 not listed; 50 not run" in done.stdout
+    assert "10 equivalent, 0 known gaps, 0 killed by tests added since the run, 0 not listed; " \
+        "50 not run" in done.stdout
     assert done.returncode == 0, done.stdout
 
 
 def test_a_survivor_not_listed_is_named_and_fails_the_run(tmp_path: Path) -> None:
-    """Every survivor must be listed: one that is not is printed by name and the exit status is 1."""
+    """Every survivor must be listed: one that is not is printed by name, exit status 1."""
     results(tmp_path, mutants(killed=95, survived=2))
     done = report(tmp_path, {f"{MODULE}.txt": f"{MODULE}.x_read__mutmut_96 gap: untested\n"})
     assert f"not listed: {MODULE}.x_read__mutmut_97" in done.stdout
     assert f"not listed: {MODULE}.x_read__mutmut_96" not in done.stdout
-    assert "0 equivalent, 1 known gaps, 1 not listed" in done.stdout
+    assert "0 equivalent, 1 known gaps, 0 killed by tests added since the run, 1 not listed" \
+        in done.stdout
     assert done.returncode == 1
 
 
@@ -97,3 +100,53 @@ def test_without_a_run_it_says_to_run_make_mutation(tmp_path: Path) -> None:
     done = report(tmp_path, {})
     assert done.returncode == 1
     assert "run `make mutation` first" in done.stderr
+
+
+def test_a_survivor_killed_by_a_later_test_is_accounted_and_scored_apart(tmp_path: Path) -> None:
+    """`killed: <test>` accounts for a survivor; the score with it is given beside the run's."""
+    results(tmp_path, mutants(killed=8, survived=2))
+    lines = (f"{MODULE}.x_read__mutmut_9 killed: tests/workers/test_reader.py::test_x\n"
+             f"{MODULE}.x_read__mutmut_10 equivalent: same result\n")
+    done = report(tmp_path, {f"{MODULE}.txt": lines}, "--target", "80")
+    assert "1 equivalent, 0 known gaps, 1 killed by tests added since the run, 0 not listed" \
+        in done.stdout
+    assert "with those added tests: 90.0%" in done.stdout
+    assert done.returncode == 0, done.stdout
+
+
+def test_the_cache_keeps_verdicts_and_drops_those_a_later_test_kills(tmp_path: Path) -> None:
+    """save then restore into an empty mutants/ gives the same verdicts and function hashes,
+    except a survivor listed as `killed:`, which gets no verdict so that mutmut runs it again."""
+    codes = mutants(killed=2, survived=2, mypy=1, not_run=1)
+    mutants_dir = results(tmp_path, codes)
+    meta = mutants_dir / "actionbus" / "workers" / "reader.py.meta"
+    meta.write_text(json.dumps({
+        "exit_code_by_key": codes, "hash_by_function_name": {"x_read": "ab"},
+        "durations_by_key": {}, "estimated_durations_by_key": {},
+    }))
+    cache = tmp_path / "results.json"
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / f"{MODULE}.txt").write_text(f"{MODULE}.x_read__mutmut_3 killed: tests/x.py::test_y\n")
+    tool = TOOL.with_name("mutation_cache.py")
+    for action, folder in (("save", mutants_dir), ("restore", tmp_path / "again")):
+        subprocess.run([sys.executable, str(tool), action, "--mutants", str(folder), "--file",
+                        str(cache), "--lists", str(lists)], check=True, timeout=30)
+    restored = json.loads((tmp_path / "again" / "actionbus" / "workers" / "reader.py.meta")
+                          .read_text())
+    assert restored["hash_by_function_name"] == {"x_read": "ab"}
+    assert restored["exit_code_by_key"] == {**codes, f"{MODULE}.x_read__mutmut_3": None}
+
+
+def test_restore_never_overwrites_the_verdicts_of_a_run_in_mutants(tmp_path: Path) -> None:
+    """A module that already has a `.meta` in mutants/ keeps it: restore only fills the gaps."""
+    live = {f"{MODULE}.x_read__mutmut_1": 1}
+    mutants_dir = results(tmp_path, live)
+    cache = tmp_path / "results.json"
+    cache.write_text(json.dumps({"actionbus/workers/reader.py": {
+        "hash_by_function_name": {}, "exit_code_by_key": {f"{MODULE}.x_read__mutmut_1": 0}}}))
+    subprocess.run([sys.executable, str(TOOL.with_name("mutation_cache.py")), "restore",
+                    "--mutants", str(mutants_dir), "--file", str(cache),
+                    "--lists", str(tmp_path)], check=True, timeout=30)
+    meta = mutants_dir / "actionbus" / "workers" / "reader.py.meta"
+    assert json.loads(meta.read_text())["exit_code_by_key"] == live
