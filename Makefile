@@ -55,7 +55,7 @@ bench-long: dev
 # rejects are caught before any test runs. The tests mostly wait on Redis, so 4 children use the
 # 2 cores better than 2. A full run: TIMING. Verdicts are kept in mutants/ and, between clones,
 # in tests/mutation-results.json (tools/mutation_cache.py restores them before the run and saves
-# them after, also after Ctrl-C): a run tests only what has no verdict, i.e. the functions changed
+# them after): a run tests only what has no verdict, i.e. the functions changed
 # since and the survivors a newer test kills. tools/mutation_report.py then scores it per
 # module and lists every survivor tests/mutation-survivors/ does not account for (exit 1 if any,
 # or if the score is under 85%).
@@ -64,9 +64,9 @@ MUTANTS ?=
 mutation: dev
 	$(PIP) install -e '.[mutation]'
 	$(BIN)/python tools/mutation_cache.py restore
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mutmut run --max-children 4 $(MUTANTS) || true
-	$(BIN)/python tools/mutation_cache.py save
-	$(BIN)/python tools/mutation_report.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mutmut run --max-children 4 $(MUTANTS); \
+	code=$$?; $(BIN)/python tools/mutation_cache.py save && $(BIN)/python tools/mutation_report.py \
+	&& exit $$code
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist mutants
