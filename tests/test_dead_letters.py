@@ -274,6 +274,25 @@ def test_dead_letter_fields_keep_the_entry_and_bound_oversize() -> None:
     assert len(big["error_message"]) == 2000
 
 
+async def test_dead_letter_fields_never_raise_for_lone_surrogates(conn: Any) -> None:
+    """A body or field name holding a lone surrogate (text decoded from bytes that were
+    not UTF-8) still gives dead-letter fields, which Redis stores: the oversize body is
+    measured in bytes, the field name kept as bytes."""
+    odd = "\udcff" + "x" * 20
+    big = dead_letter_fields(
+        data=odd, reason="oversize", error_type="PayloadTooLarge", error_message="m",
+        deliveries=1, original_id="1-1", stream=MAIN, consumer="c", max_body=4)
+    assert big["data"] == "\udcff".encode("utf-8", "surrogatepass") + b"x"
+    assert big["data_length"] == "23"
+    named = dead_letter_fields(
+        data="{}", reason="malformed", error_type="InvalidJSON", error_message="m",
+        deliveries=1, original_id="1-1", stream=MAIN, consumer="c", entry={"\udcfftag": b"v"})
+    assert named[b"field." + "\udcfftag".encode("utf-8", "surrogatepass")] == b"v"
+    await conn.xadd(DEAD, big)
+    await conn.xadd(DEAD, named)
+    assert await conn.xlen(DEAD) == 2
+
+
 async def test_replay_restores_non_utf8_data_and_field_names_byte_for_byte(
     bus: Any, eventually: Any
 ) -> None:
