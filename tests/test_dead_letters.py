@@ -293,6 +293,23 @@ async def test_dead_letter_fields_never_raise_for_lone_surrogates(conn: Any) -> 
     assert await conn.xlen(DEAD) == 2
 
 
+async def test_dead_letter_fields_keep_other_fields_as_text_and_bound_the_error_type(
+    conn: Any,
+) -> None:
+    """The entry's data field is not copied again as field.data; other fields' odd values
+    are kept as text; error_type keeps its first 200 characters. Redis stores the result."""
+    fields = dead_letter_fields(
+        data=b"{}", reason="failed", error_type="E" * 300, error_message="m",
+        deliveries=3, original_id="1-1", stream=MAIN, consumer="c",
+        entry={b"data": b"{}", b"n": 7, "tag": "t"})
+    assert b"field.data" not in fields
+    assert (fields[b"field.n"], fields[b"field.tag"]) == ("7", "t")
+    assert fields["error_type"] == "E" * 200
+    entry_id = await conn.xadd(DEAD, fields)
+    letter = await DeadLetterQueue(conn, QM, "inventory").get(entry_id.decode())
+    assert letter.fields == {"n": "7", "tag": "t"}
+
+
 async def test_replay_restores_non_utf8_data_and_field_names_byte_for_byte(
     bus: Any, eventually: Any
 ) -> None:
