@@ -254,3 +254,8 @@ def test_defaults_are_environment_dev_and_prefix_actionbus() -> None:
     assert QueueManager().get_service_action_stream("inventory") == (
         "actionbus:dev:{inventory}:streams:main")
     assert repr(QueueManager()) == "QueueManager(environment='dev', prefix='actionbus')"
+
+
+def test_parse_takes_a_one_character_service(qm: QueueManager) -> None:
+    """A key of a one-character service ("{a}") parses like any other."""
+    assert qm.parse("actionbus:dev:{a}:streams:main") == KeyParts("a", "streams", "main", 0)
