@@ -300,6 +300,25 @@ async def test_callback_targets_allow_list(bus: Any, eventually: Any) -> None:
     assert marks == ["ok"]
 
 
+async def test_a_star_in_callback_targets_allows_any_service_and_type(
+    bus: Any, eventually: Any
+) -> None:
+    """callback_targets=["*"]: a callback to a service that is neither the origin nor listed,
+    with a type of yet another namespace, is sent, not refused."""
+    worker, marks = _marker_worker(bus, callback_targets=["*"])
+    await worker.start()
+    payroll = QM.get_service_action_stream("payroll")
+    await xadd_raw(bus.redis, "inventory", {
+        "action_type": "inventory.item.mark", "data": {"m": "ok"}, "origin_service": "inv",
+        "callback_action_type": "billing.invoice.paid", "callback_queue_name": payroll})
+    await eventually(lambda: bus.redis.xlen(payroll))
+    [(_, fields)] = await bus.redis.xrange(payroll)
+    assert DomainAction.model_validate_json(fields[b"data"]).action_type == \
+        "billing.invoice.paid"
+    assert marks == ["ok"]
+    assert await dead_letters_of(worker) == []
+
+
 async def test_small_clock_skew_is_tolerated(bus: Any, eventually: Any) -> None:
     """A request whose expires_at passed less than clock_skew_s ago is still answered."""
     worker, marks = _marker_worker(bus, clock_skew_s=30)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
 from actionbus import BaseRedisClient, BaseWorker, DomainAction, WorkerSettings
+from actionbus.models.actions import DomainActionResponse, ErrorDetail
 from tests.workers.helpers import QM, Reserve, Settings, dead_letters_of, drained, noop, xadd_raw
 
 pytestmark = pytest.mark.backends
@@ -158,17 +160,18 @@ async def test_forged_reply_target_dead_lettered(
 
 
 @pytest.mark.parametrize(
-    ("fields", "error_type"),
+    ("fields", "error_type", "says"),
     [
-        ({"data": "{not json"}, "InvalidJSON"),
-        ({"data": '{"action_type": "no dots here"}'}, "InvalidAction"),
-        ({"payload": "{}"}, "MissingField"),
+        ({"data": "{not json"}, "InvalidJSON", r".*Invalid JSON.*"),
+        ({"data": '{"action_type": "no dots here"}'}, "InvalidAction", r".*action_type.*"),
+        ({"payload": "{}"}, "MissingField", r"the entry has no 'data' field"),
     ],
 )
 async def test_malformed_entries_dead_lettered_and_worker_survives(
-    bus: Any, eventually: Any, fields: dict[str, str], error_type: str
+    bus: Any, eventually: Any, fields: dict[str, str], error_type: str, says: str
 ) -> None:
-    """Bad entries are dead-lettered with the reason, and the next good action is handled."""
+    """Bad entries are dead-lettered with the reason and a message saying what is wrong
+    (the validation error, or the missing field), and the next good action is handled."""
     worker = bus.worker("inventory")
     worker.register("inventory.item.ok", noop)
     await worker.start()
@@ -177,6 +180,7 @@ async def test_malformed_entries_dead_lettered_and_worker_survives(
     [letter] = await eventually(lambda: dead_letters_of(worker))
     assert letter.reason == "malformed"
     assert letter.error_type == error_type
+    assert re.fullmatch(says, letter.error_message, re.DOTALL)
     await eventually(lambda: worker.stats.handled == 1)
     await eventually(lambda: drained(bus.redis, "inventory"))
 
@@ -227,6 +231,34 @@ async def test_round_trip_with_decoded_responses(
             await eventually(lambda: drained(redis, "inventory"))
     assert response is not None
     assert response.data == {"qty": 1}
+
+
+async def test_a_callback_carries_the_error_as_the_wire_format_writes_it(
+    bus: Any, eventually: Any
+) -> None:
+    """A handler answering a callback request with an error response: the callback's
+    metadata holds the error with every declared field, and without its unknown fields
+    that are None (exclude_none on a wire model)."""
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> DomainActionResponse:
+        error = ErrorDetail(error_type="OutOfStock", message="none left", hint=None, shelf=3)
+        return DomainActionResponse.for_action(action, error=error)
+
+    await worker.start()
+    await xadd_raw(bus.redis, "inventory", {
+        "action_type": "inventory.item.reserve", "origin_service": "orders",
+        "callback_action_type": "orders.item.reserved",
+    })
+    stream = QM.get_service_action_stream("orders")
+    await eventually(lambda: bus.redis.xlen(stream))
+    [(_, fields)] = await bus.redis.xrange(stream)
+    callback = DomainAction.model_validate_json(fields[b"data"])
+    assert callback.metadata["success"] is False
+    assert callback.metadata["error"] == {"error_type": "OutOfStock", "error_code": None,
+                                          "message": "none left", "details": None,
+                                          "shelf": 3}
 
 
 async def test_raw_callback_request_by_origin_service(bus: Any, eventually: Any) -> None:
