@@ -244,3 +244,56 @@ async def test_an_ordered_action_left_pending_by_a_redis_error_runs_again_first(
     assert calls == 2  # deliveries 1 and 2 failed; the 3rd is the last allowed: buried
     letters = await worker.dead_letters.list()
     assert [letter.deliveries for letter in letters] == [3]
+
+
+async def test_different_keys_of_one_ordered_stream_do_not_wait_for_each_other(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """In one partition's ordered stream, key b's action runs while key a's first action
+    is still running (it waits for b's), and a's next one only after a's first."""
+    b_ran = asyncio.Event()
+    order: list[tuple[str, int]] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        if data["key"] == "a" and data["n"] == 0:
+            await asyncio.wait_for(b_ran.wait(), 10)
+        if data["key"] == "b":
+            b_ran.set()
+        order.append((data["key"], data["n"]))
+
+    worker = make_worker(make_settings, handle)
+    await worker.start()
+    client = bus.client("caller")
+    await client.send_actions_async([step("a", 0), step("a", 1), step("b", 0)])
+    await eventually(lambda: len(order) == 3, timeout=15)
+    assert order == [("b", 0), ("a", 0), ("a", 1)]
+
+
+async def test_recovery_pages_through_more_than_a_page_of_entries_of_one_millisecond(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """A previous holder left 101 entries pending, all with the same millisecond in their
+    ids (1-1 .. 1-101): the new holder's recovery reads them page by page (100 at a time) by
+    sequence number, so the 101st (key b) is recovered and runs while key a's first entry
+    is still running."""
+    stream = QM.get_ordered_stream(SERVICE)
+    await bus.redis.xgroup_create(stream, SERVICE, id="0", mkstream=True)
+    for n in range(100):
+        await bus.redis.xadd(stream, {"data": step("a", n).model_dump_json()}, id=f"1-{n + 1}")
+    await bus.redis.xadd(stream, {"data": step("b", 0).model_dump_json()}, id="1-101")
+    taken = await bus.redis.xreadgroup(SERVICE, "dead-holder", {stream: ">"}, count=200)
+    assert len(taken[0][1]) == 101
+    b_ran = asyncio.Event()
+    order: list[tuple[str, int]] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        if data["key"] == "a" and data["n"] == 0:
+            await asyncio.wait_for(b_ran.wait(), 10)
+        if data["key"] == "b":
+            b_ran.set()
+        order.append((data["key"], data["n"]))
+
+    worker = make_worker(make_settings, handle, concurrency=200)
+    await worker.start()
+    await eventually(lambda: len(order) == 101, timeout=20)
+    assert order == [("b", 0)] + [("a", n) for n in range(100)]
