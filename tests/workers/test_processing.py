@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from actionbus import BaseRedisClient, BaseWorker, DomainAction, WorkerSettings
-from actionbus.models.actions import DomainActionResponse, ErrorDetail
+from actionbus.models.actions import (
+    DomainActionResponse,
+    ErrorDetail,
+    format_timestamp,
+    utc_now,
+)
+from actionbus.workers.results import is_expired
 from tests.workers.helpers import QM, Reserve, Settings, dead_letters_of, drained, noop, xadd_raw
 
 pytestmark = pytest.mark.backends
@@ -205,6 +213,8 @@ async def test_raw_producer_and_raw_reply(bus: Any, eventually: Any) -> None:
     assert reply["success"] is True
     assert reply["data"] == {"qty": 5}
     assert reply["correlation_id"] == "req-1"
+    assert set(reply) == set(DomainActionResponse.model_fields)  # every field, null if empty
+    assert reply["error"] is None
 
 
 async def test_round_trip_with_decoded_responses(
@@ -312,3 +322,58 @@ async def test_callback_action_names_what_it_answers_and_carries_the_context(
         "response_to", "response_to_action_id", "success", "callback_context", "error")} == {
         "response_to": "inventory.item.reserve", "response_to_action_id": str(request.action_id),
         "success": True, "callback_context": "cart-7", "error": None}
+
+
+async def test_a_result_no_reply_could_carry_fails_even_when_nobody_reads_it(
+    bus: Any, eventually: Any
+) -> None:
+    """A handler of a fire-and-forget action returning a value of a type no reply could
+    carry (here a str) fails the attempt (HandlerError, dead-lettered once attempts run
+    out), as it would for a waiting caller; None, a dict or a model are fine."""
+    worker = bus.worker("inventory", max_deliveries=1)
+    calls: list[str] = []
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> Any:
+        calls.append(data["kind"])
+        return {"str": "a string", "dict": {"ok": True}, "model": Reserve(sku="A", qty=1),
+                "none": None}[data["kind"]]
+
+    await worker.start()
+    client = bus.client("orders")
+    for kind in ("none", "dict", "model", "str"):
+        await client.send_action_async(
+            DomainAction(action_type="inventory.item.reserve", data={"kind": kind}))
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert letter.error_type == "HandlerError"
+    assert "returned str" in letter.error_message
+    await eventually(lambda: drained(bus.redis, "inventory"))
+    assert sorted(calls) == ["dict", "model", "none", "str"]
+    assert worker.stats.handled == 3
+
+
+async def test_every_reply_dropped_because_its_caller_stopped_waiting_is_counted(
+    bus: Any, eventually: Any
+) -> None:
+    """A request whose caller stops waiting while its handler runs gets no reply, and each
+    such dropped reply adds one to expired_skipped."""
+    worker = bus.worker("inventory", clock_skew_s=0)
+
+    @worker.handler("inventory.stock.get")
+    async def stock(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        while not is_expired(action.expires_at, 0):  # runs until its caller gave up
+            await asyncio.sleep(0.01)
+        return {"qty": 1}
+
+    await worker.start()
+    queues = [QM.get_response_queue("orders", f"late-{n}") for n in range(2)]
+    for queue in queues:
+        await xadd_raw(bus.redis, "inventory", {
+            "action_type": "inventory.stock.get", "callback_queue_name": queue,
+            "expires_at": format_timestamp(utc_now() + timedelta(seconds=0.3)),
+        })
+    await eventually(lambda: worker.stats.handled == 2, timeout=10)
+    await eventually(lambda: drained(bus.redis, "inventory"))
+    assert worker.stats.expired_skipped == 2
+    for queue in queues:
+        assert not await bus.redis.exists(queue)
