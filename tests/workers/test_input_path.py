@@ -597,7 +597,7 @@ async def test_every_large_entry_seen_is_counted(
     conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
 ) -> None:
     """Each entry larger than read_budget_bytes / batch_size adds one to
-    large_entries_seen."""
+    large_entries_seen; one of exactly that size (field names included) does not."""
     worker = BaseWorker(make_settings(service_name="inventory"), conn,
                         worker_settings=fast_worker_settings(batch_size=10,
                                                              read_budget_bytes=1000))
@@ -611,7 +611,9 @@ async def test_every_large_entry_seen_is_counted(
     try:
         for _ in range(3):
             await conn.xadd(STREAM, {"data": _mark_json("y" * 300)})
-        await eventually(lambda: len(marks) == 3)
+        # 100 bytes in all: "data" + 94 + "x" + "y" (two fields: the full size check)
+        await conn.xadd(STREAM, {"data": _mark_json_of_length(94), "x": "y"})
+        await eventually(lambda: len(marks) == 4)
         assert worker.stats.large_entries_seen == 3
     finally:
         await worker.stop()

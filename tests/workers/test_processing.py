@@ -127,6 +127,9 @@ async def test_unserializable_result_becomes_error_response(bus: Any, eventually
     response = await client.send_action_pseudo_sync(DomainAction(action_type="svc.r.obj"), 2)
     assert response is not None
     assert response.success is False
+    assert response.error is not None
+    assert response.error.message.startswith(  # names what could not be serialized
+        "the result of the svc.r.obj handler cannot be sent: PydanticSerializationError: ")
     await eventually(lambda: drained(bus.redis, "svc"))
 
 
@@ -162,6 +165,7 @@ async def test_forged_reply_target_dead_lettered(
     [letter] = await eventually(lambda: dead_letters_of(worker))
     assert letter.reason == "malformed"
     assert letter.error_type == "InvalidReplyTarget"
+    assert queue in letter.error_message  # says which name was refused
     assert calls == []
     assert not await bus.redis.exists(queue)
     await eventually(lambda: drained(bus.redis, "inventory"))
@@ -269,6 +273,29 @@ async def test_a_callback_carries_the_error_as_the_wire_format_writes_it(
     assert callback.metadata["error"] == {"error_type": "OutOfStock", "error_code": None,
                                           "message": "none left", "details": None,
                                           "shelf": 3}
+
+
+async def test_a_reply_carries_the_error_as_the_wire_format_writes_it(bus: Any) -> None:
+    """A handler answering a waiting caller with its own error response: the raw reply
+    holds the error with every declared field, and without its unknown fields that are
+    None (exclude_none on a wire model)."""
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> DomainActionResponse:
+        error = ErrorDetail(error_type="OutOfStock", message="none left", hint=None, shelf=3)
+        return DomainActionResponse.for_action(action, error=error)
+
+    await worker.start()
+    queue = QM.get_response_queue("nodejs", "err-1")
+    await xadd_raw(bus.redis, "inventory", {
+        "action_type": "inventory.item.reserve", "callback_queue_name": queue})
+    popped = await bus.redis.brpop([queue], timeout=5)
+    assert popped is not None
+    reply = json.loads(popped[1])
+    assert reply["success"] is False
+    assert reply["error"] == {"error_type": "OutOfStock", "error_code": None,
+                              "message": "none left", "details": None, "shelf": 3}
 
 
 async def test_raw_callback_request_by_origin_service(bus: Any, eventually: Any) -> None:
