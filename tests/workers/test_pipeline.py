@@ -409,11 +409,13 @@ async def test_the_same_action_object_run_twice_at_once_finishes_both_times(bus:
     """One DomainAction object run twice concurrently (through TimeoutLayer without a
     timeout, or the pipeline's traced path) returns both results: the second run to finish
     does not trip over the first one's bookkeeping."""
-    release = asyncio.Event()
+    release, all_started = asyncio.Event(), asyncio.Event()
     started: list[int] = []
 
     async def gate(action: DomainAction, data: Any) -> dict[str, Any]:
         started.append(1)
+        if len(started) == 4:
+            all_started.set()
         await release.wait()
         return {"done": True}
 
@@ -424,8 +426,7 @@ async def test_the_same_action_object_run_twice_at_once_finishes_both_times(bus:
     route = Route("inventory.stock.get", gate, idempotent=True)
     tasks = [asyncio.create_task(layer(action, {}, gate)) for _ in range(2)]
     tasks += [asyncio.create_task(pipeline.run(route, action)) for _ in range(2)]
-    while len(started) < 4:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(all_started.wait(), 10)
     release.set()
     results = await asyncio.gather(*tasks)
     assert results[:2] == [{"done": True}, {"done": True}]

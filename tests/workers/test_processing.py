@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from datetime import timedelta
@@ -388,8 +387,7 @@ async def test_every_reply_dropped_because_its_caller_stopped_waiting_is_counted
 
     @worker.handler("inventory.stock.get")
     async def stock(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
-        while not is_expired(action.expires_at, 0):  # runs until its caller gave up
-            await asyncio.sleep(0.01)
+        await eventually(lambda: is_expired(action.expires_at, 0))  # until its caller gave up
         return {"qty": 1}
 
     await worker.start()
