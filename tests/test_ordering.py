@@ -382,3 +382,27 @@ async def test_a_recovered_entry_counts_its_earlier_delivery(
     [letter] = await eventually(lambda: worker.dead_letters.list(), timeout=10)
     assert (letter.reason, letter.deliveries) == ("max_deliveries", 3)
     assert runs == [0, 0]
+
+
+async def test_handled_ordered_actions_leave_no_acknowledgement_marks_behind(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """Once an ordered action's acknowledgement landed, the holder forgets it: after many
+    handled actions it keeps no per-action marks (memory does not grow with traffic)."""
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    worker = make_worker(make_settings, handle)
+    await worker.start()
+    await bus.client("caller").send_actions_async([step("a", n) for n in range(20)])
+    await eventually(lambda: len(handled) == 20)
+    stream = QM.get_ordered_stream(SERVICE)
+    await eventually(lambda: _no_pending(bus.redis, stream))
+    assert worker._ordering is not None
+    assert worker._ordering.acked == set()
+
+
+async def _no_pending(redis: Any, stream: str) -> bool:
+    return int((await redis.xpending(stream, SERVICE))["pending"]) == 0
