@@ -406,3 +406,33 @@ async def test_handled_ordered_actions_leave_no_acknowledgement_marks_behind(
 
 async def _no_pending(redis: Any, stream: str) -> bool:
     return int((await redis.xpending(stream, SERVICE))["pending"]) == 0
+
+
+async def test_after_losing_and_retaking_the_lease_the_holder_reads_on(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """A holder that loses its lease while a key still has queued entries lets them go
+    (they stay pending); once it takes the lease back it recovers them and goes on reading
+    new actions: the entries it dropped no longer count against its concurrency."""
+    go = asyncio.Event()
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        if data["n"] == 0:
+            await asyncio.wait_for(go.wait(), 10)
+        handled.append(data["n"])
+
+    worker = make_worker(make_settings, handle, concurrency=3, ordering_lease_ttl_s=0.6)
+    await worker.start()
+    client = bus.client("caller")
+    await client.send_actions_async([step("a", n) for n in range(3)])
+    assert worker._ordering is not None
+    ordering = worker._ordering
+    await eventually(lambda: ordering.leases == 1)
+    await bus.redis.set(QM.get_ordering_lease_key(SERVICE), "thief", px=1000)
+    await eventually(lambda: ordering.leases == 0)
+    go.set()
+    await eventually(lambda: handled[:1] == [0])
+    await eventually(lambda: ordering.leases == 1, timeout=10)  # the thief's lease lapsed
+    await client.send_action_async(step("a", 3))
+    await eventually(lambda: sorted(handled) == [0, 1, 2, 3], timeout=10)
