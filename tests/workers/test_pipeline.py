@@ -431,3 +431,38 @@ async def test_the_same_action_object_run_twice_at_once_finishes_both_times(bus:
     results = await asyncio.gather(*tasks)
     assert results[:2] == [{"done": True}, {"done": True}]
     assert [type(r).__name__ for r in results[2:]] == ["Prepared", "Prepared"]
+
+
+def test_metrics_layer_times_a_failed_run_by_what_it_took() -> None:
+    """MetricsLayer.failed records the run under outcome "failed" with a duration no longer
+    than the run really took."""
+    service = f"metrics-{uuid.uuid4().hex[:8]}"
+    layer = MetricsLayer(WorkerStats(), service)
+    action = DomainAction(action_type=f"{service}.item.fail")
+    before = time.perf_counter()
+    layer.failed(action, time.perf_counter())
+    took = time.perf_counter() - before
+    timings = timings_for(service)
+    assert timings.outcomes[(action.action_type, "failed")] == 1
+    _, total = timings.cumulative(action.action_type)
+    assert 0 <= total <= took
+
+
+def test_logging_layer_lines_carry_the_actions_fields_as_extra(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The failed-attempt INFO line and the finished DEBUG line carry service, action type,
+    id, correlation id and outcome as record attributes (for structured log handlers)."""
+    layer = LoggingLayer("inventory")
+    action = DomainAction(action_type="inventory.stock.get", correlation_id="c-1")
+    with caplog.at_level(logging.DEBUG, "actionbus.worker"):
+        layer.failed(action, time.perf_counter(), ValueError("boom"))
+        layer.finished(action, None, time.perf_counter())
+    failed, finished = caplog.records
+    for record, outcome in ((failed, "failed"), (finished, "handled")):
+        fields = {name: getattr(record, name, None) for name in (
+            "service", "action_type", "action_id", "correlation_id", "outcome")}
+        assert fields == {"service": "inventory", "action_type": "inventory.stock.get",
+                          "action_id": str(action.action_id), "correlation_id": "c-1",
+                          "outcome": outcome}
+    assert getattr(failed, "error_type", None) == "ValueError"
