@@ -452,17 +452,22 @@ def test_logging_layer_lines_carry_the_actions_fields_as_extra(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The failed-attempt INFO line and the finished DEBUG line carry service, action type,
-    id, correlation id and outcome as record attributes (for structured log handlers)."""
+    id, correlation id, trace id, outcome and the run's duration in ms as record attributes
+    (for structured log handlers)."""
     layer = LoggingLayer("inventory")
-    action = DomainAction(action_type="inventory.stock.get", correlation_id="c-1")
+    action = DomainAction(action_type="inventory.stock.get", correlation_id="c-1",
+                          trace_id="t-1")
+    before = time.perf_counter()
     with caplog.at_level(logging.DEBUG, "actionbus.worker"):
         layer.failed(action, time.perf_counter(), ValueError("boom"))
         layer.finished(action, None, time.perf_counter())
+    took_ms = (time.perf_counter() - before) * 1000
     failed, finished = caplog.records
     for record, outcome in ((failed, "failed"), (finished, "handled")):
         fields = {name: getattr(record, name, None) for name in (
-            "service", "action_type", "action_id", "correlation_id", "outcome")}
+            "service", "action_type", "action_id", "correlation_id", "trace_id", "outcome")}
         assert fields == {"service": "inventory", "action_type": "inventory.stock.get",
                           "action_id": str(action.action_id), "correlation_id": "c-1",
-                          "outcome": outcome}
+                          "trace_id": "t-1", "outcome": outcome}
+        assert 0 <= getattr(record, "duration_ms", -1) <= took_ms + 0.01
     assert getattr(failed, "error_type", None) == "ValueError"
