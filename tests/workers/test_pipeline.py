@@ -458,9 +458,9 @@ def test_logging_layer_lines_carry_the_actions_fields_as_extra(
     action = DomainAction(action_type="inventory.stock.get", correlation_id="c-1",
                           trace_id="t-1")
     before = time.perf_counter()
-    with caplog.at_level(logging.DEBUG, "actionbus.worker"):
-        layer.failed(action, time.perf_counter(), ValueError("boom"))
-        layer.finished(action, None, time.perf_counter())
+    with caplog.at_level(logging.DEBUG, "actionbus.worker"):  # runs that started 5 s ago
+        layer.failed(action, time.perf_counter() - 5.0, ValueError("boom"))
+        layer.finished(action, None, time.perf_counter() - 5.0)
     took_ms = (time.perf_counter() - before) * 1000
     failed, finished = caplog.records
     for record, outcome in ((failed, "failed"), (finished, "handled")):
@@ -469,5 +469,8 @@ def test_logging_layer_lines_carry_the_actions_fields_as_extra(
         assert fields == {"service": "inventory", "action_type": "inventory.stock.get",
                           "action_id": str(action.action_id), "correlation_id": "c-1",
                           "trace_id": "t-1", "outcome": outcome}
-        assert 0 <= getattr(record, "duration_ms", -1) <= took_ms + 0.01
+        duration_ms = getattr(record, "duration_ms", None)
+        assert isinstance(duration_ms, float)
+        assert 5000 <= duration_ms <= 5000 + took_ms + 0.01
+        assert duration_ms == round(duration_ms, 2)  # to a hundredth of a millisecond
     assert getattr(failed, "error_type", None) == "ValueError"
