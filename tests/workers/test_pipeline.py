@@ -461,9 +461,10 @@ def test_logging_layer_lines_carry_the_actions_fields_as_extra(
     with caplog.at_level(logging.DEBUG, "actionbus.worker"):  # runs that started 5 s ago
         layer.failed(action, time.perf_counter() - 5.0, ValueError("boom"))
         layer.finished(action, None, time.perf_counter() - 5.0)
+        layer.finished(action, Skipped("duplicate"), time.perf_counter() - 5.0)
     took_ms = (time.perf_counter() - before) * 1000
-    failed, finished = caplog.records
-    for record, outcome in ((failed, "failed"), (finished, "handled")):
+    failed, finished, skipped = caplog.records
+    for record, outcome in ((failed, "failed"), (finished, "handled"), (skipped, "duplicate")):
         fields = {name: getattr(record, name, None) for name in (
             "service", "action_type", "action_id", "correlation_id", "trace_id", "outcome")}
         assert fields == {"service": "inventory", "action_type": "inventory.stock.get",
