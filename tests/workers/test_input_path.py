@@ -597,7 +597,8 @@ async def test_every_large_entry_seen_is_counted(
     conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
 ) -> None:
     """Each entry larger than read_budget_bytes / batch_size adds one to
-    large_entries_seen; one of exactly that size (field names included) does not."""
+    large_entries_seen; one of exactly that size (field names included) does not. An entry
+    above half the budget brings the read limit down to one entry per read."""
     worker = BaseWorker(make_settings(service_name="inventory"), conn,
                         worker_settings=fast_worker_settings(batch_size=10,
                                                              read_budget_bytes=1000))
@@ -615,5 +616,9 @@ async def test_every_large_entry_seen_is_counted(
         await conn.xadd(STREAM, {"data": _mark_json_of_length(94), "x": "y"})
         await eventually(lambda: len(marks) == 4)
         assert worker.stats.large_entries_seen == 3
+        await conn.xadd(STREAM, {"data": _mark_json("y" * 700)})
+        await eventually(lambda: len(marks) == 5)
+        assert worker._processor is not None
+        assert worker._processor.read_limit == 1
     finally:
         await worker.stop()
