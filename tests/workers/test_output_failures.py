@@ -336,3 +336,27 @@ async def test_undeliverable_output_of_an_entry_deleted_meanwhile_is_still_dead_
     assert batcher.undeliverable == 1
     assert batcher.acknowledged == 1
     assert (await redis_client.xpending(stream, "outgone"))["pending"] == 0
+
+
+async def test_callers_waiting_while_a_reply_is_queued_and_no_round_runs(
+    redis_client: Any,
+) -> None:
+    """callers_waiting() is true exactly while a reply to a waiting caller is queued and no
+    round is under way: not for an empty batcher or plain writes, not during the round that
+    sends the reply, not after it."""
+    stream = QM.get_service_action_stream("waiters")
+    batcher = OutputBatcher(redis_client, stream, "waiters",
+                            OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                            consumer="c1")
+    assert batcher.callers_waiting() is False
+    batcher.xadd(QM.get_service_action_stream("elsewhere"), {"data": "{}"})
+    assert batcher.callers_waiting() is False
+    queue = QM.get_response_queue("caller", "w1")
+    batcher.reply(queue, '{"success": true}', 60)
+    assert batcher.callers_waiting() is True
+    round_ = asyncio.create_task(batcher.flush())
+    await asyncio.sleep(0)  # the round is under way
+    assert batcher.callers_waiting() is False
+    await round_
+    assert batcher.callers_waiting() is False
+    assert await redis_client.llen(queue) == 1
