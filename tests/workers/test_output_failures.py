@@ -360,3 +360,33 @@ async def test_callers_waiting_while_a_reply_is_queued_and_no_round_runs(
     await round_
     assert batcher.callers_waiting() is False
     assert await redis_client.llen(queue) == 1
+
+
+async def test_a_refused_callback_is_dead_lettered_a_refused_dead_letter_is_dropped(
+    redis_client: Any,
+) -> None:
+    """An XADD Redis refuses (WRONGTYPE) is dead-lettered as undeliverable when it is an
+    action's output (a callback), but dropped, with the entry acknowledged, when it is
+    itself a dead letter: no dead letter of a dead letter."""
+    for service, target_is_dead_stream in (("cbout", False), ("dlout", True)):
+        stream, dead = QM.get_service_action_stream(service), QM.get_dead_letter_stream(service)
+        victim = dead if target_is_dead_stream else QM.get_service_action_stream(f"{service}-x")
+        await redis_client.set(victim, "not a stream")
+        await redis_client.xgroup_create(stream, service, id="0", mkstream=True)
+        entry_id = (await redis_client.xadd(stream, {"data": '{"n": 1}'})).decode()
+        await redis_client.xreadgroup(service, "c1", {stream: ">"})
+        batcher = OutputBatcher(redis_client, stream, service,
+                                OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                                dead_stream=dead, consumer="c1")
+        batcher.xadd(victim, {"data": "{}"})
+        batcher.ack(entry_id)
+        await asyncio.wait_for(batcher.flush(), 10)
+        assert (await redis_client.xpending(stream, service))["pending"] == 0
+        if target_is_dead_stream:
+            assert batcher.undeliverable == 0
+            assert await redis_client.get(dead) == b"not a stream"
+        else:
+            assert batcher.undeliverable == 1
+            [(_, letter)] = await redis_client.xrange(dead)
+            assert (letter[b"reason"], letter[b"original_id"]) == (
+                b"undeliverable", entry_id.encode())
