@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from actionbus.workers.presence import presence_key, read_presence
+from actionbus.workers.presence import (
+    BUCKET_S,
+    handled_key,
+    handled_per_second,
+    presence_key,
+    read_presence,
+)
 from tests.workers.helpers import QM
 
 
@@ -19,6 +25,20 @@ async def test_read_presence_tells_alive_from_gone_by_deadline(redis_client: Any
     assert await read_presence(redis_client, QM, "inventory") == {
         "c-alive": True, "c-gone": False}
     assert await read_presence(redis_client, QM, "orders") == {}
+
+
+async def test_handled_per_second_is_the_last_minute_of_buckets_over_60(
+    redis_client: Any,
+) -> None:
+    """handled_per_second sums the counters of the current and past buckets of the last
+    minute and divides by 60 s: 120 now and 60 a bucket ago are 3.0/s; a bucket a minute
+    old and one in the future are not counted."""
+    bucket = int(time.time()) // BUCKET_S
+    await redis_client.set(handled_key(QM, "inventory", bucket), 120)
+    await redis_client.set(handled_key(QM, "inventory", bucket - 1), 60)
+    await redis_client.set(handled_key(QM, "inventory", bucket - 60 // BUCKET_S - 1), 6000)
+    await redis_client.set(handled_key(QM, "inventory", bucket + 3), 6000)
+    assert await handled_per_second(redis_client, QM, "inventory") == 3.0
 
 
 async def test_running_worker_is_present_and_gone_once_stopped(
