@@ -171,6 +171,73 @@ async def test_trim_around_pending_finds_the_oldest_pending_entry_by_id_not_by_t
                                          "12-2"]
 
 
+async def test_trim_around_pending_stops_at_the_slowest_groups_delivery_by_number(
+    redis_client: Redis,
+) -> None:
+    """The last entry every group received is found by number, not by text: with group a
+    at 9-2 and group b at 10-2 (as text "10-2" < "9-2"), only the processed entries up to
+    9-2 go; 10-1 and 10-2, which group a has not received, stay."""
+    for ms in (8, 9, 10, 11, 12, 13):
+        for seq in (1, 2):
+            await redis_client.xadd(STREAM, {"data": "x"}, id=f"{ms}-{seq}")
+    for group, last in (("a", "9-2"), ("b", "10-2")):
+        await redis_client.xgroup_create(STREAM, group, id="0")
+        received = [i for i in await _left(redis_client) if _num(i) <= _num(last)]
+        await redis_client.xreadgroup(group, "c", {STREAM: ">"}, count=len(received))
+        await redis_client.xack(STREAM, group, *[i for i in received if i != "8-1"])
+    assert await trim_around_pending(redis_client, STREAM, 2, stuck_after_ms=0) == 3
+    assert await _left(redis_client) == ["8-1", "10-1", "10-2", "11-1", "11-2", "12-1",
+                                         "12-2", "13-1", "13-2"]
+
+
+def _num(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)
+
+
+async def _many(redis: Redis, n: int, pending: int) -> list[str]:
+    """``n`` entries all delivered to group g, the first ``pending`` of them unacknowledged."""
+    pipe = redis.pipeline(transaction=False)
+    for _ in range(n):
+        pipe.xadd(STREAM, {"data": "x"})
+    ids = [i.decode() for i in await pipe.execute()]
+    await redis.xgroup_create(STREAM, "g", id="0")
+    await redis.xreadgroup("g", "c", {STREAM: ">"}, count=n)
+    await redis.xack(STREAM, "g", *ids[pending:])
+    return ids
+
+
+async def test_trim_around_pending_deletes_at_most_1000_by_default(redis_client: Redis) -> None:
+    """Without max_delete, one call deletes at most 1,000 entries however far over its
+    retention the stream is."""
+    ids = await _many(redis_client, 1010, pending=1)
+    assert await trim_around_pending(redis_client, STREAM, 1, stuck_after_ms=0) == 1000
+    assert await _left(redis_client) == [ids[0], *ids[1001:]]
+
+
+async def test_trim_around_pending_looks_at_most_1000_entries_past_the_excess(
+    redis_client: Redis,
+) -> None:
+    """One call reads at most ``excess + 1000`` entries from the oldest pending one: when
+    all of those are pending it deletes nothing, even if processed entries follow."""
+    ids = await _many(redis_client, 1006, pending=1001)
+    assert await trim_around_pending(redis_client, STREAM, 1005, stuck_after_ms=0) == 0
+    assert await _left(redis_client) == ids
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_trim_around_pending_at_retention_reads_nothing_but_the_length(
+    redis_client: Redis,
+) -> None:
+    """At its retention, even with a stuck entry, it sends XLEN only: no XINFO, XPENDING,
+    XRANGE or XDEL (it runs at maxmemory, every command counts)."""
+    await _stuck(redis_client, 6, pending=(0,), delivered=6)
+    await redis_client.config_resetstat()
+    assert await trim_around_pending(redis_client, STREAM, 6, stuck_after_ms=0) == 0
+    stats = await redis_client.info("commandstats")
+    assert sorted(k for k in stats if k.startswith("cmdstat_x")) == ["cmdstat_xlen"]
+
+
 async def test_trim_around_pending_without_pending_entries_leaves_it_to_safe_trim(
     redis_client: Redis,
 ) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from actionbus import ActionRejected, BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
+from actionbus.delayed import DELIVERIES_KEY, DelayedQueue
 from actionbus.models.actions import utc_now
 from actionbus.workers.policy import Bury, FailurePolicy, ReplyError, Retry, error_detail
 from tests.workers.helpers import QM, dead_letters_of, drained
@@ -190,6 +192,23 @@ async def test_policy_retry_gives_up_on_a_vanished_entry(redis_client: Any) -> N
     assert pending["times_delivered"] == 2
     await redis_client.xdel(ctx.stream, entry_id)
     assert await POLICY.retry(redis_client, ctx, entry_id, Retry(0)) is False
+
+
+async def test_policy_retry_parks_an_attempt_with_no_deliveries_counted_by_default(
+    redis_client: Any,
+) -> None:
+    """Retry of an entry with its payload but no ``deliveries`` given parks the attempt in
+    the delayed set with 0 deliveries used in its envelope (and frees the slot: False)."""
+    settings = CommonAppSettings(service_name="inventory")
+    worker = BaseWorker(settings, worker_settings=WorkerSettings(consumer_name="c1"))
+    ctx = worker.context
+    await redis_client.xgroup_create(ctx.stream, ctx.group, id="0", mkstream=True)
+    payload = DomainAction(action_type="inventory.item.n").model_dump_json()
+    entry_id = (await redis_client.xadd(ctx.stream, {"data": payload})).decode()
+    await redis_client.xreadgroup(ctx.group, "c1", {ctx.stream: ">"})
+    assert await POLICY.retry(redis_client, ctx, entry_id, Retry(60), payload) is False
+    [parked] = await DelayedQueue(redis_client, ctx.queues, "inventory").list()
+    assert json.loads(parked.member)["metadata"][DELIVERIES_KEY] == 0
 
 
 class _Unprintable(Exception):
