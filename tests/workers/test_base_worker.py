@@ -7,7 +7,6 @@ import threading
 from typing import Any
 
 import pytest
-
 from redis.asyncio import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -23,8 +22,8 @@ from actionbus import (
     UnknownActionType,
     WorkerSettings,
 )
-from tests.conftest import fast_worker_settings
 from actionbus.workers.mover import Mover
+from tests.conftest import fast_worker_settings
 from tests.workers.helpers import QM, Settings, drained, noop, pending_count
 
 pytestmark = pytest.mark.backends

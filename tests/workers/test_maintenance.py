@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+import actionbus.workers.upkeep as upkeep
 from actionbus import BaseRedisClient, BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
 from actionbus.embedded import RedisServer
 from actionbus.workers.maintenance import (
@@ -19,7 +20,6 @@ from actionbus.workers.maintenance import (
     safe_trim_id,
     trim_around_pending,
 )
-import actionbus.workers.upkeep as upkeep
 from actionbus.workers.upkeep import maintain, trim
 from tests.workers.helpers import QM, drained, noop
 
