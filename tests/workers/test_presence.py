@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -11,9 +12,12 @@ from actionbus.workers.presence import (
     BUCKET_S,
     handled_key,
     handled_per_second,
+    interval_s,
     presence_key,
     read_presence,
 )
+from actionbus.workers.presence import run as presence_run
+from actionbus.workers.stats import WorkerStats
 from tests.workers.helpers import QM
 
 
@@ -55,3 +59,100 @@ async def test_running_worker_is_present_and_gone_once_stopped(
 
 async def _present(redis: Any) -> bool:
     return await read_presence(redis, QM, "inventory") == {"c-1": True}
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, 2.0), ("0.5", 0.5), ("0.01", 0.05), ("nonsense", 2.0),
+])
+def test_presence_interval_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: float
+) -> None:
+    """The heartbeat interval is ACTIONBUS_PRESENCE_INTERVAL_S seconds, 2 when unset or not
+    a number, and never under 0.05."""
+    if value is None:
+        monkeypatch.delenv("ACTIONBUS_PRESENCE_INTERVAL_S", raising=False)
+    else:
+        monkeypatch.setenv("ACTIONBUS_PRESENCE_INTERVAL_S", value)
+    assert interval_s() == expected
+
+
+async def _beating(bus: Any, stats: WorkerStats, eventually: Any) -> tuple[Any, asyncio.Task[None]]:
+    """presence.run() of consumer c-1 of inventory (consumer_gone_after_s=100), once its
+    first heartbeat is written."""
+    ctx = bus.worker("inventory", consumer_name="c-1", consumer_gone_after_s=100).context
+    task = asyncio.create_task(presence_run(ctx, bus.redis, stats))
+    await eventually(lambda: bus.redis.hexists(presence_key(QM, "inventory"), "c-1"))
+    return ctx, task
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_heartbeat_holds_three_intervals_and_the_key_outlives_gone_consumers(
+    bus: Any, eventually: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat writes a deadline of now + 3 intervals (ms since the epoch); the hash
+    expires consumer_gone_after_s + 60 s after the last beat; a worker that handled nothing
+    writes no throughput counter."""
+    monkeypatch.setenv("ACTIONBUS_PRESENCE_INTERVAL_S", "1000")
+    before = int(time.time() * 1000)
+    _, task = await _beating(bus, WorkerStats(), eventually)
+    after = int(time.time() * 1000)
+    key = presence_key(QM, "inventory")
+    deadline = int(await bus.redis.hget(key, "c-1"))
+    assert before + 3_000_000 <= deadline <= after + 3_000_000
+    assert 150_000 < await bus.redis.pttl(key) <= 160_000
+    now_bucket = int(time.time()) // BUCKET_S
+    for bucket in (now_bucket - 1, now_bucket):
+        assert not await bus.redis.exists(handled_key(QM, "inventory", bucket))
+    await _stop(task)
+
+
+async def test_a_heartbeat_counts_what_was_handled_since_the_last_one(
+    bus: Any, eventually: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each heartbeat adds the actions handled since the previous one to the current
+    10-second bucket, which expires after two minutes: 3 then 2 more make 5, not 8."""
+    monkeypatch.setenv("ACTIONBUS_PRESENCE_INTERVAL_S", "0.05")
+    stats = WorkerStats(handled=3)
+
+    async def total() -> int:
+        return round(await handled_per_second(bus.redis, QM, "inventory") * 60)
+
+    _, task = await _beating(bus, stats, eventually)
+    await eventually(lambda: _is(total(), 3))
+    stats.handled = 5
+    await eventually(lambda: _is(total(), 5))
+    bucket = handled_key(QM, "inventory", int(time.time()) // BUCKET_S)
+    if await bus.redis.exists(bucket):
+        assert 110_000 < await bus.redis.pttl(bucket) <= 120_000
+    await _stop(task)
+    assert await total() == 5
+
+
+async def _is(value: Any, expected: int) -> bool:
+    return await value == expected
+
+
+async def test_the_first_heartbeat_prunes_consumers_gone_for_consumer_gone_after_s(
+    bus: Any, eventually: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's first heartbeat removes the fields whose deadline passed more than
+    consumer_gone_after_s (100 s) ago, and keeps one gone for less."""
+    monkeypatch.setenv("ACTIONBUS_PRESENCE_INTERVAL_S", "1000")
+    key = presence_key(QM, "inventory")
+    now_ms = int(time.time() * 1000)
+    await bus.redis.hset(key, mapping={"long-gone": now_ms - 130_000,
+                                       "just-gone": now_ms - 70_000})
+    _, task = await _beating(bus, WorkerStats(), eventually)
+    await eventually(lambda: _not(bus.redis.hexists(key, "long-gone")))
+    assert await read_presence(bus.redis, QM, "inventory") == {"c-1": True, "just-gone": False}
+    await _stop(task)
+    assert await read_presence(bus.redis, QM, "inventory") == {"just-gone": False}
+
+
+async def _not(value: Any) -> bool:
+    return not await value
