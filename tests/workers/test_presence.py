@@ -156,3 +156,10 @@ async def test_the_first_heartbeat_prunes_consumers_gone_for_consumer_gone_after
 
 async def _not(value: Any) -> bool:
     return not await value
+
+
+def test_presence_keys_are_under_the_services_hash_tag() -> None:
+    """The heartbeat hash and the throughput counters are ``…:{service}:consumers:main`` and
+    ``…:{service}:handled:<bucket>``: in the service's hash slot, readable by other tools."""
+    assert presence_key(QM, "inventory") == "actionbus:dev:{inventory}:consumers:main"
+    assert handled_key(QM, "inventory", 5) == "actionbus:dev:{inventory}:handled:5"
