@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import actionbus.workers.presence as presence
 from actionbus.workers.presence import (
     BUCKET_S,
     handled_key,
@@ -163,3 +164,39 @@ def test_presence_keys_are_under_the_services_hash_tag() -> None:
     ``…:{service}:handled:<bucket>``: in the service's hash slot, readable by other tools."""
     assert presence_key(QM, "inventory") == "actionbus:dev:{inventory}:consumers:main"
     assert handled_key(QM, "inventory", 5) == "actionbus:dev:{inventory}:handled:5"
+
+
+class _CountedBeats:
+    """Stats whose ``handled`` counts how many times the heartbeat loop read it (once per
+    beat), handling nothing."""
+
+    def __init__(self) -> None:
+        self.beats = 0
+
+    @property
+    def handled(self) -> int:
+        self.beats += 1
+        return 0
+
+
+async def test_gone_consumers_are_pruned_on_the_first_beat_and_every_hundredth(
+    bus: Any, eventually: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat prunes the fields of long-gone consumers on its 1st beat, then on every
+    100th (101st, 201st …), not on the others."""
+    monkeypatch.setenv("ACTIONBUS_PRESENCE_INTERVAL_S", "0.05")
+    stats = _CountedBeats()
+    pruned_at: list[int] = []
+    prune = presence._prune
+
+    async def counted(redis: Any, ctx: Any) -> None:
+        pruned_at.append(stats.beats)
+        await prune(redis, ctx)
+
+    monkeypatch.setattr(presence, "_prune", counted)
+    ctx = bus.worker("inventory", consumer_name="c-1").context
+    task = asyncio.create_task(presence_run(ctx, bus.redis, stats))  # type: ignore[arg-type]
+    await eventually(lambda: stats.beats >= 103, timeout=60)
+    await _stop(task)
+    assert pruned_at[:2] == [1, 101]
+    assert all(beat % 100 == 1 for beat in pruned_at)
