@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 import actionbus.workers.presence as presence
 from actionbus.workers.presence import (
@@ -200,3 +204,22 @@ async def test_gone_consumers_are_pruned_on_the_first_beat_and_every_hundredth(
     await _stop(task)
     assert pruned_at[:2] == [1, 101]
     assert all(beat % 100 == 1 for beat in pruned_at)
+
+
+async def test_a_heartbeat_cancelled_while_redis_is_down_ends_cancelled(
+    bus: Any, eventually: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Redis unreachable, the heartbeat keeps going (beats are not written) and, when
+    cancelled, ends as cancelled: the failed removal of its field raises nothing."""
+    monkeypatch.setenv("ACTIONBUS_PRESENCE_INTERVAL_S", "0.05")
+    with socket.socket() as probe:  # a port nothing listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5,
+                 retry=Retry(NoBackoff(), 0))
+    stats = _CountedBeats()
+    ctx = bus.worker("inventory", consumer_name="c-1").context
+    task = asyncio.create_task(presence_run(ctx, down, stats))  # type: ignore[arg-type]
+    await eventually(lambda: stats.beats >= 2)
+    await _stop(task)
+    await down.aclose()
