@@ -224,3 +224,21 @@ async def test_a_heartbeat_cancelled_while_redis_does_not_answer_ends_cancelled(
         await eventually(lambda: stats.beats >= 1)
         await _stop(task)
         await mute.aclose()
+
+
+async def test_a_heartbeat_cancelled_while_redis_refuses_connections_ends_cancelled(
+    bus: Any, eventually: Any
+) -> None:
+    """With Redis down (connections refused), the heartbeat keeps going (beats are not
+    written) and, when cancelled, ends as cancelled: the failed removal of its field (a
+    redis-py ConnectionError) raises nothing."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        host, port = probe.getsockname()
+    down = Redis(host=host, port=port, retry=Retry(NoBackoff(), 0))
+    stats = _CountedBeats()
+    ctx = bus.worker("inventory", consumer_name="c-1").context
+    task = asyncio.create_task(presence_run(ctx, down, stats))  # type: ignore[arg-type]
+    await eventually(lambda: stats.beats >= 2)
+    await _stop(task)
+    await down.aclose()
