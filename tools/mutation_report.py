@@ -1,8 +1,10 @@
 """Score a `make mutation` run per module and check that every survivor is accounted for.
 
 Reads mutmut's results (``mutants/**/*.py.meta``) and the lists in ``tests/mutation-survivors/``
-(one ``.txt`` per module, one surviving mutant per line: ``<name> equivalent: <reason>`` or
-``<name> gap: <what no test pins yet>``). Prints, per module, how many mutants
+(one ``.txt`` per module, one surviving mutant per line: ``<name> equivalent: <reason>``,
+``<name> gap: <what no test pins yet>``, or ``<name> killed: <test>`` for a survivor that a
+test added after the run kills; ``tools/mutation_cache.py restore`` drops the verdicts of those
+so that the next run tests them again). Prints, per module, how many mutants
 were killed by a test, rejected by ``mypy --strict``, timed out, survived or were not run,
 the score (caught / run), and every survivor that the file does not list.
 
@@ -19,10 +21,15 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-KILLED = {1: "killed", 3: "killed", 37: "mypy", 36: "timeout", -24: "timeout", 24: "timeout",
-          152: "timeout", 255: "timeout"}
-SURVIVED = {0: "survived"}
-NOT_RUN = {None: "not run", 33: "no tests", 5: "no tests", 34: "skipped", 2: "interrupted"}
+# mutmut's exit codes (mutmut/stats.py), grouped into this report's columns.
+KILLED: dict[int | None, str] = {
+    1: "killed", 3: "killed", 37: "mypy",
+    36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
+}
+SURVIVED: dict[int | None, str] = {0: "survived"}
+NOT_RUN: dict[int | None, str] = {
+    None: "not run", 33: "no tests", 5: "no tests", 34: "skipped", 2: "interrupted",
+}
 
 
 def status(code: int | None) -> str:
@@ -43,8 +50,11 @@ def load_results(mutants: Path) -> dict[str, dict[str, int | None]]:
     return results
 
 
+KINDS = ("equivalent: ", "gap: ", "killed: ")
+
+
 def load_listed(lists: Path) -> dict[str, str]:
-    """Mutant name → "equivalent: …" or "gap: …", from the committed lists of survivors."""
+    """Mutant name → "equivalent: …", "gap: …" or "killed: …", from the committed lists."""
     listed: dict[str, str] = {}
     for path in sorted(lists.glob("*.txt")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -52,9 +62,9 @@ def load_listed(lists: Path) -> dict[str, str]:
             if not text or text.startswith("#"):
                 continue
             name, _, reason = text.partition(" ")
-            if not reason.startswith(("equivalent: ", "gap: ")):
-                raise SystemExit(f"{path}:{number}: write '{name} equivalent: <why>' or "
-                                 f"'{name} gap: <what no test pins>'")
+            if not reason.startswith(KINDS):
+                raise SystemExit(f"{path}:{number}: write '{name} equivalent: <why>', "
+                                 f"'{name} gap: <what no test pins>' or '{name} killed: <test>'")
             listed[name] = reason
     return listed
 
@@ -76,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     unaccounted: list[str] = []
     for module, codes in results.items():
         counts = Counter(status(code) for code in codes.values())
-        survivors = [name for name, code in codes.items() if status(code) in ("survived", "suspicious")]
+        survivors = [name for name, code in codes.items()
+                     if status(code) in ("survived", "suspicious")]
         accounted = sum(name in listed for name in survivors)
         unaccounted += [name for name in survivors if name not in listed]
         total.update(counts)
@@ -90,12 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     reasons = [listed[name] for codes in results.values() for name in codes if name in listed
                and status(codes[name]) in ("survived", "suspicious")]
     equivalent = sum(reason.startswith("equivalent") for reason in reasons)
-    gaps = len(reasons) - equivalent
+    gaps = sum(reason.startswith("gap") for reason in reasons)
+    killed_since = len(reasons) - equivalent - gaps
     print(f"\ncaught {caught} of {run} run ({score(total)}); survivors: {equivalent} equivalent, "
-          f"{gaps} known gaps, {len(unaccounted)} not listed; "
-          f"{total['not run'] + total['no tests']} not run")
+          f"{gaps} known gaps, {killed_since} killed by tests added since the run, "
+          f"{len(unaccounted)} not listed; {total['not run'] + total['no tests']} not run")
+    if killed_since:
+        print(f"with those added tests: {100 * (caught + killed_since) / run:.1f}% "
+              "(the next run confirms them)")
     if run - equivalent:
-        print(f"caught, equivalents left out: {100 * caught / (run - equivalent):.1f}%")
+        print(f"caught, equivalents left out: "
+              f"{100 * (caught + killed_since) / (run - equivalent):.1f}%")
     for name in unaccounted:
         print(f"  not listed: {name}")
     ok = not unaccounted and run > 0 and 100 * caught / run >= args.target
