@@ -231,3 +231,14 @@ def test_error_detail_never_raises() -> None:
     num = RuntimeError("m")
     num.error_code = 503  # type: ignore[attr-defined]
     assert error_detail(num).error_code == "503"
+
+
+def test_error_detail_cuts_the_error_type_and_code_to_200_characters() -> None:
+    """An exception type name or ``error_code`` longer than 200 characters is cut to 200
+    in the ErrorDetail, with a note of the full length."""
+    long_name = "E" * 300
+    odd = type(long_name, (RuntimeError,), {})("m")
+    odd.error_code = "c" * 300  # type: ignore[attr-defined]
+    detail = error_detail(odd)
+    assert detail.error_type == "E" * 200 + "… (300 characters, cut)"
+    assert detail.error_code == "c" * 200 + "… (300 characters, cut)"
