@@ -349,3 +349,12 @@ async def test_loop_error_on_a_cluster_moves_the_default_node_to_another_primary
             after = redis.get_default_node()
             assert after is not before
             assert after in primaries
+
+
+def test_register_keeps_the_idempotent_flag(conn: Any, make_settings: Settings) -> None:
+    """register(..., idempotent=True) marks the route idempotent."""
+    worker = BaseWorker(make_settings(service_name="inventory"), conn)
+    worker.register("inventory.item.once", noop, idempotent=True)
+    route = worker.registry.get("inventory.item.once")
+    assert route is not None
+    assert route.idempotent is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 from datetime import timedelta
 from typing import Any
@@ -12,7 +13,14 @@ import pytest
 from actionbus import ActionRejected, BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
 from actionbus.delayed import DELIVERIES_KEY, DelayedQueue
 from actionbus.models.actions import utc_now
-from actionbus.workers.policy import Bury, FailurePolicy, ReplyError, Retry, error_detail
+from actionbus.workers.policy import (
+    Bury,
+    FailurePolicy,
+    ReplyError,
+    Retry,
+    error_detail,
+    safe_text,
+)
 from tests.workers.helpers import QM, dead_letters_of, drained
 
 pytestmark = pytest.mark.backends
@@ -242,3 +250,26 @@ def test_error_detail_cuts_the_error_type_and_code_to_200_characters() -> None:
     detail = error_detail(odd)
     assert detail.error_type == "E" * 200 + "… (300 characters, cut)"
     assert detail.error_code == "c" * 200 + "… (300 characters, cut)"
+
+
+def test_safe_text_names_the_type_and_error_of_an_unprintable_value() -> None:
+    """A value whose str() raises becomes "<unprintable TYPE: str() raised ERROR>"."""
+    assert safe_text(_Unprintable()) == "<unprintable _Unprintable: str() raised ValueError>"
+
+
+def test_safe_text_keeps_a_text_of_exactly_the_limit() -> None:
+    """Text of exactly ``limit`` characters is kept whole; one more is cut."""
+    assert safe_text("x" * 10, 10) == "x" * 10
+    assert safe_text("x" * 11, 10) == "x" * 10 + "… (11 characters, cut)"
+
+
+class _Code(str, enum.Enum):  # noqa: UP042 - not StrEnum: its str() is "_Code.BUSY"
+    BUSY = "busy"
+
+
+def test_an_error_code_that_is_a_str_enum_keeps_its_value() -> None:
+    """A str-valued enum as ``error_code`` is reported by its value, not its repr-like
+    str() ("_Code.BUSY")."""
+    exc = RuntimeError("m")
+    exc.error_code = _Code.BUSY  # type: ignore[attr-defined]
+    assert error_detail(exc).error_code == "busy"
