@@ -245,6 +245,16 @@ def test_timings_outcomes_is_a_live_view_by_type_and_outcome() -> None:
     assert buckets[0] == ("0.001", 2.0)
 
 
+def test_timings_outcomes_of_an_unknown_type_raise_key_error_naming_the_key() -> None:
+    """Like any mapping, ``Timings.outcomes`` raises KeyError carrying the missing
+    (action type, outcome) key for an action type it never timed."""
+    timings = Timings()
+    timings.observe("a.b.c", "handled", 0.001)
+    with pytest.raises(KeyError) as caught:
+        timings.outcomes[("a.b.x", "handled")]
+    assert caught.value.args == (("a.b.x", "handled"),)
+
+
 async def test_failed_and_handled_runs_are_timed_by_outcome(bus: Any, eventually: Any) -> None:
     """The metrics see every run: a failed attempt is timed as ``failed``, the retry that
     succeeds as ``handled`` (the handler's timings by action type and outcome)."""
