@@ -395,7 +395,8 @@ async def test_callback_is_durable_while_origin_is_down(bus: Any, eventually: An
 async def test_callback_rejects_bad_event_name(bus: Any) -> None:
     """A callback_event_name that is not an action type is refused before sending."""
     client = bus.client("orders")
-    with pytest.raises(ValueError, match="callback_event_name"):
+    with pytest.raises(ValueError, match=r"^callback_event_name 'not an action type' is not "
+                                          r"valid: expected 'service\.entity\.verb'"):
         await client.send_action_async_with_callback(
             DomainAction(action_type="billing.x.y"), "not an action type"
         )
@@ -436,3 +437,99 @@ async def test_callback_send_honours_delay_at_priority_and_wait_replicas(bus: An
         await client.send_action_async_with_callback(request, "orders.item.reserved",
                                                      wait_replicas=1, wait_timeout_ms=50)
     assert await bus.redis.xlen(stream) == 1
+
+
+async def test_callback_request_carries_its_reply_address_and_correlation_id(bus: Any) -> None:
+    """The request of send_action_async_with_callback carries on the wire the callback's
+    action type, where it goes (this service's action stream) and a correlation id: the
+    caller's, else the action id; the context travels in metadata."""
+    client = bus.client("orders")
+    first = DomainAction(action_type="inventory.item.reserve")
+    second = DomainAction(action_type="inventory.item.reserve", correlation_id="corr-9")
+    await client.send_action_async_with_callback(first, "orders.item.reserved", "ctx-1")
+    await client.send_action_async_with_callback(second, "orders.item.reserved")
+    sent = [DomainAction.model_validate_json(fields[b"data"]) for _, fields in
+            await bus.redis.xrange(QM.get_service_action_stream("inventory"))]
+    home = QM.get_service_action_stream("orders")
+    assert [(a.callback_action_type, a.callback_queue_name, a.correlation_id) for a in sent] == [
+        ("orders.item.reserved", home, str(first.action_id)),
+        ("orders.item.reserved", home, "corr-9"),
+    ]
+    assert sent[0].metadata["callback_context"] == "ctx-1"
+
+
+async def test_callback_context_with_key_syntax_is_refused(bus: Any) -> None:
+    """A callback_context that could not be a key part is refused; nothing is sent."""
+    client = bus.client("orders")
+    with pytest.raises(InvalidNameError, match="context"):
+        await client.send_action_async_with_callback(
+            DomainAction(action_type="inventory.item.reserve"), "orders.item.reserved",
+            "has space*")
+    assert await _keys(bus.redis) == []
+
+
+async def test_callback_request_with_a_priority_goes_to_that_lane(bus: Any) -> None:
+    """send_action_async_with_callback(priority="high") to a target that reads lanes
+    writes the request to its high lane, not to its main stream."""
+    await bus.redis.set(QM.get_lanes_key("inventory"), "high,normal,low")
+    client = bus.client("orders")
+    entry_id = await client.send_action_async_with_callback(
+        DomainAction(action_type="inventory.item.reserve"), "orders.item.reserved",
+        priority="high")
+    [(found, _)] = await bus.redis.xrange(QM.get_lane_stream("inventory", "high"))
+    assert found.decode() == entry_id
+    assert await bus.redis.exists(QM.get_service_action_stream("inventory")) == 0
+
+
+async def test_a_send_delayed_by_zero_is_due_at_once(bus: Any) -> None:
+    """delay=0 parks the action in the target's delayed set due now (by the server's
+    clock), not later: its due time is not after the server's time read just after."""
+    from datetime import timedelta
+
+    client = bus.client("orders")
+    delayed = QM.get_delayed_set("inventory")
+    await client.send_action_async(DomainAction(action_type="inventory.item.add"), delay=0)
+    await client.send_action_async(DomainAction(action_type="inventory.item.add"),
+                                   delay=timedelta(0))
+    seconds, micros = await bus.redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    due = [score for _, score in await bus.redis.zrange(delayed, 0, -1, withscores=True)]
+    assert len(due) == 2
+    assert all(score <= now_ms for score in due)
+
+
+async def test_pseudo_sync_request_asks_for_a_reply_not_a_callback(bus: Any) -> None:
+    """send_action_pseudo_sync sends the request with this client's response list as reply
+    address, no callback action type (even if the caller's action had one), and a
+    correlation id: the caller's, else the action id."""
+    client = bus.client("orders")
+    plain = DomainAction(action_type="nobody.op.run", callback_action_type="orders.op.done")
+    tagged = DomainAction(action_type="nobody.op.run", correlation_id="corr-7")
+    assert await client.send_action_pseudo_sync(plain, timeout=0.05) is None
+    assert await client.send_action_pseudo_sync(tagged, timeout=0.05) is None
+    sent = [DomainAction.model_validate_json(fields[b"data"]) for _, fields in
+            await bus.redis.xrange(QM.get_service_action_stream("nobody"))]
+    assert [(a.callback_action_type, a.callback_queue_name, a.correlation_id) for a in sent] == [
+        (None, client.response_queue, str(plain.action_id)),
+        (None, client.response_queue, "corr-7"),
+    ]
+
+
+async def test_a_batch_with_a_priority_passes_the_publish_layers(bus: Any) -> None:
+    """send_actions_async(priority="high") runs each action through the publish layers
+    added with use(), as a batch without a priority does."""
+    from actionbus import PublishNext
+
+    await bus.redis.set(QM.get_lanes_key("inventory"), "high,normal,low")
+    client = bus.client("orders")
+    seen: list[str] = []
+
+    async def record(action: DomainAction, call_next: PublishNext) -> str:
+        seen.append(str(action.action_id))
+        return await call_next(action)
+
+    client.use(record)
+    batch = [DomainAction(action_type="inventory.item.add") for _ in range(2)]
+    ids = await client.send_actions_async(batch, priority="high")
+    assert seen == [str(action.action_id) for action in batch]
+    assert len(await bus.redis.xrange(QM.get_lane_stream("inventory", "high"))) == len(ids) == 2

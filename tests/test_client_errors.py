@@ -3,6 +3,9 @@ redis-py raises underneath (standalone or cluster, server gone or never there)."
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
 from typing import Any
 
@@ -78,13 +81,16 @@ async def _every_call_raises_library_errors(redis: Any, settings: CommonAppSetti
     for call in sends:
         with pytest.raises(SendError):
             await call
+    retry = "Check that Redis is reachable; the call can be retried."  # the outage advice
     for call in (state.load_state("k"), state.save_state("k", Counter()),
                  state.delete_state("k"), state.update_state("k", lambda c: Counter())):
-        with pytest.raises(StateError):
+        with pytest.raises(StateError) as caught:
             await call
+        assert str(caught.value).endswith(retry)
     for call in (dlq.count(), dlq.list(), dlq.replay_all(), dlq.delete("1-1")):
-        with pytest.raises(DeadLetterError):
+        with pytest.raises(DeadLetterError) as caught_dl:
             await call
+        assert str(caught_dl.value).endswith(retry)
     await client.close()
 
 
@@ -171,5 +177,74 @@ async def test_a_missing_permission_is_reported_as_such_not_as_an_outage(
         with pytest.raises(DeadLetterError) as caught:
             await queue.list()
     message = str(caught.value)
-    assert "lacks a command or key permission" in message
+    assert message.endswith("The Redis user lacks a command or key permission: grant it "
+                            "(README, 'Security', has the ACL of each role).")
     assert "reachable" not in message
+
+
+async def test_a_send_that_got_no_pooled_connection_was_not_sent(
+    redis_url: str, eventually: Any
+) -> None:
+    """A send that times out waiting for a pooled connection (the only one held by a
+    blocking command) raises SendError with outcome_unknown False: "it was not sent"."""
+    from redis.asyncio import Redis
+
+    from actionbus.pool import WaitingConnectionPool
+
+    redis = Redis.from_pool(WaitingConnectionPool.from_url(redis_url, max_connections=1,
+                                                           timeout=0.2))
+    admin = Redis.from_url(redis_url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url, lanes_cache_s=3600))
+    action = DomainAction(action_type="inventory.item.add")
+    try:
+        await client.send_action_async(action)  # the target's partitions are now known
+        holder = asyncio.create_task(redis.blpop(["tests:release"], timeout=0))
+
+        async def blocked() -> bool:  # the pool's only connection is now in the BLPOP
+            return int((await admin.info("clients"))["blocked_clients"]) == 1
+
+        await eventually(blocked)
+        with pytest.raises(SendError) as caught:
+            await client.send_action_async(DomainAction(action_type="inventory.item.add"))
+        message = str(caught.value)
+        assert caught.value.outcome_unknown is False
+        assert ": ConnectionError: No connection available" in message  # Type: message
+        assert message.endswith("; it was not sent")
+        await admin.lpush("tests:release", "x")
+        await holder
+        assert await admin.xlen(QueueManager().get_service_action_stream("inventory")) == 1
+    finally:
+        await client.close()
+        await redis.aclose()
+        await admin.aclose()
+
+
+async def test_a_send_whose_answer_never_came_may_have_been_delivered(
+    fresh_redis_server: Any,
+) -> None:
+    """A send whose XADD left but whose answer timed out (the server froze) raises
+    SendError with outcome_unknown True, saying it may have been delivered; and it was."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(fresh_redis_server.url, socket_timeout=0.5)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=fresh_redis_server.url,
+        lanes_cache_s=3600))
+    stream = QueueManager().get_service_action_stream("inventory")
+    try:
+        await client.send_action_async(DomainAction(action_type="inventory.item.add"))
+        os.kill(fresh_redis_server.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(SendError) as caught:
+                await client.send_action_async(DomainAction(action_type="inventory.item.add"))
+        finally:
+            os.kill(fresh_redis_server.pid, signal.SIGCONT)
+        assert caught.value.outcome_unknown is True
+        assert str(caught.value).endswith(
+            "; it may have been delivered (the connection broke after the write)")
+        with fresh_redis_server.client() as conn:
+            assert conn.xlen(stream) == 2  # the XADD ran once the server went on
+    finally:
+        await client.close()
+        await redis.aclose()

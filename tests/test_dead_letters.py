@@ -118,6 +118,19 @@ async def test_replay_moves_letter_back(conn: Any, dlq: DeadLetterQueue) -> None
         await dlq.replay(ids[0])
 
 
+async def test_replay_of_a_later_letter_sends_that_letter(
+    conn: Any, dlq: DeadLetterQueue
+) -> None:
+    """Replaying a letter that is not the oldest sends its own action, not an older one's,
+    and removes only that letter."""
+    ids = await _bury(conn, 3)
+    new_id = await dlq.replay(ids[1])
+    [(entry_id, fields)] = await conn.xrange(MAIN)
+    assert entry_id.decode() == new_id
+    assert DomainAction.model_validate_json(fields[b"data"]).data == {"i": 1}
+    assert [letter.entry_id for letter in await dlq.list()] == [ids[0], ids[2]]
+
+
 async def test_replay_all(conn: Any, dlq: DeadLetterQueue) -> None:
     """replay_all replays every dead letter in order and returns how many."""
     await _bury(conn, 5)
@@ -259,6 +272,42 @@ def test_dead_letter_fields_keep_the_entry_and_bound_oversize() -> None:
     assert big["data"] == ("é" * 5).encode()
     assert (big["data_length"], big["truncated"]) == ("200", "true")
     assert len(big["error_message"]) == 2000
+
+
+async def test_dead_letter_fields_never_raise_for_lone_surrogates(conn: Any) -> None:
+    """A body or field name holding a lone surrogate (text decoded from bytes that were
+    not UTF-8) still gives dead-letter fields, which Redis stores: the oversize body is
+    measured in bytes, the field name kept as bytes."""
+    odd = "\udcff" + "x" * 20
+    big = dead_letter_fields(
+        data=odd, reason="oversize", error_type="PayloadTooLarge", error_message="m",
+        deliveries=1, original_id="1-1", stream=MAIN, consumer="c", max_body=4)
+    assert big["data"] == "\udcff".encode("utf-8", "surrogatepass") + b"x"
+    assert big["data_length"] == "23"
+    named = dead_letter_fields(
+        data="{}", reason="malformed", error_type="InvalidJSON", error_message="m",
+        deliveries=1, original_id="1-1", stream=MAIN, consumer="c", entry={"\udcfftag": b"v"})
+    assert named[b"field." + "\udcfftag".encode("utf-8", "surrogatepass")] == b"v"
+    await conn.xadd(DEAD, big)
+    await conn.xadd(DEAD, named)
+    assert await conn.xlen(DEAD) == 2
+
+
+async def test_dead_letter_fields_keep_other_fields_as_text_and_bound_the_error_type(
+    conn: Any,
+) -> None:
+    """The entry's data field is not copied again as field.data; other fields' odd values
+    are kept as text; error_type keeps its first 200 characters. Redis stores the result."""
+    fields = dead_letter_fields(
+        data=b"{}", reason="failed", error_type="E" * 300, error_message="m",
+        deliveries=3, original_id="1-1", stream=MAIN, consumer="c",
+        entry={b"data": b"{}", b"n": 7, "tag": "t"})
+    assert b"field.data" not in fields
+    assert (fields[b"field.n"], fields[b"field.tag"]) == ("7", "t")
+    assert fields["error_type"] == "E" * 200
+    entry_id = await conn.xadd(DEAD, fields)
+    letter = await DeadLetterQueue(conn, QM, "inventory").get(entry_id.decode())
+    assert letter.fields == {"n": "7", "tag": "t"}
 
 
 async def test_replay_restores_non_utf8_data_and_field_names_byte_for_byte(

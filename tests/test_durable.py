@@ -192,3 +192,129 @@ async def test_wait_refused_by_the_acl_reports_the_written_entry(redis_url: str)
         await user.aclose()
         await admin.execute_command("ACL", "DELUSER", "nowait")
         await admin.aclose()
+
+
+async def test_durable_batch_writes_ordered_actions_in_their_order(
+    redis_replicated: RedisServer,
+) -> None:
+    """A durable batch mixing ordered actions (an ordering_key) and plain ones writes every
+    entry, each ordered stream's in the batch's order, and returns each entry's id."""
+    ordered_stream = QueueManager().get_ordered_stream("durable")
+    redis = Redis.from_url(redis_replicated.url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_replicated.url))
+    batch = [DomainAction(action_type="durable.item.put", ordering_key="k", data={"i": i})
+             for i in range(3)]
+    batch.insert(1, action(9))
+    try:
+        ids = await client.send_actions_async(batch, wait_replicas=1)
+        ordered = await redis.xrange(ordered_stream)
+        assert [entry_id.decode() for entry_id, _ in ordered] == [ids[0], ids[2], ids[3]]
+        assert [DomainAction.model_validate_json(fields[b"data"]).data["i"]
+                for _, fields in ordered] == [0, 1, 2]
+        [(plain_id, _)] = await redis.xrange(STREAM)
+        assert plain_id.decode() == ids[1]
+    finally:
+        await client.close()
+        await redis.aclose()
+
+
+async def test_durability_arguments_are_checked_at_their_bounds(redis_url: str) -> None:
+    """wait_replicas may be 0 and wait_timeout_ms 1 (the smallest allowed values); -1 and 0
+    are refused with a ConfigurationError naming the argument and its bound, nothing sent."""
+    redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url))
+    try:
+        # accepted: written, then WAIT 1 1 on a server without replicas confirms none
+        with pytest.raises(NotReplicatedError) as caught:
+            await client.send_action_async(action(1), wait_replicas=1, wait_timeout_ms=1)
+        assert (caught.value.replicas, caught.value.wanted) == (0, 1)
+        with pytest.raises(ConfigurationError) as refused:
+            await client.send_action_async(action(2), wait_replicas=0, wait_timeout_ms=0)
+        assert str(refused.value).startswith(
+            "wait_timeout_ms must be an integer >= 1, got 0; nothing was sent")
+        with pytest.raises(ConfigurationError) as refused:
+            await client.send_actions_async([action(3)], wait_replicas=-1)
+        assert str(refused.value).startswith(
+            "wait_replicas must be an integer >= 0, got -1; nothing was sent")
+        with pytest.raises(ConfigurationError, match=r"^wait_timeout_ms must be"):
+            await client.send_actions_async([action(4)], wait_replicas=1, wait_timeout_ms=0)
+        [(entry_id, _)] = await redis.xrange(STREAM)
+        assert entry_id.decode() == caught.value.entry_id
+    finally:
+        await client.close()
+        await redis.aclose()
+
+
+async def test_cluster_durable_send_after_a_moved_slot_teaches_the_client_its_owner(
+    redis_replica_cluster: LocalCluster,
+) -> None:
+    """When the stream's slot has moved since the client last used it, the durable send
+    follows MOVED to the new owner, and the client's slot table then names that owner (the
+    next sends go there directly)."""
+    cluster = redis_replica_cluster
+    source = cluster.master_of(STREAM)
+    target = next(node for node in cluster.nodes
+                  if node is not source and cluster.role_of(node) == "master")
+    redis = RedisCluster.from_url(cluster.url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=cluster.url, redis_cluster=True,
+        lanes_cache_s=3600))  # the target's partitions stay known: no read before the send
+    try:
+        await client.send_action_async(action(0), wait_replicas=1)
+        assert redis.get_node_from_key(STREAM).port == source.port
+        with source.client() as src, target.client() as dst:
+            src.delete(STREAM)  # an empty slot can be given to another node at once
+            slot = int(src.cluster("KEYSLOT", STREAM))
+            dst_id = str(dst.cluster("MYID"), "ascii")
+            dst.cluster("SETSLOT", slot, "NODE", dst_id)
+            src.cluster("SETSLOT", slot, "NODE", dst_id)
+        sent = await client.send_action_async(action(1), wait_replicas=1)
+        assert redis.get_node_from_key(STREAM).port == target.port
+        with target.client() as dst:
+            assert [entry_id.decode() for entry_id, _ in dst.xrange(STREAM)] == [sent]
+    finally:
+        await client.close()
+        await redis.aclose()
+
+
+async def test_a_batch_asked_to_wait_for_replicas_waits_with_or_without_a_priority(
+    redis_url: str,
+) -> None:
+    """send_actions_async(wait_replicas=1) WAITs for the batch, also with a priority: on a
+    server without replicas each entry is written and the batch's SendError is caused by
+    NotReplicatedError."""
+    redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url))
+    try:
+        for priority in (None, "high"):
+            with pytest.raises(SendError) as caught:
+                await client.send_actions_async([action(1), action(2)], priority=priority,
+                                                wait_replicas=1, wait_timeout_ms=1)
+            assert isinstance(caught.value.__cause__, NotReplicatedError)
+        assert await redis.xlen(STREAM) == 4
+    finally:
+        await client.close()
+        await redis.aclose()
+
+
+async def test_pseudo_sync_request_waits_for_the_replicas_of_the_settings(
+    redis_url: str,
+) -> None:
+    """settings.wait_replicas applies to send_action_pseudo_sync's request too: on a server
+    without replicas the request is written and NotReplicatedError is raised at once,
+    instead of waiting for a reply."""
+    redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url, wait_replicas=1,
+        wait_timeout_ms=1))
+    try:
+        with pytest.raises(NotReplicatedError) as caught:
+            await client.send_action_pseudo_sync(action(1), timeout=30)
+        [(entry_id, _)] = await redis.xrange(STREAM)
+        assert entry_id.decode() == caught.value.entry_id
+    finally:
+        await client.close()
+        await redis.aclose()

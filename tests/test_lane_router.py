@@ -69,4 +69,10 @@ async def test_an_unknown_priority_is_refused_naming_the_lanes(bus: Any) -> None
                                           r"use one of high, normal, low"):
         await client.send_action_async(DomainAction(action_type="quoting.price.get"),
                                        priority="urgent")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"priority 'urgent' is not a lane; nothing was sent"):
+        await client.send_actions_async([DomainAction(action_type="quoting.price.get")],
+                                        priority="urgent")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"priority 'urgent' is not a lane; nothing was sent"):
+        await client.send_action_pseudo_sync(DomainAction(action_type="quoting.price.get"),
+                                             priority="urgent")  # type: ignore[arg-type]
     assert await bus.redis.exists(QM.get_service_action_stream("quoting")) == 0

@@ -244,3 +244,195 @@ async def test_an_ordered_action_left_pending_by_a_redis_error_runs_again_first(
     assert calls == 2  # deliveries 1 and 2 failed; the 3rd is the last allowed: buried
     letters = await worker.dead_letters.list()
     assert [letter.deliveries for letter in letters] == [3]
+
+
+@pytest.mark.parametrize("decoded", [False, True])
+async def test_different_keys_of_one_ordered_stream_do_not_wait_for_each_other(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any, decoded: bool
+) -> None:
+    """In one partition's ordered stream, key b's action runs while key a's first action
+    is still running (it waits for b's), and a's next one only after a's first; also on a
+    client with redis_decode_responses=True."""
+    b_ran = asyncio.Event()
+    order: list[tuple[str, int]] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        if data["key"] == "a" and data["n"] == 0:
+            await asyncio.wait_for(b_ran.wait(), 10)
+        if data["key"] == "b":
+            b_ran.set()
+        order.append((data["key"], data["n"]))
+
+    worker = BaseWorker(
+        make_settings(service_name=SERVICE, partitions={SERVICE: 1},
+                      redis_decode_responses=decoded),
+        worker_settings=fast_worker_settings(),
+    )
+    worker.register("ordered.item.step", handle)
+    await worker.start()
+    client = bus.client("caller")
+    await client.send_actions_async([step("a", 0), step("a", 1), step("b", 0)])
+    await eventually(lambda: len(order) == 3, timeout=15)
+    assert order == [("b", 0), ("a", 0), ("a", 1)]
+
+
+@pytest.mark.parametrize("same_ms", [True, False])
+async def test_recovery_pages_through_more_than_a_page_of_pending_entries(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any, same_ms: bool
+) -> None:
+    """A previous holder left 101 entries pending, with ids of one millisecond (1-1 ..
+    1-101) or of sequence 0 (1-0 .. 101-0): the new holder's recovery reads them page by
+    page (100 at a time), each page after the last id of the one before, so the 101st
+    (key b) is recovered and runs while key a's first entry is still running."""
+    stream = QM.get_ordered_stream(SERVICE)
+    await bus.redis.xgroup_create(stream, SERVICE, id="0", mkstream=True)
+    ids = [f"1-{n + 1}" if same_ms else f"{n + 1}-0" for n in range(101)]
+    for n in range(100):
+        await bus.redis.xadd(stream, {"data": step("a", n).model_dump_json()}, id=ids[n])
+    await bus.redis.xadd(stream, {"data": step("b", 0).model_dump_json()}, id=ids[100])
+    taken = await bus.redis.xreadgroup(SERVICE, "dead-holder", {stream: ">"}, count=200)
+    assert len(taken[0][1]) == 101
+    b_ran = asyncio.Event()
+    order: list[tuple[str, int]] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        if data["key"] == "a" and data["n"] == 0:
+            await asyncio.wait_for(b_ran.wait(), 10)
+        if data["key"] == "b":
+            b_ran.set()
+        order.append((data["key"], data["n"]))
+
+    worker = make_worker(make_settings, handle, concurrency=200)
+    await worker.start()
+    await eventually(lambda: len(order) == 101, timeout=20)
+    assert order == [("b", 0)] + [("a", n) for n in range(100)]
+
+
+async def test_an_ordered_stream_never_holds_more_entries_than_concurrency(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """concurrency=3: the holder reads at most 3 entries of the ordered stream; when one
+    finishes (its key done) it reads exactly one more, so with 3 actions still running only
+    3 entries are delivered (pending) and the rest stays unread."""
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        started.append(data["key"])
+        if data["key"] != "f":
+            await release.wait()
+
+    stream = QM.get_ordered_stream(SERVICE)
+    client = bus.client("caller")
+    await client.send_actions_async([step(key, 0) for key in ("f", "b", "c", "d", "g")])
+    worker = make_worker(make_settings, handle, concurrency=3)
+    await worker.start()
+    try:
+        await eventually(lambda: "d" in started, timeout=10)
+        assert (await bus.redis.xpending(stream, SERVICE))["pending"] == 3
+        assert sorted(started) == ["b", "c", "d", "f"]
+    finally:
+        release.set()
+    await eventually(lambda: len(started) == 5)
+
+
+async def test_the_holder_keeps_refreshing_its_lease(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """While it holds an ordered stream, the worker refreshes the lease (every third of
+    its TTL): its remaining time goes back up instead of running out."""
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    lease = QM.get_ordering_lease_key(SERVICE)
+    worker = make_worker(make_settings, handle, ordering_lease_ttl_s=3)
+    await worker.start()
+    await bus.client("caller").send_action_async(step("a", 0))
+    await eventually(lambda: handled == [0])
+    first = await bus.redis.pttl(lease)
+    assert first > 0
+
+    async def refreshed() -> bool:
+        return int(await bus.redis.pttl(lease)) > first
+
+    await eventually(refreshed, timeout=10)
+
+
+async def test_a_recovered_entry_counts_its_earlier_delivery(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """An entry a dead holder read once is recovered as its 2nd delivery: with
+    max_deliveries=3 and a handler that always fails, it runs twice here and is
+    dead-lettered with deliveries=3."""
+    client = bus.client("caller")
+    stream = QM.get_ordered_stream(SERVICE)
+    await client.send_action_async(step("a", 0))
+    await bus.redis.xgroup_create(stream, SERVICE, id="0")
+    await bus.redis.xreadgroup(SERVICE, "dead-holder", {stream: ">"}, count=1)
+    runs: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        runs.append(data["n"])
+        raise RuntimeError("always")
+
+    worker = make_worker(make_settings, handle, max_deliveries=3)
+    await worker.start()
+    [letter] = await eventually(lambda: worker.dead_letters.list(), timeout=10)
+    assert (letter.reason, letter.deliveries) == ("max_deliveries", 3)
+    assert runs == [0, 0]
+
+
+async def test_handled_ordered_actions_leave_no_acknowledgement_marks_behind(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """Once an ordered action's acknowledgement landed, the holder forgets it: after many
+    handled actions it keeps no per-action marks (memory does not grow with traffic)."""
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    worker = make_worker(make_settings, handle)
+    await worker.start()
+    await bus.client("caller").send_actions_async([step("a", n) for n in range(20)])
+    await eventually(lambda: len(handled) == 20)
+    stream = QM.get_ordered_stream(SERVICE)
+    await eventually(lambda: _no_pending(bus.redis, stream))
+    assert worker._ordering is not None
+    assert worker._ordering.acked == set()
+
+
+async def _no_pending(redis: Any, stream: str) -> bool:
+    return int((await redis.xpending(stream, SERVICE))["pending"]) == 0
+
+
+async def test_after_losing_and_retaking_the_lease_the_holder_reads_on(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """A holder that loses its lease while a key still has queued entries lets them go
+    (they stay pending); once it takes the lease back it recovers them and goes on reading
+    new actions: the entries it dropped no longer count against its concurrency."""
+    go = asyncio.Event()
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        if data["n"] == 0:
+            await asyncio.wait_for(go.wait(), 10)
+        handled.append(data["n"])
+
+    worker = make_worker(make_settings, handle, concurrency=3, ordering_lease_ttl_s=0.6)
+    await worker.start()
+    client = bus.client("caller")
+    await client.send_actions_async([step("a", n) for n in range(3)])
+    assert worker._ordering is not None
+    ordering = worker._ordering
+    await eventually(lambda: ordering.leases == 1)
+    await bus.redis.set(QM.get_ordering_lease_key(SERVICE), "thief", px=1000)
+    await eventually(lambda: ordering.leases == 0)
+    go.set()
+    await eventually(lambda: handled[:1] == [0])
+    await eventually(lambda: ordering.leases == 1, timeout=10)  # the thief's lease lapsed
+    await client.send_action_async(step("a", 3))
+    await eventually(lambda: sorted(handled) == [0, 1, 2, 3], timeout=10)

@@ -266,3 +266,51 @@ async def test_probe_on_one_server_is_one_script_call(
     assert await probe(redis_client, QM, SERVICE, 1) == [2, 4, 6]
     assert await probe(redis_client, QM, SERVICE, 3) == [4, 6]
     assert await probe(redis_client, QM, SERVICE, 63) == []
+
+
+async def test_gone_consumers_are_removed_from_every_partitions_group(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """The partitions' upkeep removes a gone consumer (idle, nothing pending) from the group
+    of partition 1's stream, not only from the main stream's."""
+    stream = streams(2)[1]
+    await bus.redis.xgroup_create(stream, SERVICE, id="0", mkstream=True)
+    await bus.redis.xgroup_createconsumer(stream, SERVICE, "gone-one")
+    worker = make_worker(make_settings, 2, Counter(), maintenance_interval_s=0.1,
+                         consumer_gone_after_s=0.05)
+    await worker.start()
+
+    async def gone() -> bool:
+        names = {c["name"] for c in await bus.redis.xinfo_consumers(stream, SERVICE)}
+        return b"gone-one" not in names
+
+    await eventually(gone, timeout=10)
+
+
+async def test_a_partition_reader_keeps_to_its_share_of_the_slots(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """concurrency=4 over 3 partitions: partition 1's backlog, arriving first, takes its
+    share (2 slots) and no more, so actions arriving later in partition 2 start while
+    partition 1's are still running."""
+    worker = BaseWorker(make_settings(service_name=SERVICE, partitions={SERVICE: 3}),
+                        worker_settings=fast_worker_settings(concurrency=4))
+    release = asyncio.Event()
+    started: list[int] = []
+
+    @worker.handler("parts.job.run")
+    async def run(action: DomainAction, data: dict[str, Any]) -> None:
+        started.append(data["i"])
+        await release.wait()
+
+    await worker.start()
+    for i in range(6):
+        await bus.redis.xadd(streams(3)[1], {"data": job(i).model_dump_json()})
+    await eventually(lambda: len(started) >= 2)
+    for i in (100, 101):
+        await bus.redis.xadd(streams(3)[2], {"data": job(i).model_dump_json()})
+    try:
+        await eventually(lambda: {100, 101} <= set(started), timeout=10)
+    finally:
+        release.set()
+    await eventually(lambda: len(started) == 8)

@@ -119,6 +119,28 @@ async def test_client_and_worker_roles_run_all_three_patterns(
     assert denied(server) == []
 
 
+async def test_client_role_sends_a_batch_without_transactions(
+    server: Any, connect: Connect
+) -> None:
+    """A batch, and concurrent sends coalesced into one round, by the client role (no
+    MULTI/EXEC in its ACL) are written as plain pipelines of XADDs; nothing is refused."""
+    cli_redis, cli_settings = await connect("client", "orders")
+    client = BaseRedisClient("orders", cli_redis, cli_settings)
+    try:
+        ids = await client.send_actions_async(
+            [DomainAction(action_type="inventory.stock.count", data={"n": n}) for n in range(3)])
+        ids += await asyncio.gather(*(  # concurrent sends: the later ones go out together
+            client.send_action_async(DomainAction(action_type="inventory.stock.count"))
+            for _ in range(5)))
+    finally:
+        await client.close()
+    with server.client() as admin:
+        entries = admin.xrange("actionbus:dev:{inventory}:streams:main")
+    assert sorted(entry_id.decode() for entry_id, _ in entries) == sorted(ids)
+    assert len(ids) == 8
+    assert denied(server) == []
+
+
 async def test_worker_role_reads_priority_lanes(
     server: Any, connect: Connect, eventually: Any
 ) -> None:

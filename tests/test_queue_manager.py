@@ -6,6 +6,7 @@ import pytest
 
 from actionbus import InvalidNameError, QueueManager
 from actionbus.clients.queue_manager import KeyParts
+from actionbus.partitions import MAX_PARTITIONS
 
 FORGED = ["", "a:b", "a*", "a{b", "a}b", "{tag}", "has space", "tab\tx", "nl\nx", "-x"]
 
@@ -133,9 +134,13 @@ def test_contexts_that_could_forge_keys_refused(qm: QueueManager, bad: str) -> N
 
 @pytest.mark.parametrize("bad", ["", "a*", "{x}", "has space", "x" * 513, ":lead"])
 def test_state_keys_refused(qm: QueueManager, bad: str) -> None:
-    """State keys may contain ':' but no globs, braces, whitespace or excess length."""
-    with pytest.raises(InvalidNameError, match="state key"):
+    """State keys may contain ':' but no globs, braces, whitespace or excess length; the
+    error names the state key and says what is allowed."""
+    with pytest.raises(InvalidNameError) as refused:
         qm.get_state_key("orders", bad)
+    assert str(refused.value) == (
+        f"state key {bad!r} is not allowed: use 1-512 letters, digits or _.:@/+=- , "
+        "starting with a letter or digit (no '*', braces or whitespace)")
 
 
 def test_non_string_names_refused(qm: QueueManager) -> None:
@@ -208,3 +213,49 @@ def test_check_action_stream(qm: QueueManager) -> None:
         qm.check_action_stream("actionbus:prod:{orders}:streams:main")
     with pytest.raises(InvalidNameError, match="form"):
         qm.check_action_stream("actionbus:dev:orders:streams:main")
+
+
+def test_partition_streams_span_one_to_max_partitions(qm: QueueManager) -> None:
+    """get_partition_streams(service, n) lists partitions 0 .. n-1 for every n from 1 to
+    MAX_PARTITIONS (the last allowed partition included); n = 0 is refused."""
+    streams = qm.get_partition_streams("inventory", MAX_PARTITIONS)
+    assert len(streams) == MAX_PARTITIONS
+    assert streams[0] == qm.get_service_action_stream("inventory")
+    assert streams[-1] == qm.get_partition_stream("inventory", MAX_PARTITIONS - 1)
+    assert len(qm.get_partition_streams("inventory", MAX_PARTITIONS - 1)) == MAX_PARTITIONS - 1
+    with pytest.raises(InvalidNameError):
+        qm.get_partition_streams("inventory", 0)
+
+
+def test_refusals_name_the_field_and_say_what_is_allowed(qm: QueueManager) -> None:
+    """Each refusal names what was refused (service name, context, environment, key prefix),
+    the value, and the rule to follow."""
+    namespace_rule = ("use 1-100 letters, digits, '_', '-' or '.' "
+                      "(no ':', '*', braces or whitespace)")
+    refusals = [
+        (lambda: qm.get_service_action_stream("a:b"),
+         "service name 'a:b' is not allowed: use 1-64 letters, digits, '_' or '-', starting "
+         "with a letter or digit"),
+        (lambda: qm.get_response_queue("orders", "a b"),
+         "context 'a b' is not allowed: use 1-128 letters, digits, '_', '-' or '.', starting "
+         "with a letter or digit (no ':', '*', braces or whitespace)"),
+        (lambda: QueueManager("a*"), f"environment 'a*' is not allowed: {namespace_rule}"),
+        (lambda: QueueManager("dev", prefix="{x}"),
+         f"key prefix '{{x}}' is not allowed: {namespace_rule}"),
+    ]
+    for build, message in refusals:
+        with pytest.raises(InvalidNameError) as refused:
+            build()
+        assert str(refused.value) == message
+
+
+def test_defaults_are_environment_dev_and_prefix_actionbus() -> None:
+    """QueueManager() builds keys under "actionbus:dev:"."""
+    assert QueueManager().get_service_action_stream("inventory") == (
+        "actionbus:dev:{inventory}:streams:main")
+    assert repr(QueueManager()) == "QueueManager(environment='dev', prefix='actionbus')"
+
+
+def test_parse_takes_a_one_character_service(qm: QueueManager) -> None:
+    """A key of a one-character service ("{a}") parses like any other."""
+    assert qm.parse("actionbus:dev:{a}:streams:main") == KeyParts("a", "streams", "main", 0)

@@ -170,3 +170,13 @@ def test_repr_masks_password() -> None:
     assert "127.0.0.1:1" in text
     assert "topsecret" not in text
     assert "not initialized" in text
+
+
+async def test_repr_says_whether_the_manager_is_initialized(make_settings: Settings) -> None:
+    """repr(RedisManager) ends in ", not initialized)" before initialize() and after close(),
+    and in ", initialized)" while it holds a client."""
+    manager = RedisManager(make_settings())
+    assert repr(manager).endswith(", not initialized)")
+    async with manager:
+        assert repr(manager).endswith(", initialized)")
+    assert repr(manager).endswith(", not initialized)")

@@ -80,17 +80,20 @@ async def test_delete_reports_existence(sessions: RedisStateManager[UserSessionS
 
 async def test_save_none_raises_type_error(sessions: RedisStateManager[UserSessionState]) -> None:
     """save_state(None) raises TypeError pointing at delete_state."""
-    with pytest.raises(TypeError, match="delete_state"):
+    with pytest.raises(TypeError) as refused:
         await sessions.save_state("user_session:1", None)  # type: ignore[arg-type]
+    assert str(refused.value) == "state_data is None: use delete_state() to remove a state"
 
 
 async def test_save_wrong_model_raises_type_error(
     sessions: RedisStateManager[UserSessionState],
 ) -> None:
-    """save_state with another model or a dict raises TypeError naming the expected model."""
-    for wrong in (Counter(), {"user_id": "1"}):
-        with pytest.raises(TypeError, match="UserSessionState"):
+    """save_state with another model or a dict raises TypeError naming the expected model
+    and the type it got."""
+    for wrong, got in ((Counter(), "Counter"), ({"user_id": "1"}, "dict")):
+        with pytest.raises(TypeError) as refused:
             await sessions.save_state("user_session:1", wrong)  # type: ignore[arg-type]
+        assert str(refused.value) == f"state_data must be a UserSessionState, got {got}"
     assert await sessions.load_state("user_session:1") is None
 
 
@@ -137,6 +140,7 @@ async def test_invalid_stored_value_loads_as_none_and_logs(
         assert await sessions.load_state("user_session:old") is None
     assert "user_session:old" in caplog.text
     assert "UserSessionState" in caplog.text
+    assert {r.name for r in caplog.records} == {"actionbus.state.sessions"}
 
 
 @pytest.mark.parametrize("key", ["", "has space", "a*", "{tag}", "x" * 600])
@@ -220,3 +224,12 @@ async def test_works_with_decoded_responses(make_settings: Settings) -> None:
         assert await counters.update_state("c", lambda s: Counter(value=s.value + 1)) == (
             Counter(value=3)
         )
+
+
+async def test_state_keys_use_the_settings_key_prefix(conn: Any, make_settings: Settings) -> None:
+    """A manager built with settings.key_prefix keeps its states under that prefix."""
+    settings = make_settings(service_name="sessions", key_prefix="custom")
+    sessions = RedisStateManager(conn, UserSessionState, settings)
+    assert sessions.key_for("k") == "custom:dev:{sessions}:state:k"
+    await sessions.save_state("k", UserSessionState(user_id="1"))
+    assert await conn.exists("custom:dev:{sessions}:state:k") == 1

@@ -151,3 +151,62 @@ async def test_update_state_on_cluster_keeps_types(redis_cluster_url: str) -> No
         assert await sessions.load_state("k") == Session(user_id="u", visits=3)
         with pytest.raises(StateTypeError):
             await RedisStateManager(redis, Order, settings).save_state("k", Order(order_id="o"))
+
+
+async def test_envelope_without_a_version_is_version_one(
+    conn: Any, make_settings: Settings
+) -> None:
+    """An envelope that names the model but no version (a writer of an older envelope
+    format) holds version 1: it loads, even with strict=True."""
+    sessions = manager(conn, make_settings, Session)
+    await conn.set(sessions.key_for("k"), json.dumps(
+        {"__actionbus_state__": {"model": "Session"}, "data": {"user_id": "u", "visits": 2}}))
+    assert await sessions.load_state("k", strict=True) == Session(user_id="u", visits=2)
+    assert sessions.counters == {"invalid": 0, "type_mismatch": 0}
+
+
+async def test_missing_state_is_not_an_error(
+    conn: Any, make_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key never saved loads as None even with strict=True: not counted, not logged."""
+    sessions = manager(conn, make_settings, Session)
+    with caplog.at_level(logging.WARNING):
+        assert await sessions.load_state("absent", strict=True) is None
+        assert await sessions.load_state("absent") is None
+    assert sessions.counters == {"invalid": 0, "type_mismatch": 0}
+    assert not [r for r in caplog.records if "absent" in r.getMessage()]
+
+
+async def test_invalid_value_is_counted_at_every_load_and_logged_once(
+    conn: Any, make_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each load of an invalid value adds one to counters["invalid"]; the warning is logged
+    once per key."""
+    sessions = manager(conn, make_settings, Session)
+    await conn.set(sessions.key_for("k"), "{broken")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert await sessions.load_state("k") is None
+    assert sessions.counters["invalid"] == 3
+    assert len([r for r in caplog.records if "not a JSON state value" in r.getMessage()]) == 1
+
+
+async def test_each_other_model_found_at_a_key_is_logged_once(
+    conn: Any, make_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key that held an Account v1 and later an Order v1 gets one warning for each model
+    (the same version does not make them the same mismatch)."""
+    sessions = manager(conn, make_settings, Session)
+    await manager(conn, make_settings, Account).save_state("k", Account(user_id="u"))
+    with caplog.at_level(logging.WARNING):
+        assert await sessions.load_state("k") is None
+        assert await sessions.load_state("k") is None
+        await conn.delete(sessions.key_for("k"))
+        await manager(conn, make_settings, Order).save_state("k", Order(order_id="o"))
+        assert await sessions.load_state("k") is None
+        assert await sessions.load_state("k") is None
+    lines = [r.getMessage() for r in caplog.records if "holds a" in r.getMessage()]
+    assert len(lines) == 2
+    assert "holds a Account v1" in lines[0]
+    assert "holds a Order v1" in lines[1]
+    assert sessions.counters["type_mismatch"] == 4

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
+from redis.asyncio import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from actionbus import (
     BaseRedisClient,
     BaseWorker,
     ClientNotInitializedError,
+    CommonAppSettings,
     ConfigurationError,
     DomainAction,
+    HandlerError,
+    RedisManager,
+    UnknownActionType,
     WorkerSettings,
 )
 from actionbus.workers.mover import Mover
-from tests.workers.helpers import QM, Settings, drained, pending_count
+from tests.conftest import fast_worker_settings
+from tests.workers.helpers import QM, Settings, drained, noop, pending_count
 
 pytestmark = pytest.mark.backends
 
@@ -255,3 +263,98 @@ async def test_a_read_does_not_start_an_entry_already_in_progress(
     await eventually(lambda: worker.stats.handled == 2)
     await eventually(lambda: worker.in_flight == 0)
     assert calls == [1, 2]
+
+
+async def _run_until_one_action(worker: BaseWorker, sender: BaseRedisClient) -> None:
+    """run() the worker until the handler of one action sent asks it to stop."""
+    @worker.handler("inventory.item.stop")
+    async def stop(action: DomainAction, data: dict[str, Any]) -> None:
+        worker.request_stop()
+
+    running = asyncio.create_task(worker.run())
+    await sender.send_action_async(DomainAction(action_type="inventory.item.stop"))
+    await asyncio.wait_for(running, 30)
+
+
+@pytest.mark.standalone_only("signal handlers do not depend on the backend")
+async def test_run_works_outside_the_main_thread(make_settings: Settings) -> None:
+    """run() in a thread that is not the main one (where asyncio cannot install signal
+    handlers: RuntimeError) still runs the worker until request_stop()."""
+    handled: list[int] = []
+
+    async def in_thread() -> None:
+        async with RedisManager(make_settings()) as manager:
+            redis = manager.get_client()
+            worker = BaseWorker(make_settings(service_name="inventory"), redis,
+                                worker_settings=fast_worker_settings())
+            sender = BaseRedisClient("orders", redis, make_settings(service_name="orders"))
+            await _run_until_one_action(worker, sender)
+            handled.append(worker.stats.handled)
+
+    def thread_main() -> None:
+        assert threading.current_thread() is not threading.main_thread()
+        asyncio.run(in_thread())
+
+    await asyncio.to_thread(thread_main)
+    assert handled == [1]
+
+
+async def test_unknown_action_type_error_lists_the_registered_types(bus: Any) -> None:
+    """An action with no handler fails with UnknownActionType naming the service, the type
+    and the registered types, sorted and comma-separated."""
+    worker = bus.worker("inventory")
+    worker.register("inventory.item.b", noop)
+    worker.register("inventory.item.a", noop)
+    with pytest.raises(UnknownActionType) as caught:
+        await worker.handle_action(DomainAction(action_type="inventory.item.x"))
+    assert str(caught.value) == (
+        "service 'inventory' has no handler for 'inventory.item.x'; "
+        "registered: inventory.item.a, inventory.item.b"
+    )
+
+
+async def test_unknown_action_type_error_says_none_are_registered(bus: Any) -> None:
+    """A worker without handlers says so in its UnknownActionType: "registered: none"."""
+    worker = bus.worker("inventory")
+    with pytest.raises(UnknownActionType) as caught:
+        await worker.handle_action(DomainAction(action_type="inventory.item.x"))
+    assert str(caught.value).endswith("; registered: none")
+
+
+async def test_use_after_start_says_to_add_layers_before_start(bus: Any) -> None:
+    """use() on a running worker is a HandlerError that says what to do instead."""
+    worker = bus.worker("inventory")
+    await worker.start()
+    with pytest.raises(HandlerError) as caught:
+        worker.use(lambda action, data, call_next: call_next(action, data))
+    assert str(caught.value) == "add pipeline layers before start(); the worker is running"
+
+
+async def test_loop_error_on_a_cluster_moves_the_default_node_to_another_primary(
+    redis_cluster_url: str,
+) -> None:
+    """After a background loop error on Redis Cluster, the worker's client resolves keyless
+    routing on another primary than before (the failed one may be lost), every time."""
+    settings = CommonAppSettings(_env_file=None, redis_url=redis_cluster_url,
+                                 redis_cluster=True, service_name="inventory")
+    async with RedisManager(settings) as manager:
+        redis = manager.get_client()
+        assert isinstance(redis, RedisCluster)
+        worker = BaseWorker(settings, redis, worker_settings=fast_worker_settings())
+        primaries = redis.get_primaries()
+        assert len(primaries) >= 2
+        for _ in range(30):
+            before = redis.get_default_node()
+            await worker._after_loop_error(RedisConnectionError("lost"))
+            after = redis.get_default_node()
+            assert after is not before
+            assert after in primaries
+
+
+def test_register_keeps_the_idempotent_flag(conn: Any, make_settings: Settings) -> None:
+    """register(..., idempotent=True) marks the route idempotent."""
+    worker = BaseWorker(make_settings(service_name="inventory"), conn)
+    worker.register("inventory.item.once", noop, idempotent=True)
+    route = worker.registry.get("inventory.item.once")
+    assert route is not None
+    assert route.idempotent is True

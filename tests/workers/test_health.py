@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, NoPermissionError, ResponseError
 
 from actionbus.workers.failures import describe
-from actionbus.workers.health import Health
+from actionbus.workers.health import Health, SlowCommands
 
 
 @pytest_asyncio.fixture
@@ -97,3 +97,38 @@ def test_status_reports_a_dead_loop_outage_and_slow_commands() -> None:
     assert (status.healthy, status.in_outage, status.failed, status.slow_commands) == (
         False, True, "RuntimeError: boom", 2)
     assert status.problems == ["stopped: RuntimeError: boom"]
+
+
+def test_slow_commands_count_only_commands_over_the_threshold_into_health() -> None:
+    """SlowCommands counts a command that took longer than its threshold (not one that took
+    exactly the threshold), keeps the longest, and adds each to the worker's health."""
+    health = Health(logging.getLogger("actionbus.worker"), "w")
+    slow = SlowCommands(health, threshold=5.0)
+    assert (slow.health, slow.threshold, slow.count, slow.longest) == (health, 5.0, 0, 0.0)
+    slow.check("XREADGROUP", 5.0)
+    slow.check("XREADGROUP", 7.5)
+    slow.check("XACK", 6.0)
+    assert (slow.count, slow.longest) == (2, 7.5)
+    assert health.status().slow_commands == 2
+
+
+def test_slow_commands_without_health_only_count(caplog: pytest.LogCaptureFixture) -> None:
+    """Without a Health, SlowCommands still counts and logs a slow command, naming the
+    command, its duration and the threshold."""
+    caplog.set_level(logging.WARNING, "actionbus.worker")
+    slow = SlowCommands(None, threshold=2.0)
+    slow.check("XAUTOCLAIM", 3.25)
+    assert slow.count == 1
+    assert [r.message for r in caplog.records] == [
+        "Redis slow/unavailable for 3.2s (XAUTOCLAIM took longer than the socket timeout of "
+        "2.0s; redis-py retried inside it)"]
+
+
+def test_a_fresh_health_has_nothing_to_report() -> None:
+    """A new Health has no refusals, no failure and no slow commands, and keeps its logger
+    and label."""
+    logger = logging.getLogger("actionbus.worker")
+    health = Health(logger, "worker w")
+    assert (health.logger, health.what, health.refusals, health.failed,
+            health.slow_commands) == (logger, "worker w", {}, None, 0)
+    assert health.status().refused == {}

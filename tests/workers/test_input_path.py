@@ -300,6 +300,25 @@ async def test_callback_targets_allow_list(bus: Any, eventually: Any) -> None:
     assert marks == ["ok"]
 
 
+async def test_a_star_in_callback_targets_allows_any_service_and_type(
+    bus: Any, eventually: Any
+) -> None:
+    """callback_targets=["*"]: a callback to a service that is neither the origin nor listed,
+    with a type of yet another namespace, is sent, not refused."""
+    worker, marks = _marker_worker(bus, callback_targets=["*"])
+    await worker.start()
+    payroll = QM.get_service_action_stream("payroll")
+    await xadd_raw(bus.redis, "inventory", {
+        "action_type": "inventory.item.mark", "data": {"m": "ok"}, "origin_service": "inv",
+        "callback_action_type": "billing.invoice.paid", "callback_queue_name": payroll})
+    await eventually(lambda: bus.redis.xlen(payroll))
+    [(_, fields)] = await bus.redis.xrange(payroll)
+    assert DomainAction.model_validate_json(fields[b"data"]).action_type == \
+        "billing.invoice.paid"
+    assert marks == ["ok"]
+    assert await dead_letters_of(worker) == []
+
+
 async def test_small_clock_skew_is_tolerated(bus: Any, eventually: Any) -> None:
     """A request whose expires_at passed less than clock_skew_s ago is still answered."""
     worker, marks = _marker_worker(bus, clock_skew_s=30)
@@ -481,3 +500,125 @@ async def test_maintenance_trims_old_dead_letters_and_keeps_counting(bus: Any) -
     await worker.maintain()
     assert [x.data for x in await dead_letters_of(worker)] == ["recent"]
     assert worker.stats.dead_letters_trimmed == 2
+
+
+def _mark_json(m: str) -> str:
+    return json.dumps({"action_type": "inventory.item.mark", "data": {"m": m}},
+                      ensure_ascii=False)
+
+
+def _mark_json_of_length(n: int) -> str:
+    """An inventory.item.mark action whose JSON is exactly ``n`` ASCII characters."""
+    return _mark_json("y" * (n - len(_mark_json(""))))
+
+
+async def test_data_of_exactly_max_payload_bytes_is_accepted_one_more_is_oversize(
+    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """The limits are inclusive: data of exactly max_payload_bytes bytes is handled, and so
+    is an entry of exactly max_payload_bytes + 64 KiB in all (field names included); data
+    one byte longer is buried as oversize."""
+    worker = BaseWorker(make_settings(service_name="inventory", max_payload_bytes=10_000), conn,
+                        worker_settings=fast_worker_settings())
+    marks: list[int] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        marks.append(len(data["m"]))
+
+    await worker.start()
+    try:
+        exact, over = _mark_json_of_length(10_000), _mark_json_of_length(10_001)
+        await conn.xadd(STREAM, {"data": exact, "x": "1"})  # two fields: the full check
+        small = _mark_json("s")
+        blob = "z" * (10_000 + 65_536 - len("data") - len(small) - len("blob"))
+        await conn.xadd(STREAM, {"data": small, "blob": blob})
+        await conn.xadd(STREAM, {"data": over})
+        [letter] = await eventually(lambda: dead_letters_of(worker))
+        assert (letter.reason, letter.data_length) == ("oversize", 10_001)
+        await eventually(lambda: drained(conn, "inventory"))
+        assert marks == [len(json.loads(exact)["data"]["m"]), 1]
+    finally:
+        await worker.stop()
+
+
+async def test_field_names_and_every_other_field_count_towards_the_size(
+    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """The size check adds up every field name and value, in any order: a huge field name,
+    or a huge field written before a small "data", makes the entry oversize."""
+    worker = BaseWorker(make_settings(service_name="inventory", max_payload_bytes=10_000), conn,
+                        worker_settings=fast_worker_settings())
+    marks: list[str] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        marks.append(data["m"])
+
+    await worker.start()
+    try:
+        await conn.xadd(STREAM, {"k" * 80_000: "v", "data": _mark_json("name")})
+        await conn.xadd(STREAM, {"blob": "z" * 80_000, "data": _mark_json("first")})
+        letters = await eventually(lambda: _at_least(worker, 2))
+        assert [x.reason for x in letters] == ["oversize", "oversize"]
+        assert marks == []
+    finally:
+        await worker.stop()
+
+
+async def test_text_fields_are_sized_in_utf8_bytes_on_a_decoding_client(
+    make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """On a client with redis_decode_responses=True a "data" of exactly max_payload_bytes
+    characters, some of them multi-byte, is more bytes than allowed: oversize. A text far
+    above the limit is reported by its character count (a lower bound, not encoded)."""
+    settings = make_settings(service_name="inventory", max_payload_bytes=1000,
+                             redis_decode_responses=True)
+    worker = BaseWorker(settings, worker_settings=fast_worker_settings())
+    worker.register("inventory.item.mark", noop)
+    await worker.start()
+    try:
+        base = _mark_json("")
+        exact = _mark_json("é" * 10 + "y" * (1000 - len(base) - 10))
+        assert len(exact) == 1000
+        far = _mark_json("é" * 2000)
+        redis = worker.redis_client
+        await redis.xadd(STREAM, {"data": exact})
+        await redis.xadd(STREAM, {"data": far})
+        letters = await eventually(lambda: _at_least(worker, 2))
+        assert [x.reason for x in letters] == ["oversize", "oversize"]
+        assert letters[1].error_message == (
+            f"the entry is {len(far) + 4} bytes, above max_payload_bytes (1000)")
+    finally:
+        await worker.stop()
+
+
+async def test_every_large_entry_seen_is_counted(
+    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """Each entry larger than read_budget_bytes / batch_size adds one to
+    large_entries_seen; one of exactly that size (field names included) does not. An entry
+    above half the budget brings the read limit down to one entry per read."""
+    worker = BaseWorker(make_settings(service_name="inventory"), conn,
+                        worker_settings=fast_worker_settings(batch_size=10,
+                                                             read_budget_bytes=1000))
+    marks: list[str] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        marks.append(data["m"])
+
+    await worker.start()
+    try:
+        for _ in range(3):
+            await conn.xadd(STREAM, {"data": _mark_json("y" * 300)})
+        # 100 bytes in all: "data" + 94 + "x" + "y" (two fields: the full size check)
+        await conn.xadd(STREAM, {"data": _mark_json_of_length(94), "x": "y"})
+        await eventually(lambda: len(marks) == 4)
+        assert worker.stats.large_entries_seen == 3
+        await conn.xadd(STREAM, {"data": _mark_json("y" * 700)})
+        await eventually(lambda: len(marks) == 5)
+        assert worker._processor is not None
+        assert worker._processor.read_limit == 1
+    finally:
+        await worker.stop()

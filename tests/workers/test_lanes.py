@@ -14,6 +14,7 @@ import pytest
 from actionbus import ActionRejected, DeadLetterQueue, DomainAction, DomainActionResponse
 from actionbus.dead_letters import dead_letter_fields
 from actionbus.models.actions import utc_now
+from actionbus.workers.context import entry_key, split_entry_key
 from actionbus.workers.upkeep import trim
 from tests.workers.helpers import QM
 
@@ -472,3 +473,13 @@ async def test_lane_entries_of_one_or_several_fields_reach_the_handler_whole(
     [letter] = await letters.list()
     assert letter.error_type == "MissingField"
     assert letter.stream == LOW
+
+
+def test_entry_keys_are_bare_ids_on_the_main_stream_and_stream_prefixed_in_lanes() -> None:
+    """A worker names an entry of its main stream by its id alone, and one of a lane stream
+    "<stream> <id>"; split_entry_key gives back (stream, id) for both."""
+    main, lane = "actionbus:dev:{s}:streams:main", "actionbus:dev:{s}:streams:high"
+    assert entry_key(main, main, "1-0") == "1-0"
+    assert entry_key(main, lane, "1-0") == f"{lane} 1-0"
+    assert split_entry_key("1-0", main) == (main, "1-0")
+    assert split_entry_key(f"{lane} 1-0", main) == (lane, "1-0")

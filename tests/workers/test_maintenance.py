@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+import actionbus.workers.upkeep as upkeep
 from actionbus import BaseRedisClient, BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
 from actionbus.embedded import RedisServer
 from actionbus.workers.maintenance import (
@@ -18,7 +20,7 @@ from actionbus.workers.maintenance import (
     safe_trim_id,
     trim_around_pending,
 )
-from actionbus.workers.upkeep import maintain
+from actionbus.workers.upkeep import maintain, trim
 from tests.workers.helpers import QM, drained, noop
 
 pytestmark = pytest.mark.backends
@@ -59,6 +61,16 @@ async def test_trim_respects_the_slowest_group(redis_client: Redis) -> None:
     )
     await safe_trim(redis_client, STREAM, retention=1)
     assert [e[0].decode() for e in await redis_client.xrange(STREAM)] == ids[2:]
+
+
+async def test_safe_trim_id_compares_entry_ids_as_numbers(redis_client: Redis) -> None:
+    """The oldest id still needed is found by number, not by text: with group a needing
+    9-1 and group b needing 10-1 (as text "10-1" < "9-1"), it is 9-1."""
+    for ms in (8, 9, 10):
+        await redis_client.xadd(STREAM, {"data": "x"}, id=f"{ms}-0")
+    await redis_client.xgroup_create(STREAM, "a", id="9-0")
+    await redis_client.xgroup_create(STREAM, "b", id="10-0")
+    assert await safe_trim_id(redis_client, STREAM) == "9-1"
 
 
 async def test_trim_does_nothing_below_retention(redis_client: Redis) -> None:
@@ -157,6 +169,73 @@ async def test_trim_around_pending_finds_the_oldest_pending_entry_by_id_not_by_t
     assert await trim_around_pending(redis_client, STREAM, 8, stuck_after_ms=0) == 2
     assert await _left(redis_client) == ["8-1", "8-2", "9-1", "10-1", "11-1", "11-2", "12-1",
                                          "12-2"]
+
+
+async def test_trim_around_pending_stops_at_the_slowest_groups_delivery_by_number(
+    redis_client: Redis,
+) -> None:
+    """The last entry every group received is found by number, not by text: with group a
+    at 9-2 and group b at 10-2 (as text "10-2" < "9-2"), only the processed entries up to
+    9-2 go; 10-1 and 10-2, which group a has not received, stay."""
+    for ms in (8, 9, 10, 11, 12, 13):
+        for seq in (1, 2):
+            await redis_client.xadd(STREAM, {"data": "x"}, id=f"{ms}-{seq}")
+    for group, last in (("a", "9-2"), ("b", "10-2")):
+        await redis_client.xgroup_create(STREAM, group, id="0")
+        received = [i for i in await _left(redis_client) if _num(i) <= _num(last)]
+        await redis_client.xreadgroup(group, "c", {STREAM: ">"}, count=len(received))
+        await redis_client.xack(STREAM, group, *[i for i in received if i != "8-1"])
+    assert await trim_around_pending(redis_client, STREAM, 2, stuck_after_ms=0) == 3
+    assert await _left(redis_client) == ["8-1", "10-1", "10-2", "11-1", "11-2", "12-1",
+                                         "12-2", "13-1", "13-2"]
+
+
+def _num(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)
+
+
+async def _many(redis: Redis, n: int, pending: int) -> list[str]:
+    """``n`` entries all delivered to group g, the first ``pending`` of them unacknowledged."""
+    pipe = redis.pipeline(transaction=False)
+    for _ in range(n):
+        pipe.xadd(STREAM, {"data": "x"})
+    ids = [i.decode() for i in await pipe.execute()]
+    await redis.xgroup_create(STREAM, "g", id="0")
+    await redis.xreadgroup("g", "c", {STREAM: ">"}, count=n)
+    await redis.xack(STREAM, "g", *ids[pending:])
+    return ids
+
+
+async def test_trim_around_pending_deletes_at_most_1000_by_default(redis_client: Redis) -> None:
+    """Without max_delete, one call deletes at most 1,000 entries however far over its
+    retention the stream is."""
+    ids = await _many(redis_client, 1010, pending=1)
+    assert await trim_around_pending(redis_client, STREAM, 1, stuck_after_ms=0) == 1000
+    assert await _left(redis_client) == [ids[0], *ids[1001:]]
+
+
+async def test_trim_around_pending_looks_at_most_1000_entries_past_the_excess(
+    redis_client: Redis,
+) -> None:
+    """One call reads at most ``excess + 1000`` entries from the oldest pending one: when
+    all of those are pending it deletes nothing, even if processed entries follow."""
+    ids = await _many(redis_client, 1006, pending=1001)
+    assert await trim_around_pending(redis_client, STREAM, 1005, stuck_after_ms=0) == 0
+    assert await _left(redis_client) == ids
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_trim_around_pending_at_retention_reads_nothing_but_the_length(
+    redis_client: Redis,
+) -> None:
+    """At its retention, even with a stuck entry, it sends XLEN only: no XINFO, XPENDING,
+    XRANGE or XDEL (it runs at maxmemory, every command counts)."""
+    await _stuck(redis_client, 6, pending=(0,), delivered=6)
+    await redis_client.config_resetstat()
+    assert await trim_around_pending(redis_client, STREAM, 6, stuck_after_ms=0) == 0
+    stats = await redis_client.info("commandstats")
+    assert sorted(k for k in stats if k.startswith("cmdstat_x")) == ["cmdstat_xlen"]
 
 
 async def test_trim_around_pending_without_pending_entries_leaves_it_to_safe_trim(
@@ -381,6 +460,57 @@ async def test_maintain_removes_gone_consumers_from_every_lane(bus: Any) -> None
     await maintain(bus.redis, worker.context)
     for stream in lanes:
         assert await bus.redis.xinfo_consumers(stream, "inventory") == []
+
+
+async def test_maintain_passes_consumer_gone_after_s_as_milliseconds(
+    bus: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """maintain() removes consumers idle for consumer_gone_after_s seconds: 2.5 s is an idle
+    bound of exactly 2,500 ms (XINFO CONSUMERS counts idle time in milliseconds)."""
+    bounds: list[int] = []
+
+    async def recording(redis: Any, stream: str, group: str, me: str, idle_ms: int) -> list[str]:
+        bounds.append(idle_ms)
+        return await remove_gone_consumers(redis, stream, group, me, idle_ms)
+
+    monkeypatch.setattr(upkeep, "remove_gone_consumers", recording)
+    worker = bus.worker("inventory", consumer_gone_after_s=2.5)
+    stream = QM.get_service_action_stream("inventory")
+    await bus.redis.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await maintain(bus.redis, worker.context)
+    assert bounds == [2500]
+
+
+async def _acked(redis: Any, stream: str, ids: list[str], pending: tuple[int, ...] = ()) -> None:
+    """Group ``inventory`` on ``stream`` received ``ids`` and acknowledged all but ``pending``
+    (indexes)."""
+    for entry_id in ids:
+        await redis.xadd(stream, {"data": "x"}, id=entry_id)
+    await redis.xgroup_create(stream, "inventory", id="0")
+    await redis.xreadgroup("inventory", "c", {stream: ">"}, count=len(ids))
+    await redis.xack(stream, "inventory", *[i for k, i in enumerate(ids) if k not in pending])
+
+
+async def test_trim_returns_how_many_entries_it_removed(bus: Any) -> None:
+    """upkeep.trim() returns the number of entries it removed from the stream."""
+    worker = bus.worker("inventory", stream_retention=5)
+    stream = QM.get_service_action_stream("inventory")
+    await _acked(bus.redis, stream, [f"1-{seq}" for seq in range(1, 11)])
+    assert await trim(bus.redis, worker.context) == 10
+    assert await bus.redis.xlen(stream) == 0
+
+
+async def test_trim_takes_trim_stuck_after_s_in_seconds(bus: Any) -> None:
+    """trim_stuck_after_s is in seconds, scaled by exactly 1,000 to compare with the
+    entry's id time: an entry pending since 100,050 s ago is stuck for a bound of 100,000 s,
+    so the processed entries after it are deleted down to the retention."""
+    worker = bus.worker("inventory", stream_retention=6, trim_stuck_after_s=100_000)
+    stream = QM.get_service_action_stream("inventory")
+    since = int(time.time() * 1000) - 100_050_000
+    ids = [f"{since}-{seq}" for seq in range(1, 13)]
+    await _acked(bus.redis, stream, ids, pending=(0,))
+    assert await trim(bus.redis, worker.context) == 6
+    assert [e[0].decode() for e in await bus.redis.xrange(stream)] == [ids[0], *ids[7:]]
 
 
 async def test_recently_active_consumer_without_pending_is_kept(redis_client: Redis) -> None:

@@ -278,3 +278,115 @@ async def test_plain_acks_in_flight_are_reported_unacknowledged(redis_server: An
         assert (batcher.acknowledged, batcher.unacknowledged()) == (2, set())
     finally:
         await redis.aclose()
+
+
+async def _refused_reply_round(
+    redis: Any, service: str, consumer: str, *, delete_original: bool = False
+) -> tuple[OutputBatcher, str, str]:
+    """An entry read by consumer c1 of ``service``'s group, answered by a reply Redis
+    refuses (WRONGTYPE), flushed by a batcher with consumer name ``consumer``; the original
+    entry deleted first if ``delete_original``. Returns the batcher, stream and entry id."""
+    stream, dead = QM.get_service_action_stream(service), QM.get_dead_letter_stream(service)
+    victim = QM.get_response_queue("victim", f"{service}-str")
+    await redis.set(victim, "not a list")
+    await redis.xgroup_create(stream, service, id="0", mkstream=True)
+    entry_id = (await redis.xadd(stream, {"data": '{"n": 1}'})).decode()
+    await redis.xreadgroup(service, "c1", {stream: ">"})
+    if delete_original:
+        await redis.xdel(stream, entry_id)
+    batcher = OutputBatcher(redis, stream, service,
+                            OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                            dead_stream=dead, consumer=consumer)
+    batcher.reply(victim, '{"success": true}', 60)
+    batcher.ack(entry_id)
+    await batcher.flush()
+    return batcher, stream, entry_id
+
+
+@pytest.mark.parametrize(("consumer", "consumers"), [
+    ("c1", {"c1"}),
+    ("", {"c1", "actionbus"}),
+])
+async def test_undeliverable_output_reads_the_original_as_the_batchers_own_consumer(
+    redis_client: Any, consumer: str, consumers: set[str]
+) -> None:
+    """Dead-lettering an entry whose reply Redis refused reads the original request back by
+    XCLAIM under the batcher's own consumer name ("actionbus" for a batcher given none): the
+    letter keeps the request and no other consumer appears in the group."""
+    service = f"outc{len(consumer)}"
+    batcher, stream, entry_id = await _refused_reply_round(redis_client, service, consumer)
+    letters = await redis_client.xrange(QM.get_dead_letter_stream(service))
+    assert [(f[b"original_id"], f[b"data"]) for _, f in letters] == [
+        (entry_id.encode(), b'{"n": 1}')]
+    assert batcher.undeliverable == 1
+    assert (await redis_client.xpending(stream, service))["pending"] == 0
+    info = await redis_client.xinfo_consumers(stream, service)
+    assert {c["name"].decode() for c in info} == consumers
+
+
+async def test_undeliverable_output_of_an_entry_deleted_meanwhile_is_still_dead_lettered(
+    redis_client: Any,
+) -> None:
+    """The original entry deleted (trimmed) while it was handled: its refused reply is still
+    dead-lettered, with empty data, and the entry is acknowledged."""
+    batcher, stream, entry_id = await _refused_reply_round(
+        redis_client, "outgone", "c1", delete_original=True)
+    letters = await redis_client.xrange(QM.get_dead_letter_stream("outgone"))
+    assert [(f[b"original_id"], f[b"data"]) for _, f in letters] == [(entry_id.encode(), b"")]
+    assert batcher.undeliverable == 1
+    assert batcher.acknowledged == 1
+    assert (await redis_client.xpending(stream, "outgone"))["pending"] == 0
+
+
+async def test_callers_waiting_while_a_reply_is_queued_and_no_round_runs(
+    redis_client: Any,
+) -> None:
+    """callers_waiting() is true exactly while a reply to a waiting caller is queued and no
+    round is under way: not for an empty batcher or plain writes, not during the round that
+    sends the reply, not after it."""
+    stream = QM.get_service_action_stream("waiters")
+    batcher = OutputBatcher(redis_client, stream, "waiters",
+                            OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                            consumer="c1")
+    assert batcher.callers_waiting() is False
+    batcher.xadd(QM.get_service_action_stream("elsewhere"), {"data": "{}"})
+    assert batcher.callers_waiting() is False
+    queue = QM.get_response_queue("caller", "w1")
+    batcher.reply(queue, '{"success": true}', 60)
+    assert batcher.callers_waiting() is True
+    round_ = asyncio.create_task(batcher.flush())
+    await asyncio.sleep(0)  # the round is under way
+    assert batcher.callers_waiting() is False
+    await round_
+    assert batcher.callers_waiting() is False
+    assert await redis_client.llen(queue) == 1
+
+
+async def test_a_refused_callback_is_dead_lettered_a_refused_dead_letter_is_dropped(
+    redis_client: Any,
+) -> None:
+    """An XADD Redis refuses (WRONGTYPE) is dead-lettered as undeliverable when it is an
+    action's output (a callback), but dropped, with the entry acknowledged, when it is
+    itself a dead letter: no dead letter of a dead letter."""
+    for service, target_is_dead_stream in (("cbout", False), ("dlout", True)):
+        stream, dead = QM.get_service_action_stream(service), QM.get_dead_letter_stream(service)
+        victim = dead if target_is_dead_stream else QM.get_service_action_stream(f"{service}-x")
+        await redis_client.set(victim, "not a stream")
+        await redis_client.xgroup_create(stream, service, id="0", mkstream=True)
+        entry_id = (await redis_client.xadd(stream, {"data": '{"n": 1}'})).decode()
+        await redis_client.xreadgroup(service, "c1", {stream: ">"})
+        batcher = OutputBatcher(redis_client, stream, service,
+                                OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                                dead_stream=dead, consumer="c1")
+        batcher.xadd(victim, {"data": "{}"})
+        batcher.ack(entry_id)
+        await asyncio.wait_for(batcher.flush(), 10)
+        assert (await redis_client.xpending(stream, service))["pending"] == 0
+        if target_is_dead_stream:
+            assert batcher.undeliverable == 0
+            assert await redis_client.get(dead) == b"not a stream"
+        else:
+            assert batcher.undeliverable == 1
+            [(_, letter)] = await redis_client.xrange(dead)
+            assert (letter[b"reason"], letter[b"original_id"]) == (
+                b"undeliverable", entry_id.encode())

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from actionbus import ActionRejected, BaseWorker, CommonAppSettings, DomainAction, HandlerError
+from actionbus import (
+    ActionRejected,
+    BaseWorker,
+    CommonAppSettings,
+    DomainAction,
+    HandlerError,
+    HandlerTimeout,
+)
 from actionbus.models.actions import utc_now
 from actionbus.workers.pipeline import (
     CallNext,
@@ -17,6 +28,7 @@ from actionbus.workers.pipeline import (
     MetricsLayer,
     Pipeline,
     ReplyLayer,
+    Skipped,
     TimeoutLayer,
     TracingLayer,
     ValidationLayer,
@@ -233,6 +245,16 @@ def test_timings_outcomes_is_a_live_view_by_type_and_outcome() -> None:
     assert buckets[0] == ("0.001", 2.0)
 
 
+def test_timings_outcomes_of_an_unknown_type_raise_key_error_naming_the_key() -> None:
+    """Like any mapping, ``Timings.outcomes`` raises KeyError carrying the missing
+    (action type, outcome) key for an action type it never timed."""
+    timings = Timings()
+    timings.observe("a.b.c", "handled", 0.001)
+    with pytest.raises(KeyError) as caught:
+        timings.outcomes[("a.b.x", "handled")]
+    assert caught.value.args == (("a.b.x", "handled"),)
+
+
 async def test_failed_and_handled_runs_are_timed_by_outcome(bus: Any, eventually: Any) -> None:
     """The metrics see every run: a failed attempt is timed as ``failed``, the retry that
     succeeds as ``handled`` (the handler's timings by action type and outcome)."""
@@ -253,3 +275,213 @@ async def test_failed_and_handled_runs_are_timed_by_outcome(bus: Any, eventually
     await eventually(lambda: worker.stats.handled == 1)
     after = {o: timings.outcomes.get(("inventory.stock.flaky", o), 0) for o in before}
     assert after == {"failed": before["failed"] + 1, "handled": before["handled"] + 1}
+
+
+def test_metrics_layer_counts_every_skip_and_times_it() -> None:
+    """MetricsLayer.finished adds one to expired_skipped / duplicates_skipped per skipped
+    run (not just sets it), and records a duration no longer than the run really took."""
+    stats = WorkerStats()
+    service = f"metrics-{uuid.uuid4().hex[:8]}"
+    layer = MetricsLayer(stats, service)
+    action = DomainAction(action_type=f"{service}.item.skip")
+    before = time.perf_counter()
+    for _ in range(3):
+        layer.finished(action, Skipped("expired"), time.perf_counter())
+        layer.finished(action, Skipped("duplicate"), time.perf_counter())
+    took = time.perf_counter() - before
+    assert (stats.expired_skipped, stats.duplicates_skipped) == (3, 3)
+    _, total = timings_for(service).cumulative(action.action_type)
+    assert 0 <= total <= took
+
+
+async def test_idempotency_layer_in_a_chain_of_ones_own(bus: Any) -> None:
+    """IdempotencyLayer used with chain() directly: the inner step gets the data the layer
+    was called with; a result that is not a Prepared (no ReplyLayer inside) is returned as
+    is and marks the action handled, so the next call is a duplicate without a reply."""
+    worker = bus.worker("inventory")
+    seen: list[Any] = []
+
+    async def endpoint(action: DomainAction, data: Any) -> dict[str, Any]:
+        seen.append(data)
+        return {"ok": True}
+
+    call = chain([IdempotencyLayer(bus.redis, worker.context)], endpoint)
+    action = DomainAction(action_type="inventory.item.reserve")
+    assert await call(action, {"sku": "A"}) == {"ok": True}
+    assert seen == [{"sku": "A"}]
+    assert await call(action, {"sku": "A"}) == Skipped("duplicate", None)
+    assert seen == [{"sku": "A"}]
+
+
+async def test_idempotency_replays_the_stored_reply_only_to_a_waiting_duplicate(
+    bus: Any,
+) -> None:
+    """A duplicate gets the stored reply only if its caller waits on a reply list: the same
+    action_id sent without a callback_queue_name is skipped without a reply, and so is a
+    duplicate of an action that stored no reply (only the "handled" marker)."""
+    worker = bus.worker("inventory")
+    ctx = worker.context
+
+    async def handler(action: DomainAction, data: Any) -> dict[str, Any]:
+        return {"n": 1}
+
+    call = chain([IdempotencyLayer(bus.redis, ctx), ReplyLayer(ctx)], handler)
+    waiting = DomainAction(action_type="inventory.item.reserve",
+                           callback_queue_name=QM.get_response_queue("orders", "r1"))
+    first = await call(waiting, waiting.data)
+    assert first.reply is not None
+    assert await call(waiting, waiting.data) == Skipped("duplicate", first.reply)
+    not_waiting = waiting.model_copy(update={"callback_queue_name": None})
+    assert await call(not_waiting, not_waiting.data) == Skipped("duplicate", None)
+    plain = DomainAction(action_type="inventory.item.reserve")
+    await call(plain, plain.data)
+    assert await call(plain, plain.data) == Skipped("duplicate", None)
+
+
+async def test_idempotent_route_with_a_data_model_gets_validated_data(bus: Any) -> None:
+    """An idempotent route (run through the traced path) still validates: its handler gets
+    the data_model instance, not the raw dict."""
+    worker = bus.worker("inventory")
+    seen: list[Any] = []
+
+    async def reserve(action: DomainAction, data: Any) -> None:
+        seen.append(data)
+
+    pipeline = Pipeline(worker.context, bus.redis, WorkerStats())
+    route = Route("inventory.item.reserve", reserve, Reserve, idempotent=True)
+    await pipeline.run(route, DomainAction(action_type="inventory.item.reserve",
+                                           data={"sku": "A", "qty": 2}))
+    assert seen == [Reserve(sku="A", qty=2)]
+
+
+async def test_timeout_layer_passes_the_data_on_with_or_without_a_timeout() -> None:
+    """TimeoutLayer hands its inner step the data it was called with, whether it bounds the
+    run (timeout set) or only watches it for the slow-handler warning (no timeout)."""
+    seen: list[Any] = []
+
+    async def endpoint(action: DomainAction, data: Any) -> str:
+        seen.append(data)
+        return "done"
+
+    action = DomainAction(action_type="inventory.stock.get")
+    assert await TimeoutLayer(5.0, 60.0)(action, {"a": 1}, endpoint) == "done"
+    assert await TimeoutLayer(None, 60.0)(action, {"b": 2}, endpoint) == "done"
+    assert seen == [{"a": 1}, {"b": 2}]
+
+
+async def test_handler_timeout_says_what_ran_too_long_and_how_to_allow_more() -> None:
+    """A run cancelled at its timeout raises HandlerTimeout naming the action, the timeout
+    and the settings that raise it."""
+    action = DomainAction(action_type="inventory.stock.slow")
+    never = asyncio.Event()
+
+    async def endpoint(action: DomainAction, data: Any) -> None:
+        await never.wait()
+
+    with pytest.raises(HandlerTimeout) as raised:
+        await TimeoutLayer(0.01, 60.0)(action, {}, endpoint)
+    message = str(raised.value)
+    assert f"inventory.stock.slow {action.action_id} ran longer than its timeout of 0.01s" \
+        in message
+    assert "register(..., timeout=) or WorkerSettings.handler_timeout_s" in message
+
+
+def _slow_warned(caplog: pytest.LogCaptureFixture, action: DomainAction) -> bool:
+    return any("without a timeout" in r.getMessage() and str(action.action_id) in r.getMessage()
+               for r in caplog.records)
+
+
+async def test_each_of_several_slow_runs_at_once_is_warned_about(
+    bus: Any, eventually: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slow runs that started together are each watched: every one of them gets its
+    slow-handler warning, through TimeoutLayer and through the pipeline's traced path."""
+    release = asyncio.Event()
+
+    async def slow(action: DomainAction, data: Any) -> None:
+        await release.wait()
+
+    layer = TimeoutLayer(None, warn_after=0.05)
+    worker = bus.worker("inventory", slow_handler_warn_s=0.05)
+    pipeline = Pipeline(worker.context, bus.redis, WorkerStats())
+    route = Route("inventory.stock.slow", slow, idempotent=True)
+    actions = [DomainAction(action_type="inventory.stock.slow") for _ in range(4)]
+    with caplog.at_level(logging.WARNING, "actionbus.worker"):
+        tasks = [asyncio.create_task(layer(a, {}, slow)) for a in actions[:2]]
+        tasks += [asyncio.create_task(pipeline.run(route, a)) for a in actions[2:]]
+        for action in actions:
+            await eventually(lambda a=action: _slow_warned(caplog, a), timeout=10)
+        release.set()
+        await asyncio.gather(*tasks)
+
+
+async def test_the_same_action_object_run_twice_at_once_finishes_both_times(bus: Any) -> None:
+    """One DomainAction object run twice concurrently (through TimeoutLayer without a
+    timeout, or the pipeline's traced path) returns both results: the second run to finish
+    does not trip over the first one's bookkeeping."""
+    release, all_started = asyncio.Event(), asyncio.Event()
+    started: list[int] = []
+
+    async def gate(action: DomainAction, data: Any) -> dict[str, Any]:
+        started.append(1)
+        if len(started) == 4:
+            all_started.set()
+        await release.wait()
+        return {"done": True}
+
+    layer = TimeoutLayer(None, warn_after=60.0)
+    action = DomainAction(action_type="inventory.stock.get")
+    worker = bus.worker("inventory")
+    pipeline = Pipeline(worker.context, bus.redis, WorkerStats())
+    route = Route("inventory.stock.get", gate, idempotent=True)
+    tasks = [asyncio.create_task(layer(action, {}, gate)) for _ in range(2)]
+    tasks += [asyncio.create_task(pipeline.run(route, action)) for _ in range(2)]
+    await asyncio.wait_for(all_started.wait(), 10)
+    release.set()
+    results = await asyncio.gather(*tasks)
+    assert results[:2] == [{"done": True}, {"done": True}]
+    assert [type(r).__name__ for r in results[2:]] == ["Prepared", "Prepared"]
+
+
+def test_metrics_layer_times_a_failed_run_by_what_it_took() -> None:
+    """MetricsLayer.failed records the run under outcome "failed" with a duration no longer
+    than the run really took."""
+    service = f"metrics-{uuid.uuid4().hex[:8]}"
+    layer = MetricsLayer(WorkerStats(), service)
+    action = DomainAction(action_type=f"{service}.item.fail")
+    before = time.perf_counter()
+    layer.failed(action, time.perf_counter())
+    took = time.perf_counter() - before
+    timings = timings_for(service)
+    assert timings.outcomes[(action.action_type, "failed")] == 1
+    _, total = timings.cumulative(action.action_type)
+    assert 0 <= total <= took
+
+
+def test_logging_layer_lines_carry_the_actions_fields_as_extra(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The failed-attempt INFO line and the finished DEBUG line carry service, action type,
+    id, correlation id, trace id, outcome and the run's duration in ms as record attributes
+    (for structured log handlers)."""
+    layer = LoggingLayer("inventory")
+    action = DomainAction(action_type="inventory.stock.get", correlation_id="c-1",
+                          trace_id="t-1")
+    before = time.perf_counter()
+    with caplog.at_level(logging.DEBUG, "actionbus.worker"):  # runs that started 5 s ago
+        layer.failed(action, time.perf_counter() - 5.0, ValueError("boom"))
+        layer.finished(action, None, time.perf_counter() - 5.0)
+        layer.finished(action, Skipped("duplicate"), time.perf_counter() - 5.0)
+    took_ms = (time.perf_counter() - before) * 1000
+    failed, finished, skipped = caplog.records
+    for record, outcome in ((failed, "failed"), (finished, "handled"), (skipped, "duplicate")):
+        fields = {name: getattr(record, name, None) for name in (
+            "service", "action_type", "action_id", "correlation_id", "trace_id", "outcome")}
+        assert fields == {"service": "inventory", "action_type": "inventory.stock.get",
+                          "action_id": str(action.action_id), "correlation_id": "c-1",
+                          "trace_id": "t-1", "outcome": outcome}
+        duration_ms = getattr(record, "duration_ms", None)
+        assert isinstance(duration_ms, float)
+        assert 5000 <= duration_ms <= 5000 + took_ms + 0.01
+        assert duration_ms == round(duration_ms, 2)  # to a hundredth of a millisecond
+    assert getattr(failed, "error_type", None) == "ValueError"

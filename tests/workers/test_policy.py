@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import enum
+import json
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from actionbus import ActionRejected, BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
+from actionbus.delayed import DELIVERIES_KEY, DelayedQueue
 from actionbus.models.actions import utc_now
-from actionbus.workers.policy import Bury, FailurePolicy, ReplyError, Retry, error_detail
+from actionbus.workers.policy import (
+    Bury,
+    FailurePolicy,
+    ReplyError,
+    Retry,
+    error_detail,
+    safe_text,
+)
 from tests.workers.helpers import QM, dead_letters_of, drained
 
 pytestmark = pytest.mark.backends
@@ -192,6 +202,23 @@ async def test_policy_retry_gives_up_on_a_vanished_entry(redis_client: Any) -> N
     assert await POLICY.retry(redis_client, ctx, entry_id, Retry(0)) is False
 
 
+async def test_policy_retry_parks_an_attempt_with_no_deliveries_counted_by_default(
+    redis_client: Any,
+) -> None:
+    """Retry of an entry with its payload but no ``deliveries`` given parks the attempt in
+    the delayed set with 0 deliveries used in its envelope (and frees the slot: False)."""
+    settings = CommonAppSettings(service_name="inventory")
+    worker = BaseWorker(settings, worker_settings=WorkerSettings(consumer_name="c1"))
+    ctx = worker.context
+    await redis_client.xgroup_create(ctx.stream, ctx.group, id="0", mkstream=True)
+    payload = DomainAction(action_type="inventory.item.n").model_dump_json()
+    entry_id = (await redis_client.xadd(ctx.stream, {"data": payload})).decode()
+    await redis_client.xreadgroup(ctx.group, "c1", {ctx.stream: ">"})
+    assert await POLICY.retry(redis_client, ctx, entry_id, Retry(60), payload) is False
+    [parked] = await DelayedQueue(redis_client, ctx.queues, "inventory").list()
+    assert json.loads(parked.member)["metadata"][DELIVERIES_KEY] == 0
+
+
 class _Unprintable(Exception):
     error_code = property(lambda self: 1 / 0)
 
@@ -212,3 +239,37 @@ def test_error_detail_never_raises() -> None:
     num = RuntimeError("m")
     num.error_code = 503  # type: ignore[attr-defined]
     assert error_detail(num).error_code == "503"
+
+
+def test_error_detail_cuts_the_error_type_and_code_to_200_characters() -> None:
+    """An exception type name or ``error_code`` longer than 200 characters is cut to 200
+    in the ErrorDetail, with a note of the full length."""
+    long_name = "E" * 300
+    odd = type(long_name, (RuntimeError,), {})("m")
+    odd.error_code = "c" * 300  # type: ignore[attr-defined]
+    detail = error_detail(odd)
+    assert detail.error_type == "E" * 200 + "… (300 characters, cut)"
+    assert detail.error_code == "c" * 200 + "… (300 characters, cut)"
+
+
+def test_safe_text_names_the_type_and_error_of_an_unprintable_value() -> None:
+    """A value whose str() raises becomes "<unprintable TYPE: str() raised ERROR>"."""
+    assert safe_text(_Unprintable()) == "<unprintable _Unprintable: str() raised ValueError>"
+
+
+def test_safe_text_keeps_a_text_of_exactly_the_limit() -> None:
+    """Text of exactly ``limit`` characters is kept whole; one more is cut."""
+    assert safe_text("x" * 10, 10) == "x" * 10
+    assert safe_text("x" * 11, 10) == "x" * 10 + "… (11 characters, cut)"
+
+
+class _Code(str, enum.Enum):  # noqa: UP042 - not StrEnum: its str() is "_Code.BUSY"
+    BUSY = "busy"
+
+
+def test_an_error_code_that_is_a_str_enum_keeps_its_value() -> None:
+    """A str-valued enum as ``error_code`` is reported by its value, not its repr-like
+    str() ("_Code.BUSY")."""
+    exc = RuntimeError("m")
+    exc.error_code = _Code.BUSY  # type: ignore[attr-defined]
+    assert error_detail(exc).error_code == "busy"

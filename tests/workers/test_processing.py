@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from actionbus import BaseRedisClient, BaseWorker, DomainAction, WorkerSettings
+from actionbus.models.actions import (
+    DomainActionResponse,
+    ErrorDetail,
+    format_timestamp,
+    utc_now,
+)
+from actionbus.workers.results import is_expired
 from tests.workers.helpers import QM, Reserve, Settings, dead_letters_of, drained, noop, xadd_raw
 
 pytestmark = pytest.mark.backends
@@ -117,6 +126,9 @@ async def test_unserializable_result_becomes_error_response(bus: Any, eventually
     response = await client.send_action_pseudo_sync(DomainAction(action_type="svc.r.obj"), 2)
     assert response is not None
     assert response.success is False
+    assert response.error is not None
+    assert response.error.message.startswith(  # names what could not be serialized
+        "the result of the svc.r.obj handler cannot be sent: PydanticSerializationError: ")
     await eventually(lambda: drained(bus.redis, "svc"))
 
 
@@ -152,23 +164,25 @@ async def test_forged_reply_target_dead_lettered(
     [letter] = await eventually(lambda: dead_letters_of(worker))
     assert letter.reason == "malformed"
     assert letter.error_type == "InvalidReplyTarget"
+    assert queue in letter.error_message  # says which name was refused
     assert calls == []
     assert not await bus.redis.exists(queue)
     await eventually(lambda: drained(bus.redis, "inventory"))
 
 
 @pytest.mark.parametrize(
-    ("fields", "error_type"),
+    ("fields", "error_type", "says"),
     [
-        ({"data": "{not json"}, "InvalidJSON"),
-        ({"data": '{"action_type": "no dots here"}'}, "InvalidAction"),
-        ({"payload": "{}"}, "MissingField"),
+        ({"data": "{not json"}, "InvalidJSON", r".*Invalid JSON.*"),
+        ({"data": '{"action_type": "no dots here"}'}, "InvalidAction", r".*action_type.*"),
+        ({"payload": "{}"}, "MissingField", r"the entry has no 'data' field"),
     ],
 )
 async def test_malformed_entries_dead_lettered_and_worker_survives(
-    bus: Any, eventually: Any, fields: dict[str, str], error_type: str
+    bus: Any, eventually: Any, fields: dict[str, str], error_type: str, says: str
 ) -> None:
-    """Bad entries are dead-lettered with the reason, and the next good action is handled."""
+    """Bad entries are dead-lettered with the reason and a message saying what is wrong
+    (the validation error, or the missing field), and the next good action is handled."""
     worker = bus.worker("inventory")
     worker.register("inventory.item.ok", noop)
     await worker.start()
@@ -177,6 +191,7 @@ async def test_malformed_entries_dead_lettered_and_worker_survives(
     [letter] = await eventually(lambda: dead_letters_of(worker))
     assert letter.reason == "malformed"
     assert letter.error_type == error_type
+    assert re.fullmatch(says, letter.error_message, re.DOTALL)
     await eventually(lambda: worker.stats.handled == 1)
     await eventually(lambda: drained(bus.redis, "inventory"))
 
@@ -201,6 +216,8 @@ async def test_raw_producer_and_raw_reply(bus: Any, eventually: Any) -> None:
     assert reply["success"] is True
     assert reply["data"] == {"qty": 5}
     assert reply["correlation_id"] == "req-1"
+    assert set(reply) == set(DomainActionResponse.model_fields)  # every field, null if empty
+    assert reply["error"] is None
 
 
 async def test_round_trip_with_decoded_responses(
@@ -227,6 +244,57 @@ async def test_round_trip_with_decoded_responses(
             await eventually(lambda: drained(redis, "inventory"))
     assert response is not None
     assert response.data == {"qty": 1}
+
+
+async def test_a_callback_carries_the_error_as_the_wire_format_writes_it(
+    bus: Any, eventually: Any
+) -> None:
+    """A handler answering a callback request with an error response: the callback's
+    metadata holds the error with every declared field, and without its unknown fields
+    that are None (exclude_none on a wire model)."""
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> DomainActionResponse:
+        error = ErrorDetail(error_type="OutOfStock", message="none left", hint=None, shelf=3)
+        return DomainActionResponse.for_action(action, error=error)
+
+    await worker.start()
+    await xadd_raw(bus.redis, "inventory", {
+        "action_type": "inventory.item.reserve", "origin_service": "orders",
+        "callback_action_type": "orders.item.reserved",
+    })
+    stream = QM.get_service_action_stream("orders")
+    await eventually(lambda: bus.redis.xlen(stream))
+    [(_, fields)] = await bus.redis.xrange(stream)
+    callback = DomainAction.model_validate_json(fields[b"data"])
+    assert callback.metadata["success"] is False
+    assert callback.metadata["error"] == {"error_type": "OutOfStock", "error_code": None,
+                                          "message": "none left", "details": None,
+                                          "shelf": 3}
+
+
+async def test_a_reply_carries_the_error_as_the_wire_format_writes_it(bus: Any) -> None:
+    """A handler answering a waiting caller with its own error response: the raw reply
+    holds the error with every declared field, and without its unknown fields that are
+    None (exclude_none on a wire model)."""
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> DomainActionResponse:
+        error = ErrorDetail(error_type="OutOfStock", message="none left", hint=None, shelf=3)
+        return DomainActionResponse.for_action(action, error=error)
+
+    await worker.start()
+    queue = QM.get_response_queue("nodejs", "err-1")
+    await xadd_raw(bus.redis, "inventory", {
+        "action_type": "inventory.item.reserve", "callback_queue_name": queue})
+    popped = await bus.redis.brpop([queue], timeout=5)
+    assert popped is not None
+    reply = json.loads(popped[1])
+    assert reply["success"] is False
+    assert reply["error"] == {"error_type": "OutOfStock", "error_code": None,
+                              "message": "none left", "details": None, "shelf": 3}
 
 
 async def test_raw_callback_request_by_origin_service(bus: Any, eventually: Any) -> None:
@@ -280,3 +348,57 @@ async def test_callback_action_names_what_it_answers_and_carries_the_context(
         "response_to", "response_to_action_id", "success", "callback_context", "error")} == {
         "response_to": "inventory.item.reserve", "response_to_action_id": str(request.action_id),
         "success": True, "callback_context": "cart-7", "error": None}
+
+
+async def test_a_result_no_reply_could_carry_fails_even_when_nobody_reads_it(
+    bus: Any, eventually: Any
+) -> None:
+    """A handler of a fire-and-forget action returning a value of a type no reply could
+    carry (here a str) fails the attempt (HandlerError, dead-lettered once attempts run
+    out), as it would for a waiting caller; None, a dict or a model are fine."""
+    worker = bus.worker("inventory", max_deliveries=1)
+    calls: list[str] = []
+
+    @worker.handler("inventory.item.reserve")
+    async def reserve(action: DomainAction, data: dict[str, Any]) -> Any:
+        calls.append(data["kind"])
+        return {"str": "a string", "dict": {"ok": True}, "model": Reserve(sku="A", qty=1),
+                "none": None}[data["kind"]]
+
+    await worker.start()
+    client = bus.client("orders")
+    for kind in ("none", "dict", "model", "str"):
+        await client.send_action_async(
+            DomainAction(action_type="inventory.item.reserve", data={"kind": kind}))
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert letter.error_type == "HandlerError"
+    assert "returned str" in letter.error_message
+    await eventually(lambda: drained(bus.redis, "inventory"))
+    assert sorted(calls) == ["dict", "model", "none", "str"]
+    assert worker.stats.handled == 3
+
+
+async def test_every_reply_dropped_because_its_caller_stopped_waiting_is_counted(
+    bus: Any, eventually: Any
+) -> None:
+    """A request whose caller stops waiting while its handler runs gets no reply, and each
+    such dropped reply adds one to expired_skipped."""
+    worker = bus.worker("inventory", clock_skew_s=0)
+
+    @worker.handler("inventory.stock.get")
+    async def stock(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        await eventually(lambda: is_expired(action.expires_at, 0))  # until its caller gave up
+        return {"qty": 1}
+
+    await worker.start()
+    queues = [QM.get_response_queue("orders", f"late-{n}") for n in range(2)]
+    for queue in queues:
+        await xadd_raw(bus.redis, "inventory", {
+            "action_type": "inventory.stock.get", "callback_queue_name": queue,
+            "expires_at": format_timestamp(utc_now() + timedelta(seconds=0.3)),
+        })
+    await eventually(lambda: worker.stats.handled == 2, timeout=10)
+    await eventually(lambda: drained(bus.redis, "inventory"))
+    assert worker.stats.expired_skipped == 2
+    for queue in queues:
+        assert not await bus.redis.exists(queue)

@@ -374,3 +374,83 @@ async def test_a_started_worker_reads_with_the_faster_parser(bus: Any) -> None:
     worker = bus.worker("fastread")
     await worker.start()
     assert hasattr(worker.redis_client.response_callbacks["XREADGROUP"], "fast_of")
+
+
+def _strict_reader(
+    redis: Any, streams: list[str], spawned: list[tuple[str, str, dict[Any, Any]]]
+) -> StreamReader:
+    """A strict-mode reader of ``streams`` (lanes, most urgent first) recording its spawns."""
+    worker = BaseWorker(CommonAppSettings(service_name="inventory"),
+                        worker_settings=WorkerSettings(block_ms=100, consumer_name="c1",
+                                                       lane_mode="strict"))
+    return StreamReader(
+        worker.context, redis, streams,
+        spawn=lambda stream, entry_id, fields, deliveries: spawned.append(
+            (stream, entry_id, fields)),
+        in_flight=lambda: 0, owned=set, unacknowledged=set, stats=WorkerStats(),
+        outage=OutageLog(logging.getLogger("test"), "reader"),
+    )
+
+
+async def test_a_lane_read_keeps_every_field_of_an_entry(redis_client: Any) -> None:
+    """An entry read by the lanes script comes with all its fields, paired as written,
+    however many it has."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await redis_client.xadd(LANES[0], {"a": "1", "data": "x", "z": "26"})
+    spawned: list[tuple[str, str, dict[Any, Any]]] = []
+    reader = _strict_reader(redis_client, LANES, spawned)
+    assert await reader._read_lanes(5) is True
+    assert [fields for _, _, fields in spawned] == [{b"a": b"1", b"data": b"x", b"z": b"26"}]
+
+
+async def test_streams_of_several_slots_read_one_by_one_bring_exactly_what_was_asked(
+    redis_client: Any,
+) -> None:
+    """A reader given streams of different hash slots reads them one XREADGROUP each, most
+    urgent first, each taking what is left: 3 asked of streams holding 2, 5 and 5 entries
+    bring the first stream's 2 and one of the second, and nothing of the third."""
+    streams = [QM.get_service_action_stream(s)
+               for s in ("inventory", "inventory-low", "inventory-bulk")]
+    for stream, n in zip(streams, (2, 5, 5), strict=True):
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+        for i in range(n):
+            await redis_client.xadd(stream, {"data": f"{i}"})
+    spawned: list[tuple[str, str, dict[Any, Any]]] = []
+    reader = _strict_reader(redis_client, streams, spawned)
+    assert reader._read_script is None  # several slots: no script
+    assert await reader._read_lanes(3) is True
+    assert [(stream, fields) for stream, _, fields in spawned] == [
+        (streams[0], {b"data": b"0"}), (streams[0], {b"data": b"1"}),
+        (streams[1], {b"data": b"0"})]
+
+
+async def test_a_reader_on_a_decoding_client_spawns_entries_by_their_ids(
+    make_settings: Any,
+) -> None:
+    """A StreamReader built without spawn_read, on a client with
+    redis_decode_responses=True, spawns each entry with its id as read (already text)."""
+    from actionbus import RedisManager
+
+    settings = make_settings(service_name="inventory", redis_decode_responses=True)
+    async with RedisManager(settings) as manager:
+        redis = manager.get_client()
+        worker = BaseWorker(settings, redis,
+                            worker_settings=WorkerSettings(block_ms=100, consumer_name="c1"))
+        ctx = worker.context
+        await redis.xgroup_create(ctx.stream, ctx.group, id="0", mkstream=True)
+        entry_id = await redis.xadd(ctx.stream, {"data": "{}"})
+        spawned: list[str] = []
+        stopping = asyncio.Event()
+
+        def spawn(stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
+            spawned.append(entry_id)
+            stopping.set()
+
+        reader = StreamReader(
+            ctx, redis, [ctx.stream], spawn=spawn, in_flight=lambda: 0, owned=set,
+            unacknowledged=set, stats=WorkerStats(),
+            outage=OutageLog(logging.getLogger("test"), "reader"),
+        )
+        await asyncio.wait_for(reader.run(stopping), 10)
+    assert spawned == [entry_id]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from actionbus import BaseWorker, DomainAction, DomainActionResponse, HandlerError
+from actionbus.workers.routing import result_data
 from tests.workers.helpers import Reserve, Settings, dead_letters_of, drained, noop, xadd_raw
 
 pytestmark = pytest.mark.backends
@@ -94,6 +98,27 @@ async def test_handler_result_types(bus: Any) -> None:
     assert bad_response.success is False
     assert bad_response.error is not None
     assert bad_response.error.error_type == "HandlerError"
+
+
+class _Stamped(BaseModel):
+    at: datetime
+    ref: uuid.UUID
+
+
+def test_a_returned_model_becomes_json_ready_data() -> None:
+    """A handler's Pydantic model becomes its JSON form: datetimes and UUIDs as strings,
+    as any reader of the reply gets them."""
+    ref = uuid.UUID(int=7)
+    data = result_data(_Stamped(at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), ref=ref))
+    assert data == {"at": "2026-01-02T03:04:05Z", "ref": str(ref)}
+
+
+def test_a_result_of_another_type_is_an_error_naming_it() -> None:
+    """A handler returning neither None, a dict nor a model fails with a HandlerError that
+    names the type returned and the types allowed."""
+    with pytest.raises(HandlerError, match=r"^a handler returned int; return a dict, a "
+                       r"Pydantic model, a DomainActionResponse or None$"):
+        result_data(42)
 
 
 async def test_subclass_handle_action_hook(bus: Any, eventually: Any) -> None:

@@ -67,6 +67,24 @@ async def test_a_loop_that_dies_for_good_fails_run(
     assert not worker.health.healthy
 
 
+async def test_run_raises_worker_failed_caused_by_the_loop_error(
+    make_settings: Settings, conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The WorkerFailedError of run() carries the loop's exception as ``.cause`` and as its
+    ``__cause__`` (the traceback shows it)."""
+    async def broken(self: Upkeep) -> None:
+        raise KeyError("a bug in the loop's own code")
+
+    monkeypatch.setattr(Upkeep, "run", broken)
+    worker = BaseWorker(make_settings(service_name="inventory"), conn,
+                        worker_settings=fast_worker_settings())
+    with pytest.raises(WorkerFailedError) as caught:
+        await asyncio.wait_for(worker.run(), 30)
+    assert isinstance(worker.failed, KeyError)
+    assert caught.value.cause is worker.failed
+    assert caught.value.__cause__ is worker.failed
+
+
 async def test_supervise_restarts_after_any_exception(caplog: pytest.LogCaptureFixture) -> None:
     """supervise() logs an AttributeError from a half-closed connection and runs the loop
     again; it returns once the loop returns."""

@@ -1,0 +1,108 @@
+"""Keep mutmut's verdicts between clones: `save` after a run, `restore` before one.
+
+mutmut keeps each mutant's verdict in ``mutants/<module>.py.meta`` next to a hash of every
+function, and on the next run tests again only the mutants of functions whose hash changed.
+``mutants/`` is not committed, so a fresh clone would start the whole run (hours on this
+machine) again. ``save`` writes the verdicts and hashes to ``tests/mutation-results.json``
+(committed, one line per mutant); ``restore`` writes them back as ``.meta`` files where
+``mutants/`` has none, so mutmut resumes: functions changed since keep no verdict and run again,
+and so do the survivors that ``tests/mutation-survivors/`` says a later test kills.
+
+    python tools/mutation_cache.py save|restore [--mutants mutants] [--file FILE] [--lists DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_FILE = Path("tests/mutation-results.json")
+
+
+def hashes_of(meta: dict[str, Any]) -> dict[str, str]:
+    """The function hashes of one ``.meta`` file (older mutmut versions had none)."""
+    hashes: dict[str, str] = meta.get("hash_by_function_name", {})
+    return hashes
+
+
+def save(mutants: Path, file: Path) -> int:
+    """Verdicts and function hashes of every module in ``mutants/``, into ``file``."""
+    modules: dict[str, dict[str, Any]] = {}
+    for meta in sorted(mutants.rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        if data["exit_code_by_key"]:
+            modules[str(meta.relative_to(mutants)).removesuffix(".meta")] = {
+                "hash_by_function_name": dict(sorted(hashes_of(data).items())),
+                "exit_code_by_key": dict(sorted(data["exit_code_by_key"].items())),
+            }
+    lines = ["{"]
+    for number, (module, data) in enumerate(modules.items()):
+        lines.append(f"{json.dumps(module)}: {{")
+        hashes = json.dumps(data["hash_by_function_name"], ensure_ascii=False)
+        lines.append(f'"hash_by_function_name": {hashes},')
+        lines.append('"exit_code_by_key": {')
+        codes = list(data["exit_code_by_key"].items())
+        lines += [f"{json.dumps(name, ensure_ascii=False)}: {json.dumps(code)}"
+                  + ("," if index < len(codes) - 1 else "")
+                  for index, (name, code) in enumerate(codes)]
+        lines.append("}}" + ("," if number < len(modules) - 1 else ""))
+    lines.append("}")
+    file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"saved the verdicts of {sum(len(d['exit_code_by_key']) for d in modules.values())} "
+          f"mutants in {len(modules)} modules to {file}")
+    return 0
+
+
+def killed_since(lists: Path) -> set[str]:
+    """Survivors that a test added after their run kills (``<name> killed: <test>`` lines)."""
+    names: set[str] = set()
+    for path in sorted(lists.glob("*.txt")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            name, _, reason = line.strip().partition(" ")
+            if reason.startswith("killed: "):
+                names.add(name)
+    return names
+
+
+def restore(mutants: Path, file: Path, lists: Path = Path("tests/mutation-survivors")) -> int:
+    """Write ``file``'s verdicts as mutmut's ``.meta`` files where ``mutants/`` has none."""
+    if not file.exists():
+        print(f"no {file}: nothing to restore")
+        return 0
+    modules: dict[str, dict[str, Any]] = json.loads(file.read_text(encoding="utf-8"))
+    written = 0
+    again = killed_since(lists)
+    for module, data in modules.items():
+        data["exit_code_by_key"] = {name: None if name in again else code
+                                    for name, code in data["exit_code_by_key"].items()}
+        meta = mutants / f"{module}.meta"
+        if meta.exists():
+            continue
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        empty: dict[str, Any] = {"durations_by_key": {}, "estimated_durations_by_key": {}}
+        meta.write_text(json.dumps({**data, **empty}))
+        written += 1
+    print(f"restored the verdicts of {written} modules from {file} into {mutants}/")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("action", choices=["save", "restore"])
+    parser.add_argument("--mutants", type=Path, default=Path("mutants"))
+    parser.add_argument("--file", type=Path, default=DEFAULT_FILE)
+    parser.add_argument("--lists", type=Path, default=Path("tests/mutation-survivors"))
+    args = parser.parse_args(argv)
+    if args.action == "save":
+        if not args.mutants.is_dir():
+            print(f"no {args.mutants}/ here: run `make mutation` first", file=sys.stderr)
+            return 1
+        return save(args.mutants, args.file)
+    return restore(args.mutants, args.file, args.lists)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
