@@ -53,10 +53,12 @@ bench-long: dev
 # Mutation testing of actionbus/workers, actionbus/clients and dead_letters.py; not part of CI.
 # mutmut runs, for each mutant, the tests that cover its function; mutants that `mypy --strict`
 # rejects are caught before any test runs. The tests mostly wait on Redis, so 4 children use the
-# 2 cores better than 2. A full run: TIMING. Verdicts are kept in mutants/ and, between clones,
-# in tests/mutation-results.json (tools/mutation_cache.py restores them before the run and saves
-# them after): a run tests only what has no verdict, i.e. the functions changed
-# since and the survivors a newer test kills. tools/mutation_report.py then scores it per
+# 2 cores better than 2. 6,773 mutants: 3,631 got a verdict in 105 minutes on 2 shared cores
+# (after 25 of coverage, type check, stats and clean run); a whole run is 3 to 4 hours.
+# Verdicts are kept in mutants/ and, between clones, in tests/mutation-results.json
+# (tools/mutation_cache.py restores them before the run and saves them after): a run tests
+# only what has no verdict, i.e. the functions changed since and the survivors a newer test
+# kills. tools/mutation_report.py then scores it per
 # module and lists every survivor tests/mutation-survivors/ does not account for (exit 1 if any,
 # or if the score is under 85%).
 # Narrow it with MUTANTS, e.g. make mutation MUTANTS='actionbus.dead_letters*'.

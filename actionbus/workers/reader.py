@@ -173,7 +173,8 @@ class StreamReader:
                 backoff.reset()
             except ResponseError as exc:
                 if is_nogroup(exc):
-                    await self.recreate_groups()
+                    if not await self.recreate_groups():  # not recreated: back off, no spin
+                        await asyncio.sleep(backoff.next_delay())
                     continue
                 if not is_transient(exc):
                     self._refused("XREADGROUP", exc)
@@ -324,15 +325,21 @@ class StreamReader:
         else:
             logger.error("%s failed: %s", operation, exc)
 
-    async def recreate_groups(self) -> None:
-        """Recreate missing consumer groups (Redis restarted empty, or a stream was deleted)."""
+    async def recreate_groups(self) -> bool:
+        """Recreate missing consumer groups (Redis restarted empty, or a stream was deleted);
+        ``False`` if Redis could not be reached for one of them (the caller backs off)."""
+        done = True
         for stream in self.streams:
-            with contextlib.suppress(RedisError, OSError):
+            try:
                 if await ensure_group(self.redis, stream, self.ctx.group):
                     logger.warning(
                         "consumer group %s on %s was missing (Redis restarted empty or the "
                         "stream was deleted); recreated it", self.ctx.group, stream,
                     )
+            except (RedisError, OSError) as exc:
+                self.outage.failure(exc)
+                done = False
+        return done
 
     async def recover_own(self, free: int) -> None:
         """Re-take entries a lost read delivered to this consumer."""

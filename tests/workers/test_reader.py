@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
 from redis.asyncio import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from actionbus import BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
 from actionbus.backoff import OutageLog
@@ -164,6 +166,39 @@ async def test_deleted_stream_gets_its_group_back_and_actions_flow_again(
     [line] = [r.getMessage() for r in caplog.records if "was missing" in r.getMessage()]
     assert line == (f"consumer group inventory on {worker.stream} was missing (Redis restarted "
                     "empty or the stream was deleted); recreated it")
+
+
+async def test_a_group_that_cannot_be_recreated_is_retried_with_backoff_not_in_a_spin(
+    bus: Any, eventually: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NOGROUP while XGROUP CREATE cannot reach Redis: the read loop backs off between
+    attempts (here at most a few in half a second, not one per round trip), then recreates the
+    group once Redis answers and handles the next action."""
+    worker = bus.worker("inventory")
+    seen: list[str] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        seen.append(data["m"])
+
+    await worker.start()
+    attempts: list[float] = []
+    real_create = worker.redis_client.xgroup_create
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(time.monotonic())
+        raise RedisConnectionError("injected: XGROUP CREATE lost")
+
+    monkeypatch.setattr(worker.redis_client, "xgroup_create", unreachable)
+    await bus.redis.delete(worker.stream)
+    await eventually(lambda: len(attempts) >= 1)
+    await asyncio.sleep(0.5)
+    assert len(attempts) <= 15, f"{len(attempts)} XGROUP CREATE attempts in about 0.5 s"
+    monkeypatch.setattr(worker.redis_client, "xgroup_create", real_create)
+    client = bus.client("orders")
+    await client.send_action_async(DomainAction(action_type="inventory.item.mark",
+                                                data={"m": "after"}))
+    await eventually(lambda: seen == ["after"])
 
 
 def _lanes_reader(redis: Any, block_ms: int, spawned: list[tuple[str, str]]) -> StreamReader:
