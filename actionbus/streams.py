@@ -10,7 +10,9 @@ from redis.exceptions import ResponseError
 from actionbus.connection import AnyRedis
 from actionbus.exceptions import ConsumerGroupError
 
-__all__ = ["ensure_group", "fast_stream_reads", "is_busygroup", "is_nogroup", "text"]
+__all__ = [
+    "ensure_group", "entry_fields", "fast_stream_reads", "is_busygroup", "is_nogroup", "text",
+]
 
 
 def text(value: bytes | str) -> str:
@@ -45,8 +47,9 @@ async def ensure_group(redis: AnyRedis, stream: str, group: str) -> bool:
     return True
 
 
-def _fields(flat: Any) -> dict[Any, Any]:
-    """An entry's flat field list as a dict (``{}`` for an entry deleted while pending)."""
+def entry_fields(flat: Any) -> dict[Any, Any]:
+    """An entry's flat ``[field, value, ...]`` as a dict, as redis-py gives it for XREADGROUP
+    (``{}`` for an entry deleted while pending)."""
     return {} if flat is None else dict(zip(flat[::2], flat[1::2], strict=False))
 
 
@@ -61,7 +64,7 @@ def _fast_xread(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(response, **options)
         return [
             [stream, [(entry[0], {entry[1][0]: entry[1][1]} if entry[1] is not None
-                       and len(entry[1]) == 2 else _fields(entry[1]))
+                       and len(entry[1]) == 2 else entry_fields(entry[1]))
                       if entry is not None else (None, None) for entry in entries]
              if entries is not None else None]
             for stream, entries in (response.items() if isinstance(response, dict)

@@ -44,8 +44,8 @@ INTERNAL = {
     "actionbus.schedule": {
         "TickPlan", "TickResult", "fire_tick", "latest_tick", "plan_tick", "tick", "tick_action",
     },
-    "actionbus.streams": {"ensure_group", "fast_stream_reads", "is_busygroup", "is_nogroup",
-                          "text"},
+    "actionbus.streams": {"ensure_group", "entry_fields", "fast_stream_reads", "is_busygroup",
+                          "is_nogroup", "text"},
     "actionbus.workers.maintenance": {
         "check_eviction_policy", "remove_gone_consumers", "safe_trim", "safe_trim_id",
         "trim_around_pending",

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from actionbus.backoff import Backoff, OutageLog
 from actionbus.connection import AnyRedis
-from actionbus.streams import ensure_group, is_nogroup, text
+from actionbus.streams import ensure_group, entry_fields, is_nogroup, text
 from actionbus.workers.context import WorkerContext
 from actionbus.workers.failures import is_transient
 from actionbus.workers.health import Health, SlowCommands
@@ -59,11 +59,6 @@ Spawn = Callable[[str, str, dict[Any, Any], int], None]
 SpawnRead = Callable[[str, list[Any]], None]
 """``spawn_read(stream, entries)``: start handling the ``(entry_id, fields)`` entries one
 read brought (first deliveries), as ``spawn`` would each, in order."""
-
-
-def _fields(flat: list[Any]) -> dict[Any, Any]:
-    """An entry's ``[field, value, ...]`` as a dict, as redis-py gives it for XREADGROUP."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def spread(consumer: str) -> float:
@@ -238,7 +233,8 @@ class StreamReader:
                 caps.insert(0, max(1, share))
             if self._read_script is not None:
                 found: Any = [  # one "data" field (the usual entry): no slices, no zip
-                    (stream, [(entry_id, {flat[0]: flat[1]} if len(flat) == 2 else _fields(flat))
+                    (stream, [(entry_id,
+                               {flat[0]: flat[1]} if len(flat) == 2 else entry_fields(flat))
                               for entry_id, flat in entries])
                     for stream, entries in await self._read_script(
                         keys=keys, args=[ctx.group, ctx.consumer, count, *caps])]
