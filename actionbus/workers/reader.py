@@ -165,6 +165,7 @@ class StreamReader:
         self._lags: list[int] | None = None
         """Unread entries of each lane right after the last lane read (``LANE_LAGS``); None
         when unknown, or stale (a wait for a slot or a blocking read came after it)."""
+        self._full = False  # the last lane read brought all it asked, PLAN_MIN or more
         self._scripts_loaded = False
         lanes_in_one_slot = len(self.streams) > 1 and len(
             {key_slot(stream.encode()) for stream in self.streams}) == 1
@@ -295,6 +296,7 @@ class StreamReader:
                 for stream, entries in found:
                     read[self._lane_of[text(stream)]].append((stream, entries))
                 got = sum(self._spawn_all(replies) for replies in read)  # most urgent first
+                self._full = got == count >= PLAN_MIN
                 # Every lane empty after it; without counts, a script read that brought
                 # less than asked (a planned one asks the high lane for one it may not get)
                 self._drained = not any(lags) if lags is not None else (
@@ -322,9 +324,14 @@ class StreamReader:
         ``PLAN_MIN`` or more): one plain XREADGROUP per lane that gives any, each asked for
         what ``READ_LANES`` would take of lanes holding that many; the high lane, found
         empty then, is still asked for one entry (by ``LANE_LAGS``), so an urgent entry
-        that came since is not skipped. Without: ``READ_LANES`` reads them all in Redis.
+        that came since is not skipped. Without: ``READ_LANES`` reads them all in Redis,
+        with ``LANE_LAGS`` only after a read that brought all it asked, ``PLAN_MIN`` or
+        more (other reads stay one command: no counts, none needed).
         """
         group, consumer = self.ctx.group, self.ctx.consumer
+        if counts is None and not self._full:
+            return script_entries(await read_script(
+                keys=keys, args=[group, consumer, count, *caps])), None
         if not self._scripts_loaded:
             for script in (read_script, lags_script):
                 await self.redis.script_load(script.script)

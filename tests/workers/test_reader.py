@@ -337,7 +337,7 @@ async def test_after_a_read_that_emptied_the_lanes_the_next_is_one_blocking_read
     assert (await calls())[0] == after[0]
     assert await reader._read_lanes(10) is True  # that lane gave all it could: script read
     assert len(spawned) == 7
-    assert (await calls())[0] == after[0] + 2  # READ_LANES, then LANE_LAGS in one pipeline
+    assert (await calls())[0] == after[0] + 1  # small reads: READ_LANES alone, no counts
 
 
 async def _bulk(redis: Any, n: int) -> None:
@@ -354,11 +354,12 @@ async def _bulk(redis: Any, n: int) -> None:
 async def test_a_large_lane_read_after_another_is_plain_xreadgroups_not_the_script(
     redis_client: Any,
 ) -> None:
-    """Right after a read that counted the lanes, a read of 16 or more entries takes the
-    bulk lane's entries with one plain XREADGROUP (and the empty high lane's one probe
-    inside LANE_LAGS: 1 script call, 2 XREADGROUPs), not through READ_LANES, whose reply
-    Redis converts at about 2 us per entry; and it is not mistaken for a drained read
-    although it brings one entry less than asked."""
+    """A read that follows one of 16 or more entries counts the lanes too (LANE_LAGS in
+    the same pipeline); right after it, a read of 16 or more takes the bulk lane's entries
+    with one plain XREADGROUP (and the empty high lane's one probe inside LANE_LAGS: 1
+    script call, 2 XREADGROUPs), not through READ_LANES, whose reply Redis converts at
+    about 2 us per entry; and it is not taken for a drained read although it brings one
+    entry less than asked."""
     await _bulk(redis_client, 100)
     spawned: list[tuple[str, str]] = []
     reader = _lanes_reader(redis_client, 5_000, spawned)
@@ -368,9 +369,12 @@ async def test_a_large_lane_read_after_another_is_plain_xreadgroups_not_the_scri
         return (stats.get("cmdstat_evalsha", {}).get("calls", 0),
                 stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
 
-    assert await reader._read_lanes(20) is True  # the first: READ_LANES and LANE_LAGS
-    assert len(spawned) == 20
-    for n in (39, 58):
+    assert await reader._read_lanes(20) is True  # READ_LANES alone
+    before = await calls()
+    assert await reader._read_lanes(20) is True  # after 20: READ_LANES and LANE_LAGS
+    after = await calls()
+    assert (after[0] - before[0], len(spawned)) == (2, 40)
+    for n in (59, 78):
         before = await calls()
         assert await reader._read_lanes(20) is True
         after = await calls()
@@ -388,30 +392,38 @@ async def test_an_urgent_entry_that_came_after_the_lanes_were_counted_is_read_ne
     await _bulk(redis_client, 100)
     spawned: list[tuple[str, str]] = []
     reader = _lanes_reader(redis_client, 100, spawned)
-    assert await reader._read_lanes(20) is True
+    for _ in range(2):  # the second counts the lanes
+        assert await reader._read_lanes(20) is True
     assert await reader._read_lanes(20) is True  # planned: 19 bulk, the probe found nothing
     urgent = (await redis_client.xadd(LANES[0], {"data": "urgent"})).decode()
     assert await reader._read_lanes(20) is True
-    assert spawned[39] == (LANES[0], urgent)
-    assert [stream for stream, _ in spawned[40:]] == [LANES[1]] * 19
+    assert spawned[59] == (LANES[0], urgent)
+    assert [stream for stream, _ in spawned[60:]] == [LANES[1]] * 19
 
 
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
 async def test_a_lane_reader_loads_its_scripts_again_after_redis_lost_them(
     redis_client: Any,
 ) -> None:
     """After SCRIPT FLUSH (a restarted Redis) the lane reader loads its scripts again: the
-    planned read then gets no counts, and the read after it is a whole script read again."""
-    await _bulk(redis_client, 100)
+    planned read then gets no counts, the reads after it are script reads that bring all
+    they ask, counting the lanes again, and the one after those is planned again."""
+    await _bulk(redis_client, 150)
     spawned: list[tuple[str, str]] = []
     reader = _lanes_reader(redis_client, 100, spawned)
-    assert await reader._read_lanes(20) is True
+    for _ in range(2):  # the second counts the lanes
+        assert await reader._read_lanes(20) is True
     await redis_client.script_flush()
     assert await reader._read_lanes(20) is True  # planned: its LANE_LAGS found no script
-    assert len(spawned) == 39
-    assert await reader._read_lanes(20) is True  # READ_LANES, loaded again
     assert len(spawned) == 59
+    for _ in range(2):  # READ_LANES loaded again, then with LANE_LAGS loaded again
+        assert await reader._read_lanes(20) is True
+    assert len(spawned) == 99
+    before = (await redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    assert await reader._read_lanes(20) is True
+    assert (await redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"] == before + 1
     assert [entry_id for _, entry_id in spawned] == [
-        entry_id.decode() for entry_id, _ in await redis_client.xrange(LANES[1], count=59)]
+        entry_id.decode() for entry_id, _ in await redis_client.xrange(LANES[1], count=118)]
 
 
 async def test_a_lane_read_failing_part_way_has_its_entries_recovered(
@@ -423,7 +435,8 @@ async def test_a_lane_read_failing_part_way_has_its_entries_recovered(
     await _bulk(redis_client, 100)
     spawned: list[tuple[str, str]] = []
     reader = _lanes_reader(redis_client, 100, spawned)
-    assert await reader._read_lanes(20) is True
+    for _ in range(2):  # the second counts the lanes
+        assert await reader._read_lanes(20) is True
     urgent = (await redis_client.xadd(LANES[0], {"data": "urgent"})).decode()
     await redis_client.xgroup_destroy(LANES[1], "inventory")
     reader.recover_now.clear()
@@ -432,7 +445,7 @@ async def test_a_lane_read_failing_part_way_has_its_entries_recovered(
     assert reader.recover_now.is_set()
     await redis_client.xgroup_create(LANES[1], "inventory", id="$")
     await reader.recover_own(10)
-    assert spawned[20:] == [(LANES[0], urgent)]
+    assert spawned[40:] == [(LANES[0], urgent)]
 
 
 async def test_an_urgent_entry_sent_while_every_slot_was_busy_is_read_first(
@@ -440,7 +453,8 @@ async def test_an_urgent_entry_sent_while_every_slot_was_busy_is_read_first(
 ) -> None:
     """Counts taken before the worker waited for a free slot are stale: the read after the
     wait looks at every lane afresh, so urgent entries sent meanwhile all start before the
-    bulk entries that were already waiting (with 20 slots, as many as one planned read)."""
+    bulk entries that were already waiting (with 20 slots: the first 20 bulk entries end
+    at once, the second read of 20 counts the lanes and fills every slot)."""
     worker = bus.worker("lanes", lanes=True, lane_mode="strict", concurrency=20)
     order: list[str] = []
     release = asyncio.Event()
@@ -448,7 +462,8 @@ async def test_an_urgent_entry_sent_while_every_slot_was_busy_is_read_first(
     @worker.handler("lanes.item.bulk")
     async def bulk(action: DomainAction, data: dict[str, Any]) -> None:
         order.append(f"bulk{data['n']}")
-        await release.wait()
+        if data["n"] >= 20:
+            await release.wait()
 
     @worker.handler("lanes.item.urgent")
     async def urgent(action: DomainAction, data: dict[str, Any]) -> None:
@@ -458,14 +473,14 @@ async def test_an_urgent_entry_sent_while_every_slot_was_busy_is_read_first(
     await worker.start()
     await client.send_actions_async(
         [DomainAction(action_type="lanes.item.bulk", data={"n": n}) for n in range(60)])
-    await eventually(lambda: len(order) == 20)
+    await eventually(lambda: len(order) == 40)
     await client.send_actions_async(
         [DomainAction(action_type="lanes.item.urgent", data={"n": n}) for n in range(5)],
         priority="high",
     )
     release.set()
     await eventually(lambda: len(order) == 65)
-    assert order[20:25] == [f"urgent{n}" for n in range(5)]
+    assert order[40:45] == [f"urgent{n}" for n in range(5)]
 
 
 async def test_reclaim_skips_lane_entries_this_worker_is_still_handling(
