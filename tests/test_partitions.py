@@ -392,3 +392,20 @@ async def test_a_stalled_partition_read_counts_as_a_slow_command(
         admin.execute_command("CLIENT", "PAUSE", 2500, "ALL")
     await eventually(lambda: worker.health.slow_commands >= partitions, timeout=15)
     print(f"health: {worker.health}")
+
+
+async def test_a_priority_batch_relearns_an_expired_count_while_the_lanes_are_cached(
+    bus: Any, eventually: Any
+) -> None:
+    """The partition count learnt before the lanes: a priority batch sent once the count
+    expired, while the lanes (none) are still cached, learns the count again (the workers
+    now read 3 partitions) instead of sending by the expired one."""
+    client = bus.client("caller", lanes_cache_s=3.0)
+    await client.send_action_async(job(0))  # learns the count (1), not the lanes
+    await asyncio.sleep(1.5)
+    await client.send_action_async(job(1), priority="high")  # learns the lanes (none)
+    await bus.redis.set(QM.get_partitions_key(SERVICE), "3")
+    await eventually(lambda: client._partitions.stale(SERVICE), timeout=5)  # count expired
+    assert not client._router.stale(SERVICE)  # the lanes still cached: the case under test
+    await client.send_actions_async([job(i) for i in range(2, 5)], priority="high")
+    assert [await bus.redis.xlen(s) for s in streams(3)][1:] == [1, 1]
