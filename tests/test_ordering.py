@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -495,3 +496,28 @@ async def test_an_idle_holder_blocks_on_its_ordered_stream_instead_of_polling(
     idle_reads = await reads() - before
     print(f"XREADGROUP calls over one idle second: {idle_reads}")
     assert idle_reads < 40
+
+
+async def test_recovering_a_single_pending_entry_runs_it_without_a_loop_failure(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A previous holder left exactly one entry pending (a recovery page of one row): the
+    new holder runs it, then the key's next action, and its ordered loop logs no failure."""
+    caplog.set_level(logging.ERROR, "actionbus")
+    client = bus.client("caller")
+    stream = QM.get_ordered_stream(SERVICE)
+    await client.send_action_async(step("a", 0))
+    await bus.redis.xgroup_create(stream, SERVICE, id="0")
+    await bus.redis.xreadgroup(SERVICE, "dead-holder", {stream: ">"}, count=1)
+    order: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append(data["n"])
+
+    worker = make_worker(make_settings, handle)
+    await worker.start()
+    await eventually(lambda: order == [0])
+    await client.send_action_async(step("a", 1))  # barrier: the loop went on reading
+    await eventually(lambda: order == [0, 1])
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
