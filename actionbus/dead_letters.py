@@ -262,7 +262,9 @@ class DeadLetterQueue:
                 "be replayed; delete it or re-send the original"
             )
         new_id = await self._move(keys=self._move_keys, args=[letter.entry_id])
-        return None if new_id is None else text(new_id)
+        if new_id is None:  # gone: replayed or deleted by another call meanwhile
+            return None
+        return text(new_id)
 
     @_guarded
     async def replay_all(self, batch: int = 100) -> int:

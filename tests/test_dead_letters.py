@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from datetime import datetime
 from typing import Any
@@ -289,6 +290,44 @@ async def test_a_refused_replay_keeps_the_letter(conn: Any, dlq: DeadLetterQueue
     with pytest.raises(DeadLetterError):
         await dlq.replay(entry_id)
     assert [letter.entry_id for letter in await dlq.list()] == [entry_id]
+
+
+async def test_an_oversize_letter_is_not_replayed_and_says_what_to_do(
+    conn: Any, dlq: DeadLetterQueue
+) -> None:
+    """A letter that kept only the first bytes of an oversize entry is not replayed:
+    replay() raises DeadLetterError naming its length and SHA-256 and what to do instead,
+    replay_all() leaves it in place, and nothing is sent."""
+    whole = b"x" * 5000
+    entry_id = (await conn.xadd(DEAD, dead_letter_fields(
+        data=whole, reason="oversize", error_type="PayloadTooLarge", error_message="big",
+        deliveries=1, original_id="1-1", stream=MAIN, consumer="c1", max_body=100,
+    ))).decode()
+    with pytest.raises(DeadLetterError) as caught:
+        await dlq.replay(entry_id)
+    assert str(caught.value) == (
+        f"dead letter {entry_id!r} kept only the first bytes of an oversize entry (5000 "
+        f"bytes, sha256 {hashlib.sha256(whole).hexdigest()}): it cannot be replayed; delete "
+        "it or re-send the original")
+    assert await dlq.replay_all() == 0
+    assert [letter.entry_id for letter in await dlq.list()] == [entry_id]
+    assert await conn.xlen(MAIN) == 0
+
+
+@pytest.mark.parametrize("lane", ["high", "low"])
+async def test_a_letter_of_either_lane_goes_back_to_its_lane(
+    conn: Any, dlq: DeadLetterQueue, lane: str
+) -> None:
+    """While the lanes descriptor exists, a letter buried from the high or the low lane is
+    replayed into that lane, not the main stream."""
+    stream = QM.get_lane_stream("inventory", lane)
+    await conn.set(QM.get_lanes_key("inventory"), "high,normal,low", ex=60)
+    entry_id = (await conn.xadd(DEAD, dead_letter_fields(
+        data="{}", reason="rejected", error_type="E", error_message="m", deliveries=1,
+        original_id="1-1", stream=stream, consumer="c1"))).decode()
+    new_id = await dlq.replay(entry_id)
+    assert [i.decode() for i, _ in await conn.xrange(stream)] == [new_id]
+    assert await conn.xlen(MAIN) == 0
 
 
 async def _count_is(dlq: DeadLetterQueue, n: int) -> bool:
