@@ -155,6 +155,38 @@ def _parse(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str]) -> 
     )
 
 
+_MOVE_BACK = """
+-- KEYS: the dead stream, the main stream, the lanes descriptor, the lane streams.
+-- ARGV[1]: the letter's id. Atomically: the letter's original entry is appended again and
+-- the letter deleted; false when the letter is gone (so it is never sent twice, nor after
+-- its deletion). An error (e.g. the target is not a stream) comes before any write.
+local rows = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #rows == 0 then return false end
+local stored = rows[1][2]
+local entry, data, missing, stream = {}, '', false, nil
+for i = 1, #stored, 2 do
+  local name, value = stored[i], stored[i + 1]
+  if string.sub(name, 1, 6) == 'field.' then  -- the original's other fields, byte for byte
+    entry[#entry + 1] = string.sub(name, 7)
+    entry[#entry + 1] = value
+  elseif name == 'data' then data = value
+  elseif name == 'data_missing' then missing = value == 'true'
+  elseif name == 'stream' then stream = value
+  end
+end
+if not missing then
+  entry[#entry + 1] = 'data'
+  entry[#entry + 1] = data
+end
+local target = KEYS[2]  -- a lane's letter goes back to its lane while workers read lanes
+for i = 4, #KEYS do
+  if stream == KEYS[i] and redis.call('EXISTS', KEYS[3]) == 1 then target = KEYS[i] end
+end
+local new_id = redis.call('XADD', target, '*', unpack(entry))
+redis.call('XDEL', KEYS[1], ARGV[1])
+return new_id
+"""
+
 _guarded = redis_call(DeadLetterError, "dead letters of service {self.service!r}")
 
 
@@ -166,8 +198,11 @@ class DeadLetterQueue:
         self.service = service
         self.stream = queue_manager.get_dead_letter_stream(service)
         self.action_stream = queue_manager.get_service_action_stream(service)
-        self._lanes = frozenset(queue_manager.get_lane_streams(service)) - {self.action_stream}
-        self._lanes_key = queue_manager.get_lanes_key(service)
+        lanes = sorted(set(queue_manager.get_lane_streams(service)) - {self.action_stream})
+        # All of a service's keys share its hash tag: one slot, so one script on a cluster too.
+        self._move_keys = [self.stream, self.action_stream,
+                           queue_manager.get_lanes_key(service), *lanes]
+        self._move = redis.register_script(_MOVE_BACK)  # EVALSHA, loaded on demand
 
     @_guarded
     async def count(self) -> int:
@@ -206,33 +241,29 @@ class DeadLetterQueue:
 
         A dead letter of a priority lane goes back to its lane while the service's workers
         read lanes (the lanes descriptor exists), else to the main stream, which every
-        worker reads. The action is appended first and the dead letter deleted after, so a crash in
-        between leaves a duplicate, never a loss.
+        worker reads. Appending the action and deleting the letter are one atomic script: a
+        letter is sent back at most once, never after its deletion, and a refused append
+        deletes nothing. ``DeadLetterError`` if there is no such letter (also when a
+        concurrent ``replay`` or ``delete`` took it between the read and the move).
         """
-        return await self._move_back(await self.get(entry_id))
+        new_id = await self._move_back(await self.get(entry_id))
+        if new_id is None:
+            raise DeadLetterError(f"no dead letter {entry_id!r} in {self.stream} (replayed or "
+                                  "deleted meanwhile)")
+        return new_id
 
-    async def _move_back(self, letter: DeadLetter) -> str:
-        """Append the original entry again (byte for byte), then delete the letter."""
+    async def _move_back(self, letter: DeadLetter) -> str | None:
+        """Append the original entry again (byte for byte) and delete the letter, in one
+        script; ``None`` if the letter is gone (replayed or deleted since it was read)."""
         if letter.truncated:
             raise DeadLetterError(
                 f"dead letter {letter.entry_id!r} kept only the first bytes of an oversize "
                 f"entry ({letter.data_length} bytes, sha256 {letter.data_sha256}): it cannot "
                 "be replayed; delete it or re-send the original"
             )
-        raw: Any = await self.redis.xrange(
-            self.stream, min=letter.entry_id, max=letter.entry_id, count=1)
-        stored = {_text(k): v for k, v in raw[0][1].items()} if raw else {}
-        entry: dict[Any, Any] = {  # byte for byte, as the original entry had them
-            k[len(FIELD_PREFIX):].encode("utf-8", "surrogateescape"): v
-            for k, v in stored.items() if k.startswith(FIELD_PREFIX)
-        }
-        if not letter.data_missing:
-            entry[b"data"] = stored.get("data", letter.data)
-        target = self.action_stream
-        if letter.stream in self._lanes and await self.redis.exists(self._lanes_key):
-            target = letter.stream  # back to its lane, which a worker still reads
-        new_id = await self.redis.xadd(target, entry)
-        await self.redis.xdel(self.stream, letter.entry_id)
+        new_id = await self._move(keys=self._move_keys, args=[letter.entry_id])
+        if new_id is None:  # gone: replayed or deleted by another call meanwhile
+            return None
         return text(new_id)
 
     @_guarded
@@ -240,7 +271,8 @@ class DeadLetterQueue:
         """Replay the dead letters there were when the call started, oldest first, once each.
 
         A replayed action that fails again is buried again with a newer id, which this call
-        does not replay (``replay_all()`` always ends). Returns how many were replayed.
+        does not replay (``replay_all()`` always ends). A letter replayed or deleted by another
+        call meanwhile is skipped. Returns how many this call replayed.
         """
         if batch <= 0:
             raise ValueError(f"batch must be positive, got {batch}")
@@ -258,8 +290,8 @@ class DeadLetterQueue:
                 letter = _parse(entry_id, fields)
                 if letter.truncated:  # an oversize body cannot be replayed: left in place
                     continue
-                await self._move_back(letter)
-                replayed += 1
+                if await self._move_back(letter) is not None:  # else replayed/deleted meanwhile
+                    replayed += 1
             start = "(" + text(entries[-1][0])
 
     @_guarded

@@ -55,6 +55,7 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         "scan", "hgetall", "mget", "zcard", "zrange", "zrem", "xrevrange", "xpending", "xack",
         "multi", "exec",
         "get",  # send: the partitions descriptor of the target (issue 10)
+        *_SCRIPTS,  # dead-letter replay: append and delete in one script
     ),
 }  # fmt: skip
 """Commands each role needs on keys matching ``~{prefix}:{environment}:*``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from datetime import datetime
 from typing import Any
@@ -180,7 +181,7 @@ class _ReburyingQueue(DeadLetterQueue):
     """A queue whose every replayed action is buried again at once, as a still-broken
     handler's worker would do."""
 
-    async def _move_back(self, letter: DeadLetter) -> str:
+    async def _move_back(self, letter: DeadLetter) -> str | None:
         new_id = await super()._move_back(letter)
         await self.redis.xadd(self.stream, {"data": letter.data, "reason": "rejected"})
         return new_id
@@ -212,6 +213,121 @@ async def test_replay_all_with_a_worker_that_buries_again_ends(bus: Any, eventua
     async with asyncio.timeout(10):
         assert await worker.dead_letters.replay_all(batch=1) == 3
     await eventually(lambda: _count_is(worker.dead_letters, 3))
+
+
+class _DeletedMeanwhile(DeadLetterQueue):
+    """A queue whose get() is followed at once by an operator's delete() of that letter,
+    landing between replay()'s read and its move."""
+
+    async def get(self, entry_id: str) -> DeadLetter:
+        letter = await super().get(entry_id)
+        assert await DeadLetterQueue(self.redis, QM, "inventory").delete(entry_id)
+        return letter
+
+
+async def test_a_letter_deleted_after_replay_read_it_is_not_sent(conn: Any) -> None:
+    """A letter deleted between replay()'s read and its move is not sent: replay raises
+    DeadLetterError as for an unknown id, and the action stream stays empty."""
+    [entry_id] = await _bury(conn, 1)
+    with pytest.raises(DeadLetterError, match=f"no dead letter '{entry_id}'"):
+        await _DeletedMeanwhile(conn, QM, "inventory").replay(entry_id)
+    assert await conn.xlen(MAIN) == 0
+
+
+class _ReplayedMeanwhile(DeadLetterQueue):
+    """A queue whose get() is followed at once by another caller's replay() of that letter."""
+
+    other: str | None = None
+
+    async def get(self, entry_id: str) -> DeadLetter:
+        letter = await super().get(entry_id)
+        self.other = await DeadLetterQueue(self.redis, QM, "inventory").replay(entry_id)
+        return letter
+
+
+async def test_two_replays_of_one_letter_send_it_once(conn: Any) -> None:
+    """Of two replays of one letter, the one that moves it first sends it; the other raises
+    DeadLetterError and sends nothing: one new entry in all."""
+    [entry_id] = await _bury(conn, 1)
+    queue = _ReplayedMeanwhile(conn, QM, "inventory")
+    with pytest.raises(DeadLetterError, match=f"no dead letter '{entry_id}'"):
+        await queue.replay(entry_id)
+    [(new_id, fields)] = await conn.xrange(MAIN)
+    assert new_id.decode() == queue.other
+    assert DomainAction.model_validate_json(fields[b"data"]).data == {"i": 0}
+    assert await conn.xlen(DEAD) == 0
+
+
+class _NextDeletedMeanwhile(DeadLetterQueue):
+    """A queue where, as the first letter of a batch is moved, another caller deletes the
+    second one (already in replay_all's batch)."""
+
+    victim = ""
+
+    async def _move_back(self, letter: DeadLetter) -> str | None:
+        if self.victim:
+            await self.redis.xdel(self.stream, self.victim)
+            self.victim = ""
+        return await super()._move_back(letter)
+
+
+async def test_replay_all_skips_a_letter_deleted_after_its_batch_was_read(conn: Any) -> None:
+    """replay_all() does not send, nor count, a letter of its batch deleted meanwhile."""
+    ids = await _bury(conn, 3)
+    queue = _NextDeletedMeanwhile(conn, QM, "inventory")
+    queue.victim = ids[1]
+    assert await queue.replay_all(batch=10) == 2
+    entries = await conn.xrange(MAIN)
+    assert [DomainAction.model_validate_json(f[b"data"]).data["i"] for _, f in entries] == [0, 2]
+    assert await conn.xlen(DEAD) == 0
+
+
+async def test_a_refused_replay_keeps_the_letter(conn: Any, dlq: DeadLetterQueue) -> None:
+    """When Redis refuses the append (the action stream's key holds a string), replay raises
+    DeadLetterError and the letter is still there, unchanged: nothing is lost."""
+    [entry_id] = await _bury(conn, 1)
+    await conn.set(MAIN, "not a stream")
+    with pytest.raises(DeadLetterError):
+        await dlq.replay(entry_id)
+    assert [letter.entry_id for letter in await dlq.list()] == [entry_id]
+
+
+async def test_an_oversize_letter_is_not_replayed_and_says_what_to_do(
+    conn: Any, dlq: DeadLetterQueue
+) -> None:
+    """A letter that kept only the first bytes of an oversize entry is not replayed:
+    replay() raises DeadLetterError naming its length and SHA-256 and what to do instead,
+    replay_all() leaves it in place, and nothing is sent."""
+    whole = b"x" * 5000
+    entry_id = (await conn.xadd(DEAD, dead_letter_fields(
+        data=whole, reason="oversize", error_type="PayloadTooLarge", error_message="big",
+        deliveries=1, original_id="1-1", stream=MAIN, consumer="c1", max_body=100,
+    ))).decode()
+    with pytest.raises(DeadLetterError) as caught:
+        await dlq.replay(entry_id)
+    assert str(caught.value) == (
+        f"dead letter {entry_id!r} kept only the first bytes of an oversize entry (5000 "
+        f"bytes, sha256 {hashlib.sha256(whole).hexdigest()}): it cannot be replayed; delete "
+        "it or re-send the original")
+    assert await dlq.replay_all() == 0
+    assert [letter.entry_id for letter in await dlq.list()] == [entry_id]
+    assert await conn.xlen(MAIN) == 0
+
+
+@pytest.mark.parametrize("lane", ["high", "low"])
+async def test_a_letter_of_either_lane_goes_back_to_its_lane(
+    conn: Any, dlq: DeadLetterQueue, lane: str
+) -> None:
+    """While the lanes descriptor exists, a letter buried from the high or the low lane is
+    replayed into that lane, not the main stream."""
+    stream = QM.get_lane_stream("inventory", lane)
+    await conn.set(QM.get_lanes_key("inventory"), "high,normal,low", ex=60)
+    entry_id = (await conn.xadd(DEAD, dead_letter_fields(
+        data="{}", reason="rejected", error_type="E", error_message="m", deliveries=1,
+        original_id="1-1", stream=stream, consumer="c1"))).decode()
+    new_id = await dlq.replay(entry_id)
+    assert [i.decode() for i, _ in await conn.xrange(stream)] == [new_id]
+    assert await conn.xlen(MAIN) == 0
 
 
 async def _count_is(dlq: DeadLetterQueue, n: int) -> bool:

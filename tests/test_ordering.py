@@ -5,7 +5,9 @@ what the previous one left pending."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -438,3 +440,84 @@ async def test_after_losing_and_retaking_the_lease_the_holder_reads_on(
     await eventually(lambda: ordering.leases == 1, timeout=10)  # the thief's lease lapsed
     await client.send_action_async(step("a", 3))
     await eventually(lambda: sorted(handled) == [0, 1, 2, 3], timeout=10)
+
+
+async def test_an_action_keyed_xxxx_does_not_hold_back_keyless_entries(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """An ordered-stream entry whose action has no ordering_key runs on its own while an
+    action of key "XXXX" (any key name) is still running: keyless entries share no key's
+    queue."""
+    stream = QM.get_ordered_stream(SERVICE)
+    keyless = DomainAction(action_type="ordered.item.step", data={"key": "", "n": 0})
+    await bus.redis.xadd(stream, {"data": step("XXXX", 0).model_dump_json()})
+    await bus.redis.xadd(stream, {"data": keyless.model_dump_json()})
+    keyless_ran = asyncio.Event()
+    waited: list[bool] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        if data["key"] == "XXXX":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(keyless_ran.wait(), 10)
+            waited.append(keyless_ran.is_set())
+        else:
+            keyless_ran.set()
+
+    worker = make_worker(make_settings, handle)
+    await worker.start()
+    await eventually(lambda: waited, timeout=20)
+    assert waited == [True]
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_an_idle_holder_blocks_on_its_ordered_stream_instead_of_polling(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """Once its ordered work is done, the lease holder waits in a blocking XREADGROUP: over
+    one idle second the worker sends a handful of reads (a blocking read lasts up to
+    block_ms), not the hundreds a read loop without BLOCK sends."""
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    worker = make_worker(make_settings, handle, block_ms=1000)
+    await worker.start()
+    await bus.client("caller").send_action_async(step("a", 0))
+    await eventually(lambda: handled == [0])
+    assert await bus.redis.exists(QM.get_ordering_lease_key(SERVICE))  # it holds the lease
+
+    async def reads() -> int:
+        stats: Any = await bus.redis.info("commandstats")
+        return int(stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
+
+    before = await reads()
+    await asyncio.sleep(1.0)
+    idle_reads = await reads() - before
+    print(f"XREADGROUP calls over one idle second: {idle_reads}")
+    assert idle_reads < 40
+
+
+async def test_recovering_a_single_pending_entry_runs_it_without_a_loop_failure(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A previous holder left exactly one entry pending (a recovery page of one row): the
+    new holder runs it, then the key's next action, and its ordered loop logs no failure."""
+    caplog.set_level(logging.ERROR, "actionbus")
+    client = bus.client("caller")
+    stream = QM.get_ordered_stream(SERVICE)
+    await client.send_action_async(step("a", 0))
+    await bus.redis.xgroup_create(stream, SERVICE, id="0")
+    await bus.redis.xreadgroup(SERVICE, "dead-holder", {stream: ">"}, count=1)
+    order: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append(data["n"])
+
+    worker = make_worker(make_settings, handle)
+    await worker.start()
+    await eventually(lambda: order == [0])
+    await client.send_action_async(step("a", 1))  # barrier: the loop went on reading
+    await eventually(lambda: order == [0, 1])
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -314,3 +314,98 @@ async def test_a_partition_reader_keeps_to_its_share_of_the_slots(
     finally:
         release.set()
     await eventually(lambda: len(started) == 8)
+
+
+async def test_a_partition_read_redis_refuses_marks_the_worker_unhealthy(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """Partition 1's stream replaced by a string (its reads refused: WRONGTYPE, not an
+    outage): the worker is marked unhealthy, the refusal named in its health."""
+    seen: Counter[int] = Counter()
+    worker = make_worker(make_settings, 2, seen)
+    await worker.start()
+    assert worker.health.healthy
+    async with bus.redis.pipeline(transaction=True) as pipe:
+        pipe.delete(streams(2)[1])
+        pipe.set(streams(2)[1], "not a stream")
+        await pipe.execute()
+    await eventually(lambda: not worker.health.healthy, timeout=10)
+    print(f"health: {worker.health}")
+    assert any(streams(2)[1] in problem for problem in worker.health.problems)
+
+
+async def test_after_large_entries_partition_reads_ask_for_fewer_entries(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any, backend: str
+) -> None:
+    """Once large entries lowered the worker's read limit, a partition's reads ask for at
+    most that many entries too: 30 small entries in partition 1 take many reads, not one."""
+    seen: Counter[int] = Counter()
+    worker = make_worker(make_settings, 2, seen, batch_size=50, concurrency=100,
+                         read_budget_bytes=60_000, block_ms=5_000)
+    await worker.start()
+    big = job(-1).model_copy(update={"data": {"i": -1, "pad": "y" * 20_000}})
+    await bus.redis.xadd(streams(2)[0], {"data": big.model_dump_json()})
+    await eventually(lambda: seen[-1] == 1)
+    assert worker._processor is not None
+    limit = worker._processor.read_limit
+    assert 1 <= limit <= 3
+    stream = streams(2)[1]
+    node = {"target_nodes": bus.redis.get_node_from_key(stream)} if backend == "cluster" else {}
+
+    async def reads() -> int:
+        stats: Any = await bus.redis.info("commandstats", **node)
+        return int(stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
+
+    before = await reads()
+    async with bus.redis.pipeline(transaction=False) as pipe:
+        for i in range(30):
+            pipe.xadd(stream, {"data": job(i).model_dump_json()})
+        await pipe.execute()
+    await eventually(lambda: len(seen) == 31, timeout=10)
+    taken = await reads() - before
+    print(f"read limit {limit}; XREADGROUP calls for 30 entries: {taken}")
+    assert taken >= 30 // limit  # one read of 50 would have taken them all at once
+
+
+@pytest.mark.standalone_only("pauses the one server (CLIENT PAUSE)")
+async def test_a_stalled_partition_read_counts_as_a_slow_command(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any,
+    redis_server: Any,
+) -> None:
+    """Redis stalled longer than the socket timeout while every reader waits: each
+    partition reader's slow read, not only the main stream's, counts in the worker's
+    health.slow_commands."""
+    partitions = 5
+    worker = BaseWorker(
+        make_settings(service_name=SERVICE, partitions={SERVICE: partitions},
+                      redis_socket_timeout=1.0),
+        worker_settings=fast_worker_settings(),
+    )
+
+    async def run(action: DomainAction, data: dict[str, Any]) -> None:
+        pass
+
+    worker.register("parts.job.run", run)
+    await worker.start()
+    assert worker.health.slow_commands == 0
+    with redis_server.client() as admin:
+        admin.execute_command("CLIENT", "PAUSE", 2500, "ALL")
+    await eventually(lambda: worker.health.slow_commands >= partitions, timeout=15)
+    print(f"health: {worker.health}")
+
+
+async def test_a_priority_batch_relearns_an_expired_count_while_the_lanes_are_cached(
+    bus: Any, eventually: Any
+) -> None:
+    """The partition count learnt before the lanes: a priority batch sent once the count
+    expired, while the lanes (none) are still cached, learns the count again (the workers
+    now read 3 partitions) instead of sending by the expired one."""
+    client = bus.client("caller", lanes_cache_s=3.0)
+    await client.send_action_async(job(0))  # learns the count (1), not the lanes
+    await asyncio.sleep(1.5)
+    await client.send_action_async(job(1), priority="high")  # learns the lanes (none)
+    await bus.redis.set(QM.get_partitions_key(SERVICE), "3")
+    await eventually(lambda: client._partitions.stale(SERVICE), timeout=5)  # count expired
+    assert not client._router.stale(SERVICE)  # the lanes still cached: the case under test
+    await client.send_actions_async([job(i) for i in range(2, 5)], priority="high")
+    assert [await bus.redis.xlen(s) for s in streams(3)][1:] == [1, 1]

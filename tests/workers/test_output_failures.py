@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -105,23 +105,36 @@ async def _len_is(redis: Any, key: str, n: int) -> bool:
     return int(await redis.llen(key)) >= n
 
 
-@pytest.fixture
-def no_lpush_user(bus_url: str, backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    """An ACL user that may run everything except LPUSH (on every node of a cluster);
-    removed after the test."""
-    name = f"nolpush-{uuid.uuid4().hex[:6]}"
+def _user_without(
+    command: str, bus_url: str, backend: str, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """The URL of an ACL user that may run everything except ``command`` (on every node of
+    a cluster); the user is removed after the test."""
+    name = f"no{command}-{uuid.uuid4().hex[:6]}"
     servers = (request.getfixturevalue("redis_cluster").nodes if backend == "cluster"
                else [request.getfixturevalue("redis_server")])
     for server in servers:
         with server.client() as admin:
             admin.execute_command("ACL", "SETUSER", name, "on", ">pw", "~*", "&*", "+@all",
-                                  "-lpush")
+                                  f"-{command}")
     try:
         yield bus_url.replace("redis://", f"redis://{name}:pw@", 1)
     finally:
         for server in servers:
             with server.client() as admin:
                 admin.execute_command("ACL", "DELUSER", name)
+
+
+@pytest.fixture
+def no_lpush_user(bus_url: str, backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """An ACL user that may run everything except LPUSH."""
+    yield from _user_without("lpush", bus_url, backend, request)
+
+
+@pytest.fixture
+def no_expire_user(bus_url: str, backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """An ACL user that may run everything except EXPIRE."""
+    yield from _user_without("expire", bus_url, backend, request)
 
 
 async def test_start_refuses_without_a_needed_permission(
@@ -390,3 +403,61 @@ async def test_a_refused_callback_is_dead_lettered_a_refused_dead_letter_is_drop
             [(_, letter)] = await redis_client.xrange(dead)
             assert (letter[b"reason"], letter[b"original_id"]) == (
                 b"undeliverable", entry_id.encode())
+
+
+async def test_a_refused_expire_leaves_its_pushed_reply_delivered(
+    no_expire_user: str, backend: str, redis_client: Any,
+) -> None:
+    """Redis refuses the EXPIRE of a reply list (NOPERM) after its LPUSH went through: the
+    reply counts as delivered (pushed once, not dead-lettered, the entry acknowledged) and
+    the refusal is recorded as the EXPIRE's."""
+    stream, dead = QM.get_service_action_stream("exp"), QM.get_dead_letter_stream("exp")
+    queue = QM.get_response_queue("caller", "exp")
+    await redis_client.xgroup_create(stream, "exp", id="0", mkstream=True)
+    entry_id = (await redis_client.xadd(stream, {"data": '{"n": 1}'})).decode()
+    await redis_client.xreadgroup("exp", "c1", {stream: ">"})
+    user: Redis | RedisCluster = (RedisCluster.from_url(no_expire_user) if backend == "cluster"
+                                  else Redis.from_url(no_expire_user))
+    try:
+        batcher = OutputBatcher(user, stream, "exp",
+                                OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                                dead_stream=dead, consumer="c1")
+        batcher.reply(queue, '{"success": true}', 60)
+        batcher.ack(entry_id)
+        await asyncio.wait_for(batcher.flush(), 10)
+    finally:
+        await user.aclose()
+    print(f"health: {batcher.health}")
+    assert await redis_client.lrange(queue, 0, -1) == [b'{"success": true}']
+    assert await redis_client.ttl(queue) == -1  # the EXPIRE really was refused
+    assert batcher.undeliverable == 0
+    assert await redis_client.xlen(dead) == 0
+    assert (await redis_client.xpending(stream, "exp"))["pending"] == 0
+    assert [key.split(":")[0] for key in batcher.health.refusals] == ["EXPIRE"]
+
+
+async def test_a_refused_write_after_a_landed_one_of_the_same_entry_is_dead_lettered(
+    redis_client: Any,
+) -> None:
+    """An entry whose first write lands and whose second is refused (WRONGTYPE) is
+    dead-lettered as undeliverable naming the second, and its first write is not sent again."""
+    stream, dead = QM.get_service_action_stream("two"), QM.get_dead_letter_stream("two")
+    good, victim = (QM.get_service_action_stream("two-ok"),
+                    QM.get_service_action_stream("two-x"))
+    await redis_client.set(victim, "not a stream")
+    await redis_client.xgroup_create(stream, "two", id="0", mkstream=True)
+    entry_id = (await redis_client.xadd(stream, {"data": '{"n": 1}'})).decode()
+    await redis_client.xreadgroup("two", "c1", {stream: ">"})
+    batcher = OutputBatcher(redis_client, stream, "two",
+                            OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                            dead_stream=dead, consumer="c1")
+    batcher.xadd(good, {"data": "{}"})
+    batcher.xadd(victim, {"data": "{}"})
+    batcher.ack(entry_id)
+    await asyncio.wait_for(batcher.flush(), 10)
+    assert batcher.undeliverable == 1
+    [(_, letter)] = await redis_client.xrange(dead)
+    assert (letter[b"reason"], letter[b"original_id"]) == (b"undeliverable", entry_id.encode())
+    assert victim.encode() in letter[b"error_message"]
+    assert await redis_client.xlen(good) == 1
+    assert (await redis_client.xpending(stream, "two"))["pending"] == 0
