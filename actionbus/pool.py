@@ -11,13 +11,18 @@
   command (and, on Python 3.11, can swallow a cancellation). Here the write runs under
   ``asyncio.timeout`` instead; an expired write still disconnects and raises redis-py's
   ``TimeoutError``. Reads keep redis-py's own socket timeout.
+- Its connections pack commands with hiredis (C) where redis-py's asyncio connection
+  packs them in Python (~5,000 instructions per argument: a worker's ``XACK`` of 100 ids
+  cost it ~5% of its CPU per action). The bytes sent are the same; any argument hiredis
+  would write differently (``bool``, ``bytearray``, a subclass, a non-UTF-8 encoder…)
+  goes through redis-py's packer as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -27,6 +32,12 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
+    _hiredis_pack = None
 
 try:  # redis-py >= 6: a typed error for an exhausted pool
     from redis.exceptions import MaxConnectionsError
@@ -76,12 +87,41 @@ class _DeadlineWrites:
             self.socket_timeout = timeout
 
 
+_HIREDIS_TYPES = frozenset((str, bytes, int, float))
+"""Argument types hiredis writes as redis-py's encoder does (``repr`` of an exact ``int`` or
+``float``; ``str`` as UTF-8), given the default encoder (UTF-8, strict)."""
+
+
+class _HiredisPacking:
+    """Mixin for redis-py asyncio connection classes: ``pack_command`` by hiredis.
+
+    The same bytes as redis-py's own packer: taken only for a plain command name (no
+    whitespace: redis-py splits ``"CONFIG GET"`` into two arguments) and arguments of
+    exactly ``str``, ``bytes``, ``int`` or ``float`` with the default encoder. Anything
+    else (``bool``, ``None``, a buffer, a subclass: a ``str`` may override ``encode()``)
+    goes to redis-py's packer, which encodes it or raises its own error as before.
+    """
+
+    encoder: Any
+
+    def pack_command(self, *args: Any) -> list[Any]:
+        name = args[0]
+        encoder = self.encoder
+        if (type(name) is str and name.isalnum() and _hiredis_pack is not None
+                and encoder.encoding == "utf-8" and encoder.encoding_errors == "strict"
+                and _HIREDIS_TYPES.issuperset(map(type, args))):
+            return [_hiredis_pack(args)]  # a lone surrogate: the same UnicodeEncodeError
+        return super().pack_command(*args)  # type: ignore[misc,no-any-return]
+
+
 _DEADLINE_CLASSES: dict[type[Any], type[Any]] = {}
 
 
 def _with_deadline_writes(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls`` with bounded writes (``_DeadlineWrites``) and hiredis packing."""
     if cls not in _DEADLINE_CLASSES:
-        _DEADLINE_CLASSES[cls] = type(f"Deadline{cls.__name__}", (_DeadlineWrites, cls), {})
+        _DEADLINE_CLASSES[cls] = type(f"Deadline{cls.__name__}",
+                                      (_DeadlineWrites, _HiredisPacking, cls), {})
     return _DEADLINE_CLASSES[cls]
 
 
