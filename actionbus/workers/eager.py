@@ -31,6 +31,9 @@ logger = logging.getLogger("actionbus.worker")
 
 Job = Callable[..., Coroutine[Any, Any, None]]
 
+_ENDED = object()
+"""What ``next()`` returns for a job that ended without suspending (it yields anything else)."""
+
 
 @types.coroutine
 def _resume(
@@ -135,8 +138,15 @@ class EagerRunner:
             coro = job(*args)
             ctx = copy_context()
             try:
-                pending = ctx.run(coro.send, None)
-            except StopIteration:
+                # next() with a default: a job that ends raises no StopIteration here
+                pending = ctx.run(next, coro.__await__(), _ENDED)
+            except (Exception, asyncio.CancelledError) as exc:
+                finished = True
+                self._done()
+                if not isinstance(exc, asyncio.CancelledError):
+                    logger.error("action task failed unexpectedly", exc_info=exc)
+                continue
+            if pending is _ENDED:
                 try:  # self._done() inlined
                     on_done()
                 except Exception:  # pragma: no cover - on_done only sets an event
@@ -147,12 +157,6 @@ class EagerRunner:
                     await self._after()
                     return
                 finished = True
-                continue
-            except (Exception, asyncio.CancelledError) as exc:
-                finished = True
-                self._done()
-                if not isinstance(exc, asyncio.CancelledError):
-                    logger.error("action task failed unexpectedly", exc_info=exc)
                 continue
             # It suspended: it keeps this task; a new runner takes the rest of the queue.
             self._runner_waiting = False
