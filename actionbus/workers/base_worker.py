@@ -19,6 +19,7 @@ import socket
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
+from itertools import repeat
 from types import TracebackType
 from typing import Any, Literal, overload
 
@@ -74,6 +75,14 @@ from actionbus.workers.upkeep import Upkeep, announce_lanes, maintain
 __all__ = ["BaseWorker"]
 
 logger = logging.getLogger("actionbus.worker")
+
+
+def _entry_ids(ids: tuple[Any, ...]) -> list[str]:
+    """The entry ids of one read as text: one ``decode()`` for all (an id has no space)."""
+    if type(ids[0]) is bytes:
+        with contextlib.suppress(TypeError):  # not all bytes: one by one
+            return b" ".join(ids).decode().split(" ")
+    return [i.decode() if type(i) is bytes else i for i in ids]
 
 
 def _default_consumer_name() -> str:
@@ -539,11 +548,13 @@ class BaseWorker:
         """``_spawn`` of every ``(entry_id, fields)`` one read brought, in one go."""
         processor = self._processor
         assert processor is not None
-        jobs = [(entry_id.decode() if type(entry_id) is bytes else entry_id, fields, 1)
-                for entry_id, fields in entries]
+        if not entries:
+            return
+        ids, fields = zip(*entries, strict=True)
+        keys = _entry_ids(ids)
         if stream != self.stream:
-            jobs = [(entry_key(self.stream, stream, key), fields, 1) for key, fields, _ in jobs]
-        jobs = processor.claim_all(jobs)
+            keys = [entry_key(self.stream, stream, key) for key in keys]
+        jobs = processor.claim_all(keys, list(zip(keys, fields, repeat(1))))
         self._active += len(jobs)
         self._runner.submit_all(processor.process, jobs)
 

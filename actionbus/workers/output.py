@@ -27,6 +27,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import contains
 from typing import Any
 
 from actionbus.backoff import Backoff, OutageLog
@@ -357,24 +359,28 @@ class OutputBatcher:
         ids += acks
         if not ids:
             return None
-        by_stream: dict[str, list[str]] = {}
-        main = [key for key in ids if " " not in key]
-        if len(main) < len(ids):
+        # ids sent as bytes: str.encode() here is cheaper than redis-py's encoder per id
+        by_stream: dict[str, list[bytes]] = {}
+        if not any(map(contains, ids, repeat(" "))):  # the usual case: all of this stream
+            by_stream[self.stream] = list(map(str.encode, ids))
+        else:
+            main = []
             for key in ids:  # lane entries are named "<stream> <id>" (context.entry_key)
                 if " " in key:
                     stream, entry_id = split_entry_key(key, self.stream)
-                    by_stream.setdefault(stream, []).append(entry_id)
-        if main:
-            by_stream.setdefault(self.stream, []).extend(main)
+                    by_stream.setdefault(stream, []).append(entry_id.encode())
+                else:
+                    main.append(key.encode())
+            if main:
+                by_stream.setdefault(self.stream, []).extend(main)
         try:
-            # ids sent as bytes: str.encode() here is cheaper than redis-py's encoder per id
             if len(by_stream) == 1:
                 stream, stream_ids = next(iter(by_stream.items()))
-                await self.redis.xack(stream, self.group, *[i.encode() for i in stream_ids])
+                await self.redis.xack(stream, self.group, *stream_ids)
             else:  # the lanes share the service's hash slot: one pipeline
                 pipe = self.redis.pipeline(transaction=False)
                 for stream, stream_ids in by_stream.items():
-                    pipe.xack(stream, self.group, *[i.encode() for i in stream_ids])
+                    pipe.xack(stream, self.group, *stream_ids)
                 await pipe.execute()
         except Exception as exc:
             if is_transient(exc):

@@ -125,11 +125,11 @@ class ActionProcessor:
         started[entry_id] = time.monotonic()
         return True
 
-    def claim_all(self, jobs: list[_Job]) -> list[_Job]:
+    def claim_all(self, keys: list[str], jobs: list[_Job]) -> list[_Job]:
         """``claim()`` the entry of each ``(entry_id, fields, deliveries)`` (at one time);
-        those newly claimed, in order. A read never names an entry twice."""
+        those newly claimed, in order. ``keys``: the jobs' entry ids, in the same order. A
+        read never names an entry twice."""
         started, now = self._started, time.monotonic()
-        keys = [job[0] for job in jobs]
         if started.keys().isdisjoint(keys):  # the usual case
             started.update(zip(keys, repeat(now)))
             return jobs
