@@ -18,11 +18,17 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 _FIRST = BUCKETS[0]
 
 
+HANDLED = "handled"
+
+
 @dataclass(slots=True)
 class _Series:
     counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     total: float = 0.0
     outcomes: dict[str, int] = field(default_factory=dict)
+    handled: int = 0
+    """Runs with the outcome ``"handled"`` (most of them): a plain counter, not in
+    ``outcomes``, so the pipeline can count one with a single addition."""
 
 
 class _Outcomes(Mapping[tuple[str, str], int]):
@@ -36,15 +42,22 @@ class _Outcomes(Mapping[tuple[str, str], int]):
         series = self._durations.get(key[0])
         if series is None:
             raise KeyError(key)
+        if key[1] == HANDLED:
+            if not series.handled:
+                raise KeyError(key)
+            return series.handled
         return series.outcomes[key[1]]
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         for action_type, series in list(self._durations.items()):
+            if series.handled:
+                yield action_type, HANDLED
             for outcome in list(series.outcomes):
                 yield action_type, outcome
 
     def __len__(self) -> int:
-        return sum(len(series.outcomes) for series in self._durations.values())
+        return sum(len(series.outcomes) + (series.handled > 0)
+                   for series in self._durations.values())
 
 
 class Timings:
@@ -63,8 +76,11 @@ class Timings:
         # most runs fall in the first bucket: no bisect for them
         series.counts[0 if seconds <= _FIRST else bisect.bisect_left(BUCKETS, seconds)] += 1
         series.total += seconds
-        outcomes = series.outcomes
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if outcome == HANDLED:
+            series.handled += 1
+        else:
+            outcomes = series.outcomes
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
     def cumulative(self, action_type: str) -> tuple[list[tuple[str, float]], float]:
         """Prometheus-style cumulative buckets (``le`` -> count, ``+Inf`` last) and the sum."""

@@ -255,6 +255,52 @@ def test_timings_outcomes_of_an_unknown_type_raise_key_error_naming_the_key() ->
     assert caught.value.args == (("a.b.x", "handled"),)
 
 
+def test_timings_outcomes_show_handled_only_once_a_run_was_handled() -> None:
+    """A type with failed runs only has no ("handled") outcome (KeyError, not 0) and counts
+    one outcome; handled runs then show up in the view, its length and its iteration."""
+    timings = Timings()
+    outcomes = timings.outcomes
+    timings.observe("a.b.c", "failed", 0.0001)
+    with pytest.raises(KeyError):
+        outcomes[("a.b.c", "handled")]
+    assert len(outcomes) == 1
+    timings.observe("a.b.c", "handled", 0.0001)
+    timings.observe("a.b.c", "handled", 0.0001)
+    assert len(outcomes) == 2
+    assert dict(outcomes) == {("a.b.c", "handled"): 2, ("a.b.c", "failed"): 1}
+
+
+async def test_pipeline_times_every_handled_run_in_its_bucket() -> None:
+    """Runs through ``Pipeline.run`` are each counted as handled and timed: quick ones, and
+    ones of at least 3 ms that never land in the first (1 ms) bucket, also after the
+    first run of their type (which creates its series)."""
+    service = f"timed-{uuid.uuid4().hex[:8]}"
+    worker = BaseWorker(CommonAppSettings(service_name=service))
+    stats = WorkerStats()
+    pipeline = Pipeline(worker.context, None, stats)  # type: ignore[arg-type]
+
+    async def slow(action: DomainAction, data: Any) -> None:
+        await asyncio.sleep(0.003)
+
+    quick, slowly = Route(f"{service}.item.quick", noop), Route(f"{service}.item.slow", slow)
+    timings = timings_for(service)
+    for run in range(3):
+        await pipeline.run(quick, DomainAction(action_type=quick.action_type))
+        await pipeline.run(slowly, DomainAction(action_type=slowly.action_type))
+        if run == 0:
+            _, first = timings.cumulative(quick.action_type)
+    assert stats.handled == 6
+    assert timings.outcomes[(quick.action_type, "handled")] == 3
+    assert timings.outcomes[(slowly.action_type, "handled")] == 3
+    buckets, total = timings.cumulative(quick.action_type)
+    assert buckets[-1] == ("+Inf", 3.0)
+    assert total > first  # the later runs' durations were added
+    buckets, total = timings.cumulative(slowly.action_type)
+    assert buckets[0] == ("0.001", 0.0)
+    assert buckets[-1] == ("+Inf", 3.0)
+    assert total >= 0.0089  # each slept at least 3 ms
+
+
 async def test_failed_and_handled_runs_are_timed_by_outcome(bus: Any, eventually: Any) -> None:
     """The metrics see every run: a failed attempt is timed as ``failed``, the retry that
     succeeds as ``handled`` (the handler's timings by action type and outcome)."""
