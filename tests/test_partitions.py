@@ -13,7 +13,7 @@ import pytest
 
 from actionbus import BaseWorker, CommonAppSettings, DomainAction, QueueManager
 from actionbus.exceptions import ConfigurationError, InvalidNameError
-from actionbus.partitions import partition_for_key
+from actionbus.partitions import MAX_PARTITIONS, partition_for_key
 from tests.conftest import fast_worker_settings
 
 pytestmark = pytest.mark.backends
@@ -409,3 +409,20 @@ async def test_a_priority_batch_relearns_an_expired_count_while_the_lanes_are_ca
     assert not client._router.stale(SERVICE)  # the lanes still cached: the case under test
     await client.send_actions_async([job(i) for i in range(2, 5)], priority="high")
     assert [await bus.redis.xlen(s) for s in streams(3)][1:] == [1, 1]
+
+
+async def test_a_sender_follows_an_announced_count_at_both_ends_of_its_range(
+    bus: Any,
+) -> None:
+    """A descriptor announcing 1 partition (while the settings say 3) sends everything to
+    the main stream, and one announcing the largest count (64, settings say 1) spreads the
+    sends from partition 0 on: both ends of the range are counts the sender follows."""
+    one, most = "parts1", "parts64"
+    await bus.redis.set(QM.get_partitions_key(one), "1")
+    await bus.redis.set(QM.get_partitions_key(most), str(MAX_PARTITIONS))
+    client = bus.client("caller", partitions={one: 3})
+    await client.send_actions_async(
+        [DomainAction(action_type=f"{one}.job.run", data={"i": i}) for i in range(3)]
+        + [DomainAction(action_type=f"{most}.job.run", data={"i": i}) for i in range(2)])
+    assert [await bus.redis.xlen(s) for s in QM.get_partition_streams(one, 3)] == [3, 0, 0]
+    assert [await bus.redis.xlen(s) for s in QM.get_partition_streams(most, 3)] == [1, 1, 0]
