@@ -318,3 +318,25 @@ async def test_pseudo_sync_request_waits_for_the_replicas_of_the_settings(
     finally:
         await client.close()
         await redis.aclose()
+
+
+async def test_a_wait_timeout_given_alone_is_checked_and_used(redis_url: str) -> None:
+    """send_action_async(wait_timeout_ms=…) without wait_replicas (the settings' replicas)
+    still takes the timeout as given: 0 is refused with a ConfigurationError, nothing
+    sent; with settings.wait_replicas=1 a send with wait_timeout_ms=1 reports that timeout."""
+    redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url))
+    durable = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url, wait_replicas=1,
+        wait_timeout_ms=2_000))
+    try:
+        with pytest.raises(ConfigurationError, match=r"^wait_timeout_ms must be"):
+            await client.send_action_async(action(1), wait_timeout_ms=0)
+        assert await redis.xlen(STREAM) == 0
+        with pytest.raises(NotReplicatedError, match=r"within 1 ms"):
+            await durable.send_action_async(action(2), wait_timeout_ms=1)
+    finally:
+        await client.close()
+        await durable.close()
+        await redis.aclose()
