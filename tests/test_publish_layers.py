@@ -106,3 +106,16 @@ def test_use_rejects_non_callables(bus: Any) -> None:
     """use() with something that is not callable is a ConfigurationError."""
     with pytest.raises(ConfigurationError, match="callable"):
         bus.client("orders").use("not a layer")
+
+
+async def test_a_send_with_wait_replicas_passes_the_layers(bus: Any) -> None:
+    """send_action_async(wait_replicas=0, …) (the durable path, given explicitly) runs the
+    layers too: their change of the action reaches the wire."""
+    client = bus.client("orders")
+    log: list[str] = []
+    client.use(_recording("a", log))
+    await client.send_action_async(DomainAction(action_type="inventory.item.add"),
+                                   wait_replicas=0, wait_timeout_ms=100)
+    assert log == ["a>", "<a"]
+    [sent] = await _sent(bus.redis, "inventory")
+    assert sent["metadata"] == {"a": "seen"}
