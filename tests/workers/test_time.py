@@ -78,13 +78,17 @@ async def test_callback_send_can_be_delayed(bus: Any, eventually: Any) -> None:
     ({"delay": -1}, "zero or a positive"),
     ({"delay": timedelta(seconds=-1)}, "zero or a positive"),
     ({"delay": float("nan")}, "zero or a positive"),
+    ({"delay": True}, "zero or a positive"),
+    ({"delay": "5"}, "zero or a positive"),
+    ({"at": "2030-01-01T00:00:00+00:00"}, "must be an aware datetime"),
     ({"at": datetime(2030, 1, 1)}, "no timezone"),
     ({"delay": 1, "at": datetime.now(UTC)}, "not both"),
 ])
 async def test_bad_delays_are_refused_and_nothing_is_sent(
     bus: Any, kwargs: dict[str, Any], match: str
 ) -> None:
-    """A negative delay, a naive datetime or delay+at raise DelayedActionError; nothing sent."""
+    """A negative, NaN, bool or non-number delay, a naive datetime, an at= that is no
+    datetime or delay+at raise DelayedActionError; nothing sent."""
     client = bus.client("orders")
     with pytest.raises(DelayedActionError, match=match):
         await client.send_action_async(
