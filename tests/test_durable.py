@@ -340,3 +340,26 @@ async def test_a_wait_timeout_given_alone_is_checked_and_used(redis_url: str) ->
         await client.close()
         await durable.close()
         await redis.aclose()
+
+
+@pytest.mark.parametrize(("arguments", "named"), [
+    ({"wait_replicas": False}, "wait_replicas"),
+    ({"wait_replicas": 0.0}, "wait_replicas"),
+    ({"wait_replicas": 0, "wait_timeout_ms": True}, "wait_timeout_ms"),
+    ({"wait_replicas": 0, "wait_timeout_ms": 100.0}, "wait_timeout_ms"),
+])
+async def test_durability_arguments_must_be_integers_even_when_zero_replicas_are_asked(
+    redis_url: str, arguments: dict[str, object], named: str,
+) -> None:
+    """A bool or float wait_replicas/wait_timeout_ms (even one equal to an accepted value,
+    0 replicas or 100 ms) is refused with a ConfigurationError naming it; nothing sent."""
+    redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url))
+    try:
+        with pytest.raises(ConfigurationError, match=rf"^{named} must be an integer"):
+            await client.send_action_async(action(1), **arguments)  # type: ignore[arg-type]
+        assert await redis.xlen(STREAM) == 0
+    finally:
+        await client.close()
+        await redis.aclose()
