@@ -6,6 +6,7 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
@@ -360,6 +361,31 @@ async def test_durability_arguments_must_be_integers_even_when_zero_replicas_are
         with pytest.raises(ConfigurationError, match=rf"^{named} must be an integer"):
             await client.send_action_async(action(1), **arguments)  # type: ignore[arg-type]
         assert await redis.xlen(STREAM) == 0
+    finally:
+        await client.close()
+        await redis.aclose()
+
+
+async def test_zero_replicas_of_an_int_subclass_sends_no_wait(redis_url: str) -> None:
+    """wait_replicas=0 given as an int subclass (an IntEnum member, say) is 0 replicas:
+    the entry is written with a plain XADD, no WAIT is sent."""
+
+    class Count(int):
+        pass
+
+    redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url))
+
+    async def waits() -> int:
+        stats: Any = await redis.info("commandstats")
+        return int(stats.get("cmdstat_wait", {}).get("calls", 0))
+
+    try:
+        before = await waits()
+        await client.send_action_async(action(1), wait_replicas=Count(0))
+        assert await redis.xlen(STREAM) == 1
+        assert await waits() == before
     finally:
         await client.close()
         await redis.aclose()
