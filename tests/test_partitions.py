@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from actionbus import BaseWorker, CommonAppSettings, DomainAction, QueueManager
+from actionbus.clients.partitions import PartitionRouter
 from actionbus.exceptions import ConfigurationError, InvalidNameError
 from actionbus.partitions import MAX_PARTITIONS, partition_for_key
 from tests.conftest import fast_worker_settings
@@ -426,3 +427,22 @@ async def test_a_sender_follows_an_announced_count_at_both_ends_of_its_range(
         + [DomainAction(action_type=f"{most}.job.run", data={"i": i}) for i in range(2)])
     assert [await bus.redis.xlen(s) for s in QM.get_partition_streams(one, 3)] == [3, 0, 0]
     assert [await bus.redis.xlen(s) for s in QM.get_partition_streams(most, 3)] == [1, 1, 0]
+
+
+async def test_a_failed_descriptor_read_keeps_the_count_last_learnt(
+    redis_client: Any, make_settings: Callable[..., CommonAppSettings],
+) -> None:
+    """PartitionRouter.refresh returns the count to use: when the descriptor cannot be
+    read (here: the key holds a hash, GET fails), the count learnt before, else the
+    settings' count."""
+    key = QM.get_partitions_key(SERVICE)
+    router = PartitionRouter(redis_client, QM, make_settings(partitions={SERVICE: 2}))
+    await redis_client.hset(key, "not", "a count")
+    assert await router.refresh(SERVICE) == 2  # nothing learnt yet: the settings
+    await redis_client.delete(key)
+    await redis_client.set(key, "3")
+    assert await router.refresh(SERVICE) == 3
+    await redis_client.delete(key)
+    await redis_client.hset(key, "not", "a count")
+    assert await router.refresh(SERVICE) == 3
+    assert router.count(SERVICE) == 3
