@@ -446,3 +446,15 @@ async def test_a_failed_descriptor_read_keeps_the_count_last_learnt(
     await redis_client.hset(key, "not", "a count")
     assert await router.refresh(SERVICE) == 3
     assert router.count(SERVICE) == 3
+
+
+async def test_a_target_whose_count_cannot_be_read_gets_everything_on_its_main_stream(
+    bus: Any,
+) -> None:
+    """A target absent from settings.partitions whose descriptor cannot be read (the key
+    holds a hash: GET fails) is sent to as one partition: every action on its main stream."""
+    await bus.redis.hset(QM.get_partitions_key(SERVICE), "not", "a count")
+    client = bus.client("caller")
+    await client.send_actions_async([job(i) for i in range(2)])
+    await client.send_action_async(job(2))
+    assert [await bus.redis.xlen(s) for s in streams(2)] == [3, 0]
