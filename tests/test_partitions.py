@@ -4,6 +4,7 @@ and every guarantee (retry, reclaim, dead letters, drain-and-switch) per partiti
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -458,3 +459,15 @@ async def test_a_target_whose_count_cannot_be_read_gets_everything_on_its_main_s
     await client.send_actions_async([job(i) for i in range(2)])
     await client.send_action_async(job(2))
     assert [await bus.redis.xlen(s) for s in streams(2)] == [3, 0]
+
+
+async def test_sends_to_two_partitions_alternate_between_their_streams(bus: Any) -> None:
+    """A target of 2 partitions (settings; no descriptor) gets its sends in turn on
+    partition 0 (its main stream) and partition 1, one by one and in a batch."""
+    client = bus.client("caller", partitions={SERVICE: 2})
+    await client.send_action_async(job(0))
+    await client.send_action_async(job(1))
+    await client.send_actions_async([job(i) for i in range(2, 6)])
+    sent = [[json.loads(f[b"data"])["data"]["i"] for _, f in await bus.redis.xrange(s)]
+            for s in streams(2)]
+    assert sent == [[0, 2, 4], [1, 3, 5]]
