@@ -533,3 +533,20 @@ async def test_a_batch_with_a_priority_passes_the_publish_layers(bus: Any) -> No
     ids = await client.send_actions_async(batch, priority="high")
     assert seen == [str(action.action_id) for action in batch]
     assert len(await bus.redis.xrange(QM.get_lane_stream("inventory", "high"))) == len(ids) == 2
+
+
+async def test_an_action_of_exactly_max_payload_bytes_is_sent(bus: Any) -> None:
+    """The limit is inclusive: an action whose wire JSON is exactly max_payload_bytes long
+    is sent; one byte more is refused."""
+    from actionbus.clients.encoding import wire_json
+
+    def sized(n: int) -> DomainAction:
+        return DomainAction(action_type="inv.item.put", origin_service="orders",
+                            data={"blob": "x" * n})
+
+    limit = len(wire_json(sized(500)))
+    client = bus.client("orders", max_payload_bytes=limit)
+    with pytest.raises(PayloadTooLargeError):
+        await client.send_action_async(sized(501))
+    await client.send_action_async(sized(500))
+    assert await bus.redis.xlen(QM.get_service_action_stream("inv")) == 1

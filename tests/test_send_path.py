@@ -196,3 +196,20 @@ async def test_a_name_reassigned_to_an_unhashable_value_is_refused_naming_it(
     with pytest.raises(error, match=rf"{field} \['x'\] is not valid"):
         await client.send_action_async(bad)
     assert len(await _raw(bus.redis, "inventory")) == 1
+
+
+@pytest.mark.parametrize("how", ["batch", "delayed"])
+async def test_a_reassigned_bad_name_is_refused_in_a_batch_and_a_delayed_send(
+    bus: Any, how: str
+) -> None:
+    """Batches and delayed sends check names too: an action whose origin_service was
+    reassigned to a bad value after construction is refused (InvalidActionError naming
+    the field), and nothing is written or parked."""
+    client = bus.client("orders")
+    bad = DomainAction(action_type="inventory.item.add")
+    bad.origin_service = "or:ders"
+    send = (client.send_actions_async([DomainAction(action_type="inventory.item.add"), bad])
+            if how == "batch" else client.send_action_async(bad, delay=60))
+    with pytest.raises(InvalidActionError, match=r"origin_service 'or:ders' is not valid"):
+        await send
+    assert await bus.redis.keys("*") == []
