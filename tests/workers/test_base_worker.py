@@ -164,6 +164,23 @@ async def test_concurrent_start_runs_one_set_of_loops(
     assert left == []
 
 
+async def test_the_workers_loops_run_in_tasks_named_after_loop_and_stream(
+    conn: Any, make_settings: Settings
+) -> None:
+    """A started worker's loops are tasks named ``actionbus-<loop>:<stream>`` (what a task
+    dump shows): read, recovery, upkeep, mover, output and presence."""
+    worker = BaseWorker(
+        make_settings(service_name="inventory"), conn, worker_settings=WorkerSettings(block_ms=100)
+    )
+    await worker.start()
+    try:
+        names = {t.get_name() for t in asyncio.all_tasks() if not t.done()}
+    finally:
+        await worker.stop(grace=0.1)
+    loops = ("read", "recovery", "upkeep", "mover", "output", "presence")
+    assert {f"actionbus-{loop}:{worker.stream}" for loop in loops} <= names
+
+
 async def test_async_with_and_run(bus: Any, make_settings: Settings) -> None:
     """``async with worker`` starts and stops it; run() returns after request_stop()."""
     worker = bus.worker("inventory")

@@ -244,3 +244,20 @@ async def test_output_of_finished_jobs_does_not_wait_for_a_job_that_suspended() 
         await asyncio.sleep(0)
     assert events == ["fast", "slow", "send", "slow done", "send"]
     assert runner.tasks == set()
+
+
+async def test_runner_tasks_are_named_actionbus_entries_by_default() -> None:
+    """Without a name, the runner tasks (what a task dump shows for a handler that is
+    waiting) are named ``actionbus-entries``."""
+    release = asyncio.Event()
+
+    async def job() -> None:
+        await release.wait()
+
+    runner = EagerRunner(lambda: None)
+    runner.submit(job)
+    await asyncio.sleep(0)
+    names = [task.get_name() for task in runner.tasks]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*runner.tasks), 5)
+    assert names == ["actionbus-entries"]
