@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import socket
 import threading
 from typing import Any
 
@@ -44,6 +47,41 @@ def test_constructor_rejects_socket_timeout_below_block(
             make_settings(redis_socket_timeout=1), conn,
             worker_settings=WorkerSettings(block_ms=2000),
         )
+
+
+def test_a_socket_timeout_exactly_half_a_second_over_block_ms_is_refused(
+    conn: Any, make_settings: Settings
+) -> None:
+    """The socket timeout must exceed block_ms by more than 0.5 s: 1 s against a 500 ms
+    block is refused, 1 s against 499 ms is accepted."""
+    with pytest.raises(ConfigurationError, match="at least 0.5 s"):
+        BaseWorker(make_settings(redis_socket_timeout=1), conn,
+                   worker_settings=WorkerSettings(block_ms=500))
+    BaseWorker(make_settings(redis_socket_timeout=1), conn,
+               worker_settings=WorkerSettings(block_ms=499))
+
+
+def test_the_default_consumer_name_is_host_pid_and_six_random_hex_digits(
+    conn: Any, make_settings: Settings
+) -> None:
+    """Without consumer_name, a worker is named ``<host>-<pid>-<6 random hex digits>``
+    (README: host-pid-random), different for each worker of one process."""
+    first = BaseWorker(make_settings(service_name="inventory"), conn)
+    second = BaseWorker(make_settings(service_name="inventory"), conn)
+    form = re.compile(re.escape(f"{socket.gethostname()}-{os.getpid()}-") + "[0-9a-f]{6}")
+    assert form.fullmatch(first.consumer), first.consumer
+    assert form.fullmatch(second.consumer), second.consumer
+    assert first.consumer != second.consumer
+
+
+def test_outage_log_every_s_paces_both_outage_logs_of_a_worker(
+    conn: Any, make_settings: Settings
+) -> None:
+    """WorkerSettings.outage_log_every_s is how often the worker's read-side and its
+    output-side outage logs repeat themselves while Redis stays down."""
+    worker = BaseWorker(make_settings(service_name="inventory"), conn,
+                        worker_settings=WorkerSettings(outage_log_every_s=5.0))
+    assert (worker._outage.every, worker._output_outage.every) == (5.0, 5.0)
 
 
 def test_redis_client_before_start_raises(make_settings: Settings) -> None:
