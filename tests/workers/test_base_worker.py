@@ -413,3 +413,91 @@ def test_register_keeps_the_idempotent_flag(conn: Any, make_settings: Settings) 
     route = worker.registry.get("inventory.item.once")
     assert route is not None
     assert route.idempotent is True
+
+
+async def test_before_ack_is_called_with_each_entry_before_its_ack(
+    bus: Any, eventually: Any
+) -> None:
+    """The ``before_ack`` seam (set before start) sees the key of every entry the worker
+    acknowledges, the main stream's and an ordered action's alike."""
+    seen: list[str] = []
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: Any) -> None:
+        handled.append(data["i"])
+
+    worker = bus.worker("inventory")
+    worker.register("inventory.item.n", handle)
+    worker.before_ack = seen.append
+    await worker.start()
+    client = bus.client("orders")
+    await client.send_action_async(DomainAction(action_type="inventory.item.n", data={"i": 1}))
+    await eventually(lambda: len(seen) == 1)
+    await client.send_action_async(DomainAction(
+        action_type="inventory.item.n", data={"i": 2}, ordering_key="k"))
+    await eventually(lambda: len(seen) == 2)
+    [(first_id, _)] = await bus.redis.xrange(worker.stream)
+    assert seen[0] == first_id.decode()
+    assert handled == [1, 2]
+
+
+async def test_stop_gives_in_flight_actions_the_grace_it_is_passed(
+    bus: Any, eventually: Any
+) -> None:
+    """stop(grace=0.9) waits up to 0.9 s for an action in progress, whatever
+    shutdown_grace_s says (here 0.01 s) and although less than 1 s is left: a handler
+    released 0.3 s into the stop finishes and is acknowledged."""
+    worker = bus.worker("inventory", shutdown_grace_s=0.01)
+    started, release = asyncio.Event(), asyncio.Event()
+    finished: list[int] = []
+
+    @worker.handler("inventory.item.slow")
+    async def slow(action: DomainAction, data: dict[str, Any]) -> None:
+        started.set()
+        await release.wait()
+        finished.append(1)
+
+    await worker.start()
+    await bus.client("orders").send_action_async(DomainAction(action_type="inventory.item.slow"))
+    await asyncio.wait_for(started.wait(), 5)
+    stopping = asyncio.create_task(worker.stop(grace=0.9))
+    await asyncio.sleep(0.3)  # well into the grace, well past shutdown_grace_s
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert finished == [1]
+    assert await pending_count(bus.redis, "inventory") == 0
+
+
+async def test_a_main_stream_read_redis_refuses_marks_the_worker_unhealthy(
+    bus: Any, eventually: Any
+) -> None:
+    """The service's stream replaced by a string (its reads refused: WRONGTYPE, not an
+    outage): the worker is marked unhealthy, the refused XREADGROUP named in its health."""
+    worker = bus.worker("inventory")
+    await worker.start()
+    assert worker.health.healthy
+    async with bus.redis.pipeline(transaction=True) as pipe:
+        pipe.delete(worker.stream)
+        pipe.set(worker.stream, "not a stream")
+        await pipe.execute()
+    await eventually(lambda: not worker.health.healthy, timeout=10)
+    assert any(key.startswith("XREADGROUP") for key in worker.health.refused)
+    assert any(worker.stream in problem for problem in worker.health.problems)
+
+
+@pytest.mark.standalone_only("pauses the one server (CLIENT PAUSE)")
+async def test_a_stalled_main_stream_read_counts_as_a_slow_command(
+    conn: Any, make_settings: Settings, eventually: Any, redis_server: Any,
+) -> None:
+    """Redis stalled longer than the socket timeout while the worker's one reader waits:
+    its slow read counts in the worker's health.slow_commands."""
+    worker = BaseWorker(make_settings(service_name="inventory", redis_socket_timeout=1.0),
+                        worker_settings=fast_worker_settings())
+    await worker.start()
+    try:
+        assert worker.health.slow_commands == 0
+        with redis_server.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", 2500, "ALL")
+        await eventually(lambda: worker.health.slow_commands >= 1, timeout=15)
+    finally:
+        await worker.stop()

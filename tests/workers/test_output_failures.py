@@ -105,6 +105,27 @@ async def _len_is(redis: Any, key: str, n: int) -> bool:
     return int(await redis.llen(key)) >= n
 
 
+async def test_an_undeliverable_dead_letter_names_the_workers_consumer(
+    bus: Any, eventually: Any
+) -> None:
+    """A reply Redis refuses (WRONGTYPE target) is dead-lettered as undeliverable under
+    the consumer name of the worker that handled it."""
+    victim = QM.get_response_queue("victim", "str")
+    await bus.redis.set(victim, "not a list")
+    worker = bus.worker("inventory", consumer_name="worker-7")
+    worker.register("inventory.item.get", answer)
+    await worker.start()
+    bad_id = await xadd_raw(bus.redis, "inventory", request("inventory", victim, 0))
+
+    async def lettered() -> bool:
+        return bool(await worker.dead_letters.list())
+
+    await eventually(lettered, timeout=10)
+    [letter] = await worker.dead_letters.list()
+    assert (letter.reason, letter.original_id, letter.consumer) == (
+        "undeliverable", bad_id, "worker-7")
+
+
 def _user_without(
     command: str, bus_url: str, backend: str, request: pytest.FixtureRequest
 ) -> Iterator[str]:
