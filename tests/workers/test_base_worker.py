@@ -54,7 +54,7 @@ def test_a_socket_timeout_exactly_half_a_second_over_block_ms_is_refused(
 ) -> None:
     """The socket timeout must exceed block_ms by more than 0.5 s: 1 s against a 500 ms
     block is refused, 1 s against 499 ms is accepted."""
-    with pytest.raises(ConfigurationError, match="at least 0.5 s"):
+    with pytest.raises(ConfigurationError, match=r"at least 0\.5 s"):
         BaseWorker(make_settings(redis_socket_timeout=1), conn,
                    worker_settings=WorkerSettings(block_ms=500))
     BaseWorker(make_settings(redis_socket_timeout=1), conn,

@@ -180,6 +180,7 @@ def test_a_registry_route_is_not_idempotent_unless_asked() -> None:
     registry.add("inventory.item.plain", noop)
     registry.add("inventory.item.once", noop, idempotent=True)
     plain, once = registry.get("inventory.item.plain"), registry.get("inventory.item.once")
-    assert plain is not None and once is not None
+    assert plain is not None
+    assert once is not None
     assert (plain.idempotent, plain.timeout) == (False, None)
     assert once.idempotent is True
