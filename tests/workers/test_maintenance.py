@@ -521,3 +521,67 @@ async def test_recently_active_consumer_without_pending_is_kept(redis_client: Re
     assert await remove_gone_consumers(redis_client, STREAM, "g", "me", idle_ms=60_000) == []
     names = {c["name"].decode() for c in await redis_client.xinfo_consumers(STREAM, "g")}
     assert names == {"fresh"}
+
+
+def _upkeep(bus: Any, acked: list[int], **settings: Any) -> upkeep.Upkeep:
+    """An Upkeep of "inventory" whose acknowledgement count is ``acked[0]``."""
+    from actionbus.backoff import OutageLog
+
+    async def nothing() -> None:
+        return None
+
+    worker = bus.worker("inventory", **settings)
+    return upkeep.Upkeep(worker.context, bus.redis, in_progress=lambda age: [],
+                         acknowledged=lambda: acked[0], maintain=nothing,
+                         outage=OutageLog(logging.getLogger("test"), "upkeep"))
+
+
+async def test_maybe_trim_starts_one_trim_per_tenth_of_the_retention_acknowledged(
+    bus: Any,
+) -> None:
+    """With stream_retention 2000, a trim starts once 200 more entries were acknowledged
+    since the last one (not at 190, at exactly 200), never a second one while one runs,
+    and the next only 200 acknowledgements after the count the last one started at."""
+    acked = [190]
+    keeper = _upkeep(bus, acked, stream_retention=2000)
+    keeper.maybe_trim()
+    assert keeper.trim_task is None
+    acked[0] = 200
+    keeper.maybe_trim()
+    first = keeper.trim_task
+    assert first is not None
+    acked[0] = 450
+    keeper.maybe_trim()
+    assert keeper.trim_task is first  # one at a time
+    await asyncio.wait_for(first, 10)
+    assert keeper.trim_task is None
+    acked[0] = 350
+    keeper.maybe_trim()
+    assert keeper.trim_task is None  # 150 since the last trim started
+    acked[0] = 400
+    keeper.maybe_trim()
+    assert keeper.trim_task is not None
+    await asyncio.wait_for(keeper.trim_task, 10)
+
+
+async def test_maybe_trim_trims_at_least_every_100_acknowledgements(bus: Any) -> None:
+    """A retention under 1000 still trims by volume every 100 acknowledgements, not every
+    tenth of the retention: with stream_retention 500 the first trim starts at 100."""
+    acked = [99]
+    keeper = _upkeep(bus, acked, stream_retention=500)
+    keeper.maybe_trim()
+    assert keeper.trim_task is None
+    acked[0] = 100
+    keeper.maybe_trim()
+    assert keeper.trim_task is not None
+    await asyncio.wait_for(keeper.trim_task, 10)
+
+
+async def test_maybe_trim_never_trims_without_a_retention(bus: Any) -> None:
+    """Without stream_retention, acknowledgements never start a trim."""
+    acked = [0]
+    keeper = _upkeep(bus, acked, stream_retention=None)
+    for count in (1, 100, 10_000):
+        acked[0] = count
+        keeper.maybe_trim()
+        assert keeper.trim_task is None
