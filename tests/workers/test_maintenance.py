@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -523,16 +524,19 @@ async def test_recently_active_consumer_without_pending_is_kept(redis_client: Re
     assert names == {"fresh"}
 
 
-def _upkeep(bus: Any, acked: list[int], **settings: Any) -> upkeep.Upkeep:
-    """An Upkeep of "inventory" whose acknowledgement count is ``acked[0]``."""
+def _upkeep(
+    bus: Any, acked: list[int], service: str = "inventory", *,
+    in_progress: Any = lambda age: [], maintain: Any = None, **settings: Any,
+) -> upkeep.Upkeep:
+    """An Upkeep of ``service`` whose acknowledgement count is ``acked[0]``."""
     from actionbus.backoff import OutageLog
 
     async def nothing() -> None:
         return None
 
-    worker = bus.worker("inventory", **settings)
-    return upkeep.Upkeep(worker.context, bus.redis, in_progress=lambda age: [],
-                         acknowledged=lambda: acked[0], maintain=nothing,
+    worker = bus.worker(service, **settings)
+    return upkeep.Upkeep(worker.context, bus.redis, in_progress=in_progress,
+                         acknowledged=lambda: acked[0], maintain=maintain or nothing,
                          outage=OutageLog(logging.getLogger("test"), "upkeep"))
 
 
@@ -585,3 +589,63 @@ async def test_maybe_trim_never_trims_without_a_retention(bus: Any) -> None:
         acked[0] = count
         keeper.maybe_trim()
         assert keeper.trim_task is None
+
+
+async def test_upkeep_maintains_only_after_maintenance_interval_s(bus: Any) -> None:
+    """The first maintenance waits a whole maintenance_interval_s (here an hour): the
+    heartbeat beats that come first (every claim_idle_ms / 3) do not maintain."""
+    beats, maintained = asyncio.Event(), []
+    calls: list[float] = []
+
+    def in_progress(age: float) -> list[str]:
+        calls.append(age)
+        if len(calls) >= 3:
+            beats.set()
+        return []
+
+    async def maintain() -> None:
+        maintained.append(1)
+
+    keeper = _upkeep(bus, [0], in_progress=in_progress, maintain=maintain,
+                     claim_idle_ms=300, maintenance_interval_s=3600)
+    task = asyncio.create_task(keeper.run())
+    try:
+        await asyncio.wait_for(beats.wait(), 10)  # two beats fully done
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert maintained == []
+
+
+async def test_upkeep_heartbeats_a_long_running_entry_of_a_lane(bus: Any) -> None:
+    """An entry of a lane still in progress is heartbeated in its lane's stream: the
+    XCLAIM makes it this consumer's (here taken from another) with its idle time reset."""
+    from actionbus.workers.context import entry_key
+
+    worker = bus.worker("lanes", lanes=True)
+    ctx = worker.context
+    high = QM.get_lane_stream("lanes", "high")
+    await bus.redis.xgroup_create(high, ctx.group, id="0", mkstream=True)
+    entry_id = (await bus.redis.xadd(high, {"data": "{}"})).decode()
+    await bus.redis.xreadgroup(ctx.group, "another", {high: ">"}, count=1)
+    beats = asyncio.Event()
+    calls: list[float] = []
+
+    def in_progress(age: float) -> list[str]:
+        calls.append(age)
+        if len(calls) >= 2:
+            beats.set()
+        return [entry_key(ctx.stream, high, entry_id)]
+
+    keeper = _upkeep(bus, [0], "lanes", in_progress=in_progress, lanes=True,
+                     claim_idle_ms=300)
+    task = asyncio.create_task(keeper.run())
+    try:
+        await asyncio.wait_for(beats.wait(), 10)  # the first beat's heartbeat is done
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    [pending] = await bus.redis.xpending_range(high, ctx.group, "-", "+", 10)
+    assert pending["consumer"].decode() == keeper.ctx.consumer
