@@ -501,3 +501,41 @@ async def test_a_stalled_main_stream_read_counts_as_a_slow_command(
         await eventually(lambda: worker.health.slow_commands >= 1, timeout=15)
     finally:
         await worker.stop()
+
+
+async def _ordered_in_flight_at_stop(bus: Any, grace: float) -> list[int]:
+    """Stop (with ``grace``) a worker while an ordered action runs; its handler is released
+    0.3 s into the stop. What the handler finished."""
+    worker = bus.worker("inventory")
+    started, release = asyncio.Event(), asyncio.Event()
+    finished: list[int] = []
+
+    @worker.handler("inventory.item.slow")
+    async def slow(action: DomainAction, data: dict[str, Any]) -> None:
+        started.set()
+        await release.wait()
+        finished.append(1)
+
+    await worker.start()
+    await bus.client("orders").send_action_async(
+        DomainAction(action_type="inventory.item.slow", ordering_key="k"))
+    await asyncio.wait_for(started.wait(), 10)
+    stopping = asyncio.create_task(worker.stop(grace=grace))
+    await asyncio.sleep(0.3)
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    return finished
+
+
+async def test_stop_gives_an_ordered_action_in_progress_what_is_left_of_the_grace(
+    bus: Any,
+) -> None:
+    """An ordered action running at stop(grace=2) is given the rest of the grace: released
+    0.3 s into the stop, it finishes."""
+    assert await _ordered_in_flight_at_stop(bus, grace=2.0) == [1]
+
+
+async def test_stop_with_no_grace_cancels_an_ordered_action_in_progress(bus: Any) -> None:
+    """stop(grace=0) gives an ordered action in progress no time at all: released 0.3 s
+    into the stop, it had been cancelled already (its entry stays pending)."""
+    assert await _ordered_in_flight_at_stop(bus, grace=0.0) == []
