@@ -521,3 +521,62 @@ async def test_recovering_a_single_pending_entry_runs_it_without_a_loop_failure(
     await client.send_action_async(step("a", 1))  # barrier: the loop went on reading
     await eventually(lambda: order == [0, 1])
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_a_lease_another_worker_holds_is_neither_taken_nor_overwritten(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """While another worker holds an ordered stream's lease, a worker polling for ordered
+    work (XLEN, then SET NX) leaves the lease alone and runs none of its actions; once the
+    lease is gone it takes the stream over and runs them."""
+    client = bus.client("caller")
+    lease = QM.get_ordering_lease_key(SERVICE)
+    await client.send_action_async(step("a", 0))
+    await bus.redis.set(lease, "other-holder", px=60_000)
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    async def xlen_calls() -> int:
+        stats: Any = await bus.redis.info("commandstats")
+        return int(stats.get("cmdstat_xlen", {}).get("calls", 0))
+
+    worker = make_worker(make_settings, handle, maintenance_interval_s=3600)
+    await worker.start()  # its start probes the partitions (XLENs in a script): count after
+    before = await xlen_calls()
+    # Barrier: two more XLENs of the poll loop mean a SET NX attempt is done.
+    await eventually(lambda: _at_least(xlen_calls, before + 2))
+    assert await bus.redis.get(lease) == b"other-holder"
+    assert handled == []
+    assert worker._ordering is not None
+    assert worker._ordering.leases == 0
+    await bus.redis.delete(lease)
+    await eventually(lambda: handled == [0])
+
+
+async def _at_least(count: Callable[[], Any], n: int) -> bool:
+    return bool(await count() >= n)
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_a_worker_without_ordered_actions_takes_no_lease(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """A worker whose ordered stream is empty keeps polling it (XLEN) but never takes its
+    lease: services that never use ordering keys get no lease key."""
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        """Never called: nothing is sent."""
+
+    async def xlen_calls() -> int:
+        stats: Any = await bus.redis.info("commandstats")
+        return int(stats.get("cmdstat_xlen", {}).get("calls", 0))
+
+    worker = make_worker(make_settings, handle, maintenance_interval_s=3600)
+    await worker.start()  # its start probes the partitions (XLENs in a script): count after
+    before = await xlen_calls()
+    await eventually(lambda: _at_least(xlen_calls, before + 2))  # two polls looked
+    assert not await bus.redis.exists(QM.get_ordering_lease_key(SERVICE))
+    assert worker._ordering is not None
+    assert worker._ordering.leases == 0
