@@ -580,3 +580,50 @@ async def test_a_worker_without_ordered_actions_takes_no_lease(
     assert not await bus.redis.exists(QM.get_ordering_lease_key(SERVICE))
     assert worker._ordering is not None
     assert worker._ordering.leases == 0
+
+
+async def test_stopping_never_raises_when_the_lease_cannot_be_released(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """A holder whose lease release fails at stop (here Redis answers WRONGTYPE: the lease
+    key was replaced by a hash) still stops without raising; the lease then lapses."""
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    worker = make_worker(make_settings, handle)
+    await worker.start()
+    await bus.client("caller").send_action_async(step("a", 0))
+    await eventually(lambda: handled == [0])
+    assert worker._ordering is not None
+    assert worker._ordering.leases == 1
+    lease = QM.get_ordering_lease_key(SERVICE)
+    await bus.redis.delete(lease)
+    await bus.redis.hset(lease, "not", "a lease")
+    await worker.stop(grace=0.5)  # must not raise
+    assert worker._ordering.leases == 0
+
+
+async def test_stopping_ends_the_lease_keeper_task(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """A holder's stop() ends the task that refreshes its lease: no lease keeper is left
+    running once stop() returned."""
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    name = f"actionbus-lease:{QM.get_ordering_lease_key(SERVICE)}"
+
+    def keepers() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if t.get_name() == name and not t.done()]
+
+    worker = make_worker(make_settings, handle)
+    await worker.start()
+    await bus.client("caller").send_action_async(step("a", 0))
+    await eventually(lambda: handled == [0])
+    assert len(keepers()) == 1
+    await worker.stop(grace=0.5)
+    assert keepers() == []
