@@ -627,3 +627,53 @@ async def test_stopping_ends_the_lease_keeper_task(
     assert len(keepers()) == 1
     await worker.stop(grace=0.5)
     assert keepers() == []
+
+
+async def test_an_ordered_reply_redis_refuses_is_dead_lettered_and_marks_the_worker(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """An ordered action whose reply Redis refuses (WRONGTYPE: the reply list is a string)
+    is dead-lettered as undeliverable by this worker's consumer, the worker is marked
+    unhealthy, and the key's next action runs."""
+    victim = QM.get_response_queue("victim", "str")
+    await bus.redis.set(victim, "not a list")
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        handled.append(data["n"])
+        return {"n": data["n"]}
+
+    worker = make_worker(make_settings, handle)
+    await worker.start()
+    refused = step("a", 0).model_copy(update={"callback_queue_name": victim})
+    entry_id = (await bus.redis.xadd(QM.get_ordered_stream(SERVICE), {
+        "data": refused.model_dump_json(exclude_none=True)})).decode()
+    await bus.client("caller").send_action_async(step("a", 1))
+    await eventually(lambda: handled == [0, 1])
+    letters = await worker.dead_letters.list()
+    assert [(d.reason, d.original_id, d.consumer) for d in letters] == [
+        ("undeliverable", entry_id, worker.consumer)]
+    assert not worker.health.healthy
+    assert await bus.redis.get(victim) == b"not a list"
+
+
+async def test_the_before_ack_seam_sees_ordered_entries_too(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """The worker's fault-injection seam ``before_ack`` is called with an ordered entry's
+    key just before its acknowledgement is queued, as for main-stream entries."""
+    seen: list[str] = []
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    worker = make_worker(make_settings, handle)
+    worker.before_ack = seen.append
+    await worker.start()
+    await bus.client("caller").send_action_async(step("a", 0))
+    await eventually(lambda: handled == [0])
+    await eventually(lambda: _no_pending(bus.redis, QM.get_ordered_stream(SERVICE)))
+    [entry] = await bus.redis.xrange(QM.get_ordered_stream(SERVICE))
+    assert len(seen) == 1
+    assert seen[0].endswith(entry[0].decode())
