@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
@@ -161,5 +163,52 @@ async def test_a_reply_refused_after_the_worker_idled_is_retried_without_more_tr
         assert len(await redis.lrange(reply_to, 0, -1)) == 1
     finally:
         finish.set()
+        await worker.stop(grace=0.5)
+        await redis.aclose()
+
+
+async def test_an_output_outage_is_logged_with_the_error_redis_gave(
+    fresh_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply refused with OOM starts an output outage logged once, as a warning naming
+    Redis's own error (OutOfMemoryError, not the batcher's internal wrapper), and nothing
+    is logged as an error."""
+    caplog.set_level(logging.WARNING, "actionbus.worker")
+    redis: Any = Redis.from_url(fresh_redis_server.url)
+    settings = CommonAppSettings(_env_file=None, service_name="oomlog",
+                                 redis_url=fresh_redis_server.url)
+    worker = BaseWorker(settings, redis, worker_settings=WorkerSettings(
+        block_ms=100, check_permissions=False))
+
+    running, finish = asyncio.Event(), asyncio.Event()
+
+    async def answer(action: DomainAction, data: Any) -> dict[str, Any]:
+        running.set()
+        await finish.wait()
+        return {"ok": True}
+
+    worker.register("oomlog.item.get", answer)
+    reply_to = worker.queue_manager.get_response_queue("caller", "r1")
+    try:
+        await worker.start()
+        action = DomainAction(action_type="oomlog.item.get", data={},
+                              callback_queue_name=reply_to)
+        await redis.xadd(worker.stream, {"data": action.model_dump_json(exclude_none=True)})
+        await asyncio.wait_for(running.wait(), 10)
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", 1)  # the reply (LPUSH) is refused: OOM
+        finish.set()
+        deadline = time.monotonic() + 15
+        while not worker._output_outage.in_outage:  # barrier: the reply was refused
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        lines = [r.getMessage() for r in caplog.records if "output: Redis unavailable" in
+                 r.getMessage()]
+        assert len(lines) == 1
+        assert "(OutOfMemoryError: " in lines[0]
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    finally:
+        finish.set()
+        await redis.config_set("maxmemory", 0)
         await worker.stop(grace=0.5)
         await redis.aclose()
