@@ -60,27 +60,32 @@ DELIVERIES_KEY = "actionbus_deliveries"
 FIRST_ENTRY_KEY = "actionbus_first_entry"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-# KEYS[1] delayed set, KEYS[2] stream. ARGV[1] now in epoch ms ('' = the server's clock),
-# ARGV[2] max entries to move. Returns {moved, next due score or '', now, due scores...}.
-# Each entry is XADDed before it is ZREMed: if XADD fails, the entry stays in the set.
+# KEYS: delayed set, its stream, [another set, its stream …]. ARGV[1] now in epoch ms ('' =
+# the server's clock), ARGV[2] max entries to move from each set. Returns one
+# {moved, next due score or '', now, due scores...} per set. Each entry is XADDed before it
+# is ZREMed: if XADD fails, the entry stays in the set.
 _MOVE_DUE = """
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES',
-                       'LIMIT', 0, tonumber(ARGV[2]))
-local out = {0, '', now}
-for i = 1, #due, 2 do
-  redis.call('XADD', KEYS[2], '*', 'data', due[i])
-  redis.call('ZREM', KEYS[1], due[i])
-  out[#out + 1] = due[i + 1]
+local all = {}
+for k = 1, #KEYS, 2 do
+  local due = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', now, 'WITHSCORES',
+                         'LIMIT', 0, tonumber(ARGV[2]))
+  local out = {0, '', now}
+  for i = 1, #due, 2 do
+    redis.call('XADD', KEYS[k + 1], '*', 'data', due[i])
+    redis.call('ZREM', KEYS[k], due[i])
+    out[#out + 1] = due[i + 1]
+  end
+  out[1] = #due / 2
+  local nxt = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
+  if nxt[2] then out[2] = nxt[2] end
+  all[#all + 1] = out
 end
-out[1] = #due / 2
-local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if nxt[2] then out[2] = nxt[2] end
-return out
+return all
 """
 
 # KEYS[1] delayed set, KEYS[2] stream. ARGV[1] group, ARGV[2] entry id, ARGV[3] due score,
@@ -126,6 +131,18 @@ class MoveReport(NamedTuple):
     next_due_ms: int | None
     now_ms: int
     lateness_ms: tuple[int, ...]
+
+
+def _report(reply: Sequence[Any]) -> MoveReport:
+    """The ``MoveReport`` of one set's part of a ``_MOVE_DUE`` reply."""
+    now = int(reply[2])
+    next_due = text(reply[1])
+    return MoveReport(
+        moved=int(reply[0]),
+        next_due_ms=int(float(next_due)) if next_due else None,
+        now_ms=now,
+        lateness_ms=tuple(now - int(float(text(s))) for s in reply[3:]),
+    )
 
 
 def to_epoch_ms(when: datetime | int) -> int:
@@ -308,19 +325,19 @@ class DelayedQueue:
 
         ``now_ms`` defaults to the Redis server's clock, so workers' clocks do not matter.
         """
+        return (await self.move_due_with((), max_batch, now_ms))[0]
+
+    async def move_due_with(
+        self, others: Sequence[DelayedQueue], max_batch: int = 100, now_ms: int | None = None,
+    ) -> tuple[MoveReport, ...]:
+        """``move_due_report`` of this set and of ``others`` (sets of the same service, so of
+        one hash slot: its lanes' sets) in one script, one round trip; a report per set."""
         if max_batch <= 0:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
         now_arg = "" if now_ms is None else str(int(now_ms))
-        reply: Sequence[Any] = await self._move(keys=[self.key, self.stream],
-                                                args=[now_arg, max_batch])
-        now = int(reply[2])
-        next_due = text(reply[1])
-        return MoveReport(
-            moved=int(reply[0]),
-            next_due_ms=int(float(next_due)) if next_due else None,
-            now_ms=now,
-            lateness_ms=tuple(now - int(float(text(s))) for s in reply[3:]),
-        )
+        keys = [key for queue in (self, *others) for key in (queue.key, queue.stream)]
+        replies: Sequence[Any] = await self._move(keys=keys, args=[now_arg, max_batch])
+        return tuple(_report(reply) for reply in replies)
 
     async def move_due(self, max_batch: int = 100) -> tuple[int, int | None]:
         """Move due actions into the stream; return (how many moved, next due epoch ms or None).

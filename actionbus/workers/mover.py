@@ -1,11 +1,11 @@
 """The mover loop every worker runs: due delayed actions into the stream, schedules ticked.
 
-Each round moves up to ``delayed_batch`` due actions with one script
-(``DelayedQueue.move_due_report``), ticks the worker's schedules (``schedule.tick``), then
-sleeps until the next due time, never longer than ``delayed_poll_s``: an earlier action
-added meanwhile by another process is picked up within that cap. A full batch means more
-may be due, so the next round starts at once. With N workers, N movers run; the scripts
-make each move and each tick happen once.
+Each round moves up to ``delayed_batch`` due actions of each delayed set (the service's,
+and its lanes' when it reads lanes) with one script (``DelayedQueue.move_due_with``), ticks
+the worker's schedules (``schedule.tick``), then sleeps until the next due time, never
+longer than ``delayed_poll_s``: an earlier action added meanwhile by another process is
+picked up within that cap. A full batch means more may be due, so the next round starts at
+once. With N workers, N movers run; the scripts make each move and each tick happen once.
 """
 
 from __future__ import annotations
@@ -57,13 +57,13 @@ class Mover:
     async def round(self) -> float:
         """One round: move, tick; return how long to sleep before the next one."""
         settings = self.ctx.settings
-        report = await self.delayed.move_due_report(settings.delayed_batch)
+        report, *lane_reports = await self.delayed.move_due_with(  # one script, every set
+            self.lane_sets, settings.delayed_batch)
         if report.moved:
             self.moved += report.moved
             self.lateness_ms.extend(report.lateness_ms)
             del self.lateness_ms[:-100_000]
-        for lane_set in self.lane_sets:
-            lane_report = await lane_set.move_due_report(settings.delayed_batch)
+        for lane_report in lane_reports:
             self.moved += lane_report.moved
             if lane_report.next_due_ms is not None and (
                     report.next_due_ms is None or lane_report.next_due_ms < report.next_due_ms):

@@ -16,8 +16,9 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis.commands.core import AsyncScript
 from redis.crc import key_slot
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from actionbus.backoff import Backoff, OutageLog
 from actionbus.connection import AnyRedis
@@ -53,12 +54,56 @@ return out
 takes what is left, so the read never brings more than asked, and the most urgent lane is
 looked at in every read (the lanes share a hash slot, so this also runs on a cluster)."""
 
+LANE_LAGS = """
+local found = {}
+if tonumber(ARGV[3]) > 0 then
+  found = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+                     'STREAMS', KEYS[1], '>') or {}
+end
+local out = {}
+for i, key in ipairs(KEYS) do
+  local lag = -1
+  local groups = redis.pcall('XINFO', 'GROUPS', key)
+  if groups.err == nil then
+    for _, group in ipairs(groups) do
+      local name, value = nil, nil
+      for j = 1, #group, 2 do
+        if group[j] == 'name' then name = group[j + 1]
+        elseif group[j] == 'lag' then value = group[j + 1] end
+      end
+      if name == ARGV[1] and value then lag = value end
+    end
+  end
+  out[i] = lag
+end
+return {out, found}
+"""
+"""After a read of the lanes (``KEYS``, most urgent first): first takes up to ``ARGV[3]``
+(0 or 1) entries of the most urgent lane for consumer ``ARGV[2]`` of group ``ARGV[1]``, then
+counts how many entries of each lane the group has not read yet (-1 where Redis cannot
+tell: no stream or group, entries deleted ahead of the group, Redis before 7.0). Returns
+``{counts, entries read}``, the entries as ``READ_LANES`` gives them."""
+
+PLAN_MIN = 16
+"""Lane reads of at least this many entries are planned (plain XREADGROUPs) when they can be:
+Redis converts each entry a script returns for about 2 µs, 7 times the read itself, where
+two commands in a pipeline cost the worker about 0.2M instructions more than one command
+(0.3 µs per entry of a read of 100); smaller reads stay one READ_LANES call."""
+
 Spawn = Callable[[str, str, dict[Any, Any], int], None]
 """``spawn(stream, entry_id, fields, deliveries)``: start handling one entry."""
 
 SpawnRead = Callable[[str, list[Any]], None]
 """``spawn_read(stream, entries)``: start handling the ``(entry_id, fields)`` entries one
 read brought (first deliveries), as ``spawn`` would each, in order."""
+
+
+def script_entries(reply: list[Any]) -> list[Any]:
+    """``[(stream, [(entry_id, fields), …]), …]`` of a script's ``[[stream, [[entry_id,
+    [field, value, …]], …]], …]``; the usual entry (one ``data`` field) with no slices."""
+    return [(stream, [(entry_id, {flat[0]: flat[1]} if len(flat) == 2 else entry_fields(flat))
+                      for entry_id, flat in entries])
+            for stream, entries in reply]
 
 
 def spread(consumer: str) -> float:
@@ -117,12 +162,19 @@ class StreamReader:
         self._reading = asyncio.Lock()  # a read in flight and "recover own" never overlap
         self._credits = [0] * len(self.streams)  # weighted lanes: smooth round robin
         self._lane_of = {stream: i for i, stream in enumerate(self.streams)}
-        self._drained = False  # the last lane read brought less than asked: lanes empty
+        self._drained = False  # the last lane read left every lane empty
+        self._lags: list[int] | None = None
+        """Unread entries of each lane right after the last lane read (``LANE_LAGS``); None
+        when unknown, or stale (a wait for a slot or a blocking read came after it)."""
+        self._full = False  # the last lane read brought all it asked, PLAN_MIN or more
+        self._scripts_loaded = False
         lanes_in_one_slot = len(self.streams) > 1 and len(
             {key_slot(stream.encode()) for stream in self.streams}) == 1
-        self._read_script = redis.register_script(READ_LANES) if lanes_in_one_slot else None
-        """Lanes share a hash slot: one script reads them all. Streams of several slots
-        (only a cluster cares, but any reader may be given them) are read one by one."""
+        self._scripts = (redis.register_script(READ_LANES), redis.register_script(LANE_LAGS)
+                         ) if lanes_in_one_slot else None
+        """Lanes share a hash slot: a script reads them all, another counts what they hold.
+        Streams of several slots (only a cluster cares, but any reader may be given them)
+        are read one by one."""
         weights = tuple(ctx.settings.lane_weights)
         self._weights = (weights + (1,) * len(self.streams))[:len(self.streams)]
 
@@ -139,6 +191,7 @@ class StreamReader:
         while not stopping.is_set():
             free = self.free()
             if free <= 0:
+                self._lags = None  # what the lanes held goes stale while we wait
                 self.slot_free.clear()
                 self.waiting_for_slot = True
                 try:
@@ -216,11 +269,11 @@ class StreamReader:
 
         Strict: each lane in order takes what is left. Weighted: first the lane chosen by
         ``_first_lane`` takes its share (at least one), then the lanes in order take the
-        rest (that lane included). All of it is one script call (``READ_LANES``): one round
-        trip, and the most urgent lane is looked at in every read. Nothing in any lane, or
-        the last read emptied them all: one blocking read of all lanes, each bringing at
-        most ``count // lanes`` (so a read never brings more entries than free slots; it
-        returns at once if entries arrived meanwhile, most urgent started first).
+        rest (that lane included). One round trip (``_read_with_lags``), and the most urgent
+        lane is looked at in every read. Nothing in any lane, or the last read emptied them
+        all: one blocking read of all lanes, each bringing at most ``count // lanes`` (so a
+        read never brings more entries than free slots; it returns at once if entries
+        arrived meanwhile, most urgent started first).
         """
         settings, ctx = self.ctx.settings, self.ctx
         if not self._drained:
@@ -231,22 +284,26 @@ class StreamReader:
                 share = -(-count * self._weights[first] // sum(self._weights))
                 keys.insert(0, self.streams[first])  # its share first, then every lane
                 caps.insert(0, max(1, share))
-            if self._read_script is not None:
-                found: Any = [  # one "data" field (the usual entry): no slices, no zip
-                    (stream, [(entry_id,
-                               {flat[0]: flat[1]} if len(flat) == 2 else entry_fields(flat))
-                              for entry_id, flat in entries])
-                    for stream, entries in await self._read_script(
-                        keys=keys, args=[ctx.group, ctx.consumer, count, *caps])]
+            lags = None
+            counts = self._lags if count >= PLAN_MIN else None  # a planned read, if any
+            if self._scripts is not None:
+                found, lags = await self._read_with_lags(*self._scripts, keys, caps, count,
+                                                         counts)
             else:
                 found = await self._read_one_by_one(keys, caps, count)
+            self._lags = lags
             if found:
                 read: list[list[Any]] = [[] for _ in self.streams]
                 for stream, entries in found:
                     read[self._lane_of[text(stream)]].append((stream, entries))
                 got = sum(self._spawn_all(replies) for replies in read)  # most urgent first
-                self._drained = got < count  # every lane gave less than it could: empty
+                self._full = got == count >= PLAN_MIN
+                # Every lane empty after it; without counts, a script read that brought
+                # less than asked (a planned one asks the high lane for one it may not get)
+                self._drained = not any(lags) if lags is not None else (
+                    got < count and counts is None)
                 return True
+        self._lags = None
         room = {stream: ">" for stream in self.streams[:count]}
         each = count // len(room)  # the lanes together never bring more than count
         reply: Any = await self.redis.xreadgroup(
@@ -257,6 +314,75 @@ class StreamReader:
         woken: list[Any] = [entries for _, entries in reply or ()]
         self._drained = bool(woken) and all(len(entries) < each for entries in woken)
         return self._spawn_all(reply) > 0
+
+    async def _read_with_lags(
+        self, read_script: AsyncScript, lags_script: AsyncScript, keys: list[str],
+        caps: list[int], count: int, counts: list[int] | None,
+    ) -> tuple[list[Any], list[int] | None]:
+        """One pipeline: the lanes' entries, then ``LANE_LAGS`` (what each lane still holds).
+
+        With ``counts`` (what the lanes held right after the read before, for a read of
+        ``PLAN_MIN`` or more): one plain XREADGROUP per lane that gives any, each asked for
+        what ``READ_LANES`` would take of lanes holding that many; the high lane, found
+        empty then, is still asked for one entry (by ``LANE_LAGS``), so an urgent entry
+        that came since is not skipped. Without: ``READ_LANES`` reads them all in Redis,
+        with ``LANE_LAGS`` only after a read that brought all it asked, ``PLAN_MIN`` or
+        more (other reads stay one command: no counts, none needed).
+        """
+        group, consumer = self.ctx.group, self.ctx.consumer
+        if counts is None and not self._full:
+            return script_entries(await read_script(
+                keys=keys, args=[group, consumer, count, *caps])), None
+        if not self._scripts_loaded:
+            for script in (read_script, lags_script):
+                await self.redis.script_load(script.script)
+            self._scripts_loaded = True
+        pipe = self.redis.pipeline(transaction=False)
+        probe = 0
+        if counts is not None:
+            takes = dict(self._plan(keys, caps, count, counts))
+            if counts[0] == 0:  # found empty: its one entry is read by the script
+                probe = takes.pop(self.streams[0], 0)
+            for stream, take in takes.items():
+                pipe.xreadgroup(group, consumer, {stream: ">"}, count=take)
+        else:
+            pipe.execute_command(  # not pipe.evalsha: blocked on a cluster's pipelines
+                "EVALSHA", read_script.sha, len(keys), *keys, group, consumer, count, *caps)
+        pipe.execute_command(
+            "EVALSHA", lags_script.sha, len(self.streams), *self.streams, group, consumer, probe)
+        *replies, counted = await pipe.execute(raise_on_error=False)
+        for reply in [*replies, counted]:
+            if isinstance(reply, NoScriptError):  # Redis lost its scripts: load them again
+                self._scripts_loaded = False
+            elif isinstance(reply, Exception):
+                self.recover_now.set()  # the reads before it may have delivered entries
+                raise reply
+        found: list[Any] = []
+        for reply in replies:
+            if counts is not None:
+                found.extend(reply or ())
+            elif not isinstance(reply, NoScriptError):
+                found.extend(script_entries(reply))
+        if isinstance(counted, NoScriptError):
+            return found, None
+        lags, probed = counted
+        found.extend(script_entries(probed))
+        return found, ([int(lag) for lag in lags] if min(lags) >= 0 else None)
+
+    def _plan(
+        self, keys: list[str], caps: list[int], count: int, lags: list[int]
+    ) -> list[tuple[str, int]]:
+        """``READ_LANES``'s takes (``keys``, ``caps``, ``count``) from lanes holding ``lags``
+        entries, the high lane counted as holding at least one; lanes taking none left out."""
+        unread = dict(zip(self.streams, lags, strict=True))
+        unread[self.streams[0]] = max(1, unread[self.streams[0]])
+        takes = dict.fromkeys(self.streams, 0)
+        left = count
+        for key, cap in zip(keys, caps, strict=True):
+            take = min(left, cap, unread[key] - takes[key])
+            takes[key] += take
+            left -= take
+        return [(stream, take) for stream, take in takes.items() if take > 0]
 
     async def _read_one_by_one(self, keys: list[str], caps: list[int], count: int) -> Any:
         """``READ_LANES`` done with one XREADGROUP per stream (streams of several slots)."""

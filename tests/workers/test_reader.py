@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from redis.asyncio import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from actionbus import BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
 from actionbus.backoff import OutageLog
@@ -336,7 +337,150 @@ async def test_after_a_read_that_emptied_the_lanes_the_next_is_one_blocking_read
     assert (await calls())[0] == after[0]
     assert await reader._read_lanes(10) is True  # that lane gave all it could: script read
     assert len(spawned) == 7
-    assert (await calls())[0] == after[0] + 1
+    assert (await calls())[0] == after[0] + 1  # small reads: READ_LANES alone, no counts
+
+
+async def _bulk(redis: Any, n: int) -> None:
+    """The lanes' groups, and ``n`` entries "bulk 0" … in the normal lane."""
+    for stream in LANES:
+        await redis.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    pipe = redis.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(LANES[1], {"data": f"bulk {i}"})
+    await pipe.execute()
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_a_large_lane_read_after_another_is_plain_xreadgroups_not_the_script(
+    redis_client: Any,
+) -> None:
+    """A read that follows one of 16 or more entries counts the lanes too (LANE_LAGS in
+    the same pipeline); right after it, a read of 16 or more takes the bulk lane's entries
+    with one plain XREADGROUP (and the empty high lane's one probe inside LANE_LAGS: 1
+    script call, 2 XREADGROUPs), not through READ_LANES, whose reply Redis converts at
+    about 2 us per entry; and it is not taken for a drained read although it brings one
+    entry less than asked."""
+    await _bulk(redis_client, 100)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 5_000, spawned)
+
+    async def calls() -> tuple[int, int]:
+        stats = await redis_client.info("commandstats")
+        return (stats.get("cmdstat_evalsha", {}).get("calls", 0),
+                stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
+
+    assert await reader._read_lanes(20) is True  # READ_LANES alone
+    before = await calls()
+    assert await reader._read_lanes(20) is True  # after 20: READ_LANES and LANE_LAGS
+    after = await calls()
+    assert (after[0] - before[0], len(spawned)) == (2, 40)
+    for n in (59, 78):
+        before = await calls()
+        assert await reader._read_lanes(20) is True
+        after = await calls()
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 2)
+        assert len(spawned) == n
+    assert {stream for stream, _ in spawned} == {LANES[1]}
+
+
+async def test_an_urgent_entry_that_came_after_the_lanes_were_counted_is_read_next(
+    redis_client: Any,
+) -> None:
+    """A read planned from the counts of the read before it still asks the high lane,
+    found empty then, for one entry: an urgent entry added in between is the first entry
+    of the next read, the bulk lane filling the rest."""
+    await _bulk(redis_client, 100)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(2):  # the second counts the lanes
+        assert await reader._read_lanes(20) is True
+    assert await reader._read_lanes(20) is True  # planned: 19 bulk, the probe found nothing
+    urgent = (await redis_client.xadd(LANES[0], {"data": "urgent"})).decode()
+    assert await reader._read_lanes(20) is True
+    assert spawned[59] == (LANES[0], urgent)
+    assert [stream for stream, _ in spawned[60:]] == [LANES[1]] * 19
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_a_lane_reader_loads_its_scripts_again_after_redis_lost_them(
+    redis_client: Any,
+) -> None:
+    """After SCRIPT FLUSH (a restarted Redis) the lane reader loads its scripts again: the
+    planned read then gets no counts, the reads after it are script reads that bring all
+    they ask, counting the lanes again, and the one after those is planned again."""
+    await _bulk(redis_client, 150)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(2):  # the second counts the lanes
+        assert await reader._read_lanes(20) is True
+    await redis_client.script_flush()
+    assert await reader._read_lanes(20) is True  # planned: its LANE_LAGS found no script
+    assert len(spawned) == 59
+    for _ in range(2):  # READ_LANES loaded again, then with LANE_LAGS loaded again
+        assert await reader._read_lanes(20) is True
+    assert len(spawned) == 99
+    before = (await redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    assert await reader._read_lanes(20) is True
+    assert (await redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"] == before + 1
+    assert [entry_id for _, entry_id in spawned] == [
+        entry_id.decode() for entry_id, _ in await redis_client.xrange(LANES[1], count=118)]
+
+
+async def test_a_lane_read_failing_part_way_has_its_entries_recovered(
+    redis_client: Any,
+) -> None:
+    """A planned read whose bulk lane lost its group fails, but the urgent entry its probe
+    took in the same round trip is not lost: the reader asks for recovery, which gives it
+    back to this consumer."""
+    await _bulk(redis_client, 100)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(2):  # the second counts the lanes
+        assert await reader._read_lanes(20) is True
+    urgent = (await redis_client.xadd(LANES[0], {"data": "urgent"})).decode()
+    await redis_client.xgroup_destroy(LANES[1], "inventory")
+    reader.recover_now.clear()
+    with pytest.raises(ResponseError, match="NOGROUP"):
+        await reader._read_lanes(20)
+    assert reader.recover_now.is_set()
+    await redis_client.xgroup_create(LANES[1], "inventory", id="$")
+    await reader.recover_own(10)
+    assert spawned[40:] == [(LANES[0], urgent)]
+
+
+async def test_an_urgent_entry_sent_while_every_slot_was_busy_is_read_first(
+    bus: Any, eventually: Any
+) -> None:
+    """Counts taken before the worker waited for a free slot are stale: the read after the
+    wait looks at every lane afresh, so urgent entries sent meanwhile all start before the
+    bulk entries that were already waiting (with 20 slots: the first 20 bulk entries end
+    at once, the second read of 20 counts the lanes and fills every slot)."""
+    worker = bus.worker("lanes", lanes=True, lane_mode="strict", concurrency=20)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    @worker.handler("lanes.item.bulk")
+    async def bulk(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append(f"bulk{data['n']}")
+        if data["n"] >= 20:
+            await release.wait()
+
+    @worker.handler("lanes.item.urgent")
+    async def urgent(action: DomainAction, data: dict[str, Any]) -> None:
+        order.append(f"urgent{data['n']}")
+
+    client = bus.client("orders")
+    await worker.start()
+    await client.send_actions_async(
+        [DomainAction(action_type="lanes.item.bulk", data={"n": n}) for n in range(60)])
+    await eventually(lambda: len(order) == 40)
+    await client.send_actions_async(
+        [DomainAction(action_type="lanes.item.urgent", data={"n": n}) for n in range(5)],
+        priority="high",
+    )
+    release.set()
+    await eventually(lambda: len(order) == 65)
+    assert order[40:45] == [f"urgent{n}" for n in range(5)]
 
 
 async def test_reclaim_skips_lane_entries_this_worker_is_still_handling(
@@ -453,7 +597,7 @@ async def test_streams_of_several_slots_read_one_by_one_bring_exactly_what_was_a
             await redis_client.xadd(stream, {"data": f"{i}"})
     spawned: list[tuple[str, str, dict[Any, Any]]] = []
     reader = _strict_reader(redis_client, streams, spawned)
-    assert reader._read_script is None  # several slots: no script
+    assert reader._scripts is None  # several slots: no script
     assert await reader._read_lanes(3) is True
     assert [(stream, fields) for stream, _, fields in spawned] == [
         (streams[0], {b"data": b"0"}), (streams[0], {b"data": b"1"}),

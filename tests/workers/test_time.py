@@ -397,6 +397,31 @@ async def test_the_mover_counts_what_it_moves_in_every_lane_and_notes_each_laten
     assert await bus.redis.xlen(ctx.queues.get_lane_stream("timed", "low")) == 2
 
 
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_a_mover_round_of_a_lane_reading_worker_is_one_script_call(bus: Any) -> None:
+    """The main set and both lanes' sets are moved by one script call per round (one round
+    trip), each due action into its own stream."""
+    worker = bus.worker("timed", lanes=True)
+    ctx = worker.context
+    mover = Mover(ctx, bus.redis, outage=OutageLog(logging.getLogger("test"), "mover"))
+    past = int(time.time() * 1000) - 1_000
+    await mover.round()  # loads the script
+    for lane in ("high", None, "low"):
+        await DelayedQueue(bus.redis, ctx.queues, "timed", lane).add(
+            DomainAction(action_type="timed.item.x"), past)
+
+    async def calls() -> int:
+        return int((await bus.redis.info("commandstats")).get("cmdstat_evalsha", {}).get(
+            "calls", 0))
+
+    before = await calls()
+    await mover.round()
+    assert await calls() == before + 1
+    assert mover.moved == 3
+    for stream in ctx.queues.get_lane_streams("timed"):
+        assert await bus.redis.xlen(stream) == 1
+
+
 async def test_the_mover_sleeps_until_the_soonest_due_action_of_any_set(bus: Any) -> None:
     """With a poll ceiling of 60 s, a round returns how long until the soonest due action,
     whether it waits in a lane's set or in the main set (the other sets empty or later)."""
