@@ -551,3 +551,15 @@ async def test_a_handled_run_is_timed_by_what_it_took(bus: Any) -> None:
     assert timings.outcomes[(action.action_type, "handled")] == 1
     _, total = timings.cumulative(action.action_type)
     assert 0 <= total <= took
+
+
+async def test_without_slow_handler_warn_s_the_warning_comes_after_twice_claim_idle(
+    bus: Any,
+) -> None:
+    """slow_handler_warn_s unset: a handler without a timeout is warned about once it ran
+    twice claim_idle_ms (in seconds), the time after which others may reclaim it."""
+    worker = bus.worker("inventory", claim_idle_ms=250)
+    pipeline = Pipeline(worker.context, bus.redis, WorkerStats())
+    [timeout] = [layer for layer in pipeline.layers(Route("inventory.stock.get", noop))
+                 if isinstance(layer, TimeoutLayer)]
+    assert (timeout.timeout, timeout.warn_after) == (None, 0.5)
