@@ -660,3 +660,30 @@ async def test_every_large_entry_seen_is_counted(
         assert worker._processor.read_limit == 1
     finally:
         await worker.stop()
+
+
+async def test_a_one_field_entry_just_over_the_per_entry_budget_is_counted_large(
+    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """The usual entry (one "data" field) on a worker that saw no large entry yet: with
+    read_budget_bytes / batch_size = 100, data of 97 bytes (101 with the field name) counts
+    as large; data of 96 bytes (exactly 100) does not."""
+    worker = BaseWorker(make_settings(service_name="inventory"), conn,
+                        worker_settings=fast_worker_settings(batch_size=10,
+                                                             read_budget_bytes=1000))
+    marks: list[str] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        marks.append(data["m"])
+
+    await worker.start()
+    try:
+        await conn.xadd(STREAM, {"data": _mark_json_of_length(96)})
+        await eventually(lambda: len(marks) == 1)
+        assert worker.stats.large_entries_seen == 0
+        await conn.xadd(STREAM, {"data": _mark_json_of_length(97)})
+        await eventually(lambda: len(marks) == 2)
+        assert worker.stats.large_entries_seen == 1
+    finally:
+        await worker.stop()
