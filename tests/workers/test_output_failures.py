@@ -259,6 +259,30 @@ async def test_failed_round_is_requeued_ahead_of_what_was_queued_meanwhile(
         await redis.aclose()
 
 
+async def test_a_flush_that_lands_ends_the_output_outage(fresh_redis_server: Any) -> None:
+    """A round refused by an outage (OOM) marks the output in outage; the next flush() that
+    lands its round ends it, with no background round needed (an idle worker's health
+    would otherwise report the outage for good)."""
+    redis = Redis.from_url(fresh_redis_server.url)
+    stream = QM.get_service_action_stream("inventory")
+    outage = OutageLog(logging.getLogger("actionbus.worker"), "output")
+    try:
+        ids = await _one_read(redis, stream, 1)
+        batcher = OutputBatcher(redis, stream, "inventory", outage, consumer="c1")
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", 1)
+        batcher.xadd("out-stream", {"n": "a"})
+        batcher.ack(ids[0])
+        await batcher.flush()
+        assert outage.in_outage
+        await redis.config_set("maxmemory", 0)
+        await batcher.flush()
+        assert batcher.acknowledged == 1
+        assert not outage.in_outage
+    finally:
+        await redis.aclose()
+
+
 async def _one_read(redis: Redis, stream: str, n: int) -> list[str]:
     """``n`` entries added to ``stream`` and read by consumer c1 of group inventory."""
     await redis.xgroup_create(stream, "inventory", id="0", mkstream=True)
