@@ -68,7 +68,8 @@ def test_constructor_rejects_bad_service_name(
 
 def test_constructor_rejects_missing_redis_client(make_settings: Settings) -> None:
     """redis_client=None is a ConfigurationError telling where to get one."""
-    with pytest.raises(ConfigurationError, match=r"RedisManager\.get_client\(\)"):
+    with pytest.raises(ConfigurationError,
+                       match=r"^BaseRedisClient needs .*RedisManager\.get_client\(\)$"):
         BaseRedisClient("orders", None, make_settings())  # type: ignore[arg-type]
 
 
@@ -165,9 +166,10 @@ async def test_payload_limit_counts_utf8_bytes(bus: Any) -> None:
 
 @pytest.mark.parametrize("bad", [{"action_type": "inv.item.x"}, None, "inv.item.x"])
 async def test_send_action_async_rejects_non_actions(bus: Any, bad: Any) -> None:
-    """send_action_async with something other than a DomainAction is a clear TypeError."""
+    """send_action_async with something other than a DomainAction is a clear TypeError
+    naming the type it got."""
     client = bus.client("orders")
-    with pytest.raises(TypeError, match="expected a DomainAction"):
+    with pytest.raises(TypeError, match=f"expected a DomainAction, got {type(bad).__name__};"):
         await client.send_action_async(bad)
 
 
