@@ -68,7 +68,8 @@ def test_constructor_rejects_bad_service_name(
 
 def test_constructor_rejects_missing_redis_client(make_settings: Settings) -> None:
     """redis_client=None is a ConfigurationError telling where to get one."""
-    with pytest.raises(ConfigurationError, match=r"RedisManager\.get_client\(\)"):
+    with pytest.raises(ConfigurationError,
+                       match=r"^BaseRedisClient needs .*RedisManager\.get_client\(\)$"):
         BaseRedisClient("orders", None, make_settings())  # type: ignore[arg-type]
 
 
@@ -165,9 +166,10 @@ async def test_payload_limit_counts_utf8_bytes(bus: Any) -> None:
 
 @pytest.mark.parametrize("bad", [{"action_type": "inv.item.x"}, None, "inv.item.x"])
 async def test_send_action_async_rejects_non_actions(bus: Any, bad: Any) -> None:
-    """send_action_async with something other than a DomainAction is a clear TypeError."""
+    """send_action_async with something other than a DomainAction is a clear TypeError
+    naming the type it got."""
     client = bus.client("orders")
-    with pytest.raises(TypeError, match="expected a DomainAction"):
+    with pytest.raises(TypeError, match=f"expected a DomainAction, got {type(bad).__name__};"):
         await client.send_action_async(bad)
 
 
@@ -533,3 +535,20 @@ async def test_a_batch_with_a_priority_passes_the_publish_layers(bus: Any) -> No
     ids = await client.send_actions_async(batch, priority="high")
     assert seen == [str(action.action_id) for action in batch]
     assert len(await bus.redis.xrange(QM.get_lane_stream("inventory", "high"))) == len(ids) == 2
+
+
+async def test_an_action_of_exactly_max_payload_bytes_is_sent(bus: Any) -> None:
+    """The limit is inclusive: an action whose wire JSON is exactly max_payload_bytes long
+    is sent; one byte more is refused."""
+    from actionbus.clients.encoding import wire_json
+
+    def sized(n: int) -> DomainAction:
+        return DomainAction(action_type="inv.item.put", origin_service="orders",
+                            data={"blob": "x" * n})
+
+    limit = len(wire_json(sized(500)))
+    client = bus.client("orders", max_payload_bytes=limit)
+    with pytest.raises(PayloadTooLargeError):
+        await client.send_action_async(sized(501))
+    await client.send_action_async(sized(500))
+    assert await bus.redis.xlen(QM.get_service_action_stream("inv")) == 1

@@ -95,10 +95,21 @@ async def test_a_partitioned_service_drains_all_masters_in_order_per_key(
 
 async def test_leftover_partitions_are_found_on_the_cluster(redis_cluster_url: str) -> None:
     """The probe for partitions beyond a worker's count works across the masters: it finds
-    partition 2 by its stream and partition 4 by its delayed set, nothing else."""
+    partition 2 by its stream, partition 4 by its delayed set and partition 6 by its
+    ordered stream, nothing else."""
     async with RedisManager(settings(redis_cluster_url, "probe")) as manager:
         redis = manager.get_client()
         await redis.xadd(QM.get_partition_stream(SERVICE, 2), {"data": "{}"})
         await redis.zadd(QM.get_delayed_set(SERVICE, partition=4), {"{}": 1})
-        assert await probe(redis, QM, SERVICE, 1) == [2, 4]
-        assert await probe(redis, QM, SERVICE, 3) == [4]
+        await redis.xadd(QM.get_ordered_stream(SERVICE, 6), {"data": "{}"})
+        assert await probe(redis, QM, SERVICE, 1) == [2, 4, 6]
+        assert await probe(redis, QM, SERVICE, 3) == [4, 6]
+
+
+async def test_the_cluster_probe_from_one_finds_partition_one(redis_cluster_url: str) -> None:
+    """A worker of an unpartitioned service (partitions=1) probes from partition 1 on the
+    cluster too: actions left in partition 1 by a sender with more partitions are found."""
+    async with RedisManager(settings(redis_cluster_url, "probe")) as manager:
+        redis = manager.get_client()
+        await redis.xadd(QM.get_partition_stream(SERVICE, 1), {"data": "{}"})
+        assert await probe(redis, QM, SERVICE, 1) == [1]

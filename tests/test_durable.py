@@ -6,6 +6,7 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
@@ -315,6 +316,76 @@ async def test_pseudo_sync_request_waits_for_the_replicas_of_the_settings(
             await client.send_action_pseudo_sync(action(1), timeout=30)
         [(entry_id, _)] = await redis.xrange(STREAM)
         assert entry_id.decode() == caught.value.entry_id
+    finally:
+        await client.close()
+        await redis.aclose()
+
+
+async def test_a_wait_timeout_given_alone_is_checked_and_used(redis_url: str) -> None:
+    """send_action_async(wait_timeout_ms=…) without wait_replicas (the settings' replicas)
+    still takes the timeout as given: 0 is refused with a ConfigurationError, nothing
+    sent; with settings.wait_replicas=1 a send with wait_timeout_ms=1 reports that timeout."""
+    redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url))
+    durable = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url, wait_replicas=1,
+        wait_timeout_ms=2_000))
+    try:
+        with pytest.raises(ConfigurationError, match=r"^wait_timeout_ms must be"):
+            await client.send_action_async(action(1), wait_timeout_ms=0)
+        assert await redis.xlen(STREAM) == 0
+        with pytest.raises(NotReplicatedError, match=r"within 1 ms"):
+            await durable.send_action_async(action(2), wait_timeout_ms=1)
+    finally:
+        await client.close()
+        await durable.close()
+        await redis.aclose()
+
+
+@pytest.mark.parametrize(("arguments", "named"), [
+    ({"wait_replicas": False}, "wait_replicas"),
+    ({"wait_replicas": 0.0}, "wait_replicas"),
+    ({"wait_replicas": 0, "wait_timeout_ms": True}, "wait_timeout_ms"),
+    ({"wait_replicas": 0, "wait_timeout_ms": 100.0}, "wait_timeout_ms"),
+])
+async def test_durability_arguments_must_be_integers_even_when_zero_replicas_are_asked(
+    redis_url: str, arguments: dict[str, object], named: str,
+) -> None:
+    """A bool or float wait_replicas/wait_timeout_ms (even one equal to an accepted value,
+    0 replicas or 100 ms) is refused with a ConfigurationError naming it; nothing sent."""
+    redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url))
+    try:
+        with pytest.raises(ConfigurationError, match=rf"^{named} must be an integer"):
+            await client.send_action_async(action(1), **arguments)  # type: ignore[arg-type]
+        assert await redis.xlen(STREAM) == 0
+    finally:
+        await client.close()
+        await redis.aclose()
+
+
+async def test_zero_replicas_of_an_int_subclass_sends_no_wait(redis_url: str) -> None:
+    """wait_replicas=0 given as an int subclass (an IntEnum member, say) is 0 replicas:
+    the entry is written with a plain XADD, no WAIT is sent."""
+
+    class Count(int):
+        pass
+
+    redis = Redis.from_url(redis_url)
+    client = BaseRedisClient("caller", redis, CommonAppSettings(
+        _env_file=None, service_name="caller", redis_url=redis_url))
+
+    async def waits() -> int:
+        stats: Any = await redis.info("commandstats")
+        return int(stats.get("cmdstat_wait", {}).get("calls", 0))
+
+    try:
+        before = await waits()
+        await client.send_action_async(action(1), wait_replicas=Count(0))
+        assert await redis.xlen(STREAM) == 1
+        assert await waits() == before
     finally:
         await client.close()
         await redis.aclose()

@@ -521,3 +521,159 @@ async def test_recovering_a_single_pending_entry_runs_it_without_a_loop_failure(
     await client.send_action_async(step("a", 1))  # barrier: the loop went on reading
     await eventually(lambda: order == [0, 1])
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_a_lease_another_worker_holds_is_neither_taken_nor_overwritten(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """While another worker holds an ordered stream's lease, a worker polling for ordered
+    work (XLEN, then SET NX) leaves the lease alone and runs none of its actions; once the
+    lease is gone it takes the stream over and runs them."""
+    client = bus.client("caller")
+    lease = QM.get_ordering_lease_key(SERVICE)
+    await client.send_action_async(step("a", 0))
+    await bus.redis.set(lease, "other-holder", px=60_000)
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    async def xlen_calls() -> int:
+        stats: Any = await bus.redis.info("commandstats")
+        return int(stats.get("cmdstat_xlen", {}).get("calls", 0))
+
+    worker = make_worker(make_settings, handle, maintenance_interval_s=3600)
+    await worker.start()  # its start probes the partitions (XLENs in a script): count after
+    before = await xlen_calls()
+    # Barrier: two more XLENs of the poll loop mean a SET NX attempt is done.
+    await eventually(lambda: _at_least(xlen_calls, before + 2))
+    assert await bus.redis.get(lease) == b"other-holder"
+    assert handled == []
+    assert worker._ordering is not None
+    assert worker._ordering.leases == 0
+    await bus.redis.delete(lease)
+    await eventually(lambda: handled == [0])
+
+
+async def _at_least(count: Callable[[], Any], n: int) -> bool:
+    return bool(await count() >= n)
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_a_worker_without_ordered_actions_takes_no_lease(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """A worker whose ordered stream is empty keeps polling it (XLEN) but never takes its
+    lease: services that never use ordering keys get no lease key."""
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        """Never called: nothing is sent."""
+
+    async def xlen_calls() -> int:
+        stats: Any = await bus.redis.info("commandstats")
+        return int(stats.get("cmdstat_xlen", {}).get("calls", 0))
+
+    worker = make_worker(make_settings, handle, maintenance_interval_s=3600)
+    await worker.start()  # its start probes the partitions (XLENs in a script): count after
+    before = await xlen_calls()
+    await eventually(lambda: _at_least(xlen_calls, before + 2))  # two polls looked
+    assert not await bus.redis.exists(QM.get_ordering_lease_key(SERVICE))
+    assert worker._ordering is not None
+    assert worker._ordering.leases == 0
+
+
+async def test_stopping_never_raises_when_the_lease_cannot_be_released(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """A holder whose lease release fails at stop (here Redis answers WRONGTYPE: the lease
+    key was replaced by a hash) still stops without raising; the lease then lapses."""
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    worker = make_worker(make_settings, handle)
+    await worker.start()
+    await bus.client("caller").send_action_async(step("a", 0))
+    await eventually(lambda: handled == [0])
+    assert worker._ordering is not None
+    assert worker._ordering.leases == 1
+    lease = QM.get_ordering_lease_key(SERVICE)
+    await bus.redis.delete(lease)
+    await bus.redis.hset(lease, "not", "a lease")
+    await worker.stop(grace=0.5)  # must not raise
+    assert worker._ordering.leases == 0
+
+
+async def test_stopping_ends_the_lease_keeper_task(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """A holder's stop() ends the task that refreshes its lease: no lease keeper is left
+    running once stop() returned."""
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    name = f"actionbus-lease:{QM.get_ordering_lease_key(SERVICE)}"
+
+    def keepers() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if t.get_name() == name and not t.done()]
+
+    worker = make_worker(make_settings, handle)
+    await worker.start()
+    await bus.client("caller").send_action_async(step("a", 0))
+    await eventually(lambda: handled == [0])
+    assert len(keepers()) == 1
+    await worker.stop(grace=0.5)
+    assert keepers() == []
+
+
+async def test_an_ordered_reply_redis_refuses_is_dead_lettered_and_marks_the_worker(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """An ordered action whose reply Redis refuses (WRONGTYPE: the reply list is a string)
+    is dead-lettered as undeliverable by this worker's consumer, the worker is marked
+    unhealthy, and the key's next action runs."""
+    victim = QM.get_response_queue("victim", "str")
+    await bus.redis.set(victim, "not a list")
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        handled.append(data["n"])
+        return {"n": data["n"]}
+
+    worker = make_worker(make_settings, handle)
+    await worker.start()
+    refused = step("a", 0).model_copy(update={"callback_queue_name": victim})
+    entry_id = (await bus.redis.xadd(QM.get_ordered_stream(SERVICE), {
+        "data": refused.model_dump_json(exclude_none=True)})).decode()
+    await bus.client("caller").send_action_async(step("a", 1))
+    await eventually(lambda: handled == [0, 1])
+    letters = await worker.dead_letters.list()
+    assert [(d.reason, d.original_id, d.consumer) for d in letters] == [
+        ("undeliverable", entry_id, worker.consumer)]
+    assert not worker.health.healthy
+    assert await bus.redis.get(victim) == b"not a list"
+
+
+async def test_the_before_ack_seam_sees_ordered_entries_too(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """The worker's fault-injection seam ``before_ack`` is called with an ordered entry's
+    key just before its acknowledgement is queued, as for main-stream entries."""
+    seen: list[str] = []
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    worker = make_worker(make_settings, handle)
+    worker.before_ack = seen.append
+    await worker.start()
+    await bus.client("caller").send_action_async(step("a", 0))
+    await eventually(lambda: handled == [0])
+    await eventually(lambda: _no_pending(bus.redis, QM.get_ordered_stream(SERVICE)))
+    [entry] = await bus.redis.xrange(QM.get_ordered_stream(SERVICE))
+    assert len(seen) == 1
+    assert seen[0].endswith(entry[0].decode())

@@ -4,6 +4,7 @@ and every guarantee (retry, reclaim, dead letters, drain-and-switch) per partiti
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -12,8 +13,9 @@ from typing import Any
 import pytest
 
 from actionbus import BaseWorker, CommonAppSettings, DomainAction, QueueManager
+from actionbus.clients.partitions import PartitionRouter
 from actionbus.exceptions import ConfigurationError, InvalidNameError
-from actionbus.partitions import partition_for_key
+from actionbus.partitions import MAX_PARTITIONS, partition_for_key
 from tests.conftest import fast_worker_settings
 
 pytestmark = pytest.mark.backends
@@ -409,3 +411,63 @@ async def test_a_priority_batch_relearns_an_expired_count_while_the_lanes_are_ca
     assert not client._router.stale(SERVICE)  # the lanes still cached: the case under test
     await client.send_actions_async([job(i) for i in range(2, 5)], priority="high")
     assert [await bus.redis.xlen(s) for s in streams(3)][1:] == [1, 1]
+
+
+async def test_a_sender_follows_an_announced_count_at_both_ends_of_its_range(
+    bus: Any,
+) -> None:
+    """A descriptor announcing 1 partition (while the settings say 3) sends everything to
+    the main stream, and one announcing the largest count (64, settings say 1) spreads the
+    sends from partition 0 on: both ends of the range are counts the sender follows."""
+    one, most = "parts1", "parts64"
+    await bus.redis.set(QM.get_partitions_key(one), "1")
+    await bus.redis.set(QM.get_partitions_key(most), str(MAX_PARTITIONS))
+    client = bus.client("caller", partitions={one: 3})
+    await client.send_actions_async(
+        [DomainAction(action_type=f"{one}.job.run", data={"i": i}) for i in range(3)]
+        + [DomainAction(action_type=f"{most}.job.run", data={"i": i}) for i in range(2)])
+    assert [await bus.redis.xlen(s) for s in QM.get_partition_streams(one, 3)] == [3, 0, 0]
+    assert [await bus.redis.xlen(s) for s in QM.get_partition_streams(most, 3)] == [1, 1, 0]
+
+
+async def test_a_failed_descriptor_read_keeps_the_count_last_learnt(
+    redis_client: Any, make_settings: Callable[..., CommonAppSettings],
+) -> None:
+    """PartitionRouter.refresh returns the count to use: when the descriptor cannot be
+    read (here: the key holds a hash, GET fails), the count learnt before, else the
+    settings' count."""
+    key = QM.get_partitions_key(SERVICE)
+    router = PartitionRouter(redis_client, QM, make_settings(partitions={SERVICE: 2}))
+    await redis_client.hset(key, "not", "a count")
+    assert await router.refresh(SERVICE) == 2  # nothing learnt yet: the settings
+    await redis_client.delete(key)
+    await redis_client.set(key, "3")
+    assert await router.refresh(SERVICE) == 3
+    await redis_client.delete(key)
+    await redis_client.hset(key, "not", "a count")
+    assert await router.refresh(SERVICE) == 3
+    assert router.count(SERVICE) == 3
+
+
+async def test_a_target_whose_count_cannot_be_read_gets_everything_on_its_main_stream(
+    bus: Any,
+) -> None:
+    """A target absent from settings.partitions whose descriptor cannot be read (the key
+    holds a hash: GET fails) is sent to as one partition: every action on its main stream."""
+    await bus.redis.hset(QM.get_partitions_key(SERVICE), "not", "a count")
+    client = bus.client("caller")
+    await client.send_actions_async([job(i) for i in range(2)])
+    await client.send_action_async(job(2))
+    assert [await bus.redis.xlen(s) for s in streams(2)] == [3, 0]
+
+
+async def test_sends_to_two_partitions_alternate_between_their_streams(bus: Any) -> None:
+    """A target of 2 partitions (settings; no descriptor) gets its sends in turn on
+    partition 0 (its main stream) and partition 1, one by one and in a batch."""
+    client = bus.client("caller", partitions={SERVICE: 2})
+    await client.send_action_async(job(0))
+    await client.send_action_async(job(1))
+    await client.send_actions_async([job(i) for i in range(2, 6)])
+    sent = [[json.loads(f[b"data"])["data"]["i"] for _, f in await bus.redis.xrange(s)]
+            for s in streams(2)]
+    assert sent == [[0, 2, 4], [1, 3, 5]]

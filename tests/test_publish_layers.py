@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from actionbus import ConfigurationError, DomainAction, PublishNext
+from actionbus import ConfigurationError, DomainAction, PublishNext, QueueManager
 
 pytestmark = pytest.mark.backends
 
@@ -106,3 +106,28 @@ def test_use_rejects_non_callables(bus: Any) -> None:
     """use() with something that is not callable is a ConfigurationError."""
     with pytest.raises(ConfigurationError, match="callable"):
         bus.client("orders").use("not a layer")
+
+
+async def test_a_send_with_wait_replicas_passes_the_layers(bus: Any) -> None:
+    """send_action_async(wait_replicas=0, …) (the durable path, given explicitly) runs the
+    layers too: their change of the action reaches the wire."""
+    client = bus.client("orders")
+    log: list[str] = []
+    client.use(_recording("a", log))
+    await client.send_action_async(DomainAction(action_type="inventory.item.add"),
+                                   wait_replicas=0, wait_timeout_ms=100)
+    assert log == ["a>", "<a"]
+    [sent] = await _sent(bus.redis, "inventory")
+    assert sent["metadata"] == {"a": "seen"}
+
+
+async def test_a_delayed_send_passes_the_layers(bus: Any) -> None:
+    """send_action_async(delay=…) runs the layers too: their change of the action is in
+    what waits in the target's delayed set."""
+    client = bus.client("orders")
+    log: list[str] = []
+    client.use(_recording("a", log))
+    await client.send_action_async(DomainAction(action_type="inventory.item.add"), delay=3600)
+    assert log == ["a>", "<a"]
+    [member] = await bus.redis.zrange(QueueManager().get_delayed_set("inventory"), 0, -1)
+    assert json.loads(member)["metadata"] == {"a": "seen"}

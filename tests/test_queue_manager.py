@@ -259,3 +259,20 @@ def test_defaults_are_environment_dev_and_prefix_actionbus() -> None:
 def test_parse_takes_a_one_character_service(qm: QueueManager) -> None:
     """A key of a one-character service ("{a}") parses like any other."""
     assert qm.parse("actionbus:dev:{a}:streams:main") == KeyParts("a", "streams", "main", 0)
+
+
+def test_layout_of_lanes_leases_and_ordered_streams(qm: QueueManager) -> None:
+    """The keys of lanes (delayed sets per lane; ``normal`` and ``None`` are the main
+    ones), the ordering lease, the ordered stream and a consumer lease follow the layout;
+    a priority that is not a lane is refused for a delayed set."""
+    base = "actionbus:dev:{inventory}"
+    for lane in (None, "normal"):
+        assert qm.get_delayed_set("inventory", lane) == f"{base}:delayed:main"
+    for lane in ("high", "low"):
+        assert qm.get_delayed_set("inventory", lane) == f"{base}:delayed:{lane}"
+    assert qm.get_lane_stream("inventory", "high") == f"{base}:streams:high"
+    assert qm.get_ordering_lease_key("inventory") == f"{base}:ordering:lease"
+    assert qm.get_ordered_stream("inventory") == f"{base}:streams:ordered"
+    assert qm.get_consumer_lease_key("inventory", "c-1") == f"{base}:consumers:c-1"
+    with pytest.raises(InvalidNameError, match="'urgent' is not a lane"):
+        qm.get_delayed_set("inventory", "urgent")

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import PrivateAttr
 
-from actionbus import DomainAction, InvalidActionError, PublishNext
+from actionbus import DomainAction, InvalidActionError, InvalidNameError, PublishNext
 from actionbus.tracing import disable_tracing, enable_tracing
 
 STREAM = "actionbus:dev:{{{}}}:streams:main"
@@ -177,3 +177,39 @@ async def test_a_self_referencing_action_class_refuses_nan(bus: Any) -> None:
     [sent] = await _raw(bus.redis, "inventory")
     stamped = action.model_copy(update={"origin_service": "orders"})
     assert sent == stamped.model_dump_json(exclude_none=True).encode()
+
+
+@pytest.mark.parametrize(("field", "error"), [
+    ("action_type", InvalidNameError),
+    ("target_service", InvalidActionError),
+    ("origin_service", InvalidActionError),
+])
+async def test_a_name_reassigned_to_an_unhashable_value_is_refused_naming_it(
+    bus: Any, field: str, error: type[Exception]
+) -> None:
+    """A name field reassigned to a list (unhashable) is refused like any bad name: the
+    library's error names the field and the value; nothing is written."""
+    client = bus.client("orders")
+    await client.send_action_async(DomainAction(action_type="inventory.item.add"))
+    bad = DomainAction(action_type="inventory.item.add")
+    setattr(bad, field, ["x"])
+    with pytest.raises(error, match=rf"{field} \['x'\] is not valid"):
+        await client.send_action_async(bad)
+    assert len(await _raw(bus.redis, "inventory")) == 1
+
+
+@pytest.mark.parametrize("how", ["batch", "delayed"])
+async def test_a_reassigned_bad_name_is_refused_in_a_batch_and_a_delayed_send(
+    bus: Any, how: str
+) -> None:
+    """Batches and delayed sends check names too: an action whose origin_service was
+    reassigned to a bad value after construction is refused (InvalidActionError naming
+    the field), and nothing is written or parked."""
+    client = bus.client("orders")
+    bad = DomainAction(action_type="inventory.item.add")
+    bad.origin_service = "or:ders"
+    send = (client.send_actions_async([DomainAction(action_type="inventory.item.add"), bad])
+            if how == "batch" else client.send_action_async(bad, delay=60))
+    with pytest.raises(InvalidActionError, match=r"origin_service 'or:ders' is not valid"):
+        await send
+    assert await bus.redis.keys("*") == []

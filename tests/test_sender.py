@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
@@ -68,3 +70,24 @@ async def _connections(redis: Redis | RedisCluster) -> int:
     else:
         stats = await redis.info("stats")
     return int(stats["total_connections_received"])
+
+
+@pytest.mark.standalone_only("a cluster client may wait for its slot table before writing")
+async def test_a_lone_send_is_written_at_once_by_its_caller(
+    redis_client: Redis, eventually: Callable[..., Awaitable[Any]]
+) -> None:
+    """With nothing else in flight, a send is written by its caller's own task before it
+    first waits (not queued for the batching task): cancelling the caller at that wait
+    still leaves the entry written. Pinned after a first send (the connection is open)."""
+    writer = StreamWriter(redis_client)
+    await writer.xadd("s", "first")
+    task = asyncio.create_task(writer.xadd("s", "lone"))
+    await asyncio.sleep(0)  # the task runs up to its first wait
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+    async def both_written() -> bool:
+        return bool(await redis_client.xlen("s") == 2)
+
+    await eventually(both_written)
+    assert [v[b"data"] for _, v in await redis_client.xrange("s")] == [b"first", b"lone"]

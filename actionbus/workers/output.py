@@ -173,8 +173,12 @@ class OutputBatcher:
             return
         self._flushing = True
         try:
+            sent = False
             while self._pending_writes():
                 await self._flush_once()
+                sent = True
+            if sent:  # Redis took a round: an output outage (if any) is over
+                self._outage.success()
         except Exception as exc:  # the background task retries with backoff
             self._outage.failure(getattr(exc, "cause", exc))
             self._wakeup.set()

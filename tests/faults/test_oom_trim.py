@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
@@ -115,5 +117,98 @@ async def test_an_oom_refused_reply_never_lets_its_ack_through(
         assert pending_in_outage == 1
         assert len(replies) == 1
     finally:
+        await worker.stop(grace=0.5)
+        await redis.aclose()
+
+
+async def test_a_reply_refused_after_the_worker_idled_is_retried_without_more_traffic(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """The output's background loop keeps running while nothing is queued: a reply refused
+    with OOM after the worker sat idle past a sweep (1 s) is retried by it once memory
+    frees, with no further action arriving to flush it."""
+    redis: Any = Redis.from_url(fresh_redis_server.url)
+    settings = CommonAppSettings(_env_file=None, service_name="oomidle",
+                                 redis_url=fresh_redis_server.url)
+    worker = BaseWorker(settings, redis, worker_settings=WorkerSettings(
+        block_ms=100, check_permissions=False))
+    running, finish = asyncio.Event(), asyncio.Event()
+
+    async def answer(action: DomainAction, data: Any) -> dict[str, Any]:
+        running.set()
+        await finish.wait()
+        return {"ok": True}
+
+    worker.register("oomidle.item.get", answer)
+    reply_to = worker.queue_manager.get_response_queue("caller", "r1")
+    try:
+        await worker.start()
+        action = DomainAction(action_type="oomidle.item.get", data={},
+                              callback_queue_name=reply_to)
+        await redis.xadd(worker.stream, {"data": action.model_dump_json(exclude_none=True)})
+        await asyncio.wait_for(running.wait(), 10)
+        await asyncio.sleep(1.5)  # the output sits idle past its 1 s sweep
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", 1)  # every write that may grow memory: OOM
+        finish.set()
+        deadline = time.monotonic() + 15
+        while not worker._output_outage.in_outage:  # barrier: the reply was refused
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert await redis.llen(reply_to) == 0
+        await redis.config_set("maxmemory", 0)  # memory available again
+        while int((await redis.xpending(worker.stream, worker.group))["pending"]):
+            assert time.monotonic() < deadline, "the refused reply was never retried"
+            await asyncio.sleep(0.02)
+        assert len(await redis.lrange(reply_to, 0, -1)) == 1
+    finally:
+        finish.set()
+        await worker.stop(grace=0.5)
+        await redis.aclose()
+
+
+async def test_an_output_outage_is_logged_with_the_error_redis_gave(
+    fresh_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply refused with OOM starts an output outage logged once, as a warning naming
+    Redis's own error (OutOfMemoryError, not the batcher's internal wrapper), and nothing
+    is logged as an error."""
+    caplog.set_level(logging.WARNING, "actionbus.worker")
+    redis: Any = Redis.from_url(fresh_redis_server.url)
+    settings = CommonAppSettings(_env_file=None, service_name="oomlog",
+                                 redis_url=fresh_redis_server.url)
+    worker = BaseWorker(settings, redis, worker_settings=WorkerSettings(
+        block_ms=100, check_permissions=False))
+
+    running, finish = asyncio.Event(), asyncio.Event()
+
+    async def answer(action: DomainAction, data: Any) -> dict[str, Any]:
+        running.set()
+        await finish.wait()
+        return {"ok": True}
+
+    worker.register("oomlog.item.get", answer)
+    reply_to = worker.queue_manager.get_response_queue("caller", "r1")
+    try:
+        await worker.start()
+        action = DomainAction(action_type="oomlog.item.get", data={},
+                              callback_queue_name=reply_to)
+        await redis.xadd(worker.stream, {"data": action.model_dump_json(exclude_none=True)})
+        await asyncio.wait_for(running.wait(), 10)
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", 1)  # the reply (LPUSH) is refused: OOM
+        finish.set()
+        deadline = time.monotonic() + 15
+        while not worker._output_outage.in_outage:  # barrier: the reply was refused
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        lines = [r.getMessage() for r in caplog.records if "output: Redis unavailable" in
+                 r.getMessage()]
+        assert len(lines) == 1
+        assert "(OutOfMemoryError: " in lines[0]
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    finally:
+        finish.set()
+        await redis.config_set("maxmemory", 0)
         await worker.stop(grace=0.5)
         await redis.aclose()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import socket
 import threading
 from typing import Any
 
@@ -44,6 +47,41 @@ def test_constructor_rejects_socket_timeout_below_block(
             make_settings(redis_socket_timeout=1), conn,
             worker_settings=WorkerSettings(block_ms=2000),
         )
+
+
+def test_a_socket_timeout_exactly_half_a_second_over_block_ms_is_refused(
+    conn: Any, make_settings: Settings
+) -> None:
+    """The socket timeout must exceed block_ms by more than 0.5 s: 1 s against a 500 ms
+    block is refused, 1 s against 499 ms is accepted."""
+    with pytest.raises(ConfigurationError, match=r"at least 0\.5 s"):
+        BaseWorker(make_settings(redis_socket_timeout=1), conn,
+                   worker_settings=WorkerSettings(block_ms=500))
+    BaseWorker(make_settings(redis_socket_timeout=1), conn,
+               worker_settings=WorkerSettings(block_ms=499))
+
+
+def test_the_default_consumer_name_is_host_pid_and_six_random_hex_digits(
+    conn: Any, make_settings: Settings
+) -> None:
+    """Without consumer_name, a worker is named ``<host>-<pid>-<6 random hex digits>``
+    (README: host-pid-random), different for each worker of one process."""
+    first = BaseWorker(make_settings(service_name="inventory"), conn)
+    second = BaseWorker(make_settings(service_name="inventory"), conn)
+    form = re.compile(re.escape(f"{socket.gethostname()}-{os.getpid()}-") + "[0-9a-f]{6}")
+    assert form.fullmatch(first.consumer), first.consumer
+    assert form.fullmatch(second.consumer), second.consumer
+    assert first.consumer != second.consumer
+
+
+def test_outage_log_every_s_paces_both_outage_logs_of_a_worker(
+    conn: Any, make_settings: Settings
+) -> None:
+    """WorkerSettings.outage_log_every_s is how often the worker's read-side and its
+    output-side outage logs repeat themselves while Redis stays down."""
+    worker = BaseWorker(make_settings(service_name="inventory"), conn,
+                        worker_settings=WorkerSettings(outage_log_every_s=5.0))
+    assert (worker._outage.every, worker._output_outage.every) == (5.0, 5.0)
 
 
 def test_redis_client_before_start_raises(make_settings: Settings) -> None:
@@ -162,6 +200,23 @@ async def test_concurrent_start_runs_one_set_of_loops(
     # read, recovery, upkeep, mover, output, presence, partitions, ordered output, ordered p0
     assert running == 9
     assert left == []
+
+
+async def test_the_workers_loops_run_in_tasks_named_after_loop_and_stream(
+    conn: Any, make_settings: Settings
+) -> None:
+    """A started worker's loops are tasks named ``actionbus-<loop>:<stream>`` (what a task
+    dump shows): read, recovery, upkeep, mover, output and presence."""
+    worker = BaseWorker(
+        make_settings(service_name="inventory"), conn, worker_settings=WorkerSettings(block_ms=100)
+    )
+    await worker.start()
+    try:
+        names = {t.get_name() for t in asyncio.all_tasks() if not t.done()}
+    finally:
+        await worker.stop(grace=0.1)
+    loops = ("read", "recovery", "upkeep", "mover", "output", "presence")
+    assert {f"actionbus-{loop}:{worker.stream}" for loop in loops} <= names
 
 
 async def test_async_with_and_run(bus: Any, make_settings: Settings) -> None:
@@ -358,3 +413,129 @@ def test_register_keeps_the_idempotent_flag(conn: Any, make_settings: Settings) 
     route = worker.registry.get("inventory.item.once")
     assert route is not None
     assert route.idempotent is True
+
+
+async def test_before_ack_is_called_with_each_entry_before_its_ack(
+    bus: Any, eventually: Any
+) -> None:
+    """The ``before_ack`` seam (set before start) sees the key of every entry the worker
+    acknowledges, the main stream's and an ordered action's alike."""
+    seen: list[str] = []
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: Any) -> None:
+        handled.append(data["i"])
+
+    worker = bus.worker("inventory")
+    worker.register("inventory.item.n", handle)
+    worker.before_ack = seen.append
+    await worker.start()
+    client = bus.client("orders")
+    await client.send_action_async(DomainAction(action_type="inventory.item.n", data={"i": 1}))
+    await eventually(lambda: len(seen) == 1)
+    await client.send_action_async(DomainAction(
+        action_type="inventory.item.n", data={"i": 2}, ordering_key="k"))
+    await eventually(lambda: len(seen) == 2)
+    [(first_id, _)] = await bus.redis.xrange(worker.stream)
+    assert seen[0] == first_id.decode()
+    assert handled == [1, 2]
+
+
+async def test_stop_gives_in_flight_actions_the_grace_it_is_passed(
+    bus: Any, eventually: Any
+) -> None:
+    """stop(grace=0.9) waits up to 0.9 s for an action in progress, whatever
+    shutdown_grace_s says (here 0.01 s) and although less than 1 s is left: a handler
+    released 0.3 s into the stop finishes and is acknowledged."""
+    worker = bus.worker("inventory", shutdown_grace_s=0.01)
+    started, release = asyncio.Event(), asyncio.Event()
+    finished: list[int] = []
+
+    @worker.handler("inventory.item.slow")
+    async def slow(action: DomainAction, data: dict[str, Any]) -> None:
+        started.set()
+        await release.wait()
+        finished.append(1)
+
+    await worker.start()
+    await bus.client("orders").send_action_async(DomainAction(action_type="inventory.item.slow"))
+    await asyncio.wait_for(started.wait(), 5)
+    stopping = asyncio.create_task(worker.stop(grace=0.9))
+    await asyncio.sleep(0.3)  # well into the grace, well past shutdown_grace_s
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert finished == [1]
+    assert await pending_count(bus.redis, "inventory") == 0
+
+
+async def test_a_main_stream_read_redis_refuses_marks_the_worker_unhealthy(
+    bus: Any, eventually: Any
+) -> None:
+    """The service's stream replaced by a string (its reads refused: WRONGTYPE, not an
+    outage): the worker is marked unhealthy, the refused XREADGROUP named in its health."""
+    worker = bus.worker("inventory")
+    await worker.start()
+    assert worker.health.healthy
+    async with bus.redis.pipeline(transaction=True) as pipe:
+        pipe.delete(worker.stream)
+        pipe.set(worker.stream, "not a stream")
+        await pipe.execute()
+    await eventually(lambda: not worker.health.healthy, timeout=10)
+    assert any(key.startswith("XREADGROUP") for key in worker.health.refused)
+    assert any(worker.stream in problem for problem in worker.health.problems)
+
+
+@pytest.mark.standalone_only("pauses the one server (CLIENT PAUSE)")
+async def test_a_stalled_main_stream_read_counts_as_a_slow_command(
+    conn: Any, make_settings: Settings, eventually: Any, redis_server: Any,
+) -> None:
+    """Redis stalled longer than the socket timeout while the worker's one reader waits:
+    its slow read counts in the worker's health.slow_commands."""
+    worker = BaseWorker(make_settings(service_name="inventory", redis_socket_timeout=1.0),
+                        worker_settings=fast_worker_settings())
+    await worker.start()
+    try:
+        assert worker.health.slow_commands == 0
+        with redis_server.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", 2500, "ALL")
+        await eventually(lambda: worker.health.slow_commands >= 1, timeout=15)
+    finally:
+        await worker.stop()
+
+
+async def _ordered_in_flight_at_stop(bus: Any, grace: float) -> list[int]:
+    """Stop (with ``grace``) a worker while an ordered action runs; its handler is released
+    0.3 s into the stop. What the handler finished."""
+    worker = bus.worker("inventory")
+    started, release = asyncio.Event(), asyncio.Event()
+    finished: list[int] = []
+
+    @worker.handler("inventory.item.slow")
+    async def slow(action: DomainAction, data: dict[str, Any]) -> None:
+        started.set()
+        await release.wait()
+        finished.append(1)
+
+    await worker.start()
+    await bus.client("orders").send_action_async(
+        DomainAction(action_type="inventory.item.slow", ordering_key="k"))
+    await asyncio.wait_for(started.wait(), 10)
+    stopping = asyncio.create_task(worker.stop(grace=grace))
+    await asyncio.sleep(0.3)
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    return finished
+
+
+async def test_stop_gives_an_ordered_action_in_progress_what_is_left_of_the_grace(
+    bus: Any,
+) -> None:
+    """An ordered action running at stop(grace=2) is given the rest of the grace: released
+    0.3 s into the stop, it finishes."""
+    assert await _ordered_in_flight_at_stop(bus, grace=2.0) == [1]
+
+
+async def test_stop_with_no_grace_cancels_an_ordered_action_in_progress(bus: Any) -> None:
+    """stop(grace=0) gives an ordered action in progress no time at all: released 0.3 s
+    into the stop, it had been cancelled already (its entry stays pending)."""
+    assert await _ordered_in_flight_at_stop(bus, grace=0.0) == []

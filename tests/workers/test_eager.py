@@ -244,3 +244,67 @@ async def test_output_of_finished_jobs_does_not_wait_for_a_job_that_suspended() 
         await asyncio.sleep(0)
     assert events == ["fast", "slow", "send", "slow done", "send"]
     assert runner.tasks == set()
+
+
+async def test_runner_tasks_are_named_actionbus_entries_by_default() -> None:
+    """Without a name, the runner tasks (what a task dump shows for a handler that is
+    waiting) are named ``actionbus-entries``."""
+    release = asyncio.Event()
+
+    async def job() -> None:
+        await release.wait()
+
+    runner = EagerRunner(lambda: None)
+    runner.submit(job)
+    await asyncio.sleep(0)
+    names = [task.get_name() for task in runner.tasks]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*runner.tasks), 5)
+    assert names == ["actionbus-entries"]
+
+
+async def test_a_lone_job_that_suspends_gets_one_after_round_when_it_ends() -> None:
+    """A job alone in the queue that suspends hands nothing to a new runner: ``after``
+    runs once, after the job ended, not also while it waits."""
+    events: list[str] = []
+    release = asyncio.Event()
+
+    async def job() -> None:
+        events.append("start")
+        await release.wait()
+        events.append("done")
+
+    async def after() -> None:
+        events.append("send")
+
+    runner = EagerRunner(lambda: None, after=after)
+    runner.submit(job)
+    for _ in range(20):  # a few loop turns: time for a second runner, were one started
+        await asyncio.sleep(0)
+    release.set()
+    for _ in range(100):  # bounded: the job ends within a few loop turns
+        if not runner.tasks:
+            break
+        await asyncio.sleep(0)
+    assert events == ["start", "done", "send"]
+    assert runner.tasks == set()
+
+
+async def test_jobs_submitted_together_share_one_runner_task() -> None:
+    """Jobs submitted one after another before the loop runs wait for the one runner
+    task the first submit started: no runner per job."""
+    finished = asyncio.Event()
+    ran: list[int] = []
+
+    async def job(n: int) -> None:
+        ran.append(n)
+        if n == 2:
+            finished.set()
+
+    runner = EagerRunner(lambda: None)
+    for n in range(3):
+        runner.submit(job, n)
+    started = len(runner.tasks)
+    await asyncio.wait_for(finished.wait(), 5)
+    assert started == 1
+    assert ran == [0, 1, 2]

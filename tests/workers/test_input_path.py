@@ -24,7 +24,7 @@ from actionbus import (
     DomainActionResponse,
 )
 from actionbus.models.actions import format_timestamp, utc_now
-from actionbus.workers.ownership import lease_key
+from actionbus.workers.ownership import ConsumerLease, lease_key
 from tests.conftest import fast_worker_settings
 from tests.workers.helpers import QM, dead_letters_of, drained, noop, xadd_raw
 
@@ -383,6 +383,44 @@ async def test_a_consumer_name_left_by_a_dead_process_is_taken_once_its_lease_la
     assert (await bus.redis.get(lease_key(worker.context))).decode() != "a-dead-process"
 
 
+async def test_the_consumer_name_lease_expires_after_consumer_lease_ttl_s(bus: Any) -> None:
+    """The lease on a consumer name is written with a TTL of consumer_lease_ttl_s (here
+    30 s, in milliseconds) from the moment it is taken, not only once it is refreshed."""
+    worker = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=30)
+    lease = await ConsumerLease.take(bus.redis, worker.context)
+    try:
+        left_ms = await bus.redis.pttl(lease_key(worker.context))
+    finally:
+        await lease.release()
+    assert lease.ttl_ms == 30_000
+    assert 20_000 < left_ms <= 30_000
+
+
+async def test_a_consumer_name_lease_lasts_at_least_100_ms(bus: Any) -> None:
+    """A consumer_lease_ttl_s under a tenth of a second is raised to 100 ms: the lease is
+    never so short that it lapses between two refreshes."""
+    worker = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=0.01)
+    lease = await ConsumerLease.take(bus.redis, worker.context)
+    await lease.release()
+    assert lease.ttl_ms == 100
+
+
+async def test_the_consumer_name_lease_is_kept_by_a_task_named_after_it(bus: Any) -> None:
+    """A running worker refreshes its consumer-name lease in a task named
+    ``actionbus-lease:<service>/<group>/<consumer>`` (what a task dump shows); stop() ends it."""
+    worker = bus.worker("inventory", consumer_name="same")
+    name = f"actionbus-lease:inventory/{worker.context.group}/same"
+
+    def keepers() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if t.get_name() == name and not t.done()]
+
+    await worker.start()
+    running = keepers()
+    await worker.stop()
+    assert len(running) == 1
+    assert keepers() == []
+
+
 async def test_maintenance_trims_dead_letters_and_counts_them(bus: Any, eventually: Any) -> None:
     """worker.maintain() keeps dead_letter_max_len letters and counts the dropped ones."""
     worker = bus.worker("inventory", dead_letter_max_len=2)
@@ -620,5 +658,32 @@ async def test_every_large_entry_seen_is_counted(
         await eventually(lambda: len(marks) == 5)
         assert worker._processor is not None
         assert worker._processor.read_limit == 1
+    finally:
+        await worker.stop()
+
+
+async def test_a_one_field_entry_just_over_the_per_entry_budget_is_counted_large(
+    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """The usual entry (one "data" field) on a worker that saw no large entry yet: with
+    read_budget_bytes / batch_size = 100, data of 97 bytes (101 with the field name) counts
+    as large; data of 96 bytes (exactly 100) does not."""
+    worker = BaseWorker(make_settings(service_name="inventory"), conn,
+                        worker_settings=fast_worker_settings(batch_size=10,
+                                                             read_budget_bytes=1000))
+    marks: list[str] = []
+
+    @worker.handler("inventory.item.mark")
+    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
+        marks.append(data["m"])
+
+    await worker.start()
+    try:
+        await conn.xadd(STREAM, {"data": _mark_json_of_length(96)})
+        await eventually(lambda: len(marks) == 1)
+        assert worker.stats.large_entries_seen == 0
+        await conn.xadd(STREAM, {"data": _mark_json_of_length(97)})
+        await eventually(lambda: len(marks) == 2)
+        assert worker.stats.large_entries_seen == 1
     finally:
         await worker.stop()

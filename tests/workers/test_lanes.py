@@ -156,6 +156,33 @@ async def test_a_failed_lane_entry_is_retried_in_its_lane(bus: Any, eventually: 
     assert await bus.redis.xlen(MAIN) == 0
 
 
+async def test_a_lane_entry_counts_its_first_read_as_its_first_delivery(
+    bus: Any, eventually: Any
+) -> None:
+    """A high-lane action that always fails is attempted max_deliveries times (its first
+    read counts as delivery 1, as on the main stream), then buried with that count."""
+    worker = bus.worker("lanes", lanes=True, max_deliveries=3)
+    attempts: list[int] = []
+
+    @worker.handler("lanes.item.broken")
+    async def broken(action: DomainAction, data: dict[str, Any]) -> None:
+        attempts.append(1)
+        raise RuntimeError("always")
+
+    await worker.start()
+    await bus.client("orders").send_action_async(
+        DomainAction(action_type="lanes.item.broken"), priority="high")
+    await eventually(lambda: worker.stats.dead_lettered == 1)
+
+    async def written() -> bool:
+        return bool(await worker.dead_letters.list())
+
+    await eventually(written)
+    [letter] = await worker.dead_letters.list()
+    assert len(attempts) == 3
+    assert letter.deliveries == 3
+
+
 async def test_a_lane_entry_is_dead_lettered_with_its_lane(bus: Any, eventually: Any) -> None:
     """A buried low-lane action lands in the service's one dead stream, naming its lane."""
     worker = bus.worker("lanes", lanes=True)

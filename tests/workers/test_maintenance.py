@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -521,3 +522,130 @@ async def test_recently_active_consumer_without_pending_is_kept(redis_client: Re
     assert await remove_gone_consumers(redis_client, STREAM, "g", "me", idle_ms=60_000) == []
     names = {c["name"].decode() for c in await redis_client.xinfo_consumers(STREAM, "g")}
     assert names == {"fresh"}
+
+
+def _upkeep(
+    bus: Any, acked: list[int], service: str = "inventory", *,
+    in_progress: Any = lambda age: [], maintain: Any = None, **settings: Any,
+) -> upkeep.Upkeep:
+    """An Upkeep of ``service`` whose acknowledgement count is ``acked[0]``."""
+    from actionbus.backoff import OutageLog
+
+    async def nothing() -> None:
+        return None
+
+    worker = bus.worker(service, **settings)
+    return upkeep.Upkeep(worker.context, bus.redis, in_progress=in_progress,
+                         acknowledged=lambda: acked[0], maintain=maintain or nothing,
+                         outage=OutageLog(logging.getLogger("test"), "upkeep"))
+
+
+async def test_maybe_trim_starts_one_trim_per_tenth_of_the_retention_acknowledged(
+    bus: Any,
+) -> None:
+    """With stream_retention 2000, a trim starts once 200 more entries were acknowledged
+    since the last one (not at 190, at exactly 200), never a second one while one runs,
+    and the next only 200 acknowledgements after the count the last one started at."""
+    acked = [190]
+    keeper = _upkeep(bus, acked, stream_retention=2000)
+    keeper.maybe_trim()
+    assert keeper.trim_task is None
+    acked[0] = 200
+    keeper.maybe_trim()
+    first = keeper.trim_task
+    assert first is not None
+    acked[0] = 450
+    keeper.maybe_trim()
+    assert keeper.trim_task is first  # one at a time
+    await asyncio.wait_for(first, 10)
+    assert keeper.trim_task is None
+    acked[0] = 350
+    keeper.maybe_trim()
+    assert keeper.trim_task is None  # 150 since the last trim started
+    acked[0] = 400
+    keeper.maybe_trim()
+    assert keeper.trim_task is not None
+    await asyncio.wait_for(keeper.trim_task, 10)
+
+
+async def test_maybe_trim_trims_at_least_every_100_acknowledgements(bus: Any) -> None:
+    """A retention under 1000 still trims by volume every 100 acknowledgements, not every
+    tenth of the retention: with stream_retention 500 the first trim starts at 100."""
+    acked = [99]
+    keeper = _upkeep(bus, acked, stream_retention=500)
+    keeper.maybe_trim()
+    assert keeper.trim_task is None
+    acked[0] = 100
+    keeper.maybe_trim()
+    assert keeper.trim_task is not None
+    await asyncio.wait_for(keeper.trim_task, 10)
+
+
+async def test_maybe_trim_never_trims_without_a_retention(bus: Any) -> None:
+    """Without stream_retention, acknowledgements never start a trim."""
+    acked = [0]
+    keeper = _upkeep(bus, acked, stream_retention=None)
+    for count in (1, 100, 10_000):
+        acked[0] = count
+        keeper.maybe_trim()
+        assert keeper.trim_task is None
+
+
+async def test_upkeep_maintains_only_after_maintenance_interval_s(bus: Any) -> None:
+    """The first maintenance waits a whole maintenance_interval_s (here an hour): the
+    heartbeat beats that come first (every claim_idle_ms / 3) do not maintain."""
+    beats, maintained = asyncio.Event(), []
+    calls: list[float] = []
+
+    def in_progress(age: float) -> list[str]:
+        calls.append(age)
+        if len(calls) >= 3:
+            beats.set()
+        return []
+
+    async def maintain() -> None:
+        maintained.append(1)
+
+    keeper = _upkeep(bus, [0], in_progress=in_progress, maintain=maintain,
+                     claim_idle_ms=300, maintenance_interval_s=3600)
+    task = asyncio.create_task(keeper.run())
+    try:
+        await asyncio.wait_for(beats.wait(), 10)  # two beats fully done
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert maintained == []
+
+
+async def test_upkeep_heartbeats_a_long_running_entry_of_a_lane(bus: Any) -> None:
+    """An entry of a lane still in progress is heartbeated in its lane's stream: the
+    XCLAIM makes it this consumer's (here taken from another) with its idle time reset."""
+    from actionbus.workers.context import entry_key
+
+    worker = bus.worker("lanes", lanes=True)
+    ctx = worker.context
+    high = QM.get_lane_stream("lanes", "high")
+    await bus.redis.xgroup_create(high, ctx.group, id="0", mkstream=True)
+    entry_id = (await bus.redis.xadd(high, {"data": "{}"})).decode()
+    await bus.redis.xreadgroup(ctx.group, "another", {high: ">"}, count=1)
+    beats = asyncio.Event()
+    calls: list[float] = []
+
+    def in_progress(age: float) -> list[str]:
+        calls.append(age)
+        if len(calls) >= 2:
+            beats.set()
+        return [entry_key(ctx.stream, high, entry_id)]
+
+    keeper = _upkeep(bus, [0], "lanes", in_progress=in_progress, lanes=True,
+                     claim_idle_ms=300)
+    task = asyncio.create_task(keeper.run())
+    try:
+        await asyncio.wait_for(beats.wait(), 10)  # the first beat's heartbeat is done
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    [pending] = await bus.redis.xpending_range(high, ctx.group, "-", "+", 10)
+    assert pending["consumer"].decode() == keeper.ctx.consumer

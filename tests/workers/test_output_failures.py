@@ -105,6 +105,27 @@ async def _len_is(redis: Any, key: str, n: int) -> bool:
     return int(await redis.llen(key)) >= n
 
 
+async def test_an_undeliverable_dead_letter_names_the_workers_consumer(
+    bus: Any, eventually: Any
+) -> None:
+    """A reply Redis refuses (WRONGTYPE target) is dead-lettered as undeliverable under
+    the consumer name of the worker that handled it."""
+    victim = QM.get_response_queue("victim", "str")
+    await bus.redis.set(victim, "not a list")
+    worker = bus.worker("inventory", consumer_name="worker-7")
+    worker.register("inventory.item.get", answer)
+    await worker.start()
+    bad_id = await xadd_raw(bus.redis, "inventory", request("inventory", victim, 0))
+
+    async def lettered() -> bool:
+        return bool(await worker.dead_letters.list())
+
+    await eventually(lettered, timeout=10)
+    [letter] = await worker.dead_letters.list()
+    assert (letter.reason, letter.original_id, letter.consumer) == (
+        "undeliverable", bad_id, "worker-7")
+
+
 def _user_without(
     command: str, bus_url: str, backend: str, request: pytest.FixtureRequest
 ) -> Iterator[str]:
@@ -234,6 +255,30 @@ async def test_failed_round_is_requeued_ahead_of_what_was_queued_meanwhile(
         assert (await redis.xpending(stream, "inventory"))["pending"] == 0
         assert any("Redis unavailable (OutOfMemoryError" in r.getMessage()
                    for r in caplog.records)
+    finally:
+        await redis.aclose()
+
+
+async def test_a_flush_that_lands_ends_the_output_outage(fresh_redis_server: Any) -> None:
+    """A round refused by an outage (OOM) marks the output in outage; the next flush() that
+    lands its round ends it, with no background round needed (an idle worker's health
+    would otherwise report the outage for good)."""
+    redis = Redis.from_url(fresh_redis_server.url)
+    stream = QM.get_service_action_stream("inventory")
+    outage = OutageLog(logging.getLogger("actionbus.worker"), "output")
+    try:
+        ids = await _one_read(redis, stream, 1)
+        batcher = OutputBatcher(redis, stream, "inventory", outage, consumer="c1")
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", 1)
+        batcher.xadd("out-stream", {"n": "a"})
+        batcher.ack(ids[0])
+        await batcher.flush()
+        assert outage.in_outage
+        await redis.config_set("maxmemory", 0)
+        await batcher.flush()
+        assert batcher.acknowledged == 1
+        assert not outage.in_outage
     finally:
         await redis.aclose()
 

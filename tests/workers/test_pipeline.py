@@ -531,3 +531,81 @@ def test_logging_layer_lines_carry_the_actions_fields_as_extra(
         assert 5000 <= duration_ms <= 5000 + took_ms + 0.01
         assert duration_ms == round(duration_ms, 2)  # to a hundredth of a millisecond
     assert getattr(failed, "error_type", None) == "ValueError"
+
+
+async def test_slow_runs_at_once_through_the_plain_path_are_each_warned_about(
+    bus: Any, eventually: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pipeline.run's plain path (no idempotency, tracing off) watches each running action
+    on its own: two slow runs that started together each get their slow-handler warning."""
+    release = asyncio.Event()
+
+    async def slow(action: DomainAction, data: Any) -> None:
+        await release.wait()
+
+    worker = bus.worker("inventory", slow_handler_warn_s=0.05)
+    pipeline = Pipeline(worker.context, bus.redis, WorkerStats())
+    route = Route("inventory.stock.slow", slow)
+    actions = [DomainAction(action_type="inventory.stock.slow") for _ in range(2)]
+    with caplog.at_level(logging.WARNING, "actionbus.worker"):
+        tasks = [asyncio.create_task(pipeline.run(route, a)) for a in actions]
+        try:
+            for action in actions:
+                await eventually(lambda a=action: _slow_warned(caplog, a), timeout=10)
+        finally:
+            release.set()
+            await asyncio.gather(*tasks)
+
+
+async def test_the_same_action_object_run_twice_through_the_plain_path_finishes_both(
+    bus: Any,
+) -> None:
+    """One DomainAction object run twice concurrently through Pipeline.run's plain path
+    (no idempotency, tracing off) returns both results: the second run to finish does not
+    trip over the first one's bookkeeping."""
+    release, both_started = asyncio.Event(), asyncio.Event()
+    started: list[int] = []
+
+    async def gate(action: DomainAction, data: Any) -> None:
+        started.append(1)
+        if len(started) == 2:
+            both_started.set()
+        await release.wait()
+
+    action = DomainAction(action_type="inventory.stock.get")
+    worker = bus.worker("inventory")
+    pipeline = Pipeline(worker.context, bus.redis, WorkerStats())
+    route = Route("inventory.stock.get", gate)
+    tasks = [asyncio.create_task(pipeline.run(route, action)) for _ in range(2)]
+    await asyncio.wait_for(both_started.wait(), 10)
+    release.set()
+    results = await asyncio.gather(*tasks)
+    assert [type(r).__name__ for r in results] == ["Prepared", "Prepared"]
+
+
+async def test_a_handled_run_is_timed_by_what_it_took(bus: Any) -> None:
+    """Pipeline.run records a handled run under outcome "handled" with a duration no
+    longer than the run really took."""
+    service = f"timed-{uuid.uuid4().hex[:8]}"
+    worker = bus.worker(service)
+    pipeline = Pipeline(worker.context, bus.redis, WorkerStats())
+    action = DomainAction(action_type=f"{service}.item.get")
+    before = time.perf_counter()
+    await pipeline.run(Route(action.action_type, noop), action)
+    took = time.perf_counter() - before
+    timings = timings_for(service)
+    assert timings.outcomes[(action.action_type, "handled")] == 1
+    _, total = timings.cumulative(action.action_type)
+    assert 0 <= total <= took
+
+
+async def test_without_slow_handler_warn_s_the_warning_comes_after_twice_claim_idle(
+    bus: Any,
+) -> None:
+    """slow_handler_warn_s unset: a handler without a timeout is warned about once it ran
+    twice claim_idle_ms (in seconds), the time after which others may reclaim it."""
+    worker = bus.worker("inventory", claim_idle_ms=250)
+    pipeline = Pipeline(worker.context, bus.redis, WorkerStats())
+    [timeout] = [layer for layer in pipeline.layers(Route("inventory.stock.get", noop))
+                 if isinstance(layer, TimeoutLayer)]
+    assert (timeout.timeout, timeout.warn_after) == (None, 0.5)

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from actionbus import BaseWorker, DomainAction, DomainActionResponse, HandlerError
-from actionbus.workers.routing import result_data
+from actionbus.workers.routing import HandlerRegistry, result_data
 from tests.workers.helpers import Reserve, Settings, dead_letters_of, drained, noop, xadd_raw
 
 pytestmark = pytest.mark.backends
@@ -171,3 +171,16 @@ async def test_unknown_fields_reach_the_handler(bus: Any, eventually: Any) -> No
     await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.reserve", "x_new": [1]})
     await eventually(lambda: extras)
     assert extras == [{"x_new": [1]}]
+
+
+def test_a_registry_route_is_not_idempotent_unless_asked() -> None:
+    """``HandlerRegistry.add`` without ``idempotent=`` adds a route that is not idempotent
+    and has no timeout of its own; ``idempotent=True`` is kept."""
+    registry = HandlerRegistry()
+    registry.add("inventory.item.plain", noop)
+    registry.add("inventory.item.once", noop, idempotent=True)
+    plain, once = registry.get("inventory.item.plain"), registry.get("inventory.item.once")
+    assert plain is not None
+    assert once is not None
+    assert (plain.idempotent, plain.timeout) == (False, None)
+    assert once.idempotent is True

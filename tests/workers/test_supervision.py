@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from redis.exceptions import RedisClusterException
 
+import actionbus.backoff
+import actionbus.workers.supervisor
 from actionbus import BaseWorker, DomainAction, WorkerFailedError
 from actionbus.backoff import Backoff
 from actionbus.workers.health import SlowCommands
@@ -219,3 +222,29 @@ async def test_on_error_runs_after_each_failure_with_its_exception() -> None:
                                      backoff=Backoff(base=0.001, cap=0.001)), 10)
     assert seen == failures
     assert len(runs) == 3
+
+
+async def test_supervise_backs_off_from_a_tenth_of_a_second_doubling_up_to_five(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a backoff of its own, supervise() waits 0.1 s after the first failure,
+    doubles the wait after each further one and never waits more than 5 s (the jitter's
+    upper end taken, so the waits are the ceilings themselves)."""
+    waits: list[float] = []
+
+    async def no_wait(delay: float) -> None:
+        waits.append(delay)
+
+    monkeypatch.setattr(actionbus.workers.supervisor, "asyncio", SimpleNamespace(
+        sleep=no_wait, CancelledError=asyncio.CancelledError))
+    monkeypatch.setattr(actionbus.backoff, "random",
+                        SimpleNamespace(uniform=lambda low, high: high))
+    runs: list[int] = []
+
+    async def loop() -> None:
+        runs.append(1)
+        if len(runs) <= 8:
+            raise ConnectionError("outage")  # transient: never counts towards dying
+
+    await asyncio.wait_for(supervise("test loop", loop, on_death=lambda exc: None), 10)
+    assert waits == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0])

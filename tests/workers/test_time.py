@@ -78,13 +78,17 @@ async def test_callback_send_can_be_delayed(bus: Any, eventually: Any) -> None:
     ({"delay": -1}, "zero or a positive"),
     ({"delay": timedelta(seconds=-1)}, "zero or a positive"),
     ({"delay": float("nan")}, "zero or a positive"),
+    ({"delay": True}, "zero or a positive"),
+    ({"delay": "5"}, "zero or a positive"),
+    ({"at": "2030-01-01T00:00:00+00:00"}, "must be an aware datetime"),
     ({"at": datetime(2030, 1, 1)}, "no timezone"),
     ({"delay": 1, "at": datetime.now(UTC)}, "not both"),
 ])
 async def test_bad_delays_are_refused_and_nothing_is_sent(
     bus: Any, kwargs: dict[str, Any], match: str
 ) -> None:
-    """A negative delay, a naive datetime or delay+at raise DelayedActionError; nothing sent."""
+    """A negative, NaN, bool or non-number delay, a naive datetime, an at= that is no
+    datetime or delay+at raise DelayedActionError; nothing sent."""
     client = bus.client("orders")
     with pytest.raises(DelayedActionError, match=match):
         await client.send_action_async(
@@ -465,3 +469,121 @@ async def test_the_mover_waits_out_a_redis_outage_round_after_round(bus: Any) ->
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class _Pauses:
+    """Stands in for the mover module's ``asyncio`` and ``time``: records each pause
+    ``Mover.run`` asks for (ending the run at the ``stop_after``-th) on a clock that
+    advances one second per reading, so every round takes exactly 1 s."""
+
+    class Stop(Exception):
+        """Ends ``Mover.run`` from its sleep."""
+
+    def __init__(self, stop_after: int) -> None:
+        self.stop_after = stop_after
+        self.asked: list[float] = []
+        self.clock = 1_000.0
+        self.CancelledError = asyncio.CancelledError
+
+    def monotonic(self) -> float:
+        self.clock += 1.0
+        return self.clock
+
+    async def sleep(self, delay: float) -> None:
+        self.asked.append(delay)
+        if len(self.asked) >= self.stop_after:
+            raise self.Stop
+
+
+async def _run_mover_rounds(
+    bus: Any, monkeypatch: pytest.MonkeyPatch, due: int, rounds: int, **settings: Any
+) -> tuple[Mover, list[float]]:
+    """Run a fresh mover of "timed" (``due`` actions due now) for ``rounds`` rounds; return
+    it and the pauses it asked for."""
+    import actionbus.workers.mover
+
+    worker = bus.worker("timed", **settings)
+    ctx = worker.context
+    past = int(time.time() * 1000) - 1_000
+    main = DelayedQueue(bus.redis, ctx.queues, "timed")
+    for n in range(due):
+        await main.add(DomainAction(action_type="timed.item.x", data={"n": n}), past)
+    pauses = _Pauses(stop_after=rounds)
+    monkeypatch.setattr(actionbus.workers.mover, "asyncio", pauses)
+    monkeypatch.setattr(actionbus.workers.mover, "time", pauses)
+    mover = Mover(ctx, bus.redis, outage=OutageLog(logging.getLogger("test"), "mover"))
+    with pytest.raises(_Pauses.Stop):
+        await asyncio.wait_for(mover.run(), 30)
+    return mover, pauses.asked
+
+
+async def test_the_mover_goes_on_at_once_after_a_full_batch_else_sleeps_less_half_a_round(
+    bus: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four due actions, delayed_batch 2: two full batches, each followed by the next round
+    at once (pause 0, even with nothing left due after the second), then a round moving
+    nothing, after which the mover sleeps delayed_poll_s less half the 1 s the round took."""
+    mover, asked = await _run_mover_rounds(bus, monkeypatch, due=4, rounds=3,
+                                           delayed_batch=2, delayed_poll_s=30)
+    assert asked == [0.0, 0.0, 29.5]
+    assert mover.moved == 4
+
+
+async def test_the_mover_keeps_the_lateness_of_its_last_100_000_moves(bus: Any) -> None:
+    """``Mover.lateness_ms`` is bounded: with 100 000 figures noted already, a round that
+    moves two more keeps the newest 100 000 (the oldest two dropped, the new two last)."""
+    worker = bus.worker("timed")
+    ctx = worker.context
+    mover = Mover(ctx, bus.redis, outage=OutageLog(logging.getLogger("test"), "mover"))
+    mover.lateness_ms.extend([-1] * 100_000)
+    past = int(time.time() * 1000) - 60_000
+    main = DelayedQueue(bus.redis, ctx.queues, "timed")
+    for n in range(2):
+        await main.add(DomainAction(action_type="timed.item.x", data={"n": n}), past)
+    await mover.round()
+    assert len(mover.lateness_ms) == 100_000
+    assert mover.lateness_ms[:-2] == [-1] * 99_998
+    assert all(late >= 59_000 for late in mover.lateness_ms[-2:])
+
+
+async def test_a_mover_without_lanes_moves_only_its_own_set(bus: Any) -> None:
+    """A service that reads no priority lanes has one delayed set: its mover moves the
+    due actions of that set and leaves alone anything in the high and low lanes' sets."""
+    worker = bus.worker("timed")
+    ctx = worker.context
+    mover = Mover(ctx, bus.redis, outage=OutageLog(logging.getLogger("test"), "mover"))
+    past = int(time.time() * 1000) - 1_000
+    await DelayedQueue(bus.redis, ctx.queues, "timed").add(
+        DomainAction(action_type="timed.item.x"), past)
+    lanes = [DelayedQueue(bus.redis, ctx.queues, "timed", lane) for lane in ("high", "low")]
+    for lane in lanes:
+        await lane.add(DomainAction(action_type="timed.item.x"), past)
+    await mover.round()
+    assert mover.moved == 1
+    assert [await lane.count() for lane in lanes] == [1, 1]
+
+
+async def test_only_partition_zeros_mover_ticks_the_schedules(
+    bus: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The schedules of a partitioned service are ticked by partition 0's mover alone; a
+    mover of partition 1 given them moves its own set and ticks nothing."""
+    import actionbus.workers.mover
+    from actionbus.schedule import Schedule, tick
+
+    ticked: list[int] = []
+    original = tick
+
+    async def noting(*args: Any, **kwargs: Any) -> Any:
+        ticked.append(1)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(actionbus.workers.mover, "tick", noting)
+    worker = bus.worker("timed")
+    every = [Schedule(action_type="timed.item.x", every=timedelta(seconds=1))]
+    outage = OutageLog(logging.getLogger("test"), "mover")
+    await Mover(worker.context, bus.redis, schedules=every, outage=outage,
+                partition=1).round()
+    assert ticked == []
+    await Mover(worker.context, bus.redis, schedules=every, outage=outage).round()
+    assert ticked == [1]
