@@ -20,7 +20,7 @@ from actionbus.delayed import DELIVERIES_KEY
 from actionbus.exceptions import DelayedActionError
 from actionbus.workers.mover import Mover
 from actionbus.workers.pipeline import TimeoutLayer
-from tests.workers.helpers import QM, dead_letters_of, pending_count
+from tests.workers.helpers import QM, dead_letters_of, pending_count, xadd_raw
 
 pytestmark = pytest.mark.backends
 
@@ -194,6 +194,27 @@ async def test_delivery_cap_counts_retries_through_the_delayed_set(
     assert (letter.reason, letter.deliveries, letter.original_id) == ("max_deliveries", 3, sent)
     assert "actionbus_" not in letter.data
     assert len(calls) == 3
+
+
+async def test_a_retry_arriving_past_max_deliveries_is_buried_without_a_call(
+    bus: Any, eventually: Any
+) -> None:
+    """An entry whose metadata says it already used max_deliveries (retried through the
+    delayed set) is buried as max_deliveries on arrival: the handler is not called again."""
+    worker = bus.worker("inventory", max_deliveries=3)
+    calls: list[int] = []
+
+    async def handle(action: DomainAction, data: Any) -> None:
+        calls.append(1)
+
+    worker.register("inventory.stock.count", handle)
+    await worker.start()
+    action = DomainAction(action_type="inventory.stock.count", target_service="inventory",
+                          metadata={DELIVERIES_KEY: 3})
+    entry = await xadd_raw(bus.redis, "inventory", action.model_dump_json())
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert (letter.reason, letter.deliveries, letter.original_id) == ("max_deliveries", 4, entry)
+    assert calls == []
 
 
 async def test_a_retry_frees_its_slot_at_once(bus: Any, eventually: Any) -> None:
