@@ -39,16 +39,21 @@ async def _pop_reply(redis: Any, queue: str) -> DomainActionResponse:
     return DomainActionResponse.model_validate_json(popped[1])
 
 
-def _marker_worker(bus: Any, **settings: Any) -> tuple[BaseWorker, list[str]]:
-    """An inventory worker whose inventory.item.mark handler records data['m']."""
-    worker = bus.worker("inventory", **settings)
+def _record_marks(worker: BaseWorker) -> list[str]:
+    """Register an inventory.item.mark handler on ``worker``; the list it records data['m'] in."""
     marks: list[str] = []
 
     @worker.handler("inventory.item.mark")
     async def mark(action: DomainAction, data: dict[str, Any]) -> None:
         marks.append(data["m"])
 
-    return worker, marks
+    return marks
+
+
+def _marker_worker(bus: Any, **settings: Any) -> tuple[BaseWorker, list[str]]:
+    """An inventory worker whose inventory.item.mark handler records data['m']."""
+    worker = bus.worker("inventory", **settings)
+    return worker, _record_marks(worker)
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -505,11 +510,7 @@ async def test_small_data_with_large_other_fields_is_oversize(
     """The size check counts every field of the entry, not only a small "data"."""
     worker = BaseWorker(make_settings(service_name="inventory", max_payload_bytes=10_000), conn,
                         worker_settings=fast_worker_settings())
-    marks: list[str] = []
-
-    @worker.handler("inventory.item.mark")
-    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
-        marks.append(data["m"])
+    marks = _record_marks(worker)
 
     await worker.start()
     try:
@@ -587,11 +588,7 @@ async def test_field_names_and_every_other_field_count_towards_the_size(
     or a huge field written before a small "data", makes the entry oversize."""
     worker = BaseWorker(make_settings(service_name="inventory", max_payload_bytes=10_000), conn,
                         worker_settings=fast_worker_settings())
-    marks: list[str] = []
-
-    @worker.handler("inventory.item.mark")
-    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
-        marks.append(data["m"])
+    marks = _record_marks(worker)
 
     await worker.start()
     try:
@@ -640,11 +637,7 @@ async def test_every_large_entry_seen_is_counted(
     worker = BaseWorker(make_settings(service_name="inventory"), conn,
                         worker_settings=fast_worker_settings(batch_size=10,
                                                              read_budget_bytes=1000))
-    marks: list[str] = []
-
-    @worker.handler("inventory.item.mark")
-    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
-        marks.append(data["m"])
+    marks = _record_marks(worker)
 
     await worker.start()
     try:
@@ -671,11 +664,7 @@ async def test_a_one_field_entry_just_over_the_per_entry_budget_is_counted_large
     worker = BaseWorker(make_settings(service_name="inventory"), conn,
                         worker_settings=fast_worker_settings(batch_size=10,
                                                              read_budget_bytes=1000))
-    marks: list[str] = []
-
-    @worker.handler("inventory.item.mark")
-    async def mark(action: DomainAction, data: dict[str, Any]) -> None:
-        marks.append(data["m"])
+    marks = _record_marks(worker)
 
     await worker.start()
     try:
