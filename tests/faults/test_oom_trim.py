@@ -121,15 +121,12 @@ async def test_an_oom_refused_reply_never_lets_its_ack_through(
         await redis.aclose()
 
 
-async def test_a_reply_refused_after_the_worker_idled_is_retried_without_more_traffic(
-    fresh_redis_server: RedisServer,
-) -> None:
-    """The output's background loop keeps running while nothing is queued: a reply refused
-    with OOM after the worker sat idle past a sweep (1 s) is retried by it once memory
-    frees, with no further action arriving to flush it."""
-    redis: Any = Redis.from_url(fresh_redis_server.url)
-    settings = CommonAppSettings(_env_file=None, service_name="oomidle",
-                                 redis_url=fresh_redis_server.url)
+def _held_reply_worker(
+    server: RedisServer, redis: Any, service: str
+) -> tuple[BaseWorker, asyncio.Event, asyncio.Event, str]:
+    """A worker of ``service`` (not started) whose ``<service>.item.get`` handler sets
+    ``running``, then answers once ``finish`` is set; and the reply list it answers to."""
+    settings = CommonAppSettings(_env_file=None, service_name=service, redis_url=server.url)
     worker = BaseWorker(settings, redis, worker_settings=WorkerSettings(
         block_ms=100, check_permissions=False))
     running, finish = asyncio.Event(), asyncio.Event()
@@ -139,24 +136,45 @@ async def test_a_reply_refused_after_the_worker_idled_is_retried_without_more_tr
         await finish.wait()
         return {"ok": True}
 
-    worker.register("oomidle.item.get", answer)
-    reply_to = worker.queue_manager.get_response_queue("caller", "r1")
+    worker.register(f"{service}.item.get", answer)
+    return worker, running, finish, worker.queue_manager.get_response_queue("caller", "r1")
+
+
+async def _request(redis: Any, worker: BaseWorker, service: str, reply_to: str) -> None:
+    """Append a ``<service>.item.get`` request answering to ``reply_to``."""
+    action = DomainAction(action_type=f"{service}.item.get", data={}, callback_queue_name=reply_to)
+    await redis.xadd(worker.stream, {"data": action.model_dump_json(exclude_none=True)})
+
+
+async def _until_output_outage(worker: BaseWorker) -> None:
+    """Wait (at most 15 s) until the worker's output is in outage."""
+    deadline = time.monotonic() + 15
+    while not worker._output_outage.in_outage:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+
+
+
+async def test_a_reply_refused_after_the_worker_idled_is_retried_without_more_traffic(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """The output's background loop keeps running while nothing is queued: a reply refused
+    with OOM after the worker sat idle past a sweep (1 s) is retried by it once memory
+    frees, with no further action arriving to flush it."""
+    redis: Any = Redis.from_url(fresh_redis_server.url)
+    worker, running, finish, reply_to = _held_reply_worker(fresh_redis_server, redis, "oomidle")
     try:
         await worker.start()
-        action = DomainAction(action_type="oomidle.item.get", data={},
-                              callback_queue_name=reply_to)
-        await redis.xadd(worker.stream, {"data": action.model_dump_json(exclude_none=True)})
+        await _request(redis, worker, "oomidle", reply_to)
         await asyncio.wait_for(running.wait(), 10)
         await asyncio.sleep(1.5)  # the output sits idle past its 1 s sweep
         await redis.config_set("maxmemory-policy", "noeviction")
         await redis.config_set("maxmemory", 1)  # every write that may grow memory: OOM
         finish.set()
-        deadline = time.monotonic() + 15
-        while not worker._output_outage.in_outage:  # barrier: the reply was refused
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await _until_output_outage(worker)  # barrier: the reply was refused
         assert await redis.llen(reply_to) == 0
         await redis.config_set("maxmemory", 0)  # memory available again
+        deadline = time.monotonic() + 15
         while int((await redis.xpending(worker.stream, worker.group))["pending"]):
             assert time.monotonic() < deadline, "the refused reply was never retried"
             await asyncio.sleep(0.02)
@@ -175,33 +193,15 @@ async def test_an_output_outage_is_logged_with_the_error_redis_gave(
     is logged as an error."""
     caplog.set_level(logging.WARNING, "actionbus.worker")
     redis: Any = Redis.from_url(fresh_redis_server.url)
-    settings = CommonAppSettings(_env_file=None, service_name="oomlog",
-                                 redis_url=fresh_redis_server.url)
-    worker = BaseWorker(settings, redis, worker_settings=WorkerSettings(
-        block_ms=100, check_permissions=False))
-
-    running, finish = asyncio.Event(), asyncio.Event()
-
-    async def answer(action: DomainAction, data: Any) -> dict[str, Any]:
-        running.set()
-        await finish.wait()
-        return {"ok": True}
-
-    worker.register("oomlog.item.get", answer)
-    reply_to = worker.queue_manager.get_response_queue("caller", "r1")
+    worker, running, finish, reply_to = _held_reply_worker(fresh_redis_server, redis, "oomlog")
     try:
         await worker.start()
-        action = DomainAction(action_type="oomlog.item.get", data={},
-                              callback_queue_name=reply_to)
-        await redis.xadd(worker.stream, {"data": action.model_dump_json(exclude_none=True)})
+        await _request(redis, worker, "oomlog", reply_to)
         await asyncio.wait_for(running.wait(), 10)
         await redis.config_set("maxmemory-policy", "noeviction")
         await redis.config_set("maxmemory", 1)  # the reply (LPUSH) is refused: OOM
         finish.set()
-        deadline = time.monotonic() + 15
-        while not worker._output_outage.in_outage:  # barrier: the reply was refused
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await _until_output_outage(worker)  # barrier: the reply was refused
         lines = [r.getMessage() for r in caplog.records if "output: Redis unavailable" in
                  r.getMessage()]
         assert len(lines) == 1
