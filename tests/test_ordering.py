@@ -46,6 +46,22 @@ def make_worker(
     return worker
 
 
+def a_waits_for_b() -> tuple[Any, list[tuple[str, int]]]:
+    """A step handler whose key a, step 0, runs on only once a key b step has run; and the
+    (key, n) list it records each finished step in."""
+    b_ran = asyncio.Event()
+    order: list[tuple[str, int]] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        if data["key"] == "a" and data["n"] == 0:
+            await asyncio.wait_for(b_ran.wait(), 10)
+        if data["key"] == "b":
+            b_ran.set()
+        order.append((data["key"], data["n"]))
+
+    return handle, order
+
+
 async def test_ordered_actions_go_to_their_keys_partition(
     bus: Any, make_settings: Callable[..., CommonAppSettings]
 ) -> None:
@@ -256,15 +272,7 @@ async def test_different_keys_of_one_ordered_stream_do_not_wait_for_each_other(
     """In one partition's ordered stream, key b's action runs while key a's first action
     is still running (it waits for b's), and a's next one only after a's first; also on a
     client with redis_decode_responses=True."""
-    b_ran = asyncio.Event()
-    order: list[tuple[str, int]] = []
-
-    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
-        if data["key"] == "a" and data["n"] == 0:
-            await asyncio.wait_for(b_ran.wait(), 10)
-        if data["key"] == "b":
-            b_ran.set()
-        order.append((data["key"], data["n"]))
+    handle, order = a_waits_for_b()
 
     worker = BaseWorker(
         make_settings(service_name=SERVICE, partitions={SERVICE: 1},
@@ -295,15 +303,7 @@ async def test_recovery_pages_through_more_than_a_page_of_pending_entries(
     await bus.redis.xadd(stream, {"data": step("b", 0).model_dump_json()}, id=ids[100])
     taken = await bus.redis.xreadgroup(SERVICE, "dead-holder", {stream: ">"}, count=200)
     assert len(taken[0][1]) == 101
-    b_ran = asyncio.Event()
-    order: list[tuple[str, int]] = []
-
-    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
-        if data["key"] == "a" and data["n"] == 0:
-            await asyncio.wait_for(b_ran.wait(), 10)
-        if data["key"] == "b":
-            b_ran.set()
-        order.append((data["key"], data["n"]))
+    handle, order = a_waits_for_b()
 
     worker = make_worker(make_settings, handle, concurrency=200)
     await worker.start()

@@ -154,7 +154,6 @@ async def _until_output_outage(worker: BaseWorker) -> None:
         await asyncio.sleep(0.02)
 
 
-
 async def test_a_reply_refused_after_the_worker_idled_is_retried_without_more_traffic(
     fresh_redis_server: RedisServer,
 ) -> None:
