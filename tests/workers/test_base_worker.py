@@ -25,6 +25,7 @@ from actionbus import (
     UnknownActionType,
     WorkerSettings,
 )
+from actionbus.workers import output
 from actionbus.workers.mover import Mover
 from tests.conftest import fast_worker_settings
 from tests.workers.helpers import QM, Settings, drained, noop, pending_count
@@ -539,3 +540,17 @@ async def test_stop_with_no_grace_cancels_an_ordered_action_in_progress(bus: Any
     """stop(grace=0) gives an ordered action in progress no time at all: released 0.3 s
     into the stop, it had been cancelled already (its entry stays pending)."""
     assert await _ordered_in_flight_at_stop(bus, grace=0.0) == []
+
+
+async def test_an_action_is_acknowledged_right_after_its_batch_not_at_the_output_sweep(
+    bus: Any, eventually: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry runner sends the acks of the actions it finished right after their batch:
+    with the output loop's sweep an hour away, a handled action is acknowledged at once."""
+    monkeypatch.setattr(output, "_SWEEP_SECONDS", 3600.0)
+    worker = bus.worker("inventory")
+    worker.register("inventory.item.add", noop)
+    await worker.start()
+    await bus.client("orders").send_action_async(DomainAction(action_type="inventory.item.add"))
+    await eventually(lambda: worker.stats.handled == 1)
+    await eventually(lambda: drained(bus.redis, "inventory"))
