@@ -554,3 +554,36 @@ async def test_an_action_is_acknowledged_right_after_its_batch_not_at_the_output
     await bus.client("orders").send_action_async(DomainAction(action_type="inventory.item.add"))
     await eventually(lambda: worker.stats.handled == 1)
     await eventually(lambda: drained(bus.redis, "inventory"))
+
+
+async def test_stop_cancels_an_ordered_action_once_the_grace_is_spent_on_other_actions(
+    bus: Any,
+) -> None:
+    """stop(grace=1.5) spends the whole grace waiting for an unordered action that never
+    ends: an ordered action still running then gets what is left of the grace (nothing) and
+    is cancelled right after the unordered one, not seconds later."""
+    worker = bus.worker("inventory")
+    started = {"slow": asyncio.Event(), "ordered": asyncio.Event()}
+    cancelled = {"slow": asyncio.Event(), "ordered": asyncio.Event()}
+
+    async def forever(action: DomainAction, data: dict[str, Any]) -> None:
+        kind = action.action_type.rsplit(".", 1)[1]
+        started[kind].set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled[kind].set()
+
+    worker.register("inventory.item.slow", forever)
+    worker.register("inventory.item.ordered", forever)
+    await worker.start()
+    client = bus.client("orders")
+    await client.send_action_async(DomainAction(action_type="inventory.item.slow"))
+    await client.send_action_async(
+        DomainAction(action_type="inventory.item.ordered", ordering_key="k"))
+    for event in started.values():
+        await asyncio.wait_for(event.wait(), 10)
+    stopping = asyncio.create_task(worker.stop(grace=1.5))
+    await asyncio.wait_for(cancelled["slow"].wait(), 10)  # the grace is over
+    await asyncio.wait_for(cancelled["ordered"].wait(), 1.0)  # grace + elapsed: 3 s later
+    await asyncio.wait_for(stopping, 10)
