@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -169,6 +170,31 @@ async def test_cluster_durable_send_follows_ask_while_its_slot_migrates(
     finally:
         await client.close()
         await redis.aclose()
+
+
+async def test_a_cluster_durable_send_to_a_hung_master_fails_within_the_refresh_cap() -> None:
+    """A durable send to a cluster master that hangs (SIGSTOPped; no replica to take over)
+    fails once its socket timeout (1 s) passed plus at most the 2 s cap on the slot-table
+    refresh that follows the failure (about 3 s; uncapped, the refresh's own timeouts and
+    retries take about 12 s)."""
+    with LocalCluster(masters=3) as cluster:
+        master = cluster.master_of(STREAM)
+        redis = RedisCluster.from_url(cluster.url, socket_timeout=1.0)
+        client = BaseRedisClient("caller", redis, CommonAppSettings(
+            _env_file=None, service_name="caller", redis_url=cluster.url, redis_cluster=True,
+            lanes_cache_s=3600))  # the target's partitions stay known: no read before the send
+        try:
+            await client.send_action_async(action(0))
+            with frozen(master):
+                started = time.monotonic()
+                with pytest.raises(SendError):
+                    await client.send_action_async(action(1), wait_replicas=1,
+                                                   wait_timeout_ms=50)
+                elapsed = time.monotonic() - started
+            assert elapsed < 6.0, f"the send failed only after {elapsed:.1f} s"
+        finally:
+            await client.close()
+            await redis.aclose()
 
 
 async def test_wait_refused_by_the_acl_reports_the_written_entry(redis_url: str) -> None:

@@ -4,6 +4,7 @@ tracing switched on at any time, and one batch encoded before anything is writte
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,6 +136,25 @@ async def test_subclass_with_private_attributes_is_copied_not_changed(bus: Any) 
     assert DomainAction.model_validate_json(sent).origin_service == "orders"
     assert action.origin_service is None
     assert action._seen == ["x"]
+
+
+async def test_the_copy_of_a_plain_action_a_layer_gets_is_a_whole_model(bus: Any) -> None:
+    """The client's copy of a plain DomainAction (no private attributes) is a complete
+    pydantic model: a publish layer can pickle it (e.g. to keep it in an outbox) and the
+    unpickled action equals it and is sent as it."""
+    client = bus.client("orders")
+    kept: list[DomainAction] = []
+
+    async def outbox(copy: DomainAction, call_next: PublishNext) -> str:
+        kept.append(pickle.loads(pickle.dumps(copy)))
+        return await call_next(copy)
+
+    client.use(outbox)
+    await client.send_action_async(DomainAction(action_type="inventory.item.add", data={"n": 1}))
+    [sent] = await _raw(bus.redis, "inventory")
+    [copy] = kept
+    assert copy == DomainAction.model_validate_json(sent)
+    assert copy.origin_service == "orders"
 
 
 async def test_an_action_class_new_to_the_send_path_is_encoded_and_checked(bus: Any) -> None:

@@ -40,6 +40,8 @@ logger = logging.getLogger("actionbus.worker")
 BUCKET_S = 10
 """Width of one throughput bucket, in seconds."""
 _BUCKET_TTL_S = 120
+_LEAVE_TIMEOUT_S = 1.0
+"""How long a stopping worker tries to remove its field (Redis may not answer)."""
 
 
 def interval_s() -> float:
@@ -102,7 +104,7 @@ async def run(ctx: WorkerContext, redis: AnyRedis, stats: WorkerStats) -> None:
     finally:
         with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
             await asyncio.wait_for(
-                redis.hdel(presence_key(ctx.queues, ctx.service), ctx.consumer), 1.0
+                redis.hdel(presence_key(ctx.queues, ctx.service), ctx.consumer), _LEAVE_TIMEOUT_S
             )
 
 

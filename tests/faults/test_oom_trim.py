@@ -211,3 +211,36 @@ async def test_an_output_outage_is_logged_with_the_error_redis_gave(
         await redis.config_set("maxmemory", 0)
         await worker.stop(grace=0.5)
         await redis.aclose()
+
+
+async def test_stop_tries_output_redis_keeps_refusing_for_half_a_second(
+    fresh_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At stop, a reply Redis keeps refusing (OOM) is tried for half a second, then left
+    unsent with a warning (its request stays pending for another worker): the whole stop
+    takes well under a second."""
+    caplog.set_level(logging.WARNING, "actionbus.worker")
+    redis: Any = Redis.from_url(fresh_redis_server.url)
+    worker, running, finish, reply_to = _held_reply_worker(fresh_redis_server, redis, "oomstop")
+    try:
+        await worker.start()
+        await _request(redis, worker, "oomstop", reply_to)
+        await asyncio.wait_for(running.wait(), 10)
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", 1)  # the reply (LPUSH) is refused: OOM
+        finish.set()
+        await _until_output_outage(worker)  # barrier: the reply was refused
+        started = time.monotonic()
+        await worker.stop(grace=0.5)
+        elapsed = time.monotonic() - started
+        await redis.config_set("maxmemory", 0)
+        print(f"stop took {elapsed:.2f} s")
+        assert elapsed < 1.0, f"stop took {elapsed:.2f} s"  # about 0.5 s (1.5 s given 1.5 s)
+        assert any("writes/acks unsent" in r.getMessage() for r in caplog.records)
+        assert int((await redis.xpending(worker.stream, worker.group))["pending"]) == 1
+        assert await redis.llen(reply_to) == 0
+    finally:
+        finish.set()
+        await redis.config_set("maxmemory", 0)
+        await worker.stop(grace=0.5)
+        await redis.aclose()

@@ -25,6 +25,7 @@ from actionbus import (
     UnknownActionType,
     WorkerSettings,
 )
+from actionbus.workers import output
 from actionbus.workers.mover import Mover
 from tests.conftest import fast_worker_settings
 from tests.workers.helpers import QM, Settings, drained, noop, pending_count
@@ -539,3 +540,50 @@ async def test_stop_with_no_grace_cancels_an_ordered_action_in_progress(bus: Any
     """stop(grace=0) gives an ordered action in progress no time at all: released 0.3 s
     into the stop, it had been cancelled already (its entry stays pending)."""
     assert await _ordered_in_flight_at_stop(bus, grace=0.0) == []
+
+
+async def test_an_action_is_acknowledged_right_after_its_batch_not_at_the_output_sweep(
+    bus: Any, eventually: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry runner sends the acks of the actions it finished right after their batch:
+    with the output loop's sweep an hour away, a handled action is acknowledged at once."""
+    monkeypatch.setattr(output, "_SWEEP_SECONDS", 3600.0)
+    worker = bus.worker("inventory")
+    worker.register("inventory.item.add", noop)
+    await worker.start()
+    await bus.client("orders").send_action_async(DomainAction(action_type="inventory.item.add"))
+    await eventually(lambda: worker.stats.handled == 1)
+    await eventually(lambda: drained(bus.redis, "inventory"))
+
+
+async def test_stop_cancels_an_ordered_action_once_the_grace_is_spent_on_other_actions(
+    bus: Any,
+) -> None:
+    """stop(grace=1.5) spends the whole grace waiting for an unordered action that never
+    ends: an ordered action still running then gets what is left of the grace (nothing) and
+    is cancelled right after the unordered one, not seconds later."""
+    worker = bus.worker("inventory")
+    started = {"slow": asyncio.Event(), "ordered": asyncio.Event()}
+    cancelled = {"slow": asyncio.Event(), "ordered": asyncio.Event()}
+
+    async def forever(action: DomainAction, data: dict[str, Any]) -> None:
+        kind = action.action_type.rsplit(".", 1)[1]
+        started[kind].set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled[kind].set()
+
+    worker.register("inventory.item.slow", forever)
+    worker.register("inventory.item.ordered", forever)
+    await worker.start()
+    client = bus.client("orders")
+    await client.send_action_async(DomainAction(action_type="inventory.item.slow"))
+    await client.send_action_async(
+        DomainAction(action_type="inventory.item.ordered", ordering_key="k"))
+    for event in started.values():
+        await asyncio.wait_for(event.wait(), 10)
+    stopping = asyncio.create_task(worker.stop(grace=1.5))
+    await asyncio.wait_for(cancelled["slow"].wait(), 10)  # the grace is over
+    await asyncio.wait_for(cancelled["ordered"].wait(), 1.0)  # grace + elapsed: 3 s later
+    await asyncio.wait_for(stopping, 10)

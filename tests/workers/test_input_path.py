@@ -388,6 +388,16 @@ async def test_a_consumer_name_left_by_a_dead_process_is_taken_once_its_lease_la
     assert (await bus.redis.get(lease_key(worker.context))).decode() != "a-dead-process"
 
 
+async def test_a_held_consumer_name_is_refused_half_a_second_after_one_ttl(bus: Any) -> None:
+    """A worker whose consumer name another process holds waits one lease TTL (0.3 s) plus
+    half a second, then refuses to start: a lease that lapses 1.2 s after the TTL (0.7 s
+    after the refusal) is not waited for."""
+    worker = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=0.3)
+    await bus.redis.set(lease_key(worker.context), "a-live-process", px=300 + 1200)
+    with pytest.raises(ConfigurationError, match=r"consumer name .*same.* is in use"):
+        await asyncio.wait_for(worker.start(), 10)
+
+
 async def test_the_consumer_name_lease_expires_after_consumer_lease_ttl_s(bus: Any) -> None:
     """The lease on a consumer name is written with a TTL of consumer_lease_ttl_s (here
     30 s, in milliseconds) from the moment it is taken, not only once it is refreshed."""

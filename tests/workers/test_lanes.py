@@ -510,3 +510,22 @@ def test_entry_keys_are_bare_ids_on_the_main_stream_and_stream_prefixed_in_lanes
     assert entry_key(main, lane, "1-0") == f"{lane} 1-0"
     assert split_entry_key("1-0", main) == (main, "1-0")
     assert split_entry_key(f"{lane} 1-0", main) == (lane, "1-0")
+
+
+async def test_the_lanes_descriptor_is_refreshed_before_it_lapses(bus: Any) -> None:
+    """The lanes descriptor (lanes_ttl_s=3) is refreshed every third of its TTL even when
+    the heartbeat period (claim_idle_ms/3 = 20 s) is far longer: watched over three
+    refreshes, it never lapses."""
+    worker = bus.worker("lanes", lanes=True, lanes_ttl_s=3, claim_idle_ms=60_000,
+                        maintenance_interval_s=3600)
+    await worker.start()
+    key = QM.get_lanes_key("lanes")
+    last, refreshes = await bus.redis.pttl(key), 0
+    deadline = time.monotonic() + 15
+    while refreshes < 3:
+        left = await bus.redis.pttl(key)
+        assert left > 0, f"the lanes descriptor lapsed after {refreshes} refresh(es)"
+        refreshes += left > last
+        last = left
+        assert time.monotonic() < deadline, f"only {refreshes} refresh(es) in 15 s"
+        await asyncio.sleep(0.05)

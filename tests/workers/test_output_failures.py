@@ -506,3 +506,45 @@ async def test_a_refused_write_after_a_landed_one_of_the_same_entry_is_dead_lett
     assert victim.encode() in letter[b"error_message"]
     assert await redis_client.xlen(good) == 1
     assert (await redis_client.xpending(stream, "two"))["pending"] == 0
+
+
+@pytest.mark.standalone_only("fills the memory of a server of its own")
+async def test_an_entry_with_a_refused_and_a_transiently_failed_write_is_dead_lettered_once(
+    fresh_redis_server: Any,
+) -> None:
+    """One entry's output: a reply Redis refuses (NOPERM) and a callback it refuses for
+    now (OOM). The entry waits for the callback's retry, then is dead-lettered once for the
+    refused reply; the callback lands once and the entry is acknowledged."""
+    admin = Redis.from_url(fresh_redis_server.url)
+    await admin.execute_command("ACL", "SETUSER", "nolpush", "on", ">pw", "~*", "&*", "+@all",
+                                "-lpush")
+    user = Redis.from_url(fresh_redis_server.url.replace("redis://", "redis://nolpush:pw@", 1))
+    stream, dead = QM.get_service_action_stream("mixed"), QM.get_dead_letter_stream("mixed")
+    callback = QM.get_service_action_stream("mixed-cb")
+    try:
+        await admin.xgroup_create(stream, "mixed", id="0", mkstream=True)
+        entry_id = (await admin.xadd(stream, {"data": '{"n": 1}'})).decode()
+        await admin.xreadgroup("mixed", "c1", {stream: ">"})
+        batcher = OutputBatcher(user, stream, "mixed",
+                                OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                                dead_stream=dead, consumer="c1")
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", 1)  # every write that may grow memory: OOM
+        batcher.reply(QM.get_response_queue("caller", "x"), '{"success": true}', 60)
+        batcher.xadd(callback, {"data": "{}"})
+        batcher.ack(entry_id)
+        await asyncio.wait_for(batcher.flush(), 10)
+        assert batcher.unacknowledged() == {entry_id}  # the callback waits for its retry
+        assert await admin.exists(dead) == 0
+        await admin.config_set("maxmemory", 0)  # memory available again
+        await asyncio.wait_for(batcher.flush(), 10)
+        letters = await admin.xrange(dead)
+        assert [(f[b"reason"], f[b"original_id"]) for _, f in letters] == [
+            (b"undeliverable", entry_id.encode())]
+        assert b"LPUSH" in letters[0][1][b"error_message"]
+        assert await admin.xlen(callback) == 1
+        assert batcher.undeliverable == 1
+        assert (await admin.xpending(stream, "mixed"))["pending"] == 0
+    finally:
+        await user.aclose()
+        await admin.aclose()

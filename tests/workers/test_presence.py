@@ -226,6 +226,28 @@ async def test_a_heartbeat_cancelled_while_redis_does_not_answer_ends_cancelled(
         await mute.aclose()
 
 
+async def test_a_stopping_heartbeat_gives_up_removing_its_field_after_a_second(
+    bus: Any, eventually: Any
+) -> None:
+    """With Redis not answering and the client's own socket timeout long (30 s), a cancelled
+    heartbeat gives up removing its field after 1 s: it ends, cancelled, within 3 s."""
+    with socket.socket() as silent:  # listens, never accepts nor answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        host, port = silent.getsockname()
+        mute = Redis(host=host, port=port, retry=Retry(NoBackoff(), 0), socket_timeout=30)
+        stats = _CountedBeats()
+        ctx = bus.worker("inventory", consumer_name="c-1").context
+        task = asyncio.create_task(presence_run(ctx, mute, stats))  # type: ignore[arg-type]
+        await eventually(lambda: stats.beats >= 1)
+        task.cancel()
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 3)
+        finally:
+            await mute.aclose()
+
+
 async def test_a_heartbeat_cancelled_while_redis_refuses_connections_ends_cancelled(
     bus: Any, eventually: Any
 ) -> None:

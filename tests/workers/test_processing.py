@@ -402,3 +402,28 @@ async def test_every_reply_dropped_because_its_caller_stopped_waiting_is_counted
     assert worker.stats.expired_skipped == 2
     for queue in queues:
         assert not await bus.redis.exists(queue)
+
+
+async def test_with_max_deliveries_1_a_reclaimed_entry_is_buried_not_run_again(
+    bus: Any, eventually: Any
+) -> None:
+    """max_deliveries=1: an ordinary small action delivered once to a consumer that died is
+    dead-lettered as max_deliveries when reclaimed (its second delivery), its handler not run."""
+    worker = bus.worker("inventory", max_deliveries=1, claim_idle_ms=100,
+                        reclaim_interval_s=0.05)
+    calls: list[Any] = []
+
+    @worker.handler("inventory.item.add")
+    async def add(action: DomainAction, data: dict[str, Any]) -> None:
+        calls.append(data)
+
+    stream = QM.get_service_action_stream("inventory")
+    await bus.redis.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    entry = await xadd_raw(bus.redis, "inventory", {"action_type": "inventory.item.add"})
+    await bus.redis.xreadgroup("inventory", "crashed", {stream: ">"}, count=1)
+    await worker.start()
+    [letter] = await eventually(lambda: dead_letters_of(worker))
+    assert (letter.original_id, letter.reason, letter.deliveries) == (
+        entry, "max_deliveries", 2)
+    await eventually(lambda: drained(bus.redis, "inventory"))
+    assert calls == []
