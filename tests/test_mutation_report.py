@@ -131,7 +131,8 @@ def test_the_cache_keeps_verdicts_and_drops_those_a_later_test_kills(tmp_path: P
     tool = TOOL.with_name("mutation_cache.py")
     for action, folder in (("save", mutants_dir), ("restore", tmp_path / "again")):
         subprocess.run([sys.executable, str(tool), action, "--mutants", str(folder), "--file",
-                        str(cache), "--lists", str(lists)], check=True, timeout=30)
+                        str(cache), "--lists", str(lists), "--mutmut-version", "3.8.0"],
+                       check=True, timeout=30)
     restored = json.loads((tmp_path / "again" / "actionbus" / "workers" / "reader.py.meta")
                           .read_text())
     assert restored["hash_by_function_name"] == {"x_read": "ab"}
@@ -147,6 +148,25 @@ def test_restore_never_overwrites_the_verdicts_of_a_run_in_mutants(tmp_path: Pat
         "hash_by_function_name": {}, "exit_code_by_key": {f"{MODULE}.x_read__mutmut_1": 0}}}))
     subprocess.run([sys.executable, str(TOOL.with_name("mutation_cache.py")), "restore",
                     "--mutants", str(mutants_dir), "--file", str(cache),
-                    "--lists", str(tmp_path)], check=True, timeout=30)
+                    "--lists", str(tmp_path), "--mutmut-version", "3.8.0"], check=True, timeout=30)
     meta = mutants_dir / "actionbus" / "workers" / "reader.py.meta"
     assert json.loads(meta.read_text())["exit_code_by_key"] == live
+
+
+def test_restore_refuses_verdicts_of_another_mutmut_release(tmp_path: Path) -> None:
+    """Verdicts saved by one mutmut release are not restored under another (its mutant
+    numbering differs): restore exits 1 naming both versions and writes no `.meta`."""
+    codes = mutants(killed=1, survived=1)
+    cache = tmp_path / "results.json"
+    tool = TOOL.with_name("mutation_cache.py")
+    subprocess.run([sys.executable, str(tool), "save", "--mutants", str(results(tmp_path, codes)),
+                    "--file", str(cache), "--mutmut-version", "3.8.0"], check=True, timeout=30)
+    assert json.loads(cache.read_text())["__mutmut_version__"] == "3.8.0"
+    again = tmp_path / "again"
+    refused = subprocess.run([sys.executable, str(tool), "restore", "--mutants", str(again),
+                              "--file", str(cache), "--lists", str(tmp_path),
+                              "--mutmut-version", "3.8.1"],
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1
+    assert "numbered by mutmut 3.8.0, but mutmut 3.8.1 is installed" in refused.stderr
+    assert not list(again.rglob("*.meta"))

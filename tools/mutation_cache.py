@@ -8,7 +8,12 @@ machine) again. ``save`` writes the verdicts and hashes to ``tests/mutation-resu
 ``mutants/`` has none, so mutmut resumes: functions changed since keep no verdict and run again,
 and so do the survivors that ``tests/mutation-survivors/`` says a later test kills.
 
+Verdicts are kept by mutant name (``x_read__mutmut_7``), and another mutmut release may number
+a function's mutants differently (3.8.1 adds mutants to functions 3.8.0 left alone), so the file
+records the mutmut version that made it, and ``restore`` refuses a file of another version.
+
     python tools/mutation_cache.py save|restore [--mutants mutants] [--file FILE] [--lists DIR]
+                                  [--mutmut-version X.Y.Z]
 """
 
 from __future__ import annotations
@@ -16,10 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 DEFAULT_FILE = Path("tests/mutation-results.json")
+VERSION_KEY = "__mutmut_version__"
+"""The file's first key: the mutmut release whose numbering the verdicts use."""
+UNSTAMPED = "3.8.0"
+"""The release that wrote files made before the stamp existed."""
+
+
+def mutmut_version() -> str:
+    """The installed mutmut's version (``"none"`` when it is not installed)."""
+    try:
+        return version("mutmut")
+    except PackageNotFoundError:
+        return "none"
 
 
 def hashes_of(meta: dict[str, Any]) -> dict[str, str]:
@@ -28,7 +46,7 @@ def hashes_of(meta: dict[str, Any]) -> dict[str, str]:
     return hashes
 
 
-def save(mutants: Path, file: Path) -> int:
+def save(mutants: Path, file: Path, made_with: str) -> int:
     """Verdicts and function hashes of every module in ``mutants/``, into ``file``."""
     modules: dict[str, dict[str, Any]] = {}
     for meta in sorted(mutants.rglob("*.py.meta")):
@@ -38,7 +56,7 @@ def save(mutants: Path, file: Path) -> int:
                 "hash_by_function_name": dict(sorted(hashes_of(data).items())),
                 "exit_code_by_key": dict(sorted(data["exit_code_by_key"].items())),
             }
-    lines = ["{"]
+    lines = ["{", f"{json.dumps(VERSION_KEY)}: {json.dumps(made_with)},"]
     for number, (module, data) in enumerate(modules.items()):
         lines.append(f"{json.dumps(module)}: {{")
         hashes = json.dumps(data["hash_by_function_name"], ensure_ascii=False)
@@ -67,12 +85,20 @@ def killed_since(lists: Path) -> set[str]:
     return names
 
 
-def restore(mutants: Path, file: Path, lists: Path = Path("tests/mutation-survivors")) -> int:
+def restore(mutants: Path, file: Path, lists: Path, running: str) -> int:
     """Write ``file``'s verdicts as mutmut's ``.meta`` files where ``mutants/`` has none."""
     if not file.exists():
         print(f"no {file}: nothing to restore")
         return 0
-    modules: dict[str, dict[str, Any]] = json.loads(file.read_text(encoding="utf-8"))
+    modules: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+    made_by = modules.pop(VERSION_KEY, UNSTAMPED)
+    if made_by != running:
+        print(f"{file} holds verdicts numbered by mutmut {made_by}, but mutmut "
+              f"{running} is installed: its mutant names differ, so the verdicts would "
+              f"land on other mutants. Install mutmut=={made_by} (`pip install -e "
+              f"'.[mutation]'`), or delete {file} to start a whole run with this version.",
+              file=sys.stderr)
+        return 1
     written = 0
     again = killed_since(lists)
     for module, data in modules.items():
@@ -95,13 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mutants", type=Path, default=Path("mutants"))
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE)
     parser.add_argument("--lists", type=Path, default=Path("tests/mutation-survivors"))
+    parser.add_argument("--mutmut-version", default=None,
+                        help="the mutmut release the run uses (default: the installed one)")
     args = parser.parse_args(argv)
+    running = args.mutmut_version or mutmut_version()
     if args.action == "save":
         if not args.mutants.is_dir():
             print(f"no {args.mutants}/ here: run `make mutation` first", file=sys.stderr)
             return 1
-        return save(args.mutants, args.file)
-    return restore(args.mutants, args.file, args.lists)
+        return save(args.mutants, args.file, running)
+    return restore(args.mutants, args.file, args.lists, running)
 
 
 if __name__ == "__main__":
