@@ -168,6 +168,10 @@ class StreamReader:
         """Unread entries of each lane right after the last lane read (``LANE_LAGS``); None
         when unknown, or stale (a wait for a slot or a blocking read came after it)."""
         self._full = False  # the last lane read brought all it asked, PLAN_MIN or more
+        self._bulk: int | None = None
+        """The one lane known to hold entries (the others were found empty by the last read
+        or counted empty): reads of ``PLAN_MIN`` or more are ``_read_bulk``. None: unknown,
+        or stale (a wait for a slot came after it)."""
         self._scripts_loaded = False
         lanes_in_one_slot = len(self.streams) > 1 and len(
             {key_slot(stream.encode()) for stream in self.streams}) == 1
@@ -196,7 +200,7 @@ class StreamReader:
         while not stopping.is_set():
             free = self.free()
             if free <= 0:
-                self._lags = None  # what the lanes held goes stale while we wait
+                self._lags = self._bulk = None  # what the lanes held goes stale meanwhile
                 self.slot_free.clear()
                 self.waiting_for_slot = True
                 try:
@@ -281,6 +285,9 @@ class StreamReader:
         arrived meanwhile, most urgent started first).
         """
         settings, ctx = self.ctx.settings, self.ctx
+        if self._bulk is not None and count >= PLAN_MIN:
+            return await self._read_bulk(self._bulk, count)
+        self._bulk = None
         if not self._drained:
             keys = list(self.streams)
             caps = [count] * len(keys)
@@ -297,6 +304,8 @@ class StreamReader:
             else:
                 found = await self._read_one_by_one(keys, caps, count)
             self._lags = lags
+            if lags is not None and sum(lag > 0 for lag in lags) == 1:
+                self._bulk = next(i for i, lag in enumerate(lags) if lag > 0)
             if found:
                 read: list[list[Any]] = [[] for _ in self.streams]
                 for stream, entries in found:
@@ -319,6 +328,49 @@ class StreamReader:
         woken: list[Any] = [entries for _, entries in reply or ()]
         self._drained = bool(woken) and all(len(entries) < each for entries in woken)
         return self._spawn_all(reply) > 0
+
+    async def _read_bulk(self, bulk: int, count: int) -> bool:
+        """A read while one lane (``bulk``) alone is known to hold entries: plain XREADGROUPs,
+        no script, no counting (``LANE_LAGS`` costs Redis about 3 XINFO per read).
+
+        Each lane more urgent than ``bulk`` is asked for one entry (so an urgent entry that
+        came since the read before is the first of this one, as with a planned read);
+        weighted, a less urgent lane is asked for its share when this read starts with it
+        (what a planned read would take of a lane holding that many), otherwise nothing, as
+        a planned read of a lane counted empty; ``bulk`` for the rest. A lane that brings
+        less than asked is empty now. One that brings all it was asked may hold more: the
+        next read counts the lanes again (``READ_LANES`` with ``LANE_LAGS``, then planned
+        reads). ``bulk`` empty and the others too: the next read blocks.
+        """
+        group, consumer = self.ctx.group, self.ctx.consumer
+        weighted = self.ctx.settings.lane_mode == "weighted"
+        first = self._first_lane() if weighted else -1
+        asks: list[tuple[int, int]] = []
+        for lane in range(len(self.streams)):
+            if lane < bulk:
+                asks.append((lane, 1))
+            elif lane > bulk and lane == first:
+                share = -(-count * self._weights[first] // sum(self._weights))
+                asks.append((lane, max(1, share)))
+        asks.append((bulk, count - sum(ask for _, ask in asks)))
+        asks.sort()  # most urgent first: the entries start in that order
+        self._bulk = None  # until this read shows that it still holds
+        replies = await self._round([
+            ("XREADGROUP", "GROUP", group, consumer, "COUNT", ask, "STREAMS",
+             self.streams[lane], ">") for lane, ask in asks])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                self.recover_now.set()  # the reads before it may have delivered entries
+                raise reply
+        got = [sum(len(entries) for _, entries in reply or ()) for reply in replies]
+        self._spawn_all([found for reply in replies for found in reply or ()])
+        more = [lane for (lane, ask), n in zip(asks, got, strict=True) if n == ask]
+        if more == [bulk]:
+            self._bulk = bulk
+        self._lags = None
+        self._full = bool(more)
+        self._drained = not more
+        return sum(got) > 0
 
     async def _read_with_lags(
         self, read_script: AsyncScript, lags_script: AsyncScript, keys: list[str],
