@@ -91,6 +91,8 @@ Redis converts each entry a script returns for about 2 µs, 7 times the read its
 two commands in a pipeline cost the worker about 0.2M instructions more than one command
 (0.3 µs per entry of a read of 100); smaller reads stay one READ_LANES call."""
 
+_BulkPlan = tuple[list[tuple[int, int]], list[tuple[Any, ...]], list[Any]]
+
 Spawn = Callable[[str, str, dict[Any, Any], int], None]
 """``spawn(stream, entry_id, fields, deliveries)``: start handling one entry."""
 
@@ -172,6 +174,7 @@ class StreamReader:
         """The one lane known to hold entries (the others were found empty by the last read
         or counted empty): reads of ``PLAN_MIN`` or more are ``_read_bulk``. None: unknown,
         or stale (a wait for a slot came after it)."""
+        self._bulk_plans: dict[tuple[int, int, int], _BulkPlan] = {}
         self._scripts_loaded = False
         lanes_in_one_slot = len(self.streams) > 1 and len(
             {key_slot(stream.encode()) for stream in self.streams}) == 1
@@ -266,11 +269,11 @@ class StreamReader:
         """Weighted mode: the lane this read starts with, by smooth weighted round robin
         over ``lane_weights`` (of every 10 reads with the default 6/3/1: 6 start with
         high, 3 with normal, 1 with low)."""
-        weights = self._weights
+        weights, credits = self._weights, self._credits
         for i, weight in enumerate(weights):
-            self._credits[i] += weight
-        chosen = max(range(len(weights)), key=lambda i: self._credits[i])
-        self._credits[chosen] -= sum(weights)
+            credits[i] += weight
+        chosen = credits.index(max(credits))  # the first of equals
+        credits[chosen] -= sum(weights)
         return chosen
 
     async def _read_lanes(self, count: int) -> Any:
@@ -342,9 +345,33 @@ class StreamReader:
         next read counts the lanes again (``READ_LANES`` with ``LANE_LAGS``, then planned
         reads). ``bulk`` empty and the others too: the next read blocks.
         """
-        group, consumer = self.ctx.group, self.ctx.consumer
-        weighted = self.ctx.settings.lane_mode == "weighted"
-        first = self._first_lane() if weighted else -1
+        first = self._first_lane() if self.ctx.settings.lane_mode == "weighted" else -1
+        plan = self._bulk_plans.get((bulk, first, count)) or self._bulk_plan(bulk, first, count)
+        self._bulk = None  # until this read shows that it still holds
+        replies = await self._round(plan[1], plan[2])
+        found: list[Any] = []
+        full: list[int] = []  # lanes that brought all they were asked: may hold more
+        for (lane, ask), reply in zip(plan[0], replies, strict=True):
+            if isinstance(reply, Exception):
+                self.recover_now.set()  # the reads before it may have delivered entries
+                raise reply
+            if reply:
+                found.append(reply[0])
+                if len(reply[0][1]) == ask:
+                    full.append(lane)
+        self._spawn_all(found)
+        if full == [bulk]:
+            self._bulk = bulk
+        self._lags = None
+        self._full = bool(full)
+        self._drained = not full
+        return bool(found)
+
+    def _bulk_plan(
+        self, bulk: int, first: int, count: int
+    ) -> _BulkPlan:
+        """``_read_bulk``'s ``(lane, entries asked)``, most urgent first, its commands and
+        where their bytes are kept once packed; kept per ``(bulk, first, count)``."""
         asks: list[tuple[int, int]] = []
         for lane in range(len(self.streams)):
             if lane < bulk:
@@ -354,23 +381,13 @@ class StreamReader:
                 asks.append((lane, max(1, share)))
         asks.append((bulk, count - sum(ask for _, ask in asks)))
         asks.sort()  # most urgent first: the entries start in that order
-        self._bulk = None  # until this read shows that it still holds
-        replies = await self._round([
-            ("XREADGROUP", "GROUP", group, consumer, "COUNT", ask, "STREAMS",
-             self.streams[lane], ">") for lane, ask in asks])
-        for reply in replies:
-            if isinstance(reply, Exception):
-                self.recover_now.set()  # the reads before it may have delivered entries
-                raise reply
-        got = [sum(len(entries) for _, entries in reply or ()) for reply in replies]
-        self._spawn_all([found for reply in replies for found in reply or ()])
-        more = [lane for (lane, ask), n in zip(asks, got, strict=True) if n == ask]
-        if more == [bulk]:
-            self._bulk = bulk
-        self._lags = None
-        self._full = bool(more)
-        self._drained = not more
-        return sum(got) > 0
+        group, consumer = self.ctx.group, self.ctx.consumer
+        plan: _BulkPlan = (asks, [("XREADGROUP", "GROUP", group, consumer, "COUNT", ask, "STREAMS",
+                        self.streams[lane], ">") for lane, ask in asks], [])
+        if len(self._bulk_plans) >= 64:
+            self._bulk_plans.clear()
+        self._bulk_plans[bulk, first, count] = plan
+        return plan
 
     async def _read_with_lags(
         self, read_script: AsyncScript, lags_script: AsyncScript, keys: list[str],
@@ -426,7 +443,9 @@ class StreamReader:
         found.extend(script_entries(probed))
         return found, ([int(lag) for lag in lags] if min(lags) >= 0 else None)
 
-    async def _round(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _round(
+        self, commands: list[tuple[Any, ...]], packed: list[Any] | None = None
+    ) -> list[Any]:
         """``commands``' replies, in one round trip; an error reply is its exception in place
         (as a pipeline's ``execute(raise_on_error=False)`` gives it), an XREADGROUP reply
         parsed by the client's callback for it.
@@ -437,6 +456,8 @@ class StreamReader:
         redis-py's ``Pipeline`` costs the worker about 0.2M instructions more per round, 2
         µs per action of a read of 100 (callgrind). A failure on the connection drops it
         (no retry: the reader backs off and recovers what the round may have delivered).
+        ``packed``: where these commands' bytes are kept once packed (the same for every
+        connection of the pool), for a round sent again and again.
         """
         redis, pool = self.redis, self._pool
         if pool is None:
@@ -446,7 +467,12 @@ class StreamReader:
             return await pipe.execute(raise_on_error=False)
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:  # a failed or cancelled write or read drops the connection (redis-py does)
-            await conn.send_packed_command(conn.pack_commands(commands))
+            if packed is None:
+                await conn.send_packed_command(conn.pack_commands(commands))
+            else:
+                if not packed:
+                    packed.append(conn.pack_commands(commands))
+                await conn.send_packed_command(packed[0])
             replies: list[Any] = []
             for _ in commands:
                 try:
