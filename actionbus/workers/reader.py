@@ -88,8 +88,8 @@ tell: no stream or group, entries deleted ahead of the group, Redis before 7.0).
 PLAN_MIN = 16
 """Lane reads of at least this many entries are planned (plain XREADGROUPs) when they can be:
 Redis converts each entry a script returns for about 2 µs, 7 times the read itself, where
-two commands in a pipeline cost the worker about 0.2M instructions more than one command
-(0.3 µs per entry of a read of 100); smaller reads stay one READ_LANES call."""
+two commands in one round trip cost the worker a little more than one command; smaller
+reads stay one READ_LANES call."""
 
 _BulkPlan = tuple[list[tuple[int, int]], list[tuple[Any, ...]], list[Any]]
 

@@ -472,6 +472,25 @@ async def test_a_bulk_read_starting_with_the_low_lane_gives_it_its_share(
     assert {stream for stream, _ in spawned[before:before + 17]} == {LANES[1]}
 
 
+async def test_bulk_reads_of_other_sizes_ask_for_what_each_may_bring(
+    redis_client: Any,
+) -> None:
+    """The commands a bulk read keeps for next time are kept per size: bulk reads of 20,
+    then 16, then 20 again each bring exactly as many entries as asked (the high lane's
+    probe found nothing: one less)."""
+    await _bulk(redis_client, 200)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(2):  # the second counts the lanes
+        assert await reader._read_lanes(20) is True
+    sizes = []
+    for count in (20, 16, 20):
+        before = len(spawned)
+        assert await reader._read_lanes(count) is True
+        sizes.append(len(spawned) - before)
+    assert sizes == [19, 15, 19]
+
+
 @pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
 async def test_a_bulk_read_that_empties_its_lane_is_followed_by_one_blocking_read(
     redis_client: Any,
