@@ -20,6 +20,7 @@ from actionbus.cli.status import age
 from actionbus.clients.queue_manager import LANES
 from actionbus.clients.redis_manager import RedisManager
 from actionbus.dead_letters import DeadLetter, DeadLetterQueue
+from actionbus.exceptions import DeadLetterError
 from actionbus.inspect import uses_lanes
 from actionbus.status import (
     PendingEntry,
@@ -268,21 +269,38 @@ def _bulk(ctx: click.Context, service: str, entry_ids: tuple[str, ...], every: b
     if destructive and not yes:
         click.confirm(f"{verb} {len(chosen)} dead letter(s) of {service} for good?", abort=True)
 
+    skipped: list[tuple[str, str]] = []  # letters that could not be replayed, and why
+    gone: list[str] = []  # letters deleted or replayed by someone else since the selection
+
     async def act(manager: RedisManager) -> int:
         queue = DeadLetterQueue(manager.get_client(), queues(manager), service)
+        done = 0
         with Progress(console=Console(stderr=True), transient=True) as progress:
             task = progress.add_task(f"{verb}ing", total=len(chosen))
             for letter in chosen:
-                if verb == "replay":
-                    await queue.replay(letter.entry_id)
-                else:
-                    await queue.delete(letter.entry_id)
+                if verb == "delete":
+                    if await queue.delete(letter.entry_id):
+                        done += 1
+                    else:  # gone already, as asked: said, not an error
+                        gone.append(letter.entry_id)
+                else:  # one letter that cannot be replayed does not stop the others
+                    try:
+                        await queue.replay(letter.entry_id)
+                        done += 1
+                    except DeadLetterError as exc:
+                        skipped.append((letter.entry_id, str(exc)))
                 progress.advance(task)
-        return len(chosen)
+        return done
 
     done = run(ctx, act)
     where = f" into {service}'s stream" if verb == "replay" else ""
     click.echo(f"{past} {done} dead letter(s){where}")
+    for entry_id in gone:
+        click.echo(f"already gone: {entry_id} (deleted or replayed meanwhile)", err=True)
+    for entry_id, why in skipped:
+        click.echo(f"not {past}: {entry_id}: {why}", err=True)
+    if skipped:
+        ctx.exit(1)
 
 
 @dead_letters.command("replay")

@@ -27,7 +27,7 @@ from actionbus.config import CommonAppSettings
 from actionbus.connection import AnyRedis
 from actionbus.dashboard import pages
 from actionbus.dead_letters import DeadLetterQueue
-from actionbus.exceptions import ActionBusError
+from actionbus.exceptions import ActionBusError, DeadLetterError
 from actionbus.inspect import inspect_service
 from actionbus.status import (
     dead_letter_pending,
@@ -194,12 +194,23 @@ def create_app(settings: CommonAppSettings, *, read_only: bool = False,
         reason = (form.get("reason") or [""])[0].strip() or None
         action_type = (form.get("action_type") or [""])[0].strip() or None
         queue = DeadLetterQueue(state.redis, state.queues, name)
+        replayed, refused = 0, []
         for letter in await queue.list(count=10_000):
             kind, _ = pages.action_fields(letter.data)
             if (reason is None or letter.reason == reason) and (
                     action_type is None or kind == action_type):
-                await queue.replay(letter.entry_id)
-        return back(name)
+                try:  # one letter that cannot be replayed does not stop the others
+                    await queue.replay(letter.entry_id)
+                    replayed += 1
+                except DeadLetterError as exc:
+                    refused.append(f"<li>{pages.e(letter.entry_id)}: {pages.e(exc)}</li>")
+        if not refused:
+            return back(name)
+        body = (f"<p id='replayed'>replayed {replayed} dead letter(s) of {pages.e(name)}; "
+                f"not replayed: {len(refused)}</p><ul id='refused'>{''.join(refused)}</ul>"
+                f"<p><a href='/services/{quote(name, safe='')}'>back to {pages.e(name)}</a></p>")
+        return HTMLResponse(pages.layout(f"{name}: bulk replay", body, state.where,
+                                         state.read_only), status_code=409)
 
     routes = [
         Route("/", guarded(overview)),

@@ -155,6 +155,37 @@ def test_pages_render_the_numbers_and_actions_work(redis_url: str) -> None:
             browser.close()
 
 
+@pytest.mark.timeout(120)
+def test_bulk_replay_goes_past_a_letter_it_cannot_replay(redis_url: str) -> None:
+    """Bulk replay with an oversize (truncated) letter among others replays the others and
+    shows a page naming the one it left, with the reason, instead of stopping at it."""
+    redis = Redis.from_url(redis_url)
+    good = [_action("inventory.count") for _ in range(2)]
+    redis.xadd(DEAD, {"data": good[0], "reason": "rejected"})
+    kept = redis.xadd(DEAD, {"data": "{\"action_type\": \"inv", "reason": "oversize",
+                             "truncated": "true", "data_length": "9000000",
+                             "data_sha256": "ab" * 32}).decode()
+    redis.xadd(DEAD, {"data": good[1], "reason": "rejected"})
+    ARTIFACTS.mkdir(exist_ok=True)
+    for base in _serve(redis_url):
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(f"{base}/services/inventory")
+            with page.expect_navigation():
+                page.click("#bulk button")
+            assert page.locator("#replayed").inner_text() == (
+                "replayed 2 dead letter(s) of inventory; not replayed: 1")
+            refused = page.locator("#refused").inner_text()
+            assert kept in refused and "cannot be replayed" in refused
+            page.screenshot(path=str(ARTIFACTS / "dashboard-bulk-replay-refused.png"),
+                            full_page=True)
+            browser.close()
+    assert [i.decode() for i, _ in redis.xrange(DEAD)] == [kept]
+    assert [f[b"data"].decode() for _, f in redis.xrange(STREAM)] == good
+
+
 def test_read_only_refuses_actions(redis_url: str) -> None:
     """In --read-only mode the pages show no buttons and every action is refused (403)."""
     redis = Redis.from_url(redis_url)

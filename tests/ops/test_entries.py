@@ -101,6 +101,25 @@ def test_replay_by_filter_with_dry_run(redis_url: str) -> None:
     assert redis.xlen(STREAM) == 2
 
 
+def test_bulk_replay_reports_a_letter_it_cannot_replay_and_goes_on(redis_url: str) -> None:
+    """`replay --all` with an oversize (truncated) letter in the middle replays the letters
+    after it too, names the one it left and why on stderr, and exits 1."""
+    redis = Redis.from_url(redis_url)
+    good = [_action("inventory.a"), _action("inventory.b")]
+    redis.xadd(DEAD, {"data": good[0], "reason": "rejected"})
+    kept = redis.xadd(DEAD, {"data": "{\"action_type\": \"inv", "reason": "oversize",
+                             "truncated": "true", "data_length": "9000000",
+                             "data_sha256": "ab" * 32}).decode()
+    redis.xadd(DEAD, {"data": good[1], "reason": "rejected"})
+    result = cli("--url", redis_url, "dead-letters", "replay", "inventory", "--all")
+    assert result.returncode == 1, result.stderr
+    assert "replayed 2 dead letter(s) into inventory's stream" in result.stdout
+    assert f"not replayed: {kept}: dead letter {kept!r} kept only the first bytes" \
+        in result.stderr
+    assert [i.decode() for i, _ in redis.xrange(DEAD)] == [kept]
+    assert [f[b"data"].decode() for _, f in redis.xrange(STREAM)] == good
+
+
 def test_delete_and_purge_ask_first(redis_url: str) -> None:
     """`delete` and `purge` ask for confirmation (a 'no' keeps everything); --yes skips it."""
     redis = Redis.from_url(redis_url)
