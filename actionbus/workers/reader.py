@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -87,8 +88,10 @@ tell: no stream or group, entries deleted ahead of the group, Redis before 7.0).
 PLAN_MIN = 16
 """Lane reads of at least this many entries are planned (plain XREADGROUPs) when they can be:
 Redis converts each entry a script returns for about 2 µs, 7 times the read itself, where
-two commands in a pipeline cost the worker about 0.2M instructions more than one command
-(0.3 µs per entry of a read of 100); smaller reads stay one READ_LANES call."""
+two commands in one round trip cost the worker a little more than one command; smaller
+reads stay one READ_LANES call."""
+
+_BulkPlan = tuple[list[tuple[int, int]], list[tuple[Any, ...]], list[Any]]
 
 Spawn = Callable[[str, str, dict[Any, Any], int], None]
 """``spawn(stream, entry_id, fields, deliveries)``: start handling one entry."""
@@ -167,6 +170,11 @@ class StreamReader:
         """Unread entries of each lane right after the last lane read (``LANE_LAGS``); None
         when unknown, or stale (a wait for a slot or a blocking read came after it)."""
         self._full = False  # the last lane read brought all it asked, PLAN_MIN or more
+        self._bulk: int | None = None
+        """The one lane known to hold entries (the others were found empty by the last read
+        or counted empty): reads of ``PLAN_MIN`` or more are ``_read_bulk``. None: unknown,
+        or stale (a wait for a slot came after it)."""
+        self._bulk_plans: dict[tuple[int, int, int], _BulkPlan] = {}
         self._scripts_loaded = False
         lanes_in_one_slot = len(self.streams) > 1 and len(
             {key_slot(stream.encode()) for stream in self.streams}) == 1
@@ -175,6 +183,10 @@ class StreamReader:
         """Lanes share a hash slot: a script reads them all, another counts what they hold.
         Streams of several slots (only a cluster cares, but any reader may be given them)
         are read one by one."""
+        self._pool = redis.connection_pool if isinstance(redis, Redis) and (
+            redis.connection is None) else None
+        """Where lane read rounds take a connection of their own (``_round``); None: by a
+        redis-py pipeline (a cluster, a single-connection client)."""
         weights = tuple(ctx.settings.lane_weights)
         self._weights = (weights + (1,) * len(self.streams))[:len(self.streams)]
 
@@ -191,7 +203,7 @@ class StreamReader:
         while not stopping.is_set():
             free = self.free()
             if free <= 0:
-                self._lags = None  # what the lanes held goes stale while we wait
+                self._lags = self._bulk = None  # what the lanes held goes stale meanwhile
                 self.slot_free.clear()
                 self.waiting_for_slot = True
                 try:
@@ -257,11 +269,11 @@ class StreamReader:
         """Weighted mode: the lane this read starts with, by smooth weighted round robin
         over ``lane_weights`` (of every 10 reads with the default 6/3/1: 6 start with
         high, 3 with normal, 1 with low)."""
-        weights = self._weights
+        weights, credits = self._weights, self._credits
         for i, weight in enumerate(weights):
-            self._credits[i] += weight
-        chosen = max(range(len(weights)), key=lambda i: self._credits[i])
-        self._credits[chosen] -= sum(weights)
+            credits[i] += weight
+        chosen = credits.index(max(credits))  # the first of equals
+        credits[chosen] -= sum(weights)
         return chosen
 
     async def _read_lanes(self, count: int) -> Any:
@@ -276,6 +288,9 @@ class StreamReader:
         arrived meanwhile, most urgent started first).
         """
         settings, ctx = self.ctx.settings, self.ctx
+        if self._bulk is not None and count >= PLAN_MIN:
+            return await self._read_bulk(self._bulk, count)
+        self._bulk = None
         if not self._drained:
             keys = list(self.streams)
             caps = [count] * len(keys)
@@ -292,6 +307,8 @@ class StreamReader:
             else:
                 found = await self._read_one_by_one(keys, caps, count)
             self._lags = lags
+            if lags is not None and sum(lag > 0 for lag in lags) == 1:
+                self._bulk = next(i for i, lag in enumerate(lags) if lag > 0)
             if found:
                 read: list[list[Any]] = [[] for _ in self.streams]
                 for stream, entries in found:
@@ -315,6 +332,63 @@ class StreamReader:
         self._drained = bool(woken) and all(len(entries) < each for entries in woken)
         return self._spawn_all(reply) > 0
 
+    async def _read_bulk(self, bulk: int, count: int) -> bool:
+        """A read while one lane (``bulk``) alone is known to hold entries: plain XREADGROUPs,
+        no script, no counting (``LANE_LAGS`` costs Redis about 3 XINFO per read).
+
+        Each lane more urgent than ``bulk`` is asked for one entry (so an urgent entry that
+        came since the read before is the first of this one, as with a planned read);
+        weighted, a less urgent lane is asked for its share when this read starts with it
+        (what a planned read would take of a lane holding that many), otherwise nothing, as
+        a planned read of a lane counted empty; ``bulk`` for the rest. A lane that brings
+        less than asked is empty now. One that brings all it was asked may hold more: the
+        next read counts the lanes again (``READ_LANES`` with ``LANE_LAGS``, then planned
+        reads). ``bulk`` empty and the others too: the next read blocks.
+        """
+        first = self._first_lane() if self.ctx.settings.lane_mode == "weighted" else -1
+        plan = self._bulk_plans.get((bulk, first, count)) or self._bulk_plan(bulk, first, count)
+        self._bulk = None  # until this read shows that it still holds
+        replies = await self._round(plan[1], plan[2])
+        found: list[Any] = []
+        full: list[int] = []  # lanes that brought all they were asked: may hold more
+        for (lane, ask), reply in zip(plan[0], replies, strict=True):
+            if isinstance(reply, Exception):
+                self.recover_now.set()  # the reads before it may have delivered entries
+                raise reply
+            if reply:
+                found.append(reply[0])
+                if len(reply[0][1]) == ask:
+                    full.append(lane)
+        self._spawn_all(found)
+        if full == [bulk]:
+            self._bulk = bulk
+        self._lags = None
+        self._full = bool(full)
+        self._drained = not full
+        return bool(found)
+
+    def _bulk_plan(
+        self, bulk: int, first: int, count: int
+    ) -> _BulkPlan:
+        """``_read_bulk``'s ``(lane, entries asked)``, most urgent first, its commands and
+        where their bytes are kept once packed; kept per ``(bulk, first, count)``."""
+        asks: list[tuple[int, int]] = []
+        for lane in range(len(self.streams)):
+            if lane < bulk:
+                asks.append((lane, 1))
+            elif lane > bulk and lane == first:
+                share = -(-count * self._weights[first] // sum(self._weights))
+                asks.append((lane, max(1, share)))
+        asks.append((bulk, count - sum(ask for _, ask in asks)))
+        asks.sort()  # most urgent first: the entries start in that order
+        group, consumer = self.ctx.group, self.ctx.consumer
+        plan: _BulkPlan = (asks, [("XREADGROUP", "GROUP", group, consumer, "COUNT", ask, "STREAMS",
+                        self.streams[lane], ">") for lane, ask in asks], [])
+        if len(self._bulk_plans) >= 64:
+            self._bulk_plans.clear()
+        self._bulk_plans[bulk, first, count] = plan
+        return plan
+
     async def _read_with_lags(
         self, read_script: AsyncScript, lags_script: AsyncScript, keys: list[str],
         caps: list[int], count: int, counts: list[int] | None,
@@ -337,20 +411,20 @@ class StreamReader:
             for script in (read_script, lags_script):
                 await self.redis.script_load(script.script)
             self._scripts_loaded = True
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         probe = 0
         if counts is not None:
             takes = dict(self._plan(keys, caps, count, counts))
             if counts[0] == 0:  # found empty: its one entry is read by the script
                 probe = takes.pop(self.streams[0], 0)
-            for stream, take in takes.items():
-                pipe.xreadgroup(group, consumer, {stream: ">"}, count=take)
+            commands.extend(("XREADGROUP", "GROUP", group, consumer, "COUNT", take,
+                             "STREAMS", stream, ">") for stream, take in takes.items())
         else:
-            pipe.execute_command(  # not pipe.evalsha: blocked on a cluster's pipelines
-                "EVALSHA", read_script.sha, len(keys), *keys, group, consumer, count, *caps)
-        pipe.execute_command(
-            "EVALSHA", lags_script.sha, len(self.streams), *self.streams, group, consumer, probe)
-        *replies, counted = await pipe.execute(raise_on_error=False)
+            commands.append(
+                ("EVALSHA", read_script.sha, len(keys), *keys, group, consumer, count, *caps))
+        commands.append(("EVALSHA", lags_script.sha, len(self.streams), *self.streams, group,
+                         consumer, probe))
+        *replies, counted = await self._round(commands)
         for reply in [*replies, counted]:
             if isinstance(reply, NoScriptError):  # Redis lost its scripts: load them again
                 self._scripts_loaded = False
@@ -368,6 +442,51 @@ class StreamReader:
         lags, probed = counted
         found.extend(script_entries(probed))
         return found, ([int(lag) for lag in lags] if min(lags) >= 0 else None)
+
+    async def _round(
+        self, commands: list[tuple[Any, ...]], packed: list[Any] | None = None
+    ) -> list[Any]:
+        """``commands``' replies, in one round trip; an error reply is its exception in place
+        (as a pipeline's ``execute(raise_on_error=False)`` gives it), an XREADGROUP reply
+        parsed by the client's callback for it.
+
+        On a plain client (not a cluster, not a single-connection client) the commands are
+        written on one of its pool's connections and their replies read back there
+        (redis-py's public ``pack_commands``/``send_packed_command``/``read_response``):
+        redis-py's ``Pipeline`` costs the worker about 0.2M instructions more per round, 2
+        µs per action of a read of 100 (callgrind). A failure on the connection drops it
+        (no retry: the reader backs off and recovers what the round may have delivered).
+        ``packed``: where these commands' bytes are kept once packed (the same for every
+        connection of the pool), for a round sent again and again.
+        """
+        redis, pool = self.redis, self._pool
+        if pool is None:
+            pipe = redis.pipeline(transaction=False)
+            for command in commands:  # not pipe.evalsha: blocked on a cluster's pipelines
+                pipe.execute_command(*command)
+            return await pipe.execute(raise_on_error=False)
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:  # a failed or cancelled write or read drops the connection (redis-py does)
+            if packed is None:
+                await conn.send_packed_command(conn.pack_commands(commands))
+            else:
+                if not packed:
+                    packed.append(conn.pack_commands(commands))
+                await conn.send_packed_command(packed[0])
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:  # the reply was read: the connection is in sync
+                    replies.append(exc)
+        finally:
+            await pool.release(conn)
+        parse = redis.response_callbacks.get("XREADGROUP")
+        if parse is not None:
+            for i, command in enumerate(commands):
+                if command[0] == "XREADGROUP" and not isinstance(replies[i], Exception):
+                    replies[i] = parse(replies[i])
+        return replies
 
     def _plan(
         self, keys: list[str], caps: list[int], count: int, lags: list[int]

@@ -355,11 +355,11 @@ async def test_a_large_lane_read_after_another_is_plain_xreadgroups_not_the_scri
     redis_client: Any,
 ) -> None:
     """A read that follows one of 16 or more entries counts the lanes too (LANE_LAGS in
-    the same pipeline); right after it, a read of 16 or more takes the bulk lane's entries
-    with one plain XREADGROUP (and the empty high lane's one probe inside LANE_LAGS: 1
-    script call, 2 XREADGROUPs), not through READ_LANES, whose reply Redis converts at
-    about 2 us per entry; and it is not taken for a drained read although it brings one
-    entry less than asked."""
+    the same round trip); right after it, with one lane alone holding entries, a read of 16
+    or more takes that lane's entries with one plain XREADGROUP and asks the empty high lane
+    for one entry with another (no script call: 2 XREADGROUPs), not through READ_LANES,
+    whose reply Redis converts at about 2 us per entry, nor LANE_LAGS again; and it is not
+    taken for a drained read although it brings one entry less than asked."""
     await _bulk(redis_client, 100)
     spawned: list[tuple[str, str]] = []
     reader = _lanes_reader(redis_client, 5_000, spawned)
@@ -378,9 +378,32 @@ async def test_a_large_lane_read_after_another_is_plain_xreadgroups_not_the_scri
         before = await calls()
         assert await reader._read_lanes(20) is True
         after = await calls()
-        assert (after[0] - before[0], after[1] - before[1]) == (1, 2)
+        assert (after[0] - before[0], after[1] - before[1]) == (0, 2)
         assert len(spawned) == n
     assert {stream for stream, _ in spawned} == {LANES[1]}
+
+
+@pytest.mark.standalone_only("a cluster client's lane rounds are redis-py pipelines")
+async def test_lane_read_rounds_of_a_plain_client_bypass_redis_py_pipelines(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a plain client, the lane reads that send several commands (READ_LANES with
+    LANE_LAGS, then planned reads) write them on a pooled connection themselves, not
+    through a redis-py ``Pipeline`` (about 2 us of the worker's CPU per action of a read of
+    100), and bring what a pipeline would: every entry in order, the client usable after."""
+    await _bulk(redis_client, 100)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+
+    def no_pipeline(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a lane read made a redis-py pipeline")
+
+    monkeypatch.setattr(redis_client, "pipeline", no_pipeline)
+    for _ in range(4):  # READ_LANES; with LANE_LAGS; planned twice
+        assert await reader._read_lanes(20) is True
+    assert [entry_id for _, entry_id in spawned] == [
+        entry_id.decode() for entry_id, _ in await redis_client.xrange(LANES[1], count=78)]
+    assert await redis_client.ping() is True
 
 
 async def test_an_urgent_entry_that_came_after_the_lanes_were_counted_is_read_next(
@@ -401,14 +424,106 @@ async def test_an_urgent_entry_that_came_after_the_lanes_were_counted_is_read_ne
     assert [stream for stream, _ in spawned[60:]] == [LANES[1]] * 19
 
 
+async def test_urgent_entries_found_by_a_bulk_read_are_all_read_by_the_next(
+    redis_client: Any,
+) -> None:
+    """A bulk read (one lane alone known to hold entries) that finds an urgent entry with
+    its one-entry probe of the high lane ends the bulk reads: the next read counts the
+    lanes again and takes every urgent entry left before any bulk entry (not one per read)."""
+    await _bulk(redis_client, 200)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(3):  # the second counts the lanes, the third is a bulk read
+        assert await reader._read_lanes(20) is True
+    assert len(spawned) == 59
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(3):
+        pipe.xadd(LANES[0], {"data": f"urgent {i}"})
+    urgent = [entry_id.decode() for entry_id in await pipe.execute()]
+    assert await reader._read_lanes(20) is True  # the bulk read's probe: the first of them
+    assert spawned[59:61] == [(LANES[0], urgent[0]), (LANES[1], spawned[60][1])]
+    assert await reader._read_lanes(20) is True
+    assert spawned[79:81] == [(LANES[0], entry_id) for entry_id in urgent[1:]]
+    assert {stream for stream, _ in spawned[81:]} == {LANES[1]}
+
+
+async def test_a_bulk_read_starting_with_the_low_lane_gives_it_its_share(
+    redis_client: Any,
+) -> None:
+    """Weighted: low-lane entries that arrive during bulk reads of the normal lane are left
+    alone by the reads that start with another lane (as by planned reads of a lane counted
+    empty) and get the low lane's share (2 of 20) in the first read that starts with it
+    (the seventh: high, normal, high, high, normal, high, low)."""
+    await _bulk(redis_client, 300)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(3):  # the second counts the lanes, the third is a bulk read
+        assert await reader._read_lanes(20) is True
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(5):
+        pipe.xadd(LANES[2], {"data": f"low {i}"})
+    low = [entry_id.decode() for entry_id in await pipe.execute()]
+    for _ in range(3):
+        assert await reader._read_lanes(20) is True
+    assert {stream for stream, _ in spawned} == {LANES[1]}
+    before = len(spawned)
+    assert await reader._read_lanes(20) is True
+    assert spawned[before:] == [*spawned[before:before + 17], *((LANES[2], i) for i in low[:2])]
+    assert {stream for stream, _ in spawned[before:before + 17]} == {LANES[1]}
+
+
+async def test_bulk_reads_of_other_sizes_ask_for_what_each_may_bring(
+    redis_client: Any,
+) -> None:
+    """The commands a bulk read keeps for next time are kept per size: bulk reads of 20,
+    then 16, then 20 again each bring exactly as many entries as asked (the high lane's
+    probe found nothing: one less)."""
+    await _bulk(redis_client, 200)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(2):  # the second counts the lanes
+        assert await reader._read_lanes(20) is True
+    sizes = []
+    for count in (20, 16, 20):
+        before = len(spawned)
+        assert await reader._read_lanes(count) is True
+        sizes.append(len(spawned) - before)
+    assert sizes == [19, 15, 19]
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_a_bulk_read_that_empties_its_lane_is_followed_by_one_blocking_read(
+    redis_client: Any,
+) -> None:
+    """A bulk read whose lane brings less than asked, the high lane's probe nothing, left
+    every lane it asked empty: the next read is one blocking read of all lanes (here it
+    times out), no script read first."""
+    await _bulk(redis_client, 60)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(4):  # the second counts the lanes, the third and fourth are bulk reads
+        assert await reader._read_lanes(20) is True
+    assert len(spawned) == 60
+    stats = await redis_client.info("commandstats")
+    assert await reader._read_lanes(20) is False
+    after = await redis_client.info("commandstats")
+    assert after["cmdstat_evalsha"]["calls"] == stats["cmdstat_evalsha"]["calls"]
+    assert after["cmdstat_xreadgroup"]["calls"] == stats["cmdstat_xreadgroup"]["calls"] + 1
+
+
 @pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
 async def test_a_lane_reader_loads_its_scripts_again_after_redis_lost_them(
     redis_client: Any,
 ) -> None:
     """After SCRIPT FLUSH (a restarted Redis) the lane reader loads its scripts again: the
-    planned read then gets no counts, the reads after it are script reads that bring all
-    they ask, counting the lanes again, and the one after those is planned again."""
+    planned read (two lanes hold entries) then gets no counts, the reads after it are
+    script reads that bring all they ask, counting the lanes again, and the one after
+    those is planned again."""
     await _bulk(redis_client, 150)
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(50):
+        pipe.xadd(LANES[2], {"data": f"low {i}"})
+    await pipe.execute()
     spawned: list[tuple[str, str]] = []
     reader = _lanes_reader(redis_client, 100, spawned)
     for _ in range(2):  # the second counts the lanes
@@ -422,7 +537,7 @@ async def test_a_lane_reader_loads_its_scripts_again_after_redis_lost_them(
     before = (await redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"]
     assert await reader._read_lanes(20) is True
     assert (await redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"] == before + 1
-    assert [entry_id for _, entry_id in spawned] == [
+    assert [entry_id for _, entry_id in spawned] == [  # no read started with the low lane
         entry_id.decode() for entry_id, _ in await redis_client.xrange(LANES[1], count=118)]
 
 
