@@ -67,7 +67,8 @@ mutation: dev
 	$(PIP) install -e '.[mutation]'
 	$(BIN)/python tools/mutation_cache.py restore
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mutmut run --max-children 4 $(MUTANTS); \
-	code=$$?; $(BIN)/python tools/mutation_cache.py save && $(BIN)/python tools/mutation_report.py \
+	code=$$?; $(BIN)/python tools/mutation_cache.py verify || code=1; \
+	$(BIN)/python tools/mutation_cache.py save && $(BIN)/python tools/mutation_report.py \
 	&& exit $$code
 
 clean:

@@ -170,3 +170,31 @@ def test_restore_refuses_verdicts_of_another_mutmut_release(tmp_path: Path) -> N
     assert refused.returncode == 1
     assert "numbered by mutmut 3.8.0, but mutmut 3.8.1 is installed" in refused.stderr
     assert not list(again.rglob("*.meta"))
+
+
+def test_verify_clears_verdicts_restored_onto_renumbered_mutants(tmp_path: Path) -> None:
+    """A function that now has more mutants than the cache has verdicts for (same hash: the
+    tests cover more of it) gets its verdicts cleared, exit 1; a function whose mutants are
+    the ones cached keeps its verdicts."""
+    module = tmp_path / "mutants" / "actionbus" / "workers" / "reader.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("".join(f"def x_read__mutmut_{i}():\n    pass\n" for i in (1, 2, 3))
+                      + "async def x_keep__mutmut_1():\n    pass\n")
+    live = {f"{MODULE}.x_read__mutmut_1": 1, f"{MODULE}.x_read__mutmut_2": 0,
+            f"{MODULE}.x_read__mutmut_3": None, f"{MODULE}.x_keep__mutmut_1": 0}
+    hashes = {"x_read": "ab", "x_keep": "cd"}
+    meta = module.with_name("reader.py.meta")
+    meta.write_text(json.dumps({"exit_code_by_key": live, "hash_by_function_name": hashes}))
+    cache = tmp_path / "results.json"
+    cache.write_text(json.dumps({"actionbus/workers/reader.py": {
+        "hash_by_function_name": hashes,
+        "exit_code_by_key": {f"{MODULE}.x_read__mutmut_1": 1, f"{MODULE}.x_read__mutmut_2": 0,
+                             f"{MODULE}.x_keep__mutmut_1": 0}}}))
+    done = subprocess.run([sys.executable, str(TOOL.with_name("mutation_cache.py")), "verify",
+                           "--mutants", str(tmp_path / "mutants"), "--file", str(cache)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "cleared 2 verdicts" in done.stderr
+    assert json.loads(meta.read_text())["exit_code_by_key"] == {
+        f"{MODULE}.x_read__mutmut_1": None, f"{MODULE}.x_read__mutmut_2": None,
+        f"{MODULE}.x_read__mutmut_3": None, f"{MODULE}.x_keep__mutmut_1": 0}

@@ -11,16 +11,23 @@ and so do the survivors that ``tests/mutation-survivors/`` says a later test kil
 Verdicts are kept by mutant name (``x_read__mutmut_7``), and another mutmut release may number
 a function's mutants differently (3.8.1 adds mutants to functions 3.8.0 left alone), so the file
 records the mutmut version that made it, and ``restore`` refuses a file of another version.
+With ``mutate_only_covered_lines`` the numbering also follows what the tests cover: a test
+added since the verdicts were saved can give an unchanged function more mutants, and the
+restored names then point at other mutants. ``verify`` (run by ``make mutation`` after mutmut)
+finds every function whose generated mutants are not the ones ``file`` holds verdicts for and
+clears its verdicts; the next ``make mutation`` tests them on the numbering of this mutants/.
 
-    python tools/mutation_cache.py save|restore [--mutants mutants] [--file FILE] [--lists DIR]
-                                  [--mutmut-version X.Y.Z]
+    python tools/mutation_cache.py save|restore|verify [--mutants mutants] [--file FILE]
+                                  [--lists DIR] [--mutmut-version X.Y.Z]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -115,9 +122,51 @@ def restore(mutants: Path, file: Path, lists: Path, running: str) -> int:
     return 0
 
 
+MUTANT_DEF = re.compile(r"^\s*(?:async\s+)?def\s+(x\S+?)__mutmut_(\d+)\(", re.MULTILINE)
+
+
+def function_of(name: str) -> str:
+    """``pkg.mod.xǁCǁf__mutmut_3`` → ``xǁCǁf``."""
+    return name.rpartition(".")[2].rpartition("__mutmut_")[0]
+
+
+def verify(mutants: Path, file: Path) -> int:
+    """Clear the verdicts of every function whose generated mutants differ in number from
+    those ``file`` has verdicts for under the same function hash (its names were restored
+    onto other mutants); 1 if any was cleared."""
+    if not file.exists():
+        return 0
+    cached: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+    cached.pop(VERSION_KEY, None)
+    cleared: Counter[str] = Counter()
+    for module, data in cached.items():
+        meta_path, source = mutants / f"{module}.meta", mutants / module
+        if not meta_path.exists() or not source.exists():
+            continue
+        meta = json.loads(meta_path.read_text())
+        generated = Counter(fn for fn, _ in MUTANT_DEF.findall(source.read_text()))
+        had = Counter(function_of(name) for name in data["exit_code_by_key"])
+        hashes = hashes_of(meta)
+        shifted = {fn for fn, digest in data["hash_by_function_name"].items()
+                   if hashes.get(fn) == digest and generated[fn] != had[fn]}
+        codes = meta["exit_code_by_key"]
+        for name, code in codes.items():
+            if code is not None and function_of(name) in shifted:
+                codes[name] = None
+                cleared[module] += 1
+        if cleared[module]:
+            meta_path.write_text(json.dumps(meta))
+    if not cleared:
+        return 0
+    print(f"cleared {sum(cleared.values())} verdicts restored onto other mutants (the tests now "
+          f"cover more of {len(cleared)} modules, so their mutants are numbered anew): run "
+          "`make mutation` again to test them", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("action", choices=["save", "restore"])
+    parser.add_argument("action", choices=["save", "restore", "verify"])
     parser.add_argument("--mutants", type=Path, default=Path("mutants"))
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE)
     parser.add_argument("--lists", type=Path, default=Path("tests/mutation-survivors"))
@@ -125,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the mutmut release the run uses (default: the installed one)")
     args = parser.parse_args(argv)
     running = args.mutmut_version or mutmut_version()
+    if args.action == "verify":
+        return verify(args.mutants, args.file)
     if args.action == "save":
         if not args.mutants.is_dir():
             print(f"no {args.mutants}/ here: run `make mutation` first", file=sys.stderr)
