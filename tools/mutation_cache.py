@@ -9,8 +9,8 @@ machine) again. ``save`` writes the verdicts and hashes to ``tests/mutation-resu
 and so do the survivors that ``tests/mutation-survivors/`` says a later test kills.
 
 Verdicts are kept by mutant name (``x_read__mutmut_7``), and another mutmut release may number
-a function's mutants differently (3.8.1 adds mutants to functions 3.8.0 left alone), so the file
-records the mutmut version that made it, and ``restore`` refuses a file of another version.
+a function's mutants differently, so the file records the mutmut version that made it, and
+``restore`` refuses a file of another version (pyproject pins 3.8.1: 3.8.0 fails under pytest 9).
 With ``mutate_only_covered_lines`` the numbering also follows what the tests cover: a test
 added since the verdicts were saved can give an unchanged function more mutants, and the
 restored names then point at other mutants. ``verify`` (run by ``make mutation`` after mutmut)
@@ -35,7 +35,7 @@ from typing import Any
 DEFAULT_FILE = Path("tests/mutation-results.json")
 VERSION_KEY = "__mutmut_version__"
 """The file's first key: the mutmut release whose numbering the verdicts use."""
-UNSTAMPED = "3.8.0"
+UNSTAMPED = "3.8.1"
 """The release that wrote files made before the stamp existed."""
 
 
