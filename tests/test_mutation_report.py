@@ -148,7 +148,7 @@ def test_restore_never_overwrites_the_verdicts_of_a_run_in_mutants(tmp_path: Pat
         "hash_by_function_name": {}, "exit_code_by_key": {f"{MODULE}.x_read__mutmut_1": 0}}}))
     subprocess.run([sys.executable, str(TOOL.with_name("mutation_cache.py")), "restore",
                     "--mutants", str(mutants_dir), "--file", str(cache),
-                    "--lists", str(tmp_path), "--mutmut-version", "3.8.0"], check=True, timeout=30)
+                    "--lists", str(tmp_path), "--mutmut-version", "3.8.1"], check=True, timeout=30)
     meta = mutants_dir / "actionbus" / "workers" / "reader.py.meta"
     assert json.loads(meta.read_text())["exit_code_by_key"] == live
 
