@@ -248,3 +248,15 @@ async def test_a_send_whose_answer_never_came_may_have_been_delivered(
     finally:
         await client.close()
         await redis.aclose()
+
+
+async def test_a_refused_command_says_retrying_will_not_help(conn: Any) -> None:
+    """A call Redis refuses (WRONGTYPE: the dead-letter key holds a string) raises an
+    actionbus error whose advice says retrying will not help until the cause is fixed."""
+    queue = QueueManager("dev")
+    await conn.set(queue.get_dead_letter_stream("orders"), "not a stream")
+    with pytest.raises(DeadLetterError) as refused:
+        await DeadLetterQueue(conn, queue, "orders").count()
+    assert "WRONGTYPE" in str(refused.value)
+    assert str(refused.value).endswith(
+        "Redis refused the command; retrying will not help until the cause is fixed.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -609,3 +610,23 @@ async def test_without_slow_handler_warn_s_the_warning_comes_after_twice_claim_i
     [timeout] = [layer for layer in pipeline.layers(Route("inventory.stock.get", noop))
                  if isinstance(layer, TimeoutLayer)]
     assert (timeout.timeout, timeout.warn_after) == (None, 0.5)
+
+
+async def test_reply_layer_replies_with_the_handlers_result_for_the_data_it_was_given(
+    bus: Any,
+) -> None:
+    """ReplyLayer in a chain of one's own: the handler runs with the data the layer was
+    called with, and the reply it prepares carries the handler's result."""
+    worker = bus.worker("inventory")
+    seen: list[Any] = []
+
+    async def handler(action: DomainAction, data: Any) -> dict[str, Any]:
+        seen.append(data)
+        return {"n": data["n"] + 1}
+
+    call = chain([ReplyLayer(worker.context)], handler)
+    action = DomainAction(action_type="inventory.item.reserve",
+                          callback_queue_name=QM.get_response_queue("orders", "r1"))
+    prepared = await call(action, {"n": 1})
+    assert seen == [{"n": 1}]
+    assert json.loads(prepared.reply)["data"] == {"n": 2}
