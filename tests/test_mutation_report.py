@@ -174,17 +174,19 @@ def test_restore_refuses_verdicts_of_another_mutmut_release(tmp_path: Path) -> N
 
 def test_verify_clears_verdicts_restored_onto_renumbered_mutants(tmp_path: Path) -> None:
     """A function that now has more mutants than the cache has verdicts for (same hash: the
-    tests cover more of it) gets its verdicts cleared, exit 1; a function whose mutants are
-    the ones cached keeps its verdicts."""
+    tests cover more of it) gets its restored verdicts cleared, exit 1; a verdict a run made
+    in this tree (it has a duration) stays, and so do the verdicts of a function whose
+    mutants are the ones cached."""
     module = tmp_path / "mutants" / "actionbus" / "workers" / "reader.py"
     module.parent.mkdir(parents=True)
     module.write_text("".join(f"def x_read__mutmut_{i}():\n    pass\n" for i in (1, 2, 3))
                       + "async def x_keep__mutmut_1():\n    pass\n")
     live = {f"{MODULE}.x_read__mutmut_1": 1, f"{MODULE}.x_read__mutmut_2": 0,
-            f"{MODULE}.x_read__mutmut_3": None, f"{MODULE}.x_keep__mutmut_1": 0}
+            f"{MODULE}.x_read__mutmut_3": 0, f"{MODULE}.x_keep__mutmut_1": 0}
     hashes = {"x_read": "ab", "x_keep": "cd"}
     meta = module.with_name("reader.py.meta")
-    meta.write_text(json.dumps({"exit_code_by_key": live, "hash_by_function_name": hashes}))
+    meta.write_text(json.dumps({"exit_code_by_key": live, "hash_by_function_name": hashes,
+                                "durations_by_key": {f"{MODULE}.x_read__mutmut_3": 1.5}}))
     cache = tmp_path / "results.json"
     cache.write_text(json.dumps({"actionbus/workers/reader.py": {
         "hash_by_function_name": hashes,
@@ -197,4 +199,4 @@ def test_verify_clears_verdicts_restored_onto_renumbered_mutants(tmp_path: Path)
     assert "cleared 2 verdicts" in done.stderr
     assert json.loads(meta.read_text())["exit_code_by_key"] == {
         f"{MODULE}.x_read__mutmut_1": None, f"{MODULE}.x_read__mutmut_2": None,
-        f"{MODULE}.x_read__mutmut_3": None, f"{MODULE}.x_keep__mutmut_1": 0}
+        f"{MODULE}.x_read__mutmut_3": 0, f"{MODULE}.x_keep__mutmut_1": 0}

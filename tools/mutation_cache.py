@@ -131,9 +131,9 @@ def function_of(name: str) -> str:
 
 
 def verify(mutants: Path, file: Path) -> int:
-    """Clear the verdicts of every function whose generated mutants differ in number from
-    those ``file`` has verdicts for under the same function hash (its names were restored
-    onto other mutants); 1 if any was cleared."""
+    """Clear the restored verdicts of every function whose generated mutants differ in number
+    from those ``file`` has verdicts for under the same function hash (its names were restored
+    onto other mutants); verdicts a run made in this tree stay. 1 if any was cleared."""
     if not file.exists():
         return 0
     cached: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
@@ -150,8 +150,12 @@ def verify(mutants: Path, file: Path) -> int:
         shifted = {fn for fn, digest in data["hash_by_function_name"].items()
                    if hashes.get(fn) == digest and generated[fn] != had[fn]}
         codes = meta["exit_code_by_key"]
+        # a verdict this mutants/ tree produced (tested: a duration; rejected by mypy: its
+        # error) is about the mutant of that name here: only restored ones are cleared
+        made_here = set(meta.get("durations_by_key") or {}) | set(
+            meta.get("type_check_error_by_key") or {})
         for name, code in codes.items():
-            if code is not None and function_of(name) in shifted:
+            if code is not None and function_of(name) in shifted and name not in made_here:
                 codes[name] = None
                 cleared[module] += 1
         if cleared[module]:
