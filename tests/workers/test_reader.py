@@ -748,3 +748,28 @@ async def test_a_reader_on_a_decoding_client_spawns_entries_by_their_ids(
         )
         await asyncio.wait_for(reader.run(stopping), 10)
     assert spawned == [entry_id]
+
+
+async def test_planned_reads_take_what_the_lanes_script_would_of_two_full_lanes(
+    redis_client: Any,
+) -> None:
+    """Weighted, with the high and normal lanes full: planned reads (from the counts of the
+    read before) take exactly 20 per read of 20, the lane a read starts with capped at its
+    share (normal: 6 of 20), the high lane the rest, as READ_LANES would."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(100):
+        pipe.xadd(LANES[0], {"data": f"high {i}"})
+        pipe.xadd(LANES[1], {"data": f"normal {i}"})
+    await pipe.execute()
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    shares = []
+    for _ in range(5):  # the second counts the lanes, the third to fifth are planned
+        before = len(spawned)
+        assert await reader._read_lanes(20) is True
+        batch = [stream for stream, _ in spawned[before:]]
+        shares.append(tuple(batch.count(stream) for stream in LANES))
+    high, normal = (20, 0, 0), (14, 6, 0)
+    assert shares == [high, normal, high, high, normal]
