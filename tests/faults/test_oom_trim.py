@@ -184,6 +184,19 @@ async def test_a_reply_refused_after_the_worker_idled_is_retried_without_more_tr
         await redis.aclose()
 
 
+async def _refuse_the_held_reply(redis: Any, worker: BaseWorker, name: str, reply_to: str,
+                                 running: asyncio.Event, finish: asyncio.Event) -> None:
+    """Start ``worker``, let its held handler finish once Redis refuses writes (OOM), and
+    return when the refused reply has started an output outage."""
+    await worker.start()
+    await _request(redis, worker, name, reply_to)
+    await asyncio.wait_for(running.wait(), 10)
+    await redis.config_set("maxmemory-policy", "noeviction")
+    await redis.config_set("maxmemory", 1)  # the reply (LPUSH) is refused: OOM
+    finish.set()
+    await _until_output_outage(worker)  # barrier: the reply was refused
+
+
 async def test_an_output_outage_is_logged_with_the_error_redis_gave(
     fresh_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -194,13 +207,7 @@ async def test_an_output_outage_is_logged_with_the_error_redis_gave(
     redis: Any = Redis.from_url(fresh_redis_server.url)
     worker, running, finish, reply_to = _held_reply_worker(fresh_redis_server, redis, "oomlog")
     try:
-        await worker.start()
-        await _request(redis, worker, "oomlog", reply_to)
-        await asyncio.wait_for(running.wait(), 10)
-        await redis.config_set("maxmemory-policy", "noeviction")
-        await redis.config_set("maxmemory", 1)  # the reply (LPUSH) is refused: OOM
-        finish.set()
-        await _until_output_outage(worker)  # barrier: the reply was refused
+        await _refuse_the_held_reply(redis, worker, "oomlog", reply_to, running, finish)
         lines = [r.getMessage() for r in caplog.records if "output: Redis unavailable" in
                  r.getMessage()]
         assert len(lines) == 1
@@ -223,13 +230,7 @@ async def test_stop_tries_output_redis_keeps_refusing_for_half_a_second(
     redis: Any = Redis.from_url(fresh_redis_server.url)
     worker, running, finish, reply_to = _held_reply_worker(fresh_redis_server, redis, "oomstop")
     try:
-        await worker.start()
-        await _request(redis, worker, "oomstop", reply_to)
-        await asyncio.wait_for(running.wait(), 10)
-        await redis.config_set("maxmemory-policy", "noeviction")
-        await redis.config_set("maxmemory", 1)  # the reply (LPUSH) is refused: OOM
-        finish.set()
-        await _until_output_outage(worker)  # barrier: the reply was refused
+        await _refuse_the_held_reply(redis, worker, "oomstop", reply_to, running, finish)
         started = time.monotonic()
         await worker.stop(grace=0.5)
         elapsed = time.monotonic() - started
