@@ -89,6 +89,14 @@ def _setup(redis: Redis) -> list[str]:
     return stuck
 
 
+def _open(pw: Any) -> tuple[Any, Any]:
+    """Headless Chromium and a 1280x720 page that accepts every confirmation dialog."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.on("dialog", lambda dialog: dialog.accept())
+    return browser, page
+
+
 def _cell(page: Any, row: str, cls: str) -> str:
     return str(page.locator(f"tr[data-service='{row}'] td.{cls}").first.inner_text())
 
@@ -113,9 +121,7 @@ def test_pages_render_the_numbers_and_actions_work(redis_url: str) -> None:
         refused.value.close()
         assert refused.value.code == 401
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
-            page.on("dialog", lambda dialog: dialog.accept())
+            browser, page = _open(pw)
             page.goto(f"{base}/?token={TOKEN}")
             assert _cell(page, "inventory", "waiting") == "3"
             assert _cell(page, "inventory", "pending") == "2"
@@ -169,9 +175,7 @@ def test_bulk_replay_goes_past_a_letter_it_cannot_replay(redis_url: str) -> None
     ARTIFACTS.mkdir(exist_ok=True)
     for base in _serve(redis_url):
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
-            page.on("dialog", lambda dialog: dialog.accept())
+            browser, page = _open(pw)
             page.goto(f"{base}/services/inventory")
             with page.expect_navigation():
                 page.click("#bulk button")
@@ -219,9 +223,7 @@ def test_lane_service_pages_show_each_lane(redis_url: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     for base in _serve(redis_url):
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
-            page.on("dialog", lambda dialog: dialog.accept())
+            browser, page = _open(pw)
             page.goto(base)
 
             assert _cell(page, "inventory", "waiting") == "46"
