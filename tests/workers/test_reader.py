@@ -773,3 +773,287 @@ async def test_planned_reads_take_what_the_lanes_script_would_of_two_full_lanes(
         shares.append(tuple(batch.count(stream) for stream in LANES))
     high, normal = (20, 0, 0), (14, 6, 0)
     assert shares == [high, normal, high, high, normal]
+
+
+def _weighted_reader(redis: Any, spawned: list[tuple[str, str]],
+                     weights: tuple[int, int, int]) -> StreamReader:
+    """A weighted-mode lanes reader with ``lane_weights`` ``weights``, recording its spawns."""
+    worker = BaseWorker(CommonAppSettings(service_name="inventory"),
+                        worker_settings=WorkerSettings(block_ms=100, consumer_name="c1",
+                                                       lane_weights=weights))
+    return StreamReader(
+        worker.context, redis, LANES,
+        spawn=lambda stream, entry_id, fields, deliveries: spawned.append((stream, entry_id)),
+        in_flight=lambda: 0, owned=set, unacknowledged=set, stats=WorkerStats(),
+        outage=OutageLog(logging.getLogger("test"), "reader"),
+    )
+
+
+def _record_rounds(reader: StreamReader) -> list[list[tuple[Any, ...]]]:
+    """The commands of every round trip ``reader`` sends from now on (lane reads of
+    several commands), as it sends them."""
+    rounds: list[list[tuple[Any, ...]]] = []
+    send = reader._round
+
+    async def recorded(commands: list[tuple[Any, ...]], packed: Any = None) -> list[Any]:
+        rounds.append([tuple(command) for command in commands])
+        return await send(commands, packed)
+
+    reader._round = recorded  # type: ignore[method-assign]
+    return rounds
+
+
+async def _fill(redis: Any, lane: str, n: int, label: str) -> list[str]:
+    """``n`` entries "<label> 0" … in ``lane``; their ids."""
+    pipe = redis.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(lane, {"data": f"{label} {i}"})
+    return [entry_id.decode() for entry_id in await pipe.execute()]
+
+
+async def test_strict_bulk_reads_of_the_high_lane_leave_the_other_lanes_waiting(
+    redis_client: Any,
+) -> None:
+    """Strict: while the high lane alone was counted holding entries, the bulk reads of it
+    ask no other lane for a share, so normal and low entries that arrive meanwhile wait
+    until the high lane is empty (every entry of five reads of 20 is a high one)."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await _fill(redis_client, LANES[0], 200, "high")
+    spawned: list[tuple[str, str, dict[Any, Any]]] = []
+    reader = _strict_reader(redis_client, LANES, spawned)
+    for _ in range(2):  # the second counts the lanes: the high lane alone holds entries
+        assert await reader._read_lanes(20) is True
+    await _fill(redis_client, LANES[1], 5, "normal")
+    await _fill(redis_client, LANES[2], 5, "low")
+    for _ in range(5):
+        assert await reader._read_lanes(20) is True
+    assert len(spawned) == 140
+    assert {stream for stream, _, _ in spawned} == {LANES[0]}
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_after_a_bulk_read_whose_probe_found_an_urgent_entry_the_lanes_are_counted(
+    redis_client: Any,
+) -> None:
+    """A bulk read that brought all it asked of the high lane (its one-entry probe found an
+    urgent entry) is followed by a read that counts the lanes again: READ_LANES and
+    LANE_LAGS in one round trip (2 EVALSHA), not READ_LANES alone."""
+    await _bulk(redis_client, 200)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(3):  # the second counts the lanes, the third is a bulk read
+        assert await reader._read_lanes(20) is True
+    await _fill(redis_client, LANES[0], 3, "urgent")
+    assert await reader._read_lanes(20) is True  # bulk: the probe brings the first urgent
+    assert spawned[59][0] == LANES[0]
+    before = (await redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    assert await reader._read_lanes(20) is True
+    assert (await redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"] == before + 2
+
+
+async def test_a_weighted_bulk_read_that_starts_with_the_bulk_lane_asks_it_once(
+    redis_client: Any,
+) -> None:
+    """Weighted, bulk reads of the normal lane: the fifth read, which starts with the
+    normal lane itself, sends what the others send (the high lane's one-entry probe and one
+    XREADGROUP of the normal lane for the rest, no script), and the bulk reads go on."""
+    await _bulk(redis_client, 200)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(2):  # the second counts the lanes
+        assert await reader._read_lanes(20) is True
+    rounds = _record_rounds(reader)
+    for _ in range(4):  # reads 3 to 6 start with high, high, normal, high
+        assert await reader._read_lanes(20) is True
+    asked = [[(command[0], command[-2], command[5]) for command in sent] for sent in rounds]
+    assert asked == [[("XREADGROUP", LANES[0], 1), ("XREADGROUP", LANES[1], 19)]] * 4
+    assert len(spawned) == 116
+
+
+async def test_a_bulk_read_gives_a_lane_whose_share_rounds_to_one_one_entry(
+    redis_client: Any,
+) -> None:
+    """Weighted with lane_weights 20/1/1, bulk reads of 16 of the high lane: the first read
+    that starts with the normal lane asks it for its share, which rounds up to one entry
+    (16 * 1/22), and takes exactly one of the normal entries waiting."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await _fill(redis_client, LANES[0], 400, "high")
+    spawned: list[tuple[str, str]] = []
+    reader = _weighted_reader(redis_client, spawned, (20, 1, 1))
+    for _ in range(2):  # the second counts the lanes: the high lane alone holds entries
+        assert await reader._read_lanes(16) is True
+    normal = await _fill(redis_client, LANES[1], 5, "normal")
+    reads = 0
+    while not any(stream == LANES[1] for stream, _ in spawned):
+        reads += 1
+        before = len(spawned)
+        assert reads <= 22
+        assert await reader._read_lanes(16) is True
+    assert spawned[before:] == [*spawned[before:before + 15], (LANES[1], normal[0])]
+    assert {stream for stream, _ in spawned[:-1]} == {LANES[0]}
+
+
+async def test_a_planned_read_sends_the_high_lanes_probe_inside_the_lane_count(
+    redis_client: Any,
+) -> None:
+    """Weighted, the normal and low lanes full, the high lane counted empty: a planned read
+    sends one XREADGROUP per lane it takes from and asks the high lane for its one entry
+    inside LANE_LAGS (its probe argument 1), not as an XREADGROUP of its own."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await _fill(redis_client, LANES[1], 100, "normal")
+    await _fill(redis_client, LANES[2], 100, "low")
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(2):  # the second counts the lanes (starts with normal)
+        assert await reader._read_lanes(20) is True
+    rounds = _record_rounds(reader)
+    assert await reader._read_lanes(20) is True  # starts with high: normal takes the rest
+    [sent] = rounds
+    assert [command[:1] + command[5:8] for command in sent[:-1]] == [
+        ("XREADGROUP", 19, "STREAMS", LANES[1])]
+    assert sent[-1][0] == "EVALSHA"
+    assert sent[-1][2:] == (3, *LANES, "inventory", "c1", 1)
+    assert len(spawned) == 59
+
+
+async def test_an_urgent_entry_is_first_in_a_planned_read_of_two_lanes(
+    redis_client: Any,
+) -> None:
+    """A planned read of two full lanes (normal and low), counted with the high lane
+    empty, still takes one entry of the high lane: an urgent entry added after the count
+    is the first entry of that read."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await _fill(redis_client, LANES[1], 100, "normal")
+    await _fill(redis_client, LANES[2], 100, "low")
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(2):  # the second counts the lanes
+        assert await reader._read_lanes(20) is True
+    [urgent] = await _fill(redis_client, LANES[0], 1, "urgent")
+    assert await reader._read_lanes(20) is True
+    assert spawned[40] == (LANES[0], urgent)
+    assert len(spawned) == 60
+
+
+async def test_a_lane_redis_cannot_count_keeps_the_reads_on_the_lanes_script(
+    redis_client: Any,
+) -> None:
+    """Strict: a lane whose count Redis cannot tell (an entry deleted ahead of the group:
+    XINFO GROUPS gives no lag) is not taken for counted: the reads stay READ_LANES reads,
+    each bringing all 20 it asks, the normal lane's 30 entries and then the low lane's, not
+    a bulk read of the normal lane that stops short when it empties."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await _fill(redis_client, LANES[1], 30, "normal")
+    low = await _fill(redis_client, LANES[2], 100, "low")
+    await redis_client.xdel(LANES[2], low[50])
+    spawned: list[tuple[str, str, dict[Any, Any]]] = []
+    reader = _strict_reader(redis_client, LANES, spawned)
+    sizes = []
+    for _ in range(4):
+        before = len(spawned)
+        assert await reader._read_lanes(20) is True
+        sizes.append(len(spawned) - before)
+    assert sizes == [20, 20, 20, 20]
+    assert [entry_id for stream, entry_id, _ in spawned[30:]] == low[:50]
+
+
+async def test_a_refused_lane_read_names_every_lane_in_the_health_status(
+    redis_client: Any, eventually: Any,
+) -> None:
+    """A lane read Redis refuses (the low lane's key holds a string: WRONGTYPE) makes the
+    reader's health name the operation with every lane, comma-separated."""
+    from actionbus.workers.health import Health
+
+    for stream in LANES[:2]:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await redis_client.set(LANES[2], "not a stream")
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    reader.health = Health(logging.getLogger("test"), "reader")
+    stopping = asyncio.Event()
+    task = asyncio.create_task(reader.run(stopping))
+    try:
+        await eventually(lambda: bool(reader.health and reader.health.refusals))
+    finally:
+        stopping.set()
+        reader.slot_free.set()
+        await asyncio.wait_for(task, 10)
+    [line] = reader.health.status().problems
+    assert line.startswith(f"Redis refused XREADGROUP {', '.join(LANES)}: ")
+    assert "WRONGTYPE" in line
+
+
+async def test_reads_of_16_or_more_are_planned_smaller_ones_stay_on_the_lanes_script(
+    redis_client: Any,
+) -> None:
+    """Weighted, the normal and low lanes full, reads of 16 (PLAN_MIN): the first is
+    READ_LANES alone; having brought all 16 it asked, the second also counts the lanes
+    (READ_LANES and LANE_LAGS in one round trip); the third is planned from those counts
+    (plain XREADGROUPs, then LANE_LAGS), and brings 15 (the high lane's probe found
+    nothing); a read of 15 after it is not planned but READ_LANES alone."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await _fill(redis_client, LANES[1], 100, "normal")
+    await _fill(redis_client, LANES[2], 100, "low")
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    rounds = _record_rounds(reader)
+    for count in (16, 16, 16, 15):
+        assert await reader._read_lanes(count) is True
+    assert [[command[0] for command in sent] for sent in rounds] == [
+        ["EVALSHA", "EVALSHA"], ["XREADGROUP", "EVALSHA"]]
+    assert len(spawned) == 62
+
+
+async def test_a_lane_counted_holding_one_entry_is_read_by_the_next_planned_read(
+    redis_client: Any,
+) -> None:
+    """Strict, the normal lane holding 45 entries and the low lane one: the third read of 20
+    is planned from counts of 5 and 1 (two lanes hold entries: no bulk read of the normal
+    lane) and takes the normal lane's last 5 and the low lane's one."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await _fill(redis_client, LANES[1], 45, "normal")
+    [low] = await _fill(redis_client, LANES[2], 1, "low")
+    spawned: list[tuple[str, str, dict[Any, Any]]] = []
+    reader = _strict_reader(redis_client, LANES, spawned)
+    for _ in range(3):
+        assert await reader._read_lanes(20) is True
+    assert len(spawned) == 46
+    assert spawned[-1][:2] == (LANES[2], low)
+
+
+async def test_the_one_lane_counted_holding_one_entry_gives_it_to_a_bulk_read(
+    redis_client: Any,
+) -> None:
+    """The normal lane alone holding 41 entries, reads of 20: the second read counts one
+    entry left there, and the third (a bulk read of that lane) brings it."""
+    await _bulk(redis_client, 41)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(3):
+        assert await reader._read_lanes(20) is True
+    assert len(spawned) == 41
+    assert spawned[-1] == (LANES[1], spawned[-1][1])
+
+
+async def test_a_read_whose_counts_show_every_lane_empty_is_followed_by_a_blocking_read(
+    redis_client: Any,
+) -> None:
+    """The normal lane holding exactly 40 entries, reads of 20: the second brings all it
+    asks and counts every lane empty, so the third is one blocking read of the lanes alone
+    (it times out) with no script round trip before it."""
+    await _bulk(redis_client, 40)
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    for _ in range(2):
+        assert await reader._read_lanes(20) is True
+    rounds = _record_rounds(reader)
+    assert await reader._read_lanes(20) is False
+    assert rounds == []
+    assert len(spawned) == 40
