@@ -364,6 +364,35 @@ async def test_the_holder_keeps_refreshing_its_lease(
     await eventually(refreshed, timeout=10)
 
 
+async def test_the_holder_keeps_its_lease_past_its_ttl_without_losing_it_once(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A holder with a 1 s lease, watched for 3.5 s: every refresh goes through (no
+    "could not refresh", no "lost the lease"), and the lease is still its own at the end,
+    not lapsed and taken again."""
+    caplog.set_level(logging.DEBUG, "actionbus.worker")
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    lease = QM.get_ordering_lease_key(SERVICE)
+    worker = make_worker(make_settings, handle, ordering_lease_ttl_s=1)
+    await worker.start()
+    await bus.client("caller").send_action_async(step("a", 0))
+    await eventually(lambda: handled == [0])
+    holder = await bus.redis.get(lease)
+    takes = sum("handles the ordered actions" in r.getMessage() for r in caplog.records)
+    await asyncio.sleep(3.5)
+    problems = [r.getMessage() for r in caplog.records
+                if "could not refresh" in r.getMessage() or "lost the lease" in r.getMessage()]
+    assert problems == []
+    assert await bus.redis.get(lease) == holder
+    assert await bus.redis.pttl(lease) > 0
+    assert sum("handles the ordered actions" in r.getMessage() for r in caplog.records) == takes
+
+
 async def test_a_recovered_entry_counts_its_earlier_delivery(
     bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
 ) -> None:

@@ -276,3 +276,11 @@ def test_layout_of_lanes_leases_and_ordered_streams(qm: QueueManager) -> None:
     assert qm.get_consumer_lease_key("inventory", "c-1") == f"{base}:consumers:c-1"
     with pytest.raises(InvalidNameError, match="'urgent' is not a lane"):
         qm.get_delayed_set("inventory", "urgent")
+
+
+def test_an_unknown_lane_is_refused_naming_the_lanes_there_are(qm: QueueManager) -> None:
+    """Asking for the stream of a lane that does not exist raises InvalidNameError that
+    names it and lists the lanes: "use one of high, normal, low"."""
+    with pytest.raises(InvalidNameError,
+                       match=r"^priority 'urgent' is not a lane: use one of high, normal, low$"):
+        qm.get_lane_stream("inventory", "urgent")

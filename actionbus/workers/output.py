@@ -63,6 +63,7 @@ class _Unit:
     entry_id: str | None
     writes: list[_Write] = field(default_factory=list)
     refused: list[tuple[_Write, BaseException]] = field(default_factory=list)
+    deliveries: int = 0  # of the entry, for its dead letter if Redis refuses an output
 
 
 def _xadd(stream: str, fields: dict[Any, Any]) -> Command:
@@ -157,12 +158,13 @@ class OutputBatcher:
             dead_letter=stream == self.dead_stream,
         ))
 
-    def ack(self, entry_id: str) -> None:
-        """Acknowledge an entry once the writes queued for it (since the last ack) landed."""
+    def ack(self, entry_id: str, deliveries: int = 0) -> None:
+        """Acknowledge an entry once the writes queued for it (since the last ack) landed;
+        ``deliveries``: its delivery count, for its dead letter if an output is refused."""
         if self.before_ack is not None:
             self.before_ack(entry_id)
         if self._open:
-            self._units.append(_Unit(entry_id, self._open))
+            self._units.append(_Unit(entry_id, self._open, deliveries=deliveries))
             self._open = []
         else:
             self._acks.append(entry_id)
@@ -324,13 +326,13 @@ class OutputBatcher:
                                  unit.entry_id)
                 continue
             stream, entry_id = split_entry_key(unit.entry_id, self.stream)
-            fields = await self._original(stream, entry_id)
-            data = next((fields[k] for k in (b"data", "data") if k in fields), "")
+            fields = await self._original(stream, entry_id)  # {}: gone, or XCLAIM refused
+            data = next((fields[k] for k in (b"data", "data") if k in fields), None)
             message = "; ".join(f"{w.what}: {describe(e)}" for w, e in refused)
-            letter = dead_letter_fields(
+            letter = dead_letter_fields(  # the request whole: data_missing if it had none
                 data=data, reason=UNDELIVERABLE, error_type=type(refused[0][1]).__name__,
-                error_message=message, deliveries=0, original_id=entry_id,
-                stream=stream, consumer=self.consumer,
+                error_message=message, deliveries=unit.deliveries, original_id=entry_id,
+                stream=stream, consumer=self.consumer, entry=fields,
             )
             for w, _ in refused:
                 if w.reply is not None:

@@ -183,9 +183,9 @@ class ActionProcessor:
                     if outcome.reply is not None and action.callback_queue_name:
                         self.output.reply(action.callback_queue_name, outcome.reply,
                                           self.ctx.reply_ttl)
-                    self.output.ack(entry_id)
+                    self.output.ack(entry_id, deliveries)
                 else:
-                    self._succeeded(entry_id, action, outcome)
+                    self._succeeded(entry_id, action, outcome, deliveries)
                 return
         except (RedisError, OSError) as exc:
             logger.warning(
@@ -313,7 +313,9 @@ class ActionProcessor:
             self._bury(entry_id, fields, decision, deliveries, action)
         return None
 
-    def _succeeded(self, entry_id: str, action: DomainAction, outcome: Prepared) -> None:
+    def _succeeded(
+        self, entry_id: str, action: DomainAction, outcome: Prepared, deliveries: int
+    ) -> None:
         if outcome.reply is not None and action.callback_queue_name:
             if is_expired(action.expires_at, self.ctx.settings.clock_skew_s):
                 self.stats.expired_skipped += 1
@@ -323,7 +325,7 @@ class ActionProcessor:
                 self.output.reply(action.callback_queue_name, outcome.reply, self.ctx.reply_ttl)
         if outcome.callback is not None:
             self.output.xadd(outcome.callback[0], {"data": outcome.callback[1]})
-        self.output.ack(entry_id)
+        self.output.ack(entry_id, deliveries)
 
     def _reply_error(
         self, entry_id: str, action: DomainAction, decision: ReplyError,
@@ -343,7 +345,7 @@ class ActionProcessor:
         if decision.bury is not None:
             self._bury(entry_id, fields, decision.bury, deliveries)
         else:
-            self.output.ack(entry_id)
+            self.output.ack(entry_id, deliveries)
 
     def _bury(
         self,
@@ -401,4 +403,4 @@ class ActionProcessor:
                 callback = None
             if callback is not None:
                 self.output.xadd(callback[0], {"data": callback[1]})
-        self.output.ack(entry_id)
+        self.output.ack(entry_id, deliveries)

@@ -109,7 +109,8 @@ async def test_an_undeliverable_dead_letter_names_the_workers_consumer(
     bus: Any, eventually: Any
 ) -> None:
     """A reply Redis refuses (WRONGTYPE target) is dead-lettered as undeliverable under
-    the consumer name of the worker that handled it."""
+    the consumer name of the worker that handled it, with the entry's delivery count (its
+    first delivery: 1)."""
     victim = QM.get_response_queue("victim", "str")
     await bus.redis.set(victim, "not a list")
     worker = bus.worker("inventory", consumer_name="worker-7")
@@ -122,8 +123,8 @@ async def test_an_undeliverable_dead_letter_names_the_workers_consumer(
 
     await eventually(lettered, timeout=10)
     [letter] = await worker.dead_letters.list()
-    assert (letter.reason, letter.original_id, letter.consumer) == (
-        "undeliverable", bad_id, "worker-7")
+    assert (letter.reason, letter.original_id, letter.consumer, letter.deliveries) == (
+        "undeliverable", bad_id, "worker-7", 1)
 
 
 def _user_without(
@@ -479,6 +480,40 @@ async def test_a_refused_expire_leaves_its_pushed_reply_delivered(
     assert await redis_client.xlen(dead) == 0
     assert (await redis_client.xpending(stream, "exp"))["pending"] == 0
     assert [key.split(":")[0] for key in batcher.health.refusals] == ["EXPIRE"]
+
+
+async def test_a_refused_expire_does_not_hide_a_refused_reply_after_it(
+    no_expire_user: str, backend: str, redis_client: Any,
+) -> None:
+    """In one round, entry A's reply is pushed but its EXPIRE refused (NOPERM), and entry
+    B's reply is refused (its list name holds a string: WRONGTYPE): B is still
+    dead-lettered as undeliverable, A is not, and both are acknowledged."""
+    stream, dead = QM.get_service_action_stream("exp2"), QM.get_dead_letter_stream("exp2")
+    first_queue, second_queue = (QM.get_response_queue("caller", "exp2a"),
+                                 QM.get_response_queue("caller", "exp2b"))
+    await redis_client.set(second_queue, "not a list")
+    await redis_client.xgroup_create(stream, "exp2", id="0", mkstream=True)
+    first = (await redis_client.xadd(stream, {"data": '{"n": 1}'})).decode()
+    second = (await redis_client.xadd(stream, {"data": '{"n": 2}'})).decode()
+    await redis_client.xreadgroup("exp2", "c1", {stream: ">"})
+    user: Redis | RedisCluster = (RedisCluster.from_url(no_expire_user) if backend == "cluster"
+                                  else Redis.from_url(no_expire_user))
+    try:
+        batcher = OutputBatcher(user, stream, "exp2",
+                                OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                                dead_stream=dead, consumer="c1")
+        batcher.reply(first_queue, '{"n": 1}', 60)
+        batcher.ack(first)
+        batcher.reply(second_queue, '{"n": 2}', 60)
+        batcher.ack(second)
+        await asyncio.wait_for(batcher.flush(), 10)
+    finally:
+        await user.aclose()
+    assert await redis_client.lrange(first_queue, 0, -1) == [b'{"n": 1}']
+    assert batcher.undeliverable == 1
+    [(_, letter)] = await redis_client.xrange(dead)
+    assert (letter[b"original_id"], letter[b"undelivered"]) == (second.encode(), b'{"n": 2}')
+    assert (await redis_client.xpending(stream, "exp2"))["pending"] == 0
 
 
 async def test_a_refused_write_after_a_landed_one_of_the_same_entry_is_dead_lettered(

@@ -12,6 +12,7 @@ import pytest
 
 from actionbus import ActionRejected, BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
 from actionbus.delayed import DELIVERIES_KEY, DelayedQueue
+from actionbus.exceptions import UnknownActionType
 from actionbus.models.actions import utc_now
 from actionbus.workers.policy import (
     Bury,
@@ -155,6 +156,21 @@ def test_policy_buries_at_max_deliveries_and_rejections_at_once() -> None:
     assert isinstance(rejected, Bury)
     assert rejected.reason == "rejected"
     assert rejected.failure_callback is None
+
+
+def test_policy_buries_refused_input_as_bad_input() -> None:
+    """A rejection for bad input (an unknown action type, ``invalid_data``) of an action
+    nobody waits for is buried as bad input (counted in ``bad_input``); any other
+    rejection is buried as a handler failure."""
+    action = DomainAction(action_type="inventory.stock.get")
+    unknown = POLICY.decide(action, UnknownActionType("no handler"), 1)
+    invalid = POLICY.decide(action, ActionRejected("bad", error_code="invalid_data"), 1)
+    other = POLICY.decide(action, ActionRejected("never", error_code="sku"), 1)
+    assert isinstance(unknown, Bury)
+    assert isinstance(invalid, Bury)
+    assert isinstance(other, Bury)
+    assert [(d.reason, d.bad_input) for d in (unknown, invalid, other)] == [
+        ("unknown_action_type", True), ("rejected", True), ("rejected", False)]
 
 
 def test_policy_sends_a_failure_callback_for_callback_requests() -> None:
