@@ -630,3 +630,20 @@ async def test_reply_layer_replies_with_the_handlers_result_for_the_data_it_was_
     prepared = await call(action, {"n": 1})
     assert seen == [{"n": 1}]
     assert json.loads(prepared.reply)["data"] == {"n": 2}
+
+
+async def test_a_handler_with_its_own_timeout_gets_the_actions_data(bus: Any) -> None:
+    """A handler registered with ``timeout=`` runs under that bound with the action's
+    data as usual: its answer is built from ``data``."""
+    worker = bus.worker("inventory")
+
+    async def stock(action: DomainAction, data: dict[str, Any]) -> dict[str, Any]:
+        return {"sku": data["sku"]}
+
+    worker.register("inventory.stock.get", stock, timeout=5)
+    await worker.start()
+    client = bus.client("orders")
+    response = await client.send_action_pseudo_sync(
+        DomainAction(action_type="inventory.stock.get", data={"sku": "A-1"}), timeout=5)
+    assert response is not None
+    assert (response.success, response.data) == (True, {"sku": "A-1"})

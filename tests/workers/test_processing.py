@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import timedelta
 from typing import Any
@@ -221,9 +222,12 @@ async def test_raw_producer_and_raw_reply(bus: Any, eventually: Any) -> None:
 
 
 async def test_round_trip_with_decoded_responses(
-    make_settings: Settings, eventually: Any
+    make_settings: Settings, eventually: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Workers and clients also work on clients created with redis_decode_responses=True."""
+    """Workers and clients also work on clients created with redis_decode_responses=True:
+    the read loop takes the entry ids as text (nothing logged as an error, no loop
+    restarted and the entry recovered instead)."""
+    caplog.set_level(logging.WARNING, "actionbus")
     from actionbus import RedisManager
 
     settings = make_settings(service_name="inventory", redis_decode_responses=True)
@@ -244,6 +248,7 @@ async def test_round_trip_with_decoded_responses(
             await eventually(lambda: drained(redis, "inventory"))
     assert response is not None
     assert response.data == {"qty": 1}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_a_callback_carries_the_error_as_the_wire_format_writes_it(
