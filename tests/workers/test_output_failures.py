@@ -421,6 +421,27 @@ async def test_callers_waiting_while_a_reply_is_queued_and_no_round_runs(
     assert await redis_client.llen(queue) == 1
 
 
+async def test_a_flush_during_a_round_leaves_what_it_finds_to_that_round(
+    redis_client: Any,
+) -> None:
+    """flush() while a round is under way returns at once without sending (one round at a
+    time); the round under way then sends what was queued meanwhile too, before it ends."""
+    stream = QM.get_service_action_stream("rounds")
+    batcher = OutputBatcher(redis_client, stream, "rounds",
+                            OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                            consumer="c1")
+    queue = QM.get_response_queue("caller", "rounds")
+    batcher.reply(queue, "1", 60)
+    round_ = asyncio.create_task(batcher.flush())
+    await asyncio.sleep(0)  # the round is under way
+    batcher.reply(queue, "2", 60)
+    await batcher.flush()
+    assert batcher.queued == 1
+    await asyncio.wait_for(round_, 10)
+    assert batcher.queued == 0
+    assert await redis_client.lrange(queue, 0, -1) == [b"2", b"1"]
+
+
 async def test_a_refused_callback_is_dead_lettered_a_refused_dead_letter_is_dropped(
     redis_client: Any,
 ) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+import types
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -300,6 +301,26 @@ async def test_pipeline_times_every_handled_run_in_its_bucket() -> None:
     assert buckets[0] == ("0.001", 0.0)
     assert buckets[-1] == ("+Inf", 3.0)
     assert total >= 0.0089  # each slept at least 3 ms
+
+
+async def test_runs_of_at_most_1_ms_are_counted_in_the_first_bucket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the pipeline's clock standing still (every run takes 0 s), three runs of one
+    type, the first creating its series and the next two counted on the quick path, are
+    all in the first bucket (le 0.001), none in the second."""
+    import actionbus.workers.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "time", types.SimpleNamespace(perf_counter=lambda: 7.0))
+    service = f"still-{uuid.uuid4().hex[:8]}"
+    worker = BaseWorker(CommonAppSettings(service_name=service))
+    pipeline = Pipeline(worker.context, None, WorkerStats())  # type: ignore[arg-type]
+    quick = Route(f"{service}.item.quick", noop)
+    for _ in range(3):
+        await pipeline.run(quick, DomainAction(action_type=quick.action_type))
+    buckets, total = timings_for(service).cumulative(quick.action_type)
+    assert buckets[:2] == [("0.001", 3.0), ("0.0025", 3.0)]
+    assert total == 0.0
 
 
 async def test_failed_and_handled_runs_are_timed_by_outcome(bus: Any, eventually: Any) -> None:
