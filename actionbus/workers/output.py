@@ -56,6 +56,7 @@ class _Write:
     command: Command | None = None
     reply: tuple[str, str, int] | None = None  # (queue, payload, ttl)
     dead_letter: bool = False
+    reported: bool = False  # its refusal is in the health record (once, whatever retries)
 
 
 @dataclass(slots=True, eq=False)
@@ -226,12 +227,14 @@ class OutputBatcher:
             with_writes = [u for u in units if u.writes]
             if with_writes:
                 transient = await self._write(with_writes, retry)
-            if with_writes:
                 for unit in with_writes:
                     if not _among(unit, retry):
                         unit.writes = []  # landed: never sent again, even if a later step fails
-                await self._undeliverable(
-                    [u for u in with_writes if u.refused and not _among(u, retry)], retry)
+            # Also units put back by a round that failed while dead-lettering: their refused
+            # writes have landed (as refusals) and still wait for their dead letter.
+            refused = [u for u in units if u.refused and not _among(u, retry)]
+            if refused:
+                await self._undeliverable(refused, retry)
             done = [u for u in units if not _among(u, retry)] if retry else units
             transient = await self._ack(done, retry, acks) or transient
         except BaseException:
@@ -318,12 +321,15 @@ class OutputBatcher:
         """Dead-letter entries whose output Redis refused, keeping the original request."""
         for unit in units:
             for write, exc in unit.refused:
-                self.health.refused(write.what, exc)
+                if not write.reported:
+                    write.reported = True
+                    self.health.refused(write.what, exc)
             refused = [(w, e) for w, e in unit.refused if not w.dead_letter]
             if unit.entry_id is None or self.dead_stream is None or not refused:
                 if any(w.dead_letter for w, _ in unit.refused):
                     logger.error("the dead letter for %s was refused by Redis; dropped",
                                  unit.entry_id)
+                unit.refused = []
                 continue
             stream, entry_id = split_entry_key(unit.entry_id, self.stream)
             fields = await self._original(stream, entry_id)  # {}: gone, or XCLAIM refused

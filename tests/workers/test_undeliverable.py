@@ -151,3 +151,51 @@ async def test_undeliverable_letters_are_counted_and_carry_each_entrys_deliverie
     assert [(f[b"original_id"], f[b"deliveries"]) for _, f in letters] == [
         (first.encode(), b"3"), (second.encode(), b"1")]
     assert batcher.undeliverable == 2
+
+
+@pytest.mark.standalone_only("stops and restarts a server of its own")
+async def test_redis_gone_while_a_letter_is_written_delays_the_letter_not_loses_it(
+    fresh_redis_server_aof: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis goes away right after a round in which an entry's callback was refused,
+    before the request is read back for its dead letter: flush() does not raise, the
+    output outage is logged with the connection error and the entry stays unacknowledged;
+    once Redis is back, the next flush writes the letter, then acknowledges the entry,
+    and the refusal is recorded once."""
+    from actionbus.workers.health import Health
+
+    server = fresh_redis_server_aof
+    caplog.set_level(logging.WARNING, "actionbus.worker")
+    redis = Redis.from_url(server.url)
+
+    class GoneAfterRefusal(Health):
+        def refused(self, operation: str, exc: BaseException) -> None:
+            super().refused(operation, exc)
+            server.stop()  # SIGTERM: the AOF keeps the entry and the group
+
+    service = "gone2"
+    try:
+        entry_id = await _pending_entry(redis, service, {"data": '{"n": 1}'})
+        victim = await _refused_stream(redis, "gone2-x")
+        health = GoneAfterRefusal(logging.getLogger("actionbus.worker"), "output")
+        batcher = OutputBatcher(
+            redis, QM.get_service_action_stream(service), service,
+            OutageLog(logging.getLogger("actionbus.worker"), "output"),
+            dead_stream=QM.get_dead_letter_stream(service), consumer="c1", health=health)
+        batcher.xadd(victim, {"data": "{}"})
+        batcher.ack(entry_id)
+        await asyncio.wait_for(batcher.flush(), 30)
+        assert batcher.unacknowledged() == {entry_id}
+        assert any("output: Redis unavailable (ConnectionError" in r.getMessage()
+                   for r in caplog.records)
+        server.restart()
+        await asyncio.wait_for(batcher.flush(), 30)
+        assert batcher.unacknowledged() == set()
+        [(_, letter)] = await redis.xrange(QM.get_dead_letter_stream(service))
+        assert (letter[b"reason"], letter[b"original_id"], letter[b"data"]) == (
+            b"undeliverable", entry_id.encode(), b'{"n": 1}')
+        assert (await redis.xpending(QM.get_service_action_stream(service), service))[
+            "pending"] == 0
+        assert sum(health.refusals.values()) == 1
+    finally:
+        await redis.aclose()
