@@ -686,3 +686,28 @@ async def test_a_one_field_entry_just_over_the_per_entry_budget_is_counted_large
         assert worker.stats.large_entries_seen == 1
     finally:
         await worker.stop()
+
+
+async def test_an_entry_of_exactly_the_per_entry_budget_after_a_large_one_is_not_large(
+    conn: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """Once a large entry lowered the read limit, the usual entry (one "data" field) of
+    exactly read_budget_bytes / batch_size (96 bytes of data, 100 with the field name) is
+    still not counted as large."""
+    worker = BaseWorker(make_settings(service_name="inventory"), conn,
+                        worker_settings=fast_worker_settings(batch_size=10,
+                                                             read_budget_bytes=1000))
+    marks = _record_marks(worker)
+
+    await worker.start()
+    try:
+        await conn.xadd(STREAM, {"data": _mark_json("y" * 300)})
+        await eventually(lambda: len(marks) == 1)
+        assert worker.stats.large_entries_seen == 1
+        assert worker._processor is not None
+        assert worker._processor.read_limit > 0
+        await conn.xadd(STREAM, {"data": _mark_json_of_length(96)})
+        await eventually(lambda: len(marks) == 2)
+        assert worker.stats.large_entries_seen == 1
+    finally:
+        await worker.stop()

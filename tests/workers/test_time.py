@@ -16,7 +16,7 @@ import pytest
 
 from actionbus import DelayedQueue, DomainAction, HandlerTimeout
 from actionbus.backoff import OutageLog
-from actionbus.delayed import DELIVERIES_KEY
+from actionbus.delayed import DELIVERIES_KEY, FIRST_ENTRY_KEY
 from actionbus.exceptions import DelayedActionError
 from actionbus.workers.mover import Mover
 from actionbus.workers.pipeline import TimeoutLayer
@@ -200,7 +200,9 @@ async def test_a_retry_arriving_past_max_deliveries_is_buried_without_a_call(
     bus: Any, eventually: Any
 ) -> None:
     """An entry whose metadata says it already used max_deliveries (retried through the
-    delayed set) is buried as max_deliveries on arrival: the handler is not called again."""
+    delayed set) is buried as max_deliveries on arrival: the handler is not called again,
+    and the letter holds the action as first sent (the retry keys dropped) under the id of
+    its first entry."""
     worker = bus.worker("inventory", max_deliveries=3)
     calls: list[int] = []
 
@@ -210,10 +212,13 @@ async def test_a_retry_arriving_past_max_deliveries_is_buried_without_a_call(
     worker.register("inventory.stock.count", handle)
     await worker.start()
     action = DomainAction(action_type="inventory.stock.count", target_service="inventory",
-                          metadata={DELIVERIES_KEY: 3})
+                          metadata={DELIVERIES_KEY: 3, FIRST_ENTRY_KEY: "1700000000000-0"})
     entry = await xadd_raw(bus.redis, "inventory", action.model_dump_json())
     [letter] = await eventually(lambda: dead_letters_of(worker))
-    assert (letter.reason, letter.deliveries, letter.original_id) == ("max_deliveries", 4, entry)
+    assert (letter.reason, letter.deliveries, letter.original_id) == (
+        "max_deliveries", 4, "1700000000000-0")
+    assert letter.original_id != entry
+    assert "metadata" not in json.loads(letter.data)
     assert calls == []
 
 
@@ -608,3 +613,30 @@ async def test_only_partition_zeros_mover_ticks_the_schedules(
     assert ticked == []
     await Mover(worker.context, bus.redis, schedules=every, outage=outage).round()
     assert ticked == [1]
+
+
+async def test_a_retry_in_slot_runs_the_handler_again_at_once_in_the_same_worker(
+    bus: Any, eventually: Any
+) -> None:
+    """With retry_in_slot=True a failed attempt is retried by the same task after its
+    backoff, as the entry's next delivery: with max_deliveries=2 and a handler that
+    always fails, the handler runs twice and the entry is buried with the handler's error
+    after 2 deliveries (not taken back later by recovery and buried as abandoned), with
+    nothing parked in the delayed set."""
+    worker = bus.worker("inventory", retry_in_slot=True, max_deliveries=2,
+                        retry_backoff_base_s=0.05, retry_backoff_max_s=0.05)
+    attempts: list[int] = []
+
+    async def handle(action: DomainAction, data: Any) -> None:
+        attempts.append(len(attempts) + 1)
+        raise RuntimeError(f"attempt {len(attempts)} fails")
+
+    worker.register("inventory.stock.count", handle)
+    await worker.start()
+    await bus.client("orders").send_action_async(
+        DomainAction(action_type="inventory.stock.count", target_service="inventory"))
+    [letter] = await eventually(lambda: dead_letters_of(worker), timeout=10)
+    assert (letter.reason, letter.error_type, letter.deliveries) == (
+        "max_deliveries", "RuntimeError", 2)
+    assert attempts == [1, 2]
+    assert await bus.redis.zcard(QM.get_delayed_set("inventory")) == 0
