@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from actionbus.models.actions import DomainAction, DomainActionResponse, ErrorDetail
 
@@ -214,3 +214,26 @@ def test_error_detail_fields() -> None:
         ErrorDetail(error_type="T")  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="error_type"):
         ErrorDetail(message="m")  # type: ignore[call-arg]
+
+
+class _Node(BaseModel):
+    child: _Node | None = None
+
+
+class _TreeAction(DomainAction):
+    """An action subclass whose schema is not a plain model schema (a recursive field)."""
+
+    tree: _Node | None = None
+
+
+def test_wire_json_of_an_action_with_a_recursive_field_drops_its_none_extras() -> None:
+    """The send path's JSON of such a subclass (serialized the general way) follows the
+    wire rule as for any action: declared fields written even when empty (null), extra
+    fields set to None left out, the others kept."""
+    from actionbus.clients.encoding import wire_json
+
+    action = _TreeAction(action_type="a.b", tree=_Node(), x_note=None, x_kept=1)
+    wire = json.loads(wire_json(action))
+    assert wire == json.loads(action.model_dump_json(exclude_none=True))
+    assert "x_note" not in wire
+    assert (wire["x_kept"], wire["tenant_id"], wire["tree"]) == (1, None, {"child": None})
