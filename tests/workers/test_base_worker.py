@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import socket
@@ -467,6 +468,39 @@ async def test_stop_gives_in_flight_actions_the_grace_it_is_passed(
     await asyncio.wait_for(stopping, 10)
     assert finished == [1]
     assert await pending_count(bus.redis, "inventory") == 0
+
+
+async def test_stop_does_not_wait_for_a_handler_that_ignores_its_cancellation(
+    bus: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that swallows the cancellation at the end of the grace keeps running, but
+    stop() still returns (after a short wait for it, well within 5 s), warns that one
+    action is left unacknowledged, and the entry stays pending for another worker."""
+    caplog.set_level(logging.WARNING, "actionbus.worker")
+    worker = bus.worker("inventory")
+    started, release = asyncio.Event(), asyncio.Event()
+    cancellations: list[int] = []
+
+    @worker.handler("inventory.item.stubborn")
+    async def stubborn(action: DomainAction, data: dict[str, Any]) -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                cancellations.append(1)
+
+    await worker.start()
+    try:
+        await bus.client("orders").send_action_async(
+            DomainAction(action_type="inventory.item.stubborn"))
+        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.wait_for(worker.stop(grace=0.1), 5)
+        assert cancellations == [1]
+        assert any("1 action(s) left unacknowledged" in r.getMessage() for r in caplog.records)
+        assert await pending_count(bus.redis, "inventory") == 1
+    finally:
+        release.set()
 
 
 async def test_a_main_stream_read_redis_refuses_marks_the_worker_unhealthy(
