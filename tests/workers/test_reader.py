@@ -1057,3 +1057,24 @@ async def test_a_read_whose_counts_show_every_lane_empty_is_followed_by_a_blocki
     assert await reader._read_lanes(20) is False
     assert rounds == []
     assert len(spawned) == 40
+
+
+async def test_recovering_own_entries_takes_as_many_as_slots_are_free_across_the_lanes(
+    redis_client: Any,
+) -> None:
+    """Entries a lost read delivered to this consumer (2 in the high lane, 5 in the
+    normal one) are taken back most urgent lane first, as many as slots are free: with one
+    free slot the first high entry, with three both high entries and the first normal."""
+    for stream in LANES:
+        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    high = await _fill(redis_client, LANES[0], 2, "high")
+    normal = await _fill(redis_client, LANES[1], 5, "normal")
+    for stream in LANES[:2]:
+        await redis_client.xreadgroup("inventory", "c1", {stream: ">"})
+    spawned: list[tuple[str, str]] = []
+    reader = _lanes_reader(redis_client, 100, spawned)
+    await reader.recover_own(1)
+    assert spawned == [(LANES[0], high[0])]
+    spawned.clear()
+    await reader.recover_own(3)
+    assert spawned == [(LANES[0], high[0]), (LANES[0], high[1]), (LANES[1], normal[0])]
