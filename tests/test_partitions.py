@@ -4,6 +4,7 @@ and every guarantee (retry, reclaim, dead letters, drain-and-switch) per partiti
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections import Counter
@@ -478,3 +479,23 @@ async def test_sends_to_two_partitions_alternate_between_their_streams(bus: Any)
     sent = [[json.loads(f[b"data"])["data"]["i"] for _, f in await bus.redis.xrange(s)]
             for s in streams(2)]
     assert sent == [[0, 2, 4], [1, 3, 5]]
+
+
+async def test_the_announced_partition_count_is_refreshed_every_third_of_its_ttl(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """With lanes_ttl_s=3 (maintenance every 60 s) a partitioned worker refreshes the
+    announced count within about a second: its remaining time goes back up instead of
+    running out."""
+    worker = make_worker(make_settings, 2, Counter(), lanes_ttl_s=3,
+                         maintenance_interval_s=60)
+    await worker.start()
+    key = QM.get_partitions_key(SERVICE)
+    seen: list[int] = []
+
+    async def refreshed() -> bool:  # a reading well above the one before it: a refresh
+        seen.append(int(await bus.redis.pttl(key)))
+        return any(later > earlier + 100 for earlier, later in itertools.pairwise(seen))
+
+    await eventually(refreshed, timeout=5)
+    assert await bus.redis.get(key) == b"2"

@@ -155,11 +155,13 @@ async def _until_output_outage(worker: BaseWorker) -> None:
 
 
 async def test_a_reply_refused_after_the_worker_idled_is_retried_without_more_traffic(
-    fresh_redis_server: RedisServer,
+    fresh_redis_server: RedisServer, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The output's background loop keeps running while nothing is queued: a reply refused
     with OOM after the worker sat idle past a sweep (1 s) is retried by it once memory
-    frees, with no further action arriving to flush it."""
+    frees, with no further action arriving to flush it, and the end of the output outage
+    is logged."""
+    caplog.set_level(logging.WARNING, "actionbus.worker")
     redis: Any = Redis.from_url(fresh_redis_server.url)
     worker, running, finish, reply_to = _held_reply_worker(fresh_redis_server, redis, "oomidle")
     try:
@@ -178,6 +180,7 @@ async def test_a_reply_refused_after_the_worker_idled_is_retried_without_more_tr
             assert time.monotonic() < deadline, "the refused reply was never retried"
             await asyncio.sleep(0.02)
         assert len(await redis.lrange(reply_to, 0, -1)) == 1
+        assert any("output: Redis available again" in r.getMessage() for r in caplog.records)
     finally:
         finish.set()
         await worker.stop(grace=0.5)
