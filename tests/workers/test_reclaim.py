@@ -83,3 +83,32 @@ async def test_own_pending_count_applies_after_skipping_busy_entries(redis_clien
                                       skip={ids[0]})
     assert [(c.entry_id, c.deliveries, c.fields) for c in claimed] == [
         (ids[1], 2, {b"data": b"{}"})]
+
+
+async def test_a_workers_first_reclaim_is_offset_by_its_consumer_name(
+    bus: Any, eventually: Any
+) -> None:
+    """Workers started together do not reclaim in lockstep: the first reclaim of each comes
+    reclaim_interval_s (4 s) times a fraction fixed by its consumer name. A worker named
+    "late-34" (0.97: its first reclaim near 3.9 s) started first, then one named "early-14"
+    (0.05: near 0.2 s): the abandoned entry goes to the second."""
+    service = "offset"
+    stream = QM.get_service_action_stream(service)
+    await bus.redis.xgroup_create(stream, service, id="0", mkstream=True)
+    await bus.redis.xadd(stream, {"data": '{"action_type": "offset.item.run"}'})
+    await bus.redis.xreadgroup(service, "dead", {stream: ">"})  # delivered to a dead worker
+    handled: list[str] = []
+    workers = []
+    for name in ("late-34", "early-14"):
+        worker = bus.worker(service, consumer_name=name, reclaim_interval_s=4,
+                            claim_idle_ms=100)
+
+        async def run(action: Any, data: Any, name: str = name) -> None:
+            handled.append(name)
+
+        worker.register("offset.item.run", run)
+        workers.append(worker)
+    for worker in workers:
+        await worker.start()
+    await eventually(lambda: handled != [], timeout=3.5)
+    assert handled == ["early-14"]
