@@ -811,6 +811,14 @@ async def _fill(redis: Any, lane: str, n: int, label: str) -> list[str]:
     return [entry_id.decode() for entry_id in await pipe.execute()]
 
 
+async def _two_full_lanes(redis: Any) -> None:
+    """The lanes' groups, 100 entries in the normal lane and 100 in the low one."""
+    for stream in LANES:
+        await redis.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    await _fill(redis, LANES[1], 100, "normal")
+    await _fill(redis, LANES[2], 100, "low")
+
+
 async def test_strict_bulk_reads_of_the_high_lane_leave_the_other_lanes_waiting(
     redis_client: Any,
 ) -> None:
@@ -901,10 +909,7 @@ async def test_a_planned_read_sends_the_high_lanes_probe_inside_the_lane_count(
     """Weighted, the normal and low lanes full, the high lane counted empty: a planned read
     sends one XREADGROUP per lane it takes from and asks the high lane for its one entry
     inside LANE_LAGS (its probe argument 1), not as an XREADGROUP of its own."""
-    for stream in LANES:
-        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
-    await _fill(redis_client, LANES[1], 100, "normal")
-    await _fill(redis_client, LANES[2], 100, "low")
+    await _two_full_lanes(redis_client)
     spawned: list[tuple[str, str]] = []
     reader = _lanes_reader(redis_client, 100, spawned)
     for _ in range(2):  # the second counts the lanes (starts with normal)
@@ -925,10 +930,7 @@ async def test_an_urgent_entry_is_first_in_a_planned_read_of_two_lanes(
     """A planned read of two full lanes (normal and low), counted with the high lane
     empty, still takes one entry of the high lane: an urgent entry added after the count
     is the first entry of that read."""
-    for stream in LANES:
-        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
-    await _fill(redis_client, LANES[1], 100, "normal")
-    await _fill(redis_client, LANES[2], 100, "low")
+    await _two_full_lanes(redis_client)
     spawned: list[tuple[str, str]] = []
     reader = _lanes_reader(redis_client, 100, spawned)
     for _ in range(2):  # the second counts the lanes
@@ -996,10 +998,7 @@ async def test_reads_of_16_or_more_are_planned_smaller_ones_stay_on_the_lanes_sc
     (READ_LANES and LANE_LAGS in one round trip); the third is planned from those counts
     (plain XREADGROUPs, then LANE_LAGS), and brings 15 (the high lane's probe found
     nothing); a read of 15 after it is not planned but READ_LANES alone."""
-    for stream in LANES:
-        await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
-    await _fill(redis_client, LANES[1], 100, "normal")
-    await _fill(redis_client, LANES[2], 100, "low")
+    await _two_full_lanes(redis_client)
     spawned: list[tuple[str, str]] = []
     reader = _lanes_reader(redis_client, 100, spawned)
     rounds = _record_rounds(reader)
