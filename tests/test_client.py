@@ -507,8 +507,9 @@ async def test_pseudo_sync_request_asks_for_a_reply_not_a_callback(bus: Any) -> 
     client = bus.client("orders")
     plain = DomainAction(action_type="nobody.op.run", callback_action_type="orders.op.done")
     tagged = DomainAction(action_type="nobody.op.run", correlation_id="corr-7")
-    assert await client.send_action_pseudo_sync(plain, timeout=0.05) is None
-    assert await client.send_action_pseudo_sync(tagged, timeout=0.05) is None
+    # the timeout bounds the send too: long enough that a loaded machine still sends
+    assert await client.send_action_pseudo_sync(plain, timeout=0.3) is None
+    assert await client.send_action_pseudo_sync(tagged, timeout=0.3) is None
     sent = [DomainAction.model_validate_json(fields[b"data"]) for _, fields in
             await bus.redis.xrange(QM.get_service_action_stream("nobody"))]
     assert [(a.callback_action_type, a.callback_queue_name, a.correlation_id) for a in sent] == [

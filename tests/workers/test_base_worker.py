@@ -408,6 +408,41 @@ async def test_loop_error_on_a_cluster_moves_the_default_node_to_another_primary
             assert after in primaries
 
 
+async def test_a_failed_background_loop_on_a_cluster_moves_the_default_node(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor of a running worker's loops calls ``_after_loop_error``: after the
+    mover's loop fails once on Redis Cluster and is restarted, the client resolves keyless
+    routing on another primary than before."""
+    original = Mover.run
+    runs: list[int] = []
+
+    async def run_failing_once(self: Mover) -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("mover failed once")
+        await original(self)
+
+    monkeypatch.setattr(Mover, "run", run_failing_once)
+    settings = CommonAppSettings(_env_file=None, redis_url=redis_cluster_url,
+                                 redis_cluster=True, service_name="inventory")
+    async with RedisManager(settings) as manager:
+        redis = manager.get_client()
+        assert isinstance(redis, RedisCluster)
+        worker = BaseWorker(settings, redis, worker_settings=fast_worker_settings())
+        before = redis.get_default_node()
+        await worker.start()
+        try:
+            for _ in range(200):
+                if len(runs) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(runs) >= 2, "the mover's loop was not restarted"
+            assert redis.get_default_node() is not before
+        finally:
+            await worker.stop(grace=0.5)
+
+
 def test_register_keeps_the_idempotent_flag(conn: Any, make_settings: Settings) -> None:
     """register(..., idempotent=True) marks the route idempotent."""
     worker = BaseWorker(make_settings(service_name="inventory"), conn)
