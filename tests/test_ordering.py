@@ -585,6 +585,70 @@ async def test_a_lease_another_worker_holds_is_neither_taken_nor_overwritten(
     await eventually(lambda: handled == [0])
 
 
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_a_lease_another_worker_holds_leaves_its_entries_unread(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """The stream's group exists (a previous holder made it) and another worker holds the
+    lease: a polling worker that fails to take the lease reads none of the stream's entries
+    (they stay new, for the holder); once the lease is gone it takes it and runs them."""
+    client = bus.client("caller")
+    stream, lease = QM.get_ordered_stream(SERVICE), QM.get_ordering_lease_key(SERVICE)
+    await bus.redis.xgroup_create(stream, SERVICE, id="0", mkstream=True)
+    await bus.redis.set(lease, "other-holder", px=60_000)
+    await client.send_action_async(step("a", 0))
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    async def xlen_calls() -> int:
+        stats: Any = await bus.redis.info("commandstats")
+        return int(stats.get("cmdstat_xlen", {}).get("calls", 0))
+
+    worker = make_worker(make_settings, handle, maintenance_interval_s=3600)
+    await worker.start()  # its start probes the partitions (XLENs in a script): count after
+    before = await xlen_calls()
+    # Barrier: two more XLENs of the poll loop mean a SET NX attempt is done.
+    await eventually(lambda: _at_least(xlen_calls, before + 2))
+    assert (await bus.redis.xpending(stream, SERVICE))["pending"] == 0
+    assert handled == []
+    await bus.redis.delete(lease)
+    await eventually(lambda: handled == [0])
+
+
+@pytest.mark.standalone_only("counts one server's commands (INFO commandstats)")
+async def test_an_ordered_stream_is_read_only_after_its_lease_is_taken(
+    bus: Any, make_settings: Callable[..., CommonAppSettings], eventually: Any
+) -> None:
+    """An idle worker polls its empty ordered stream (its group exists) without reading it:
+    an action sent then is delivered once, by the read after the worker took the lease
+    (XPENDING counts 1 delivery while the handler runs), not read before the lease and
+    claimed again."""
+    stream = QM.get_ordered_stream(SERVICE)
+    await bus.redis.xgroup_create(stream, SERVICE, id="0", mkstream=True)
+    release = asyncio.Event()
+    handled: list[int] = []
+
+    async def handle(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+        await release.wait()
+
+    async def xlen_calls() -> int:
+        stats: Any = await bus.redis.info("commandstats")
+        return int(stats.get("cmdstat_xlen", {}).get("calls", 0))
+
+    worker = make_worker(make_settings, handle, maintenance_interval_s=3600)
+    await worker.start()  # its start probes the partitions (XLENs in a script): count after
+    before = await xlen_calls()
+    await eventually(lambda: _at_least(xlen_calls, before + 2))  # two polls looked
+    await bus.client("caller").send_action_async(step("a", 0))
+    await eventually(lambda: handled == [0])
+    [pending] = await bus.redis.xpending_range(stream, SERVICE, min="-", max="+", count=10)
+    release.set()
+    assert pending["times_delivered"] == 1
+
+
 async def _at_least(count: Callable[[], Any], n: int) -> bool:
     return bool(await count() >= n)
 

@@ -12,7 +12,14 @@ from redis.asyncio import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from actionbus import BaseWorker, CommonAppSettings, DomainAction, WorkerSettings
+from actionbus import (
+    BaseRedisClient,
+    BaseWorker,
+    CommonAppSettings,
+    DomainAction,
+    RedisManager,
+    WorkerSettings,
+)
 from actionbus.backoff import OutageLog
 from actionbus.workers.reader import StreamReader
 from actionbus.workers.stats import WorkerStats
@@ -1077,3 +1084,225 @@ async def test_recovering_own_entries_takes_as_many_as_slots_are_free_across_the
     spawned.clear()
     await reader.recover_own(3)
     assert spawned == [(LANES[0], high[0]), (LANES[0], high[1]), (LANES[1], normal[0])]
+
+
+async def _command_calls(redis: Any, *commands: str) -> int:
+    """How many times the server ran ``commands`` (INFO commandstats), summed."""
+    stats = await redis.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in commands)
+
+
+@pytest.mark.standalone_only("stops and restarts a server of its own")
+async def test_the_read_loop_reads_again_once_redis_is_back(
+    fresh_redis_server_aof: Any, eventually: Any,
+) -> None:
+    """Redis stopped under a running worker and started again: the read loop backs off
+    through the outage and goes on reading, and an action sent after the restart is
+    handled (the loop does not end on a connection error)."""
+    from tests.conftest import fast_worker_settings
+
+    server = fresh_redis_server_aof
+    settings = CommonAppSettings(_env_file=None, redis_url=server.url,
+                                 service_name="inventory")
+    worker = BaseWorker(settings, worker_settings=fast_worker_settings())
+    handled: list[int] = []
+
+    @worker.handler("inventory.item.add")
+    async def add(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+
+    stream = QM.get_service_action_stream("inventory")
+    await worker.start()
+    try:
+        async with RedisManager(settings) as manager:
+            client = BaseRedisClient("orders", manager.get_client(), settings)
+            await client.send_action_async(
+                DomainAction(action_type="inventory.item.add", data={"n": 1}))
+            await eventually(lambda: handled == [1])
+            server.stop()
+            await eventually(lambda: worker.health.in_outage, timeout=10)
+            server.restart()
+            await client.send_action_async(
+                DomainAction(action_type="inventory.item.add", data={"n": 2}))
+            await eventually(lambda: handled == [1, 2], timeout=15)
+            assert await manager.get_client().xlen(stream) >= 1
+    finally:
+        await worker.stop(grace=0.5)
+
+
+async def test_a_worker_whose_every_slot_is_busy_waits_for_one_without_reading(
+    bus: Any, eventually: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With its one slot busy, the read loop waits for the slot to free instead of reading
+    (a read of 0 entries is no read: redis-py refuses COUNT 0), so no outage is reported
+    meanwhile; the waiting entry is handled once the slot frees."""
+    caplog.set_level(logging.WARNING, "actionbus")
+    worker = bus.worker("inventory", concurrency=1)
+    release = asyncio.Event()
+    handled: list[int] = []
+
+    @worker.handler("inventory.item.hold")
+    async def hold(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+        await release.wait()
+
+    await worker.start()
+    client = bus.client("orders")
+    for n in (1, 2):
+        await client.send_action_async(
+            DomainAction(action_type="inventory.item.hold", data={"n": n}))
+    await eventually(lambda: handled == [1])
+    await eventually(lambda: worker._reader is not None and worker._reader.waiting_for_slot)
+    assert not worker.health.in_outage
+    assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()] == []
+    release.set()
+    await eventually(lambda: handled == [1, 2])
+
+
+async def test_a_worker_of_one_slot_takes_back_its_lost_delivery_once_the_slot_frees(
+    bus: Any, eventually: Any,
+) -> None:
+    """A recovery asked for while the worker's one slot is busy (a read went wrong) is
+    kept, not dropped: once the slot frees, the entry a lost read delivered to this
+    consumer is taken back and handled, long before the next periodic reclaim (the
+    consumer "late-34" has its first one near 58 s of 60)."""
+    service = "inventory"
+    stream = QM.get_service_action_stream(service)
+    worker = bus.worker(service, concurrency=1, consumer_name="late-34",
+                        reclaim_interval_s=60)
+    release = asyncio.Event()
+    handled: list[int] = []
+
+    @worker.handler("inventory.item.hold")
+    async def hold(action: DomainAction, data: dict[str, Any]) -> None:
+        handled.append(data["n"])
+        await release.wait()
+
+    await worker.start()
+    await bus.client("orders").send_action_async(
+        DomainAction(action_type="inventory.item.hold", data={"n": 1}))
+    await eventually(lambda: handled == [1])
+    await eventually(lambda: worker._reader is not None and worker._reader.waiting_for_slot)
+    # a read whose reply was lost: the entry is pending on this consumer, never handled
+    await bus.redis.xadd(
+        stream, {"data": '{"action_type": "inventory.item.hold", "data": {"n": 2}}'})
+    await bus.redis.xreadgroup(service, "late-34", {stream: ">"})
+    assert worker._reader is not None
+    worker._reader.recover_now.set()
+    await asyncio.sleep(0.2)  # the recovery loop sees the request while the slot is busy
+    release.set()
+    await eventually(lambda: handled == [1, 2])
+
+
+@pytest.mark.standalone_only("counts the commands of the one server (INFO commandstats)")
+async def test_an_idle_worker_takes_back_its_own_deliveries_only_at_start(
+    bus: Any, eventually: Any,
+) -> None:
+    """Idle, with reads that return nothing after each 100 ms block, a worker does not
+    look for lost deliveries after every read: over 15 reads, at most the start's one
+    recovery runs (and no reclaim: the first is near 58 s of 60 for "late-34"), so at most
+    3 recovery commands (1 seen here), not one per read."""
+    worker = bus.worker("inventory", consumer_name="late-34", reclaim_interval_s=60)
+    await worker.start()
+    reads = await _command_calls(bus.redis, "xreadgroup")
+    recoveries = await _command_calls(bus.redis, "xpending", "xclaim", "xautoclaim")
+    await eventually(
+        lambda: _more_than(bus.redis, "xreadgroup", reads + 15), timeout=10)
+    assert await _command_calls(bus.redis, "xpending", "xclaim", "xautoclaim") - (
+        recoveries) <= 3
+
+
+@pytest.mark.standalone_only("counts the commands of the one server (INFO commandstats)")
+async def test_after_its_first_reclaim_a_worker_waits_an_interval_for_the_next(
+    bus: Any, eventually: Any,
+) -> None:
+    """"early-14" reclaims first near 0.2 s of 4, then not before 2 s (half the interval at
+    least): over its first 15 reads (1.5 s) it sends at most 8 recovery commands (3 seen
+    here: the start's recovery and one reclaim), not one after another without end."""
+    worker = bus.worker("inventory", consumer_name="early-14", reclaim_interval_s=4)
+    recoveries = await _command_calls(bus.redis, "xpending", "xclaim", "xautoclaim")
+    reads = await _command_calls(bus.redis, "xreadgroup")
+    await worker.start()
+    await eventually(
+        lambda: _more_than(bus.redis, "xreadgroup", reads + 15), timeout=10)
+    assert await _command_calls(bus.redis, "xpending", "xclaim", "xautoclaim") - (
+        recoveries) <= 8
+
+
+async def _more_than(redis: Any, command: str, calls: int) -> bool:
+    return await _command_calls(redis, command) > calls
+
+
+@pytest.mark.standalone_only("counts the commands of the one server (INFO commandstats)")
+async def test_an_idle_blocking_read_is_not_a_slow_command(
+    bus: Any, make_settings: Any, eventually: Any,
+) -> None:
+    """A read that waits its whole block (900 ms) and returns nothing is not slow, though
+    the block and its wait together exceed the socket timeout (1.5 s): only the time past
+    the block counts."""
+    from tests.conftest import fast_worker_settings
+
+    worker = BaseWorker(make_settings(service_name="inventory", redis_socket_timeout=1.5),
+                        worker_settings=fast_worker_settings(block_ms=900))
+    await worker.start()
+    try:
+        reads = await _command_calls(bus.redis, "xreadgroup")
+        await eventually(lambda: _more_than(bus.redis, "xreadgroup", reads + 2), timeout=10)
+        assert worker.health.slow_commands == 0
+    finally:
+        await worker.stop(grace=0.5)
+
+
+@pytest.mark.standalone_only("pauses the one server (CLIENT PAUSE)")
+async def test_a_stalled_read_is_logged_as_a_slow_xreadgroup(
+    bus: Any, make_settings: Any, eventually: Any, redis_server: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis stalled (CLIENT PAUSE 2.5 s) past the socket timeout while the worker reads:
+    the read's time beyond its block counts as a slow command, logged naming XREADGROUP."""
+    from tests.conftest import fast_worker_settings
+
+    caplog.set_level(logging.WARNING, "actionbus")
+    worker = BaseWorker(make_settings(service_name="inventory", redis_socket_timeout=1.0),
+                        worker_settings=fast_worker_settings())
+    await worker.start()
+    try:
+        with redis_server.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", 2500, "ALL")
+        await eventually(lambda: any(
+            "(XREADGROUP took longer than the socket timeout" in r.getMessage()
+            for r in caplog.records), timeout=15)
+        assert worker.health.slow_commands >= 1
+    finally:
+        await worker.stop(grace=0.5)
+
+
+async def test_a_refused_recovery_names_the_operation_in_the_health_status(
+    redis_client: Any, eventually: Any,
+) -> None:
+    """A recovery Redis refuses (the stream's key holds a string: WRONGTYPE, not an
+    outage) makes the reader's health name XPENDING/XCLAIM and the stream."""
+    from actionbus.workers.health import Health
+
+    stream = QM.get_service_action_stream("inventory")
+    await redis_client.set(stream, "not a stream")
+    worker = BaseWorker(CommonAppSettings(service_name="inventory"),
+                        worker_settings=WorkerSettings(consumer_name="c1"))
+    reader = StreamReader(
+        worker.context, redis_client, [stream], spawn=lambda *args: None,
+        in_flight=lambda: 0, owned=set, unacknowledged=set, stats=WorkerStats(),
+        outage=OutageLog(logging.getLogger("test"), "reader"),
+        health=Health(logging.getLogger("test"), "reader"),
+    )
+    stopping = asyncio.Event()
+    task = asyncio.create_task(reader.run_recovery(stopping))
+    try:
+        await eventually(lambda: bool(reader.health and reader.health.refusals))
+    finally:
+        stopping.set()
+        reader.recover_now.set()
+        await asyncio.wait_for(task, 10)
+    assert reader.health is not None
+    [line] = reader.health.status().problems
+    assert line.startswith(f"Redis refused XPENDING/XCLAIM {stream}: ")
+    assert "WRONGTYPE" in line

@@ -112,3 +112,18 @@ async def test_a_workers_first_reclaim_is_offset_by_its_consumer_name(
         await worker.start()
     await eventually(lambda: handled != [], timeout=3.5)
     assert handled == ["early-14"]
+
+
+def test_first_reclaim_offsets_spread_over_the_whole_interval() -> None:
+    """The fraction of ``reclaim_interval_s`` that offsets each worker's first reclaim is in
+    [0, 1) and, over 1,000 consumer names, covers the whole range (below 0.05 and above
+    0.95 both occur; each tenth holds 5-15% of the names), so workers started together
+    reclaim across the interval, not bunched in one part of it."""
+    from actionbus.workers.reader import spread
+
+    fractions = [spread(f"worker-{i}") for i in range(1000)]
+    assert all(0.0 <= f < 1.0 for f in fractions)
+    assert min(fractions) < 0.05
+    assert max(fractions) > 0.95
+    tenths = [sum(int(f * 10) == k for f in fractions) for k in range(10)]
+    assert all(50 <= n <= 150 for n in tenths), tenths
