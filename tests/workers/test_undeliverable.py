@@ -199,3 +199,59 @@ async def test_redis_gone_while_a_letter_is_written_delays_the_letter_not_loses_
         assert sum(health.refusals.values()) == 1
     finally:
         await redis.aclose()
+
+
+async def test_a_refused_error_reply_is_dead_lettered_with_the_entrys_delivery(
+    bus: Any, eventually: Any,
+) -> None:
+    """A waiting caller's request whose handler fails, on its first delivery, and whose
+    error reply Redis refuses (the reply list's key holds a string): the undeliverable
+    letter carries deliveries 1, the entry's own count."""
+    from actionbus import DomainAction
+
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.fail")
+    async def fail(action: DomainAction, data: Any) -> None:
+        raise RuntimeError("handler failed")
+
+    client = bus.client("orders")
+    await bus.redis.set(client.response_queue, "not a list")
+    await worker.start()
+    await client.send_action_async(DomainAction(
+        action_type="inventory.item.fail", callback_queue_name=client.response_queue))
+    dead = QM.get_dead_letter_stream("inventory")
+    [(_, letter)] = await eventually(lambda: bus.redis.xrange(dead))
+    assert (letter[b"reason"], letter[b"deliveries"]) == (b"undeliverable", b"1")
+
+
+async def test_a_refused_failure_callback_is_dead_lettered_with_the_entrys_delivery(
+    bus: Any, eventually: Any,
+) -> None:
+    """An action with a callback whose handler rejects it, on its first delivery: it is
+    buried (rejected) and its failure callback, which Redis refuses (the caller's stream
+    key holds a string), makes an undeliverable letter carrying deliveries 1 too."""
+    from actionbus import DomainAction
+    from actionbus.exceptions import ActionRejected
+
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.reject")
+    async def reject(action: DomainAction, data: Any) -> None:
+        raise ActionRejected("never valid")
+
+    client = bus.client("orders")
+    await worker.start()
+    await bus.redis.set(QM.get_service_action_stream("orders"), "not a stream")
+    await client.send_action_async_with_callback(
+        DomainAction(action_type="inventory.item.reject"), "orders.item.rejected")
+    dead = QM.get_dead_letter_stream("inventory")
+    letters = await eventually(
+        lambda: _at_least_two(bus.redis.xrange(dead)))
+    assert sorted((f[b"reason"], f[b"deliveries"]) for _, f in letters) == [
+        (b"rejected", b"1"), (b"undeliverable", b"1")]
+
+
+async def _at_least_two(letters: Any) -> Any:
+    found = await letters
+    return found if len(found) >= 2 else None
