@@ -67,6 +67,32 @@ async def test_expired_pseudo_sync_request_skipped_and_acked(bus: Any, eventuall
     assert await worker.dead_letters.count() == 0
 
 
+async def test_the_debug_line_of_an_expired_request_says_expired(
+    bus: Any, eventually: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With DEBUG on, a worker's finished line for a request skipped as expired carries
+    outcome "expired" (the run's result reaches the logging layer), and a handled
+    action's line "handled"."""
+    caplog.set_level(logging.DEBUG, "actionbus.worker")
+    worker = bus.worker("inventory")
+    worker.register("inventory.stock.get", noop)
+    expired = DomainAction(
+        action_type="inventory.stock.get", callback_queue_name=QM.get_response_queue(
+            "orders", "gone"), expires_at=utc_now() - timedelta(seconds=1))
+    handled = DomainAction(action_type="inventory.stock.get")
+    for action in (expired, handled):
+        await xadd_raw(bus.redis, "inventory", action.model_dump_json())
+    await worker.start()
+    await eventually(lambda: drained(bus.redis, "inventory"))
+
+    def outcome_of(action: DomainAction) -> list[Any]:
+        return [getattr(r, "outcome", None) for r in caplog.records
+                if getattr(r, "action_id", None) == str(action.action_id)]
+
+    await eventually(lambda: outcome_of(expired) and outcome_of(handled))
+    assert (outcome_of(expired), outcome_of(handled)) == (["expired"], ["handled"])
+
+
 async def test_idempotent_handler_not_rerun_for_same_action_id(bus: Any, eventually: Any) -> None:
     """With idempotent=True a second delivery of the same action_id is acked, not re-run,
     and counted with outcome "duplicate"."""
