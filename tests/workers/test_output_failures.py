@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -604,3 +605,35 @@ async def test_an_entry_with_a_refused_and_a_transiently_failed_write_is_dead_le
     finally:
         await user.aclose()
         await admin.aclose()
+
+
+@pytest.mark.standalone_only("pauses the one server (CLIENT PAUSE)")
+async def test_a_round_cancelled_in_flight_puts_its_plain_acks_back(
+    redis_client: Any, redis_server: Any,
+) -> None:
+    """A round cancelled while Redis holds it (the worker stopping during a stall) puts
+    back the plain acknowledgements it carried, not only its units: the entry is still
+    unacknowledged afterwards, and the next flush acknowledges it."""
+    stream = QM.get_service_action_stream("inventory")
+    await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    entry_id = (await redis_client.xadd(stream, {"data": "{}"})).decode()
+    await redis_client.xreadgroup("inventory", "c1", {stream: ">"})
+    batcher = OutputBatcher(redis_client, stream, "inventory",
+                            OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                            consumer="c1")
+    batcher.ack(entry_id)  # nothing to send with it: a plain acknowledgement
+    with redis_server.client() as admin:
+        admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")  # the XACK waits in Redis
+        try:
+            round_ = asyncio.create_task(batcher.flush())
+            await asyncio.sleep(0.2)
+            assert not round_.done()
+            round_.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await round_
+            assert batcher.unacknowledged() == {entry_id}
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+    await batcher.flush()
+    assert batcher.unacknowledged() == set()
+    assert (await redis_client.xpending(stream, "inventory"))["pending"] == 0
