@@ -255,3 +255,31 @@ async def test_a_refused_failure_callback_is_dead_lettered_with_the_entrys_deliv
 async def _at_least_two(letters: Any) -> Any:
     found = await letters
     return found if len(found) >= 2 else None
+
+
+async def test_a_refused_replayed_reply_is_dead_lettered_with_the_entrys_delivery(
+    bus: Any, eventually: Any,
+) -> None:
+    """A duplicate of an idempotent request (same action_id) whose caller waits on a reply
+    list Redis refuses (its key holds a string): the stored reply replayed to it is
+    undeliverable, and its letter carries the duplicate's delivery count, 1."""
+    from actionbus import DomainAction
+
+    worker = bus.worker("inventory")
+
+    @worker.handler("inventory.item.reserve", idempotent=True)
+    async def reserve(action: DomainAction, data: Any) -> dict[str, Any]:
+        return {"reserved": True}
+
+    client = bus.client("orders")
+    await worker.start()
+    first = DomainAction(action_type="inventory.item.reserve",
+                         callback_queue_name=QM.get_response_queue("orders", "r1"))
+    await client.send_action_async(first)
+    await eventually(lambda: bus.redis.llen(first.callback_queue_name))
+    refused = QM.get_response_queue("orders", "r2")
+    await bus.redis.set(refused, "not a list")
+    await client.send_action_async(first.model_copy(update={"callback_queue_name": refused}))
+    dead = QM.get_dead_letter_stream("inventory")
+    [(_, letter)] = await eventually(lambda: bus.redis.xrange(dead))
+    assert (letter[b"reason"], letter[b"deliveries"]) == (b"undeliverable", b"1")
