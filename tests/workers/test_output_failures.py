@@ -637,3 +637,38 @@ async def test_a_round_cancelled_in_flight_puts_its_plain_acks_back(
     await batcher.flush()
     assert batcher.unacknowledged() == set()
     assert (await redis_client.xpending(stream, "inventory"))["pending"] == 0
+
+
+@pytest.mark.standalone_only("pauses the one server (CLIENT PAUSE)")
+async def test_the_output_loop_goes_on_when_it_wakes_during_a_flush(
+    redis_client: Any, redis_server: Any,
+) -> None:
+    """The background output loop waking for its 1 s sweep while a flush() round is held in
+    Redis leaves that round alone and keeps running (it does not end, which would leave
+    failed rounds without a retry); the round then completes."""
+    stream = QM.get_service_action_stream("inventory")
+    await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    entry_id = (await redis_client.xadd(stream, {"data": "{}"})).decode()
+    await redis_client.xreadgroup("inventory", "c1", {stream: ">"})
+    batcher = OutputBatcher(redis_client, stream, "inventory",
+                            OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                            consumer="c1")
+    loop = asyncio.create_task(batcher.run())
+    try:
+        batcher.ack(entry_id)
+        with redis_server.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
+            try:
+                round_ = asyncio.create_task(batcher.flush())
+                await asyncio.sleep(2.2)  # the loop's sweep came (twice) during the round
+                assert not round_.done()
+                assert not loop.done()
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
+        await asyncio.wait_for(round_, 10)
+        assert batcher.unacknowledged() == set()
+        assert not loop.done()
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
