@@ -568,15 +568,9 @@ async def test_a_lease_another_worker_holds_is_neither_taken_nor_overwritten(
     async def handle(action: DomainAction, data: dict[str, Any]) -> None:
         handled.append(data["n"])
 
-    async def xlen_calls() -> int:
-        stats: Any = await bus.redis.info("commandstats")
-        return int(stats.get("cmdstat_xlen", {}).get("calls", 0))
-
     worker = make_worker(make_settings, handle, maintenance_interval_s=3600)
-    await worker.start()  # its start probes the partitions (XLENs in a script): count after
-    before = await xlen_calls()
-    # Barrier: two more XLENs of the poll loop mean a SET NX attempt is done.
-    await eventually(lambda: _at_least(xlen_calls, before + 2))
+    await worker.start()
+    await _two_more_polls(bus.redis, eventually)
     assert await bus.redis.get(lease) == b"other-holder"
     assert handled == []
     assert worker._ordering is not None
@@ -602,15 +596,9 @@ async def test_a_lease_another_worker_holds_leaves_its_entries_unread(
     async def handle(action: DomainAction, data: dict[str, Any]) -> None:
         handled.append(data["n"])
 
-    async def xlen_calls() -> int:
-        stats: Any = await bus.redis.info("commandstats")
-        return int(stats.get("cmdstat_xlen", {}).get("calls", 0))
-
     worker = make_worker(make_settings, handle, maintenance_interval_s=3600)
-    await worker.start()  # its start probes the partitions (XLENs in a script): count after
-    before = await xlen_calls()
-    # Barrier: two more XLENs of the poll loop mean a SET NX attempt is done.
-    await eventually(lambda: _at_least(xlen_calls, before + 2))
+    await worker.start()
+    await _two_more_polls(bus.redis, eventually)
     assert (await bus.redis.xpending(stream, SERVICE))["pending"] == 0
     assert handled == []
     await bus.redis.delete(lease)
@@ -634,19 +622,27 @@ async def test_an_ordered_stream_is_read_only_after_its_lease_is_taken(
         handled.append(data["n"])
         await release.wait()
 
-    async def xlen_calls() -> int:
-        stats: Any = await bus.redis.info("commandstats")
-        return int(stats.get("cmdstat_xlen", {}).get("calls", 0))
-
     worker = make_worker(make_settings, handle, maintenance_interval_s=3600)
-    await worker.start()  # its start probes the partitions (XLENs in a script): count after
-    before = await xlen_calls()
-    await eventually(lambda: _at_least(xlen_calls, before + 2))  # two polls looked
+    await worker.start()
+    await _two_more_polls(bus.redis, eventually)
     await bus.client("caller").send_action_async(step("a", 0))
     await eventually(lambda: handled == [0])
     [pending] = await bus.redis.xpending_range(stream, SERVICE, min="-", max="+", count=10)
     release.set()
     assert pending["times_delivered"] == 1
+
+
+async def _xlen_calls(redis: Any) -> int:
+    stats: Any = await redis.info("commandstats")
+    return int(stats.get("cmdstat_xlen", {}).get("calls", 0))
+
+
+async def _two_more_polls(redis: Any, eventually: Any) -> None:
+    """Barrier: two more XLENs of the ordered poll loop, counted from now (after the
+    worker's start, whose partition probe also runs XLENs), mean one poll (XLEN, then
+    SET NX for the lease) is done."""
+    before = await _xlen_calls(redis)
+    await eventually(lambda: _at_least(lambda: _xlen_calls(redis), before + 2))
 
 
 async def _at_least(count: Callable[[], Any], n: int) -> bool:
@@ -662,14 +658,9 @@ async def test_a_worker_without_ordered_actions_takes_no_lease(
     async def handle(action: DomainAction, data: dict[str, Any]) -> None:
         """Never called: nothing is sent."""
 
-    async def xlen_calls() -> int:
-        stats: Any = await bus.redis.info("commandstats")
-        return int(stats.get("cmdstat_xlen", {}).get("calls", 0))
-
     worker = make_worker(make_settings, handle, maintenance_interval_s=3600)
-    await worker.start()  # its start probes the partitions (XLENs in a script): count after
-    before = await xlen_calls()
-    await eventually(lambda: _at_least(xlen_calls, before + 2))  # two polls looked
+    await worker.start()
+    await _two_more_polls(bus.redis, eventually)
     assert not await bus.redis.exists(QM.get_ordering_lease_key(SERVICE))
     assert worker._ordering is not None
     assert worker._ordering.leases == 0

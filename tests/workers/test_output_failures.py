@@ -607,6 +607,18 @@ async def test_an_entry_with_a_refused_and_a_transiently_failed_write_is_dead_le
         await admin.aclose()
 
 
+async def _delivered_entry_and_batcher(redis: Any) -> tuple[str, str, OutputBatcher]:
+    """The inventory stream, an entry of it delivered to consumer c1, and c1's batcher."""
+    stream = QM.get_service_action_stream("inventory")
+    await redis.xgroup_create(stream, "inventory", id="0", mkstream=True)
+    entry_id = (await redis.xadd(stream, {"data": "{}"})).decode()
+    await redis.xreadgroup("inventory", "c1", {stream: ">"})
+    batcher = OutputBatcher(redis, stream, "inventory",
+                            OutageLog(logging.getLogger("actionbus.worker"), "output"),
+                            consumer="c1")
+    return stream, entry_id, batcher
+
+
 @pytest.mark.standalone_only("pauses the one server (CLIENT PAUSE)")
 async def test_a_round_cancelled_in_flight_puts_its_plain_acks_back(
     redis_client: Any, redis_server: Any,
@@ -614,13 +626,7 @@ async def test_a_round_cancelled_in_flight_puts_its_plain_acks_back(
     """A round cancelled while Redis holds it (the worker stopping during a stall) puts
     back the plain acknowledgements it carried, not only its units: the entry is still
     unacknowledged afterwards, and the next flush acknowledges it."""
-    stream = QM.get_service_action_stream("inventory")
-    await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
-    entry_id = (await redis_client.xadd(stream, {"data": "{}"})).decode()
-    await redis_client.xreadgroup("inventory", "c1", {stream: ">"})
-    batcher = OutputBatcher(redis_client, stream, "inventory",
-                            OutageLog(logging.getLogger("actionbus.worker"), "output"),
-                            consumer="c1")
+    stream, entry_id, batcher = await _delivered_entry_and_batcher(redis_client)
     batcher.ack(entry_id)  # nothing to send with it: a plain acknowledgement
     with redis_server.client() as admin:
         admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")  # the XACK waits in Redis
@@ -646,13 +652,7 @@ async def test_the_output_loop_goes_on_when_it_wakes_during_a_flush(
     """The background output loop waking for its 1 s sweep while a flush() round is held in
     Redis leaves that round alone and keeps running (it does not end, which would leave
     failed rounds without a retry); the round then completes."""
-    stream = QM.get_service_action_stream("inventory")
-    await redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
-    entry_id = (await redis_client.xadd(stream, {"data": "{}"})).decode()
-    await redis_client.xreadgroup("inventory", "c1", {stream: ">"})
-    batcher = OutputBatcher(redis_client, stream, "inventory",
-                            OutageLog(logging.getLogger("actionbus.worker"), "output"),
-                            consumer="c1")
+    _, entry_id, batcher = await _delivered_entry_and_batcher(redis_client)
     loop = asyncio.create_task(batcher.run())
     try:
         batcher.ack(entry_id)

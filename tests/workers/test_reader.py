@@ -1130,14 +1130,12 @@ async def test_the_read_loop_reads_again_once_redis_is_back(
         await worker.stop(grace=0.5)
 
 
-async def test_a_worker_whose_every_slot_is_busy_waits_for_one_without_reading(
-    bus: Any, eventually: Any, caplog: pytest.LogCaptureFixture,
-) -> None:
-    """With its one slot busy, the read loop waits for the slot to free instead of reading
-    (a read of 0 entries is no read: redis-py refuses COUNT 0), so no outage is reported
-    meanwhile; the waiting entry is handled once the slot frees."""
-    caplog.set_level(logging.WARNING, "actionbus")
-    worker = bus.worker("inventory", concurrency=1)
+async def _one_slot_worker(
+    bus: Any, **settings: Any
+) -> tuple[BaseWorker, asyncio.Event, list[int]]:
+    """A started "inventory" worker of concurrency 1 whose ``inventory.item.hold`` handler
+    records ``data["n"]`` and then holds its slot until the returned event is set."""
+    worker = bus.worker("inventory", concurrency=1, **settings)
     release = asyncio.Event()
     handled: list[int] = []
 
@@ -1147,6 +1145,17 @@ async def test_a_worker_whose_every_slot_is_busy_waits_for_one_without_reading(
         await release.wait()
 
     await worker.start()
+    return worker, release, handled
+
+
+async def test_a_worker_whose_every_slot_is_busy_waits_for_one_without_reading(
+    bus: Any, eventually: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With its one slot busy, the read loop waits for the slot to free instead of reading
+    (a read of 0 entries is no read: redis-py refuses COUNT 0), so no outage is reported
+    meanwhile; the waiting entry is handled once the slot frees."""
+    caplog.set_level(logging.WARNING, "actionbus")
+    worker, release, handled = await _one_slot_worker(bus)
     client = bus.client("orders")
     for n in (1, 2):
         await client.send_action_async(
@@ -1168,17 +1177,8 @@ async def test_a_worker_of_one_slot_takes_back_its_lost_delivery_once_the_slot_f
     consumer "late-34" has its first one near 58 s of 60)."""
     service = "inventory"
     stream = QM.get_service_action_stream(service)
-    worker = bus.worker(service, concurrency=1, consumer_name="late-34",
-                        reclaim_interval_s=60)
-    release = asyncio.Event()
-    handled: list[int] = []
-
-    @worker.handler("inventory.item.hold")
-    async def hold(action: DomainAction, data: dict[str, Any]) -> None:
-        handled.append(data["n"])
-        await release.wait()
-
-    await worker.start()
+    worker, release, handled = await _one_slot_worker(
+        bus, consumer_name="late-34", reclaim_interval_s=60)
     await bus.client("orders").send_action_async(
         DomainAction(action_type="inventory.item.hold", data={"n": 1}))
     await eventually(lambda: handled == [1])
