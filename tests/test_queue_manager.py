@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actionbus import InvalidNameError, QueueManager
-from actionbus.clients.queue_manager import KeyParts
+from actionbus.clients.queue_manager import KeyParts, check_partition
 from actionbus.partitions import MAX_PARTITIONS
 
 FORGED = ["", "a:b", "a*", "a{b", "a}b", "{tag}", "has space", "tab\tx", "nl\nx", "-x"]
@@ -284,3 +284,12 @@ def test_an_unknown_lane_is_refused_naming_the_lanes_there_are(qm: QueueManager)
     with pytest.raises(InvalidNameError,
                        match=r"^priority 'urgent' is not a lane: use one of high, normal, low$"):
         qm.get_lane_stream("inventory", "urgent")
+
+
+@pytest.mark.parametrize("bad", [True, "1", 1.0, -1, 4])
+def test_check_partition_refuses_what_is_not_a_partition_number(bad: object) -> None:
+    """check_partition refuses a bool, a string, a float and numbers outside 0 .. n-1 with
+    an InvalidNameError that names the value and the allowed range (0 to n-1)."""
+    with pytest.raises(InvalidNameError) as refused:
+        check_partition(bad, 4)  # type: ignore[arg-type]
+    assert str(refused.value) == f"partition {bad!r} is not allowed: use 0 to 3"

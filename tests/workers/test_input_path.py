@@ -713,3 +713,37 @@ async def test_an_entry_of_exactly_the_per_entry_budget_after_a_large_one_is_not
         assert worker.stats.large_entries_seen == 1
     finally:
         await worker.stop()
+
+
+async def test_a_worker_reads_the_stream_of_its_key_prefix(
+    conn: Any, make_settings: Callable[..., Any], eventually: Any
+) -> None:
+    """A worker built with CommonAppSettings.key_prefix reads ``<prefix>:...`` streams: an
+    action a client of the same prefix sends is handled."""
+    settings = make_settings(service_name="inventory", key_prefix="acme")
+    worker = BaseWorker(settings, conn, worker_settings=fast_worker_settings())
+    marks = _record_marks(worker)
+    assert worker.stream.startswith("acme:")
+    await worker.start()
+    try:
+        await conn.xadd(worker.stream, {"data": json.dumps(
+            {"action_type": "inventory.item.mark", "data": {"m": "p1"}})})
+        await eventually(lambda: marks == ["p1"])
+    finally:
+        await worker.stop(grace=0.5)
+
+
+async def test_a_consumer_name_in_use_is_refused_naming_the_holder(bus: Any) -> None:
+    """ConsumerLease.take on a name another instance holds gives up after the lease TTL
+    and names the holding instance (the lease key's value) in its ConfigurationError."""
+    first = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=0.1)
+    second = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=0.1)
+    held = await ConsumerLease.take(bus.redis, first.context)
+    try:
+        holder = await bus.redis.get(lease_key(first.context))
+        with pytest.raises(ConfigurationError) as refused:
+            await ConsumerLease.take(bus.redis, second.context)
+    finally:
+        await held.release()
+    assert "(instance " in str(refused.value)
+    assert holder.decode() in str(refused.value)

@@ -285,6 +285,36 @@ async def test_a_flush_that_lands_ends_the_output_outage(fresh_redis_server: Any
         await redis.aclose()
 
 
+async def test_a_background_round_that_lands_ends_the_output_outage(
+    fresh_redis_server: Any, eventually: Any
+) -> None:
+    """After a round refused by an outage (OOM), the background loop's retry that lands
+    ends the output outage by itself: no later flush() is needed for health to clear."""
+    redis = Redis.from_url(fresh_redis_server.url)
+    stream = QM.get_service_action_stream("inventory")
+    outage = OutageLog(logging.getLogger("actionbus.worker"), "output")
+    loop: asyncio.Task[None] | None = None
+    try:
+        ids = await _one_read(redis, stream, 1)
+        batcher = OutputBatcher(redis, stream, "inventory", outage, consumer="c1")
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", 1)
+        batcher.xadd("out-stream", {"n": "a"})
+        batcher.ack(ids[0])
+        await batcher.flush()
+        assert outage.in_outage
+        loop = asyncio.create_task(batcher.run())
+        await redis.config_set("maxmemory", 0)
+        await eventually(lambda: not outage.in_outage, timeout=10)
+        assert batcher.acknowledged == 1
+    finally:
+        if loop is not None:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        await redis.aclose()
+
+
 async def _one_read(redis: Redis, stream: str, n: int) -> list[str]:
     """``n`` entries added to ``stream`` and read by consumer c1 of group inventory."""
     await redis.xgroup_create(stream, "inventory", id="0", mkstream=True)
@@ -642,6 +672,35 @@ async def test_a_round_cancelled_in_flight_puts_its_plain_acks_back(
             admin.execute_command("CLIENT", "UNPAUSE")
     await batcher.flush()
     assert batcher.unacknowledged() == set()
+    assert (await redis_client.xpending(stream, "inventory"))["pending"] == 0
+
+
+@pytest.mark.standalone_only("pauses the one server (CLIENT PAUSE)")
+async def test_a_cancelled_round_keeps_the_acks_queued_while_it_was_held(
+    redis_client: Any, redis_server: Any,
+) -> None:
+    """A round cancelled while Redis holds it puts its plain acknowledgement back ahead of
+    one queued meanwhile, losing neither: both entries are unacknowledged afterwards and
+    the next flush acknowledges both."""
+    stream, first, batcher = await _delivered_entry_and_batcher(redis_client)
+    second = (await redis_client.xadd(stream, {"data": "{}"})).decode()
+    await redis_client.xreadgroup("inventory", "c1", {stream: ">"})
+    batcher.ack(first)
+    with redis_server.client() as admin:
+        admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")  # the XACK waits in Redis
+        try:
+            round_ = asyncio.create_task(batcher.flush())
+            await asyncio.sleep(0.2)
+            assert not round_.done()
+            batcher.ack(second)  # queued while the round is held
+            round_.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await round_
+            assert batcher.unacknowledged() == {first, second}
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+    await batcher.flush()
+    assert batcher.acknowledged == 2
     assert (await redis_client.xpending(stream, "inventory"))["pending"] == 0
 
 

@@ -147,6 +147,16 @@ def test_policy_retries_a_transient_failure_with_backoff() -> None:
     assert POLICY.decide(action, RuntimeError("flaky"), 2) == Retry(1.0)
 
 
+def test_policy_retry_delays_are_the_settings_delays_without_jitter() -> None:
+    """A FailurePolicy's retry delays are exactly the doubling, capped delays of its
+    settings (no jitter: README's "doubles from base up to max")."""
+    settings = WorkerSettings(retry_backoff_base_s=0.5, retry_backoff_max_s=3)
+    policy = FailurePolicy(settings)
+    delays = [policy.retry_delay(n) for n in (1, 2, 3, 4, 5)]
+    assert delays == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert delays == [settings.retry_delay(n) for n in (1, 2, 3, 4, 5)]
+
+
 def test_policy_buries_at_max_deliveries_and_rejections_at_once() -> None:
     """The last delivery's failure and any ActionRejected are buried with their reason."""
     action = DomainAction(action_type="inventory.stock.get")
