@@ -747,3 +747,16 @@ async def test_a_consumer_name_in_use_is_refused_naming_the_holder(bus: Any) -> 
         await held.release()
     assert "(instance " in str(refused.value)
     assert holder.decode() in str(refused.value)
+
+
+async def test_a_name_left_by_a_crashed_holder_is_taken_once_its_lease_expires(bus: Any) -> None:
+    """ConsumerLease.take waits up to one lease TTL: a name whose lease a crashed process
+    left behind (0.6 s of it left, TTL 1 s) is taken once it expires, without an error."""
+    worker = bus.worker("inventory", consumer_name="same", consumer_lease_ttl_s=1.0)
+    key = lease_key(worker.context)
+    await bus.redis.set(key, "crashed-instance", px=600)
+    lease = await ConsumerLease.take(bus.redis, worker.context)
+    try:
+        assert await bus.redis.get(key) not in (None, b"crashed-instance", "crashed-instance")
+    finally:
+        await lease.release()

@@ -1277,6 +1277,37 @@ async def test_a_stalled_read_is_logged_as_a_slow_xreadgroup(
         await worker.stop(grace=0.5)
 
 
+async def test_a_slow_recovery_is_logged_naming_xpending_xclaim(
+    redis_client: Any, eventually: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A recovery round that takes longer than the slow-command threshold (here any
+    duration: the threshold is negative) is logged as slow naming "recovery
+    (XPENDING/XCLAIM)", the operation an operator has to look at."""
+    from actionbus.workers.health import SlowCommands
+
+    caplog.set_level(logging.WARNING, "actionbus")
+    worker = BaseWorker(CommonAppSettings(service_name="inventory"),
+                        worker_settings=WorkerSettings(consumer_name="c1"))
+    ctx = worker.context
+    await redis_client.xgroup_create(ctx.stream, ctx.group, id="0", mkstream=True)
+    reader = StreamReader(
+        ctx, redis_client, [ctx.stream], spawn=lambda *args: None,
+        in_flight=lambda: 0, owned=set, unacknowledged=set, stats=WorkerStats(),
+        outage=OutageLog(logging.getLogger("test"), "reader"),
+        slow=SlowCommands(None, -1.0),
+    )
+    stopping = asyncio.Event()
+    task = asyncio.create_task(reader.run_recovery(stopping))
+    try:
+        await eventually(lambda: reader.slow.count >= 1)
+    finally:
+        stopping.set()
+        reader.recover_now.set()
+        await asyncio.wait_for(task, 10)
+    assert any("(recovery (XPENDING/XCLAIM) took longer than the socket timeout"
+               in r.getMessage() for r in caplog.records)
+
+
 async def test_a_refused_recovery_names_the_operation_in_the_health_status(
     redis_client: Any, eventually: Any,
 ) -> None:
