@@ -269,14 +269,7 @@ async def test_a_flush_that_lands_ends_the_output_outage(fresh_redis_server: Any
     stream = QM.get_service_action_stream("inventory")
     outage = OutageLog(logging.getLogger("actionbus.worker"), "output")
     try:
-        ids = await _one_read(redis, stream, 1)
-        batcher = OutputBatcher(redis, stream, "inventory", outage, consumer="c1")
-        await redis.config_set("maxmemory-policy", "noeviction")
-        await redis.config_set("maxmemory", 1)
-        batcher.xadd("out-stream", {"n": "a"})
-        batcher.ack(ids[0])
-        await batcher.flush()
-        assert outage.in_outage
+        batcher = await _output_in_oom_outage(redis, stream, outage)
         await redis.config_set("maxmemory", 0)
         await batcher.flush()
         assert batcher.acknowledged == 1
@@ -295,14 +288,7 @@ async def test_a_background_round_that_lands_ends_the_output_outage(
     outage = OutageLog(logging.getLogger("actionbus.worker"), "output")
     loop: asyncio.Task[None] | None = None
     try:
-        ids = await _one_read(redis, stream, 1)
-        batcher = OutputBatcher(redis, stream, "inventory", outage, consumer="c1")
-        await redis.config_set("maxmemory-policy", "noeviction")
-        await redis.config_set("maxmemory", 1)
-        batcher.xadd("out-stream", {"n": "a"})
-        batcher.ack(ids[0])
-        await batcher.flush()
-        assert outage.in_outage
+        batcher = await _output_in_oom_outage(redis, stream, outage)
         loop = asyncio.create_task(batcher.run())
         await redis.config_set("maxmemory", 0)
         await eventually(lambda: not outage.in_outage, timeout=10)
@@ -313,6 +299,20 @@ async def test_a_background_round_that_lands_ends_the_output_outage(
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         await redis.aclose()
+
+
+async def _output_in_oom_outage(redis: Redis, stream: str, outage: OutageLog) -> OutputBatcher:
+    """A batcher whose round (one output, one ack) Redis refused at maxmemory 1: the output
+    is in outage, and maxmemory stays at 1 until the test lifts it."""
+    ids = await _one_read(redis, stream, 1)
+    batcher = OutputBatcher(redis, stream, "inventory", outage, consumer="c1")
+    await redis.config_set("maxmemory-policy", "noeviction")
+    await redis.config_set("maxmemory", 1)
+    batcher.xadd("out-stream", {"n": "a"})
+    batcher.ack(ids[0])
+    await batcher.flush()
+    assert outage.in_outage
+    return batcher
 
 
 async def _one_read(redis: Redis, stream: str, n: int) -> list[str]:
